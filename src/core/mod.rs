@@ -1,0 +1,50 @@
+//! The transport-independent core: `receive_msg` (SPEC A.1), routing, the
+//! nosip hook. Synchronous, no I/O: bytes + receive info in, one outcome out.
+
+pub mod nosip;
+
+/// Why the core dropped a message (each counted as `sipedge_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Unparseable and not consumed by the nosip hook.
+    ParseFailure,
+    /// A sanity failure on an ACK (never answered).
+    BadAck,
+    /// A reply whose top Via is not ours.
+    ReplyNotOurs,
+    /// A reply with no Via left after removing ours.
+    ReplyNoVia,
+    /// The next hop could not be determined or resolved.
+    NoRoute,
+    /// Sending failed (socket error, connection gone and unreachable).
+    SendFailed,
+    /// A keep-alive datagram (CRLF, CRLFCRLF) on UDP.
+    Keepalive,
+    /// A request that would loop back to ourselves.
+    Loop,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::ParseFailure,
+        DropReason::BadAck,
+        DropReason::ReplyNotOurs,
+        DropReason::ReplyNoVia,
+        DropReason::NoRoute,
+        DropReason::SendFailed,
+        DropReason::Keepalive,
+        DropReason::Loop,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::ParseFailure => "parse_failure",
+            DropReason::BadAck => "bad_ack",
+            DropReason::ReplyNotOurs => "reply_not_ours",
+            DropReason::ReplyNoVia => "reply_no_via",
+            DropReason::NoRoute => "no_route",
+            DropReason::SendFailed => "send_failed",
+            DropReason::Keepalive => "keepalive",
+            DropReason::Loop => "loop",
+        }
+    }
+}

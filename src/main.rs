@@ -1,0 +1,4 @@
+fn main() -> anyhow::Result<()> {
+    let cfg = sipedge::config::Config::default_config();
+    sipedge::run(cfg, None)
+}

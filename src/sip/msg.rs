@@ -1,0 +1,1 @@
+//! Zero-copy SIP message index: start line + header spans over the bytes.
