@@ -86,3 +86,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
     let _ = (addr, metrics);
     todo!()
 }
+
+/// Serve `GET /metrics` on an already bound listener.
+pub async fn serve_listener(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let _ = (listener, metrics);
+    todo!()
+}

@@ -48,3 +48,9 @@ impl DropReason {
         }
     }
 }
+
+pub mod proxy;
+
+pub use proxy::{
+    ConnId, Core, Dest, Outcome, ParseErrorHook, RcvInfo, Scratch, SendKind, fuzz_receive_msg,
+};

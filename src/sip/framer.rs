@@ -90,3 +90,9 @@ pub fn frame_datagram(buf: &[u8]) -> Result<DatagramFrame, FrameError> {
     let _ = buf;
     todo!()
 }
+
+/// Offset just past the empty line ending the header section, searching from `from`.
+pub fn find_header_end(buf: &[u8], from: usize) -> Option<usize> {
+    let _ = (buf, from);
+    todo!()
+}

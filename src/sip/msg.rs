@@ -1,1 +1,896 @@
-//! Zero-copy SIP message index: start line + header spans over the bytes.
+//! Zero-copy SIP message index: the start line and one span per header over
+//! the message bytes (RFC 3261 §7). Nothing is copied or normalised; the
+//! forwarding path splices these spans into its output buffer.
+
+/// A byte range `start..end` into the message buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+    #[inline]
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+    #[inline]
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+}
+
+/// Headers the proxy looks at; everything else is `Other` and forwarded untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderKind {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    Route,
+    RecordRoute,
+    ContentLength,
+    Contact,
+    Other,
+}
+
+impl HeaderKind {
+    /// Classify a header name, long or compact form (RFC 3261 §7.3.3), case-insensitively.
+    pub fn classify(name: &[u8]) -> HeaderKind {
+        if name.len() == 1 {
+            return match name[0].to_ascii_lowercase() {
+                b'v' => HeaderKind::Via,
+                b'f' => HeaderKind::From,
+                b't' => HeaderKind::To,
+                b'i' => HeaderKind::CallId,
+                b'l' => HeaderKind::ContentLength,
+                b'm' => HeaderKind::Contact,
+                _ => HeaderKind::Other,
+            };
+        }
+        const NAMES: [(&[u8], HeaderKind); 10] = [
+            (b"via", HeaderKind::Via),
+            (b"from", HeaderKind::From),
+            (b"to", HeaderKind::To),
+            (b"call-id", HeaderKind::CallId),
+            (b"cseq", HeaderKind::CSeq),
+            (b"max-forwards", HeaderKind::MaxForwards),
+            (b"route", HeaderKind::Route),
+            (b"record-route", HeaderKind::RecordRoute),
+            (b"content-length", HeaderKind::ContentLength),
+            (b"contact", HeaderKind::Contact),
+        ];
+        for (n, k) in NAMES {
+            if n.eq_ignore_ascii_case(name) {
+                return k;
+            }
+        }
+        HeaderKind::Other
+    }
+}
+
+/// One header field: its whole line(s) including the line break(s), its
+/// name, and its value with surrounding whitespace trimmed (folded lines included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderSpan {
+    pub kind: HeaderKind,
+    pub line: Span,
+    pub name: Span,
+    pub value: Span,
+}
+
+/// The first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine {
+    /// `version_ok` is false for a request line of another SIP version (`SIP/3.0`): answer 505.
+    Request {
+        method: Span,
+        uri: Span,
+        version_ok: bool,
+    },
+    Response { code: u16, reason: Span },
+}
+
+/// Why the bytes are not a SIP message at all (goes to the nosip path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("bad start line")]
+    StartLine,
+    #[error("unsupported SIP version")]
+    Version,
+    #[error("malformed header line")]
+    HeaderLine,
+    #[error("too many headers")]
+    TooManyHeaders,
+}
+
+/// Hard cap on header fields per message (bounded work and memory).
+pub const MAX_HEADERS: usize = 256;
+
+/// A parsed message: borrowed bytes plus spans.
+#[derive(Debug)]
+pub struct SipMsg<'a> {
+    pub buf: &'a [u8],
+    pub start: StartLine,
+    /// The start line including its line break.
+    pub start_line: Span,
+    pub headers: &'a [HeaderSpan],
+    /// Offset of the empty line that ends the header section.
+    pub headers_end: usize,
+    /// Offset of the body (after the empty line).
+    pub body_offset: usize,
+}
+
+#[inline]
+pub fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+#[inline]
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Trim SP/HTAB/CR/LF at both ends of `buf[s..e]`.
+fn trim(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
+    while s < e && matches!(buf[s], b' ' | b'\t' | b'\r' | b'\n') {
+        s += 1;
+    }
+    while e > s && matches!(buf[e - 1], b' ' | b'\t' | b'\r' | b'\n') {
+        e -= 1;
+    }
+    (s, e)
+}
+
+/// End of the line starting at `from` (index after its `\n`), or `limit`.
+fn line_end(buf: &[u8], from: usize, limit: usize) -> usize {
+    match memchr::memchr(b'\n', &buf[from..limit]) {
+        Some(i) => from + i + 1,
+        None => limit,
+    }
+}
+
+/// Line content end without the line break.
+fn content_end(buf: &[u8], s: usize, e: usize) -> usize {
+    let mut e = e;
+    if e > s && buf[e - 1] == b'\n' {
+        e -= 1;
+    }
+    if e > s && buf[e - 1] == b'\r' {
+        e -= 1;
+    }
+    e
+}
+
+impl<'a> SipMsg<'a> {
+    /// Index `buf` (one framed message, its body starting at `body_offset`)
+    /// into `headers` (cleared first; reused across messages).
+    pub fn parse(
+        buf: &'a [u8],
+        body_offset: usize,
+        headers: &'a mut Vec<HeaderSpan>,
+    ) -> Result<SipMsg<'a>, ParseError> {
+        headers.clear();
+        let body_offset = body_offset.min(buf.len());
+        // the empty line before the body: the last line break(s) of the head
+        let mut headers_end = body_offset;
+        if headers_end > 0 && buf[headers_end - 1] == b'\n' {
+            headers_end -= 1;
+            if headers_end > 0 && buf[headers_end - 1] == b'\r' {
+                headers_end -= 1;
+            }
+        }
+        let sl_end = line_end(buf, 0, headers_end.max(1).min(buf.len()));
+        let start = parse_start_line(buf, 0, content_end(buf, 0, sl_end))?;
+        let mut pos = sl_end;
+        while pos < headers_end {
+            let mut e = line_end(buf, pos, headers_end);
+            // folded continuation lines (RFC 3261 §7.3.1) belong to this header
+            while e < headers_end && is_ws(buf[e]) {
+                e = line_end(buf, e, headers_end);
+            }
+            let colon = memchr::memchr(b':', &buf[pos..e])
+                .map(|i| pos + i)
+                .ok_or(ParseError::HeaderLine)?;
+            let (ns, ne) = trim(buf, pos, colon);
+            if ns != pos || ns == ne || !buf[ns..ne].iter().all(|&b| is_token_char(b)) {
+                return Err(ParseError::HeaderLine);
+            }
+            let (vs, ve) = trim(buf, colon + 1, e);
+            if headers.len() >= MAX_HEADERS {
+                return Err(ParseError::TooManyHeaders);
+            }
+            headers.push(HeaderSpan {
+                kind: HeaderKind::classify(&buf[ns..ne]),
+                line: Span::new(pos, e),
+                name: Span::new(ns, ne),
+                value: Span::new(vs, ve),
+            });
+            pos = e;
+        }
+        Ok(SipMsg {
+            buf,
+            start,
+            start_line: Span::new(0, sl_end),
+            headers,
+            headers_end,
+            body_offset,
+        })
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn method(&self) -> &'a [u8] {
+        match self.start {
+            StartLine::Request { method, .. } => method.get(self.buf),
+            StartLine::Response { .. } => b"",
+        }
+    }
+
+    pub fn uri(&self) -> &'a [u8] {
+        match self.start {
+            StartLine::Request { uri, .. } => uri.get(self.buf),
+            StartLine::Response { .. } => b"",
+        }
+    }
+
+    pub fn first(&self, kind: HeaderKind) -> Option<&'a HeaderSpan> {
+        self.headers.iter().find(|h| h.kind == kind)
+    }
+
+    pub fn count(&self, kind: HeaderKind) -> usize {
+        self.headers.iter().filter(|h| h.kind == kind).count()
+    }
+
+    pub fn value(&self, h: &HeaderSpan) -> &'a [u8] {
+        h.value.get(self.buf)
+    }
+
+    pub fn body(&self) -> &'a [u8] {
+        &self.buf[self.body_offset..]
+    }
+}
+
+fn parse_start_line(buf: &[u8], s: usize, e: usize) -> Result<StartLine, ParseError> {
+    let line = &buf[s..e];
+    if let Some(rest) = line.strip_prefix(b"SIP/") {
+        // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+        if !rest.starts_with(b"2.0 ") {
+            return if rest.iter().take(8).any(|&b| b == b' ') {
+                Err(ParseError::Version)
+            } else {
+                Err(ParseError::StartLine)
+            };
+        }
+        let code_s = s + 8;
+        if e < code_s + 3 {
+            return Err(ParseError::StartLine);
+        }
+        let digits = &buf[code_s..code_s + 3];
+        if !digits.iter().all(u8::is_ascii_digit) || (e > code_s + 3 && buf[code_s + 3] != b' ') {
+            return Err(ParseError::StartLine);
+        }
+        let code = digits.iter().fold(0u16, |a, &d| a * 10 + (d - b'0') as u16);
+        if !(100..700).contains(&code) {
+            return Err(ParseError::StartLine);
+        }
+        let rs = (code_s + 4).min(e);
+        return Ok(StartLine::Response {
+            code,
+            reason: Span::new(rs, e),
+        });
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version
+    let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::StartLine)?;
+    let sp2 = memchr::memrchr(b' ', line).ok_or(ParseError::StartLine)?;
+    if sp1 == 0 || sp2 <= sp1 + 1 {
+        return Err(ParseError::StartLine);
+    }
+    if !line[..sp1].iter().all(|&b| is_token_char(b)) {
+        return Err(ParseError::StartLine);
+    }
+    let uri = &line[sp1 + 1..sp2];
+    if uri.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(ParseError::StartLine);
+    }
+    let version = &line[sp2 + 1..];
+    // `SIP/x.y` is a SIP request of a version we do not support (505); anything else is not SIP
+    let version_ok = version == b"SIP/2.0";
+    if !version_ok && !(version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/")) {
+        return Err(ParseError::StartLine);
+    }
+    Ok(StartLine::Request {
+        method: Span::new(s, s + sp1),
+        uri: Span::new(s + sp1 + 1, s + sp2),
+        version_ok,
+    })
+}
+
+/// A parsed via-parm (RFC 3261 §20.42): the first one of a Via header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via {
+    /// The whole via-parm (without a following comma and other via-parms).
+    pub parm: Span,
+    /// `UDP`, `TCP`, ...
+    pub transport: Span,
+    pub host: Span,
+    pub port: Option<u16>,
+    /// Span of the sent-by (host[:port]).
+    pub sent_by: Span,
+    pub branch: Option<Span>,
+    pub received: Option<Span>,
+    /// `rport` present; `Some(value)` when it has one.
+    pub rport: Option<Option<u16>>,
+    /// End of the `rport` param name (to splice `=PORT` after it).
+    pub rport_name_end: Option<u32>,
+    /// Kamailio-style connection id (`i=`).
+    pub conn_id: Option<u64>,
+    /// Where the next via-parm in the same header value begins, if any.
+    pub next: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed Via")]
+pub struct ViaError;
+
+fn parse_u16(b: &[u8]) -> Option<u16> {
+    if b.is_empty() || b.len() > 5 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = b.iter().fold(0u32, |a, &d| a * 10 + (d - b'0') as u32);
+    u16::try_from(v).ok()
+}
+
+/// Parse an unsigned decimal (e.g. CSeq number, Max-Forwards); `None` when not all digits or too large.
+pub fn parse_u32(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || b.len() > 10 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    u32::try_from(b.iter().fold(0u64, |a, &d| a * 10 + (d - b'0') as u64)).ok()
+}
+
+/// Split host[:port] at `s..e`; IPv6 references in brackets keep the brackets in the host span.
+pub fn split_host_port(buf: &[u8], s: usize, e: usize) -> Result<(Span, Option<u16>), ViaError> {
+    if s >= e {
+        return Err(ViaError);
+    }
+    if buf[s] == b'[' {
+        let close = memchr::memchr(b']', &buf[s..e]).ok_or(ViaError)? + s;
+        let host = Span::new(s, close + 1);
+        return match &buf[close + 1..e] {
+            [] => Ok((host, None)),
+            [b':', p @ ..] => Ok((host, Some(parse_u16(p).ok_or(ViaError)?))),
+            _ => Err(ViaError),
+        };
+    }
+    match memchr::memchr(b':', &buf[s..e]) {
+        Some(i) => {
+            let p = parse_u16(&buf[s + i + 1..e]).ok_or(ViaError)?;
+            if i == 0 {
+                return Err(ViaError);
+            }
+            Ok((Span::new(s, s + i), Some(p)))
+        }
+        None => Ok((Span::new(s, e), None)),
+    }
+}
+
+/// Parse the first via-parm of the Via value at `value` in `buf`.
+pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
+    let (s, e) = (value.start as usize, value.end as usize);
+    // the via-parm ends at the first comma outside a quoted string
+    let mut end = e;
+    let mut next = None;
+    let mut quoted = false;
+    for (i, &b) in buf[s..e].iter().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                end = s + i;
+                let mut n = s + i + 1;
+                while n < e && matches!(buf[n], b' ' | b'\t' | b'\r' | b'\n') {
+                    n += 1;
+                }
+                if n < e {
+                    next = Some(n as u32);
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (ps, pe) = trim(buf, s, end);
+    let parm = &buf[ps..pe];
+    // sent-protocol: SIP / 2.0 / transport (LWS allowed around '/')
+    let mut i = 0;
+    let mut slash = 0;
+    while i < parm.len() && slash < 2 {
+        if parm[i] == b'/' {
+            slash += 1;
+        }
+        i += 1;
+    }
+    if slash < 2 || !parm[..3.min(parm.len())].eq_ignore_ascii_case(b"SIP") {
+        return Err(ViaError);
+    }
+    while i < parm.len() && is_ws(parm[i]) {
+        i += 1;
+    }
+    let ts = i;
+    while i < parm.len() && is_token_char(parm[i]) {
+        i += 1;
+    }
+    if ts == i {
+        return Err(ViaError);
+    }
+    let transport = Span::new(ps + ts, ps + i);
+    while i < parm.len() && matches!(parm[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    let hs = i;
+    while i < parm.len() && !matches!(parm[i], b';' | b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    let sent_by = Span::new(ps + hs, ps + i);
+    let (host, port) = split_host_port(buf, ps + hs, ps + i)?;
+    let mut via = Via {
+        parm: Span::new(ps, pe),
+        transport,
+        host,
+        port,
+        sent_by,
+        branch: None,
+        received: None,
+        rport: None,
+        rport_name_end: None,
+        conn_id: None,
+        next,
+    };
+    // params: *( SEMI via-params ), LWS tolerated around ';' and '='
+    while i < parm.len() {
+        while i < parm.len() && matches!(parm[i], b' ' | b'\t' | b'\r' | b'\n') {
+            i += 1;
+        }
+        if i >= parm.len() {
+            break;
+        }
+        if parm[i] != b';' {
+            return Err(ViaError);
+        }
+        i += 1;
+        while i < parm.len() && is_ws(parm[i]) {
+            i += 1;
+        }
+        let ns = i;
+        while i < parm.len() && is_token_char(parm[i]) {
+            i += 1;
+        }
+        let ne = i;
+        if ns == ne {
+            return Err(ViaError);
+        }
+        while i < parm.len() && is_ws(parm[i]) {
+            i += 1;
+        }
+        let mut val = None;
+        if i < parm.len() && parm[i] == b'=' {
+            i += 1;
+            while i < parm.len() && is_ws(parm[i]) {
+                i += 1;
+            }
+            let vs = i;
+            if i < parm.len() && parm[i] == b'"' {
+                i += 1;
+                while i < parm.len() && parm[i] != b'"' {
+                    i += 1;
+                }
+                i = (i + 1).min(parm.len());
+            } else {
+                while i < parm.len() && !matches!(parm[i], b';' | b' ' | b'\t' | b'\r' | b'\n')
+                {
+                    i += 1;
+                }
+            }
+            val = Some(Span::new(ps + vs, ps + i));
+        }
+        let name = &parm[ns..ne];
+        if name.eq_ignore_ascii_case(b"branch") {
+            via.branch = val;
+        } else if name.eq_ignore_ascii_case(b"received") {
+            via.received = val;
+        } else if name.eq_ignore_ascii_case(b"rport") {
+            via.rport = Some(val.and_then(|v| parse_u16(v.get(buf))));
+            via.rport_name_end = Some((ps + ne) as u32);
+        } else if name == b"i" {
+            via.conn_id = val.and_then(|v| {
+                let v = v.get(buf);
+                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                Some(v.iter().fold(0u64, |a, &d| a * 10 + (d - b'0') as u64))
+            });
+        }
+    }
+    Ok(via)
+}
+
+/// A name-addr or addr-spec (RFC 3261 §25.1) as found in Route / Record-Route:
+/// the first one of a header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr {
+    /// The whole entry (up to, not including, a separating comma).
+    pub entry: Span,
+    /// The URI (inside `<>` when present).
+    pub uri: Span,
+    /// Where the next entry begins, if any.
+    pub next: Option<u32>,
+}
+
+/// First name-addr of a header value.
+pub fn parse_name_addr(buf: &[u8], value: Span) -> Option<NameAddr> {
+    let (s, e) = (value.start as usize, value.end as usize);
+    let mut quoted = false;
+    let mut angle: Option<usize> = None;
+    let mut uri = None;
+    let mut end = e;
+    let mut next = None;
+    let mut i = s;
+    while i < e {
+        let b = buf[i];
+        match b {
+            b'"' if angle.is_none() => quoted = !quoted,
+            b'\\' if quoted => i += 1,
+            b'<' if !quoted && angle.is_none() && uri.is_none() => angle = Some(i + 1),
+            b'>' if !quoted && angle.is_some() => {
+                uri = angle.map(|a| Span::new(a, i));
+                angle = None;
+            }
+            b',' if !quoted && angle.is_none() => {
+                end = i;
+                let mut n = i + 1;
+                while n < e && matches!(buf[n], b' ' | b'\t' | b'\r' | b'\n') {
+                    n += 1;
+                }
+                if n < e {
+                    next = Some(n as u32);
+                }
+                break;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if quoted || angle.is_some() {
+        return None;
+    }
+    let (es, ee) = trim(buf, s, end);
+    if es == ee {
+        return None;
+    }
+    let uri = match uri {
+        Some(u) => u,
+        // addr-spec without brackets: header params would be ambiguous, URI runs to ';'
+        None => {
+            let stop = memchr::memchr(b';', &buf[es..ee]).map_or(ee, |j| es + j);
+            Span::new(es, stop)
+        }
+    };
+    Some(NameAddr {
+        entry: Span::new(es, ee),
+        uri,
+        next,
+    })
+}
+
+/// The parts of a SIP URI the router needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UriParts {
+    pub sips: bool,
+    pub user: bool,
+    pub host: Span,
+    pub port: Option<u16>,
+    /// `transport=` parameter value.
+    pub transport: Option<Span>,
+    /// `lr` parameter present.
+    pub lr: bool,
+    /// `maddr=` parameter present.
+    pub maddr: Option<Span>,
+}
+
+/// Scheme of a URI, lower-cased check; `None` when there is no `scheme:`.
+pub fn uri_scheme(uri: &[u8]) -> Option<&[u8]> {
+    let colon = memchr::memchr(b':', uri)?;
+    let scheme = &uri[..colon];
+    if scheme.is_empty()
+        || !scheme[0].is_ascii_alphabetic()
+        || !scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return None;
+    }
+    Some(scheme)
+}
+
+/// Split a `sip:`/`sips:` URI at `uri` in `buf` (RFC 3261 §19.1.1).
+pub fn parse_sip_uri(buf: &[u8], uri: Span) -> Option<UriParts> {
+    let (s, e) = (uri.start as usize, uri.end as usize);
+    let u = &buf[s..e];
+    let (sips, mut i) = if u.len() > 4 && u[..4].eq_ignore_ascii_case(b"sip:") {
+        (false, 4)
+    } else if u.len() > 5 && u[..5].eq_ignore_ascii_case(b"sips:") {
+        (true, 5)
+    } else {
+        return None;
+    };
+    // userinfo ends at '@' (which cannot appear unescaped in the host part)
+    let hp_end = u[i..]
+        .iter()
+        .position(|&b| b == b';' || b == b'?')
+        .map_or(u.len(), |p| i + p);
+    let user = match memchr::memrchr(b'@', &u[i..hp_end]) {
+        Some(at) => {
+            i += at + 1;
+            true
+        }
+        None => false,
+    };
+    let (host, port) = split_host_port(buf, s + i, s + hp_end).ok()?;
+    if host.is_empty() {
+        return None;
+    }
+    let mut parts = UriParts {
+        sips,
+        user,
+        host,
+        port,
+        transport: None,
+        lr: false,
+        maddr: None,
+    };
+    let params_end = u[hp_end..]
+        .iter()
+        .position(|&b| b == b'?')
+        .map_or(u.len(), |p| hp_end + p);
+    let mut j = hp_end;
+    while j < params_end && u[j] == b';' {
+        let ps = j + 1;
+        let pe = u[ps..params_end]
+            .iter()
+            .position(|&b| b == b';')
+            .map_or(params_end, |p| ps + p);
+        let p = &u[ps..pe];
+        let (name, val) = match memchr::memchr(b'=', p) {
+            Some(k) => (&p[..k], Some(Span::new(s + ps + k + 1, s + pe))),
+            None => (p, None),
+        };
+        if name.eq_ignore_ascii_case(b"lr") {
+            parts.lr = true;
+        } else if name.eq_ignore_ascii_case(b"transport") {
+            parts.transport = val;
+        } else if name.eq_ignore_ascii_case(b"maddr") {
+            parts.maddr = val;
+        }
+        j = pe;
+    }
+    Some(parts)
+}
+
+/// `CSeq` value: (number, method).
+pub fn parse_cseq(v: &[u8]) -> Option<(u32, &[u8])> {
+    let mut it = v.split(|&b| is_ws(b)).filter(|p| !p.is_empty());
+    let num = parse_u32(it.next()?)?;
+    let method = it.next()?;
+    if it.next().is_some() || !method.iter().all(|&b| is_token_char(b)) {
+        return None;
+    }
+    Some((num, method))
+}
+
+/// Value of a header parameter (e.g. `tag`) in a From/To value, outside the `<>` URI.
+pub fn header_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let after = match memchr::memrchr(b'>', v) {
+        Some(p) => p + 1,
+        None => 0,
+    };
+    for p in v[after..].split(|&b| b == b';').skip(1) {
+        let p = trim_bytes(p);
+        let (n, val) = match memchr::memchr(b'=', p) {
+            Some(k) => (trim_bytes(&p[..k]), trim_bytes(&p[k + 1..])),
+            None => (p, &p[p.len()..]),
+        };
+        if n.eq_ignore_ascii_case(name) {
+            return Some(val);
+        }
+    }
+    None
+}
+
+pub fn trim_bytes(b: &[u8]) -> &[u8] {
+    let s = b.iter().position(|&c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
+    match s {
+        None => &b[b.len()..],
+        Some(s) => {
+            let e = b
+                .iter()
+                .rposition(|&c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
+                .map_or(s, |e| e + 1);
+            &b[s..e]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK776asdhds;rport\r\n\
+v: SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bKx , SIP/2.0/UDP h2;received=1.2.3.4\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@example.com>\r\n\
+From: Alice <sip:alice@example.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710\r\n\
+CSeq: 314159 INVITE\r\n\
+Subject: folded\r\n value\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:p2.example.com;lr>\r\n\
+l: 4\r\n\
+\r\n\
+abcd";
+
+    fn parse(buf: &[u8]) -> (StartLine, Vec<HeaderSpan>) {
+        let body = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut h = Vec::new();
+        let m = SipMsg::parse(buf, body, &mut h).unwrap();
+        (m.start, m.headers.to_vec())
+    }
+
+    #[test]
+    fn a1_index_start_line_and_headers() {
+        let (sl, hs) = parse(INVITE);
+        match sl {
+            StartLine::Request { method, uri, .. } => {
+                assert_eq!(method.get(INVITE), b"INVITE");
+                assert_eq!(uri.get(INVITE), b"sip:bob@example.com");
+            }
+            _ => panic!(),
+        }
+        let kinds: Vec<_> = hs.iter().map(|h| h.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                HeaderKind::Via,
+                HeaderKind::Via,
+                HeaderKind::MaxForwards,
+                HeaderKind::To,
+                HeaderKind::From,
+                HeaderKind::CallId,
+                HeaderKind::CSeq,
+                HeaderKind::Other,
+                HeaderKind::Route,
+                HeaderKind::ContentLength
+            ]
+        );
+        assert_eq!(hs[7].value.get(INVITE), b"folded\r\n value");
+        assert_eq!(hs[9].value.get(INVITE), b"4");
+        // lines tile the header section exactly
+        let mut pos = hs[0].line.start;
+        for h in &hs {
+            assert_eq!(h.line.start, pos);
+            pos = h.line.end;
+        }
+        assert_eq!(&INVITE[pos as usize..], b"\r\nabcd");
+    }
+
+    #[test]
+    fn a1_via_params_and_multiple_values() {
+        let (_, hs) = parse(INVITE);
+        let v = parse_via(INVITE, hs[0].value).unwrap();
+        assert_eq!(v.transport.get(INVITE), b"UDP");
+        assert_eq!(v.host.get(INVITE), b"10.0.0.1");
+        assert_eq!(v.port, Some(5060));
+        assert_eq!(v.branch.unwrap().get(INVITE), b"z9hG4bK776asdhds");
+        assert_eq!(v.rport, Some(None));
+        let v2 = parse_via(INVITE, hs[1].value).unwrap();
+        assert_eq!(v2.host.get(INVITE), b"[2001:db8::1]");
+        assert_eq!(v2.port, Some(5070));
+        let next = v2.next.unwrap();
+        let v3 = parse_via(INVITE, Span::new(next as usize, hs[1].value.end as usize)).unwrap();
+        assert_eq!(v3.host.get(INVITE), b"h2");
+        assert_eq!(v3.received.unwrap().get(INVITE), b"1.2.3.4");
+    }
+
+    #[test]
+    fn a1_route_name_addr_list() {
+        let (_, hs) = parse(INVITE);
+        let r = parse_name_addr(INVITE, hs[8].value).unwrap();
+        assert_eq!(r.uri.get(INVITE), b"sip:127.0.0.1:5060;lr");
+        let u = parse_sip_uri(INVITE, r.uri).unwrap();
+        assert_eq!(u.host.get(INVITE), b"127.0.0.1");
+        assert_eq!(u.port, Some(5060));
+        assert!(u.lr && !u.user);
+        let r2 = parse_name_addr(
+            INVITE,
+            Span::new(r.next.unwrap() as usize, hs[8].value.end as usize),
+        )
+        .unwrap();
+        assert_eq!(r2.uri.get(INVITE), b"sip:p2.example.com;lr");
+        assert!(r2.next.is_none());
+    }
+
+    #[test]
+    fn a1_status_line_and_versions() {
+        let mut h = Vec::new();
+        let r = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP x\r\n\r\n";
+        let m = SipMsg::parse(r, r.len(), &mut h).unwrap();
+        assert_eq!(
+            m.start,
+            StartLine::Response {
+                code: 180,
+                reason: Span::new(12, 19)
+            }
+        );
+        let m = SipMsg::parse(b"INVITE sip:a SIP/3.0\r\n\r\n", 24, &mut h).unwrap();
+        assert!(matches!(m.start, StartLine::Request { version_ok: false, .. }));
+        assert_eq!(
+            SipMsg::parse(b"GET / HTTP/1.1\r\n\r\n", 18, &mut h).unwrap_err(),
+            ParseError::StartLine
+        );
+        assert_eq!(
+            SipMsg::parse(b"SIP/2.0 99 x\r\n\r\n", 16, &mut h).unwrap_err(),
+            ParseError::StartLine
+        );
+    }
+
+    #[test]
+    fn a1_header_line_without_colon_is_unparseable() {
+        let mut h = Vec::new();
+        let m = b"OPTIONS sip:a SIP/2.0\r\nVia SIP/2.0/UDP x\r\n\r\n";
+        assert_eq!(SipMsg::parse(m, m.len(), &mut h).unwrap_err(), ParseError::HeaderLine);
+    }
+
+    #[test]
+    fn a1_bare_lf_lines() {
+        let m = b"OPTIONS sip:a SIP/2.0\nVia: SIP/2.0/UDP x\nCSeq: 1 OPTIONS\n\n";
+        let mut h = Vec::new();
+        let p = SipMsg::parse(m, m.len(), &mut h).unwrap();
+        assert_eq!(p.headers.len(), 2);
+        assert_eq!(p.value(&p.headers[1]), b"1 OPTIONS");
+        assert_eq!(p.headers[1].line.end as usize, m.len() - 1);
+    }
+
+    #[test]
+    fn a1_cseq_and_tag_params() {
+        assert_eq!(parse_cseq(b"314159 INVITE"), Some((314159, &b"INVITE"[..])));
+        assert_eq!(parse_cseq(b"x INVITE"), None);
+        assert_eq!(parse_cseq(b"1"), None);
+        assert_eq!(
+            header_param(b"Alice <sip:a@b;tag=no>;tag=abc ;x=1", b"tag"),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(header_param(b"<sip:a@b;tag=no>", b"tag"), None);
+    }
+
+    #[test]
+    fn a1_malformed_via_rejected() {
+        let b = b"SIP/2.0/UDP ;branch=x";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+        let b = b"SIP/2.0/UDP h:99999";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+        let b = b"garbage";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+    }
+}

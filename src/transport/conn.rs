@@ -55,3 +55,542 @@ impl ReleaseReason {
         }
     }
 }
+
+use crate::core::ConnId;
+use bytes::{Buf, Bytes};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Connection state (Kamailio's `S_CONN_*`): Init until the first complete
+/// SIP message, then Ok; Bad after a parse/framing error, Eof after the peer
+/// closed; then released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    Init = 0,
+    Ok = 1,
+    Bad = 2,
+    Eof = 3,
+    Released = 4,
+}
+
+impl ConnState {
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            0 => ConnState::Init,
+            1 => ConnState::Ok,
+            2 => ConnState::Bad,
+            3 => ConnState::Eof,
+            _ => ConnState::Released,
+        }
+    }
+}
+
+/// Why a send on a connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("connection closed")]
+    Closed,
+    #[error("write queue full")]
+    QueueFull,
+    #[error("write error")]
+    Io,
+}
+
+#[derive(Debug, Default)]
+struct WriteState {
+    stream: Option<Arc<TcpStream>>,
+    queue: VecDeque<Bytes>,
+    queued: usize,
+}
+
+/// One TCP connection, shared by its reader task and every task that sends on it.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: ConnId,
+    pub peer: SocketAddr,
+    /// Listen socket index (inbound) or the local address named in our Via (outbound).
+    pub local: usize,
+    /// Opened by us (towards an upstream or a client's Via address).
+    pub outbound: bool,
+    state: AtomicU8,
+    /// Set (with `notify`) to make the reader task release the connection.
+    kill: AtomicU8,
+    backlog: AtomicBool,
+    /// Seconds since the table's epoch of the last byte sent (idle lifetime).
+    last_tx: AtomicU64,
+    pub notify: Notify,
+    write: Mutex<WriteState>,
+    write_limit: usize,
+}
+
+const NO_KILL: u8 = u8::MAX;
+
+impl Conn {
+    fn new(id: ConnId, peer: SocketAddr, local: usize, outbound: bool, write_limit: usize) -> Conn {
+        Conn {
+            id,
+            peer,
+            local,
+            outbound,
+            state: AtomicU8::new(if outbound { ConnState::Ok } else { ConnState::Init } as u8),
+            kill: AtomicU8::new(NO_KILL),
+            backlog: AtomicBool::new(false),
+            last_tx: AtomicU64::new(0),
+            notify: Notify::new(),
+            write: Mutex::new(WriteState::default()),
+            write_limit,
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn set_state(&self, s: ConnState) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// First complete SIP message: Init → Ok.
+    pub fn mark_ok(&self) {
+        let _ = self.state.compare_exchange(
+            ConnState::Init as u8,
+            ConnState::Ok as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.state() != ConnState::Released && self.kill.load(Ordering::Acquire) == NO_KILL
+    }
+
+    /// Ask the reader task to release the connection for `reason` (first reason wins).
+    pub fn kill(&self, reason: ReleaseReason) {
+        let idx = ReleaseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0) as u8;
+        let _ = self
+            .kill
+            .compare_exchange(NO_KILL, idx, Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    pub fn kill_reason(&self) -> Option<ReleaseReason> {
+        let k = self.kill.load(Ordering::Acquire);
+        ReleaseReason::ALL.get(k as usize).copied()
+    }
+
+    pub fn has_backlog(&self) -> bool {
+        self.backlog.load(Ordering::Acquire)
+    }
+
+    pub fn last_tx(&self) -> u64 {
+        self.last_tx.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriteState> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attach the socket (outbound: once connected) and push out what queued meanwhile.
+    pub fn attach(&self, stream: Arc<TcpStream>) {
+        let mut w = self.lock();
+        w.stream = Some(stream);
+        if !w.queue.is_empty() {
+            self.backlog.store(true, Ordering::Release);
+            drop(w);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Send `data` (a whole message): written at once when nothing is queued,
+    /// else queued (bounded by the write-queue limit: over it the connection
+    /// is released with `write_queue_full`). `now_s` feeds the idle timer.
+    pub fn send(&self, data: &[u8], now_s: u64) -> Result<(), SendError> {
+        if !self.is_alive() {
+            return Err(SendError::Closed);
+        }
+        let mut w = self.lock();
+        let mut rest = data;
+        if w.queue.is_empty() {
+            if let Some(s) = &w.stream {
+                match s.try_write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        drop(w);
+                        self.kill(ReleaseReason::Reset);
+                        return Err(SendError::Io);
+                    }
+                }
+            }
+        }
+        self.last_tx.store(now_s, Ordering::Relaxed);
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if w.queued + rest.len() > self.write_limit {
+            drop(w);
+            self.kill(ReleaseReason::WriteQueueFull);
+            return Err(SendError::QueueFull);
+        }
+        w.queued += rest.len();
+        w.queue.push_back(Bytes::copy_from_slice(rest));
+        self.backlog.store(true, Ordering::Release);
+        drop(w);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Write queued data until the socket would block (called by the reader
+    /// task when the socket is writable).
+    pub fn flush(&self) -> io::Result<()> {
+        let mut guard = self.lock();
+        let w = &mut *guard;
+        let Some(s) = w.stream.clone() else {
+            return Ok(());
+        };
+        while let Some(front) = w.queue.front_mut() {
+            match s.try_write(front) {
+                Ok(n) => {
+                    front.advance(n);
+                    w.queued -= n;
+                    if front.is_empty() {
+                        w.queue.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if w.queue.is_empty() {
+            self.backlog.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Drop the write queue and our reference to the socket.
+    fn close(&self) -> usize {
+        let mut w = self.lock();
+        let dropped = w.queued;
+        w.queue.clear();
+        w.queued = 0;
+        w.stream = None;
+        self.backlog.store(false, Ordering::Release);
+        dropped
+    }
+}
+
+/// Connection limits (SPEC A.4).
+#[derive(Debug, Clone, Copy)]
+pub struct TableLimits {
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    pub write_queue_bytes: usize,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The table is full and no connection is waiting for its first message.
+    TableFull,
+    /// The source IP has its maximum of connections.
+    PerIp,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_id: HashMap<ConnId, Arc<Conn>>,
+    by_addr: HashMap<SocketAddr, ConnId>,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Inbound connections in admission order, for eviction of the oldest one
+    /// still in Init (stale entries are skipped lazily, compacted when large).
+    init_fifo: VecDeque<ConnId>,
+    next_id: ConnId,
+}
+
+/// All TCP connections: by id (Via `i=`), by peer address (reuse), with O(1)
+/// limit checks per accept (per-IP counts in a map, Kamailio issue #3759).
+#[derive(Debug)]
+pub struct ConnTable {
+    inner: RwLock<Inner>,
+    limits: TableLimits,
+}
+
+impl ConnTable {
+    pub fn new(limits: TableLimits) -> ConnTable {
+        ConnTable {
+            inner: RwLock::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+            limits,
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Admit an accepted connection. When the table is full, the oldest
+    /// connection that never delivered a complete SIP message is evicted
+    /// (returned so the caller can count it); when there is none, refuse.
+    pub fn admit(
+        &self,
+        peer: SocketAddr,
+        local: usize,
+    ) -> Result<(Arc<Conn>, Option<Arc<Conn>>), Refused> {
+        let mut t = self.write();
+        if t.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.limits.max_per_ip {
+            return Err(Refused::PerIp);
+        }
+        let mut evicted = None;
+        if t.by_id.len() >= self.limits.max_connections {
+            while let Some(id) = t.init_fifo.pop_front() {
+                let victim = t.by_id.get(&id).cloned();
+                if let Some(v) = victim {
+                    if v.state() == ConnState::Init && v.is_alive() {
+                        Self::remove_locked(&mut t, &v);
+                        evicted = Some(v);
+                        break;
+                    }
+                }
+            }
+            if evicted.is_none() {
+                return Err(Refused::TableFull);
+            }
+        }
+        let conn = Self::insert_locked(&mut t, peer, local, false, self.limits.write_queue_bytes);
+        t.init_fifo.push_back(conn.id);
+        if t.init_fifo.len() > 2 * self.limits.max_connections.max(16) {
+            let Inner { init_fifo, by_id, .. } = &mut *t;
+            init_fifo.retain(|id| by_id.get(id).is_some_and(|c| c.state() == ConnState::Init));
+        }
+        Ok((conn, evicted))
+    }
+
+    fn insert_locked(
+        t: &mut Inner,
+        peer: SocketAddr,
+        local: usize,
+        outbound: bool,
+        limit: usize,
+    ) -> Arc<Conn> {
+        let id = t.next_id;
+        t.next_id += 1;
+        let conn = Arc::new(Conn::new(id, peer, local, outbound, limit));
+        t.by_id.insert(id, conn.clone());
+        t.by_addr.insert(peer, id);
+        *t.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        conn
+    }
+
+    /// The open connection to `peer`, or a new outbound one (second value true:
+    /// the caller must connect it). Outbound connections count against the
+    /// total but not against per-IP limits.
+    pub fn get_or_create_outbound(&self, peer: SocketAddr, local: usize) -> (Arc<Conn>, bool) {
+        if let Some(c) = self.by_addr(peer) {
+            return (c, false);
+        }
+        let mut t = self.write();
+        if let Some(c) = t.by_addr.get(&peer).and_then(|id| t.by_id.get(id)) {
+            if c.is_alive() {
+                return (c.clone(), false);
+            }
+        }
+        let c = Self::insert_locked(&mut t, peer, local, true, self.limits.write_queue_bytes);
+        (c, true)
+    }
+
+    pub fn get(&self, id: ConnId) -> Option<Arc<Conn>> {
+        self.read().by_id.get(&id).filter(|c| c.is_alive()).cloned()
+    }
+
+    pub fn by_addr(&self, peer: SocketAddr) -> Option<Arc<Conn>> {
+        let t = self.read();
+        t.by_addr
+            .get(&peer)
+            .and_then(|id| t.by_id.get(id))
+            .filter(|c| c.is_alive())
+            .cloned()
+    }
+
+    fn remove_locked(t: &mut Inner, c: &Conn) -> bool {
+        if t.by_id.remove(&c.id).is_none() {
+            return false;
+        }
+        if t.by_addr.get(&c.peer) == Some(&c.id) {
+            t.by_addr.remove(&c.peer);
+        }
+        if let Some(n) = t.per_ip.get_mut(&c.peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_ip.remove(&c.peer.ip());
+            }
+        }
+        true
+    }
+
+    /// `release_conn`: remove from the table, drop the write queue and our
+    /// socket reference. Returns the bytes of queued data dropped. Idempotent.
+    pub fn release(&self, c: &Conn) -> usize {
+        Self::remove_locked(&mut self.write(), c);
+        c.set_state(ConnState::Released);
+        c.close()
+    }
+
+    /// Every connection (shutdown).
+    pub fn all(&self) -> Vec<Arc<Conn>> {
+        self.read().by_id.values().cloned().collect()
+    }
+}
+
+/// A tiny per-task cache of connection handles, so the hot path (a reader
+/// forwarding to the same upstream connection, replies to the same client)
+/// does not take the table lock for every message.
+#[derive(Debug, Default)]
+pub struct ConnCache {
+    by_id: Vec<Arc<Conn>>,
+}
+
+const CACHE_SIZE: usize = 8;
+
+impl ConnCache {
+    pub fn by_id(&mut self, table: &ConnTable, id: ConnId) -> Option<Arc<Conn>> {
+        self.by_id.retain(|c| c.is_alive());
+        if let Some(c) = self.by_id.iter().find(|c| c.id == id) {
+            return Some(c.clone());
+        }
+        let c = table.get(id)?;
+        self.put(c.clone());
+        Some(c)
+    }
+
+    pub fn by_addr(&mut self, table: &ConnTable, addr: SocketAddr) -> Option<Arc<Conn>> {
+        self.by_id.retain(|c| c.is_alive());
+        if let Some(c) = self.by_id.iter().find(|c| c.peer == addr) {
+            return Some(c.clone());
+        }
+        let c = table.by_addr(addr)?;
+        self.put(c.clone());
+        Some(c)
+    }
+
+    pub fn contains(&self, id: ConnId) -> bool {
+        self.by_id.iter().any(|c| c.id == id)
+    }
+
+    pub fn put(&mut self, c: Arc<Conn>) {
+        if self.by_id.len() >= CACHE_SIZE {
+            self.by_id.remove(0);
+        }
+        self.by_id.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, per_ip: usize) -> TableLimits {
+        TableLimits {
+            max_connections: max,
+            max_per_ip: per_ip,
+            write_queue_bytes: 1024,
+        }
+    }
+
+    fn addr(i: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i], port))
+    }
+
+    #[test]
+    fn a4_per_ip_limit_refuses() {
+        let t = ConnTable::new(limits(10, 2));
+        t.admit(addr(1, 1), 0).unwrap();
+        t.admit(addr(1, 2), 0).unwrap();
+        assert_eq!(t.admit(addr(1, 3), 0).unwrap_err(), Refused::PerIp);
+        t.admit(addr(2, 1), 0).unwrap();
+    }
+
+    #[test]
+    fn a4_full_table_evicts_oldest_never_delivered() {
+        let t = ConnTable::new(limits(3, 10));
+        let (a, _) = t.admit(addr(1, 1), 0).unwrap();
+        let (b, _) = t.admit(addr(1, 2), 0).unwrap();
+        let (c, _) = t.admit(addr(1, 3), 0).unwrap();
+        a.mark_ok();
+        let (_d, ev) = t.admit(addr(1, 4), 0).unwrap();
+        assert_eq!(ev.unwrap().id, b.id, "oldest Init connection evicted, not the Ok one");
+        assert_eq!(t.len(), 3);
+        c.mark_ok();
+        let (_e, ev) = t.admit(addr(1, 5), 0).unwrap();
+        assert!(ev.is_some()); // d was still Init
+    }
+
+    #[test]
+    fn a4_full_table_of_delivering_connections_refuses() {
+        let t = ConnTable::new(limits(2, 10));
+        let (a, _) = t.admit(addr(1, 1), 0).unwrap();
+        let (b, _) = t.admit(addr(1, 2), 0).unwrap();
+        a.mark_ok();
+        b.mark_ok();
+        assert_eq!(t.admit(addr(1, 3), 0).unwrap_err(), Refused::TableFull);
+    }
+
+    #[test]
+    fn a4_release_removes_from_table_and_per_ip_count() {
+        let t = ConnTable::new(limits(10, 1));
+        let (a, _) = t.admit(addr(1, 1), 0).unwrap();
+        assert!(t.get(a.id).is_some());
+        t.release(&a);
+        t.release(&a); // idempotent
+        assert!(t.get(a.id).is_none());
+        assert!(t.by_addr(addr(1, 1)).is_none());
+        assert_eq!(a.state(), ConnState::Released);
+        t.admit(addr(1, 2), 0).unwrap();
+    }
+
+    #[test]
+    fn a4_write_queue_over_limit_kills_connection() {
+        let t = ConnTable::new(limits(10, 10));
+        let (c, _) = t.get_or_create_outbound(addr(9, 9), 0);
+        // not connected yet: everything queues
+        c.send(&[0u8; 600], 0).unwrap();
+        assert!(c.has_backlog());
+        assert_eq!(c.send(&[0u8; 600], 0), Err(SendError::QueueFull));
+        assert_eq!(c.kill_reason(), Some(ReleaseReason::WriteQueueFull));
+        assert!(!c.is_alive());
+        assert_eq!(t.release(&c), 600);
+    }
+
+    #[test]
+    fn a4_outbound_connection_is_reused_by_address() {
+        let t = ConnTable::new(limits(10, 10));
+        let (a, new_a) = t.get_or_create_outbound(addr(9, 9), 0);
+        let (b, new_b) = t.get_or_create_outbound(addr(9, 9), 0);
+        assert!(new_a && !new_b);
+        assert_eq!(a.id, b.id);
+        let mut cache = ConnCache::default();
+        assert_eq!(cache.by_addr(&t, addr(9, 9)).unwrap().id, a.id);
+        assert_eq!(cache.by_id(&t, a.id).unwrap().id, a.id);
+        a.kill(ReleaseReason::Eof);
+        assert!(cache.by_id(&t, a.id).is_none());
+    }
+}

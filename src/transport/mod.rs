@@ -1,13 +1,236 @@
 //! Transport: connections, the Kamailio-shaped TCP reader loop, UDP receive,
 //! and the kernel backend (tokio + socket2).
+//!
+//! Threads: one tokio multi-thread runtime. UDP: one receive task per worker
+//! on its own SO_REUSEPORT socket. TCP: one task per connection running
+//! `handle_io`; sends to a connection are written directly by the sending
+//! task when the connection has no backlog, else queued (bounded) and flushed
+//! by the connection's own task.
 
 pub mod conn;
+pub mod kernel;
+pub mod tcp;
+pub mod udp;
 
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::core::nosip::NosipHook;
+use crate::core::{Core, Dest, DropReason, Outcome, SendKind};
+use crate::metrics::Metrics;
+use conn::{ConnCache, ConnTable, ReleaseReason, TableLimits};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+/// Everything the I/O tasks share.
+pub struct Ctx {
+    pub core: Core,
+    pub metrics: Arc<Metrics>,
+    pub conns: ConnTable,
+    /// Per listen index: a UDP socket to send from (for tasks that do not own one).
+    pub udp: Vec<Option<Arc<UdpSocket>>>,
+    pub tcp: crate::config::TcpLimits,
+    /// Time base of the coarse clock used for idle timers.
+    pub epoch: Instant,
+}
+
+impl Ctx {
+    /// Seconds since start (coarse clock for idle lifetimes).
+    pub fn now_s(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+}
 
 /// Run the proxy until SIGINT/SIGTERM. `hook` overrides the configured nosip hook.
 pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> {
-    let _ = (cfg, hook);
-    todo!()
+    let workers = if cfg.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.workers
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("sipedge-worker")
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg, hook, workers, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Bind everything, serve until `shutdown` completes, then release every
+/// connection (reason `shutdown`).
+pub async fn serve(
+    cfg: Config,
+    hook: Option<Box<dyn NosipHook>>,
+    workers: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let metrics = Arc::new(Metrics::new());
+    let hook = match hook {
+        Some(h) => h,
+        None => crate::core::nosip::from_config(&cfg.nosip).context("nosip.pattern")?,
+    };
+    let core = Core::new(&cfg, hook, metrics.clone());
+    let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
+    let mut tcp_listeners = Vec::new();
+    for (i, l) in cfg.listen.iter().enumerate() {
+        match l.transport {
+            Transport::Udp => {
+                let mut v = Vec::new();
+                for _ in 0..workers.max(1) {
+                    let s = kernel::udp_socket(l.addr)
+                        .with_context(|| format!("listen udp:{}", l.addr))?;
+                    v.push(Arc::new(s));
+                }
+                udp_socks.push(v);
+                tcp_listeners.push(None);
+            }
+            Transport::Tcp => {
+                let s = kernel::tcp_listener(l.addr)
+                    .with_context(|| format!("listen tcp:{}", l.addr))?;
+                udp_socks.push(Vec::new());
+                tcp_listeners.push(Some((i, s)));
+            }
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        core,
+        metrics: metrics.clone(),
+        conns: ConnTable::new(TableLimits {
+            max_connections: cfg.tcp.max_connections,
+            max_per_ip: cfg.tcp.max_connections_per_ip,
+            write_queue_bytes: cfg.tcp.write_queue_bytes,
+        }),
+        udp: udp_socks.iter().map(|v| v.first().cloned()).collect(),
+        tcp: cfg.tcp.clone(),
+        epoch: Instant::now(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, socks) in udp_socks.into_iter().enumerate() {
+        for s in socks {
+            tasks.spawn(udp::udp_worker(ctx.clone(), s, i));
+        }
+    }
+    for (i, l) in tcp_listeners.into_iter().flatten() {
+        tasks.spawn(tcp::accept_loop(ctx.clone(), l, i));
+    }
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen {addr}"))?;
+        let m = metrics.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::metrics::serve_listener(listener, m).await {
+                tracing::error!("metrics endpoint failed: {e}");
+            }
+        });
+    }
+    tracing::info!(
+        listen = ?cfg.listen.iter().map(|l| format!("{}:{}", l.transport.as_str(), l.addr)).collect::<Vec<_>>(),
+        upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+        workers,
+        "sipedge running"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    tasks.abort_all();
+    for c in ctx.conns.all() {
+        ctx.conns.release(&c);
+        ctx.metrics.tcp_released(ReleaseReason::Shutdown);
+    }
+    Ok(())
+}
+
+/// Send what the core produced. `own_udp`: the calling UDP worker's socket
+/// and its listen index; `cache`: the calling task's connection handles.
+pub async fn dispatch(
+    ctx: &Arc<Ctx>,
+    outcome: Outcome,
+    out: &[u8],
+    received_at: Instant,
+    own_udp: Option<(&UdpSocket, usize)>,
+    cache: &mut ConnCache,
+) {
+    let Outcome::Send { dest, kind } = outcome else {
+        return;
+    };
+    let ok = match dest.transport {
+        Transport::Udp => send_udp(ctx, &dest, out, own_udp).await,
+        Transport::Tcp => send_tcp(ctx, &dest, out, cache),
+    };
+    if ok {
+        ctx.metrics.bytes_out(dest.transport, out.len());
+        if matches!(kind, SendKind::Request | SendKind::Reply) {
+            ctx.metrics
+                .forward_latency(received_at.elapsed().as_secs_f64());
+        }
+    } else {
+        ctx.metrics.dropped(DropReason::SendFailed);
+        tracing::debug!(dest = %dest.addr, transport = dest.transport.as_str(), "send failed");
+    }
+}
+
+async fn send_udp(
+    ctx: &Arc<Ctx>,
+    dest: &Dest,
+    out: &[u8],
+    own_udp: Option<(&UdpSocket, usize)>,
+) -> bool {
+    let sock: &UdpSocket = match own_udp {
+        Some((s, i)) if i == dest.local => s,
+        _ => match ctx.udp.get(dest.local).and_then(|s| s.as_deref()) {
+            Some(s) => s,
+            None => match ctx
+                .udp
+                .iter()
+                .flatten()
+                .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dest.addr.is_ipv4()))
+            {
+                Some(s) => s,
+                None => return false,
+            },
+        },
+    };
+    match sock.try_send_to(out, dest.addr) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let r = tokio::time::timeout(Duration::from_millis(500), sock.send_to(out, dest.addr));
+            matches!(r.await, Ok(Ok(_)))
+        }
+        Err(_) => false,
+    }
+}
+
+fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
+    let now = ctx.now_s();
+    // RFC 3261 §18.2.2: the connection the request came on, if still open
+    if let Some(id) = dest.conn {
+        if let Some(c) = cache.by_id(&ctx.conns, id) {
+            return c.send(out, now).is_ok();
+        }
+    }
+    if let Some(c) = cache.by_addr(&ctx.conns, dest.addr) {
+        return c.send(out, now).is_ok();
+    }
+    let (c, is_new) = ctx.conns.get_or_create_outbound(dest.addr, dest.local);
+    if is_new {
+        ctx.metrics.tcp_opened(true);
+        tokio::spawn(tcp::connect_and_run(ctx.clone(), c.clone()));
+    }
+    cache.put(c.clone());
+    c.send(out, now).is_ok()
 }

@@ -1,0 +1,995 @@
+//! `receive_msg`: the stateless proxy core (SPEC A.1; RFC 3261 §16.3–16.6,
+//! §16.11, §18.2, RFC 3581). Bytes and receive info in, one [`Outcome`] out;
+//! the bytes to send are left in [`Scratch::out`]. No I/O, no clock.
+
+use super::DropReason;
+use super::nosip::{NosipCtx, NosipHook, NosipVerdict};
+use crate::config::{Config, ListenSpec, Selection, Transport, UpstreamSpec};
+use crate::metrics::Metrics;
+use crate::sip::framer::{FrameError, frame_datagram, find_header_end};
+use crate::sip::msg::{
+    HeaderKind, HeaderSpan, NameAddr, SipMsg, Span, StartLine, UriParts, Via, header_param,
+    parse_cseq, parse_name_addr, parse_sip_uri, parse_u32, parse_via, uri_scheme,
+};
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Connection identifier (Kamailio's `;i=` Via parameter carries it).
+pub type ConnId = u64;
+
+/// Where and how a message arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RcvInfo {
+    pub src: SocketAddr,
+    /// Index of the listen socket (config order) it arrived on.
+    pub local: usize,
+    pub transport: Transport,
+    /// The TCP connection it arrived on.
+    pub conn: Option<ConnId>,
+    /// The connection was opened by us (towards an upstream).
+    pub outbound: bool,
+}
+
+/// Where to send the bytes in [`Scratch::out`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    /// Prefer this TCP connection when it is still open.
+    pub conn: Option<ConnId>,
+    /// Listen socket to send from (UDP) / whose address our Via names.
+    pub local: usize,
+}
+
+/// What kind of message is being sent (metrics, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    Request,
+    Reply,
+    /// A reply the proxy generated itself (400, 483, 200 to OPTIONS, ...).
+    LocalReply(u16),
+    /// Bytes the nosip hook asked to send back.
+    NosipReply,
+}
+
+/// The result of `receive_msg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Send { dest: Dest, kind: SendKind },
+    /// The nosip hook consumed the data; nothing to send.
+    Consumed,
+    Dropped(DropReason),
+    /// Unparseable and not consumed: on TCP the connection must be released.
+    ParseError,
+}
+
+/// Per-worker reusable buffers (no per-message allocation in steady state).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub headers: Vec<HeaderSpan>,
+    /// The message to send.
+    pub out: Vec<u8>,
+    edits: Vec<Edit>,
+    tmp: Vec<u8>,
+    routes: Vec<(usize, NameAddr)>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            headers: Vec::with_capacity(32),
+            out: Vec::with_capacity(2048),
+            edits: Vec::with_capacity(16),
+            tmp: Vec::with_capacity(512),
+            routes: Vec::with_capacity(8),
+        }
+    }
+}
+
+/// Replace `buf[start..end]` by `tmp[t0..t1]` (insertion when start == end).
+#[derive(Debug, Clone, Copy)]
+struct Edit {
+    start: u32,
+    end: u32,
+    t0: u32,
+    t1: u32,
+}
+
+/// One of our addresses, precomputed for the hot path.
+#[derive(Debug, Clone)]
+struct Local {
+    transport: Transport,
+    ip: IpAddr,
+    port: u16,
+    host: Vec<u8>,
+    adv_ip: Option<IpAddr>,
+    adv_port: u16,
+    /// `Via: SIP/2.0/UDP host:port;branch=`
+    via_prefix: Vec<u8>,
+    /// `<sip:host:port;lr>` (with `;transport=tcp` on TCP)
+    rr: Vec<u8>,
+}
+
+/// Called on every parse failure after the nosip hook passed (Kamailio's
+/// `event_route[core:receive-parse-error]`).
+pub type ParseErrorHook = Box<dyn Fn(&[u8], &RcvInfo) + Send + Sync>;
+
+/// The proxy core, shared by all workers.
+pub struct Core {
+    locals: Vec<Local>,
+    upstreams: Vec<UpstreamSpec>,
+    selection: Selection,
+    record_route: bool,
+    rr_methods: Vec<Vec<u8>>,
+    secret: u64,
+    next_upstream: AtomicUsize,
+    hook: Box<dyn NosipHook>,
+    parse_error_hook: Option<ParseErrorHook>,
+    pub metrics: Arc<Metrics>,
+    log_window: AtomicU64,
+}
+
+/// Magic cookie + our marker; the rest of the branch is a hash.
+const BRANCH_PREFIX: &[u8] = b"z9hG4bKsE";
+const MAX_ROUTE_ENTRIES: usize = 32;
+const DEFAULT_MAX_FORWARDS: u32 = 70;
+/// Parse-failure log lines allowed per second.
+const PARSE_LOG_PER_SEC: u64 = 10;
+
+/// Parse a host (IPv6 in brackets) as an IP literal.
+fn host_ip(host: &[u8]) -> Option<IpAddr> {
+    let h = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    std::str::from_utf8(h).ok()?.parse().ok()
+}
+
+impl Core {
+    /// Build the core from the config; `hook` is the nosip hook in use.
+    pub fn new(cfg: &Config, hook: Box<dyn NosipHook>, metrics: Arc<Metrics>) -> Core {
+        let locals = cfg.listen.iter().map(Local::from_spec).collect();
+        let secret = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::time::SystemTime::now().hash(&mut h);
+            std::process::id().hash(&mut h);
+            h.finish()
+        };
+        Core {
+            locals,
+            upstreams: cfg.upstreams.clone(),
+            selection: cfg.selection,
+            record_route: cfg.record_route,
+            rr_methods: cfg
+                .record_route_methods
+                .iter()
+                .map(|m| m.as_bytes().to_vec())
+                .collect(),
+            secret,
+            next_upstream: AtomicUsize::new(0),
+            hook,
+            parse_error_hook: None,
+            metrics,
+            log_window: AtomicU64::new(0),
+        }
+    }
+
+    /// Fix the branch secret (tests; several processes sharing one address set).
+    pub fn with_secret(mut self, secret: u64) -> Core {
+        self.secret = secret;
+        self
+    }
+
+    /// Register a parse-error hook.
+    pub fn with_parse_error_hook(mut self, f: ParseErrorHook) -> Core {
+        self.parse_error_hook = Some(f);
+        self
+    }
+
+    /// Number of listen sockets (indices for [`RcvInfo::local`]).
+    pub fn local_count(&self) -> usize {
+        self.locals.len()
+    }
+
+    /// A datagram (RFC 3261 §18.3 framing) → [`Self::receive_msg`].
+    pub fn receive_datagram(&self, dgram: &[u8], rcv: &RcvInfo, sc: &mut Scratch) -> Outcome {
+        if !dgram.is_empty() && dgram.iter().all(|&b| b == b'\r' || b == b'\n') {
+            self.metrics.keepalive_ping();
+            return Outcome::Dropped(DropReason::Keepalive);
+        }
+        match frame_datagram(dgram) {
+            Ok(f) => self.receive_msg(&dgram[..f.len], f.body_offset, !f.has_content_length, rcv, sc),
+            Err(FrameError::BodyTooShort) | Err(FrameError::BadContentLength) => {
+                // parseable head, bad Content-Length: 400 (or drop for ACK / replies)
+                let head = find_header_end(dgram, 0).unwrap_or(dgram.len());
+                self.bad_content_length(&dgram[..head], rcv, sc)
+            }
+            Err(_) => self.parse_failure(dgram, rcv, sc),
+        }
+    }
+
+    fn bad_content_length(&self, head: &[u8], rcv: &RcvInfo, sc: &mut Scratch) -> Outcome {
+        let Scratch { headers, out, .. } = sc;
+        let msg = match SipMsg::parse(head, head.len(), headers) {
+            Ok(m) => m,
+            Err(_) => return self.parse_failure(head, rcv, sc),
+        };
+        if !msg.is_request() {
+            self.metrics.dropped(DropReason::ParseFailure);
+            return Outcome::Dropped(DropReason::ParseFailure);
+        }
+        self.metrics.request(msg.method());
+        if msg.method() == b"ACK" {
+            self.metrics.dropped(DropReason::BadAck);
+            return Outcome::Dropped(DropReason::BadAck);
+        }
+        self.local_reply(&msg, rcv, 400, "Bad Content-Length", out)
+    }
+
+    /// The transport-independent core (Kamailio's `receive_msg`): `buf` is one
+    /// framed message whose body starts at `body_offset`. `add_content_length`:
+    /// the message had none (allowed on UDP) and one must be added when forwarding.
+    pub fn receive_msg(
+        &self,
+        buf: &[u8],
+        body_offset: usize,
+        add_content_length: bool,
+        rcv: &RcvInfo,
+        sc: &mut Scratch,
+    ) -> Outcome {
+        let Scratch {
+            headers,
+            out,
+            edits,
+            tmp,
+            routes,
+        } = sc;
+        let msg = match SipMsg::parse(buf, body_offset, headers) {
+            Ok(m) => m,
+            Err(_) => return self.parse_failure(buf, rcv, sc),
+        };
+        out.clear();
+        edits.clear();
+        tmp.clear();
+        routes.clear();
+        let mut b = Builder { out, edits, tmp };
+        match msg.start {
+            StartLine::Response { code, .. } => self.route_reply(&msg, code, rcv, &mut b),
+            StartLine::Request { version_ok, .. } => {
+                self.route_request(&msg, version_ok, add_content_length, rcv, &mut b, routes)
+            }
+        }
+    }
+
+    /// Parse failure (seed 000): offer the bytes to the nosip hook; if it does
+    /// not consume them, log (rate-limited), run the parse-error hook, count,
+    /// and return [`Outcome::ParseError`].
+    pub fn parse_failure(&self, buf: &[u8], rcv: &RcvInfo, sc: &mut Scratch) -> Outcome {
+        sc.out.clear();
+        let mut ctx = NosipCtx {
+            src: rcv.src,
+            transport: rcv.transport,
+            reply: &mut sc.out,
+        };
+        let verdict = self.hook.on_nosip(buf, &mut ctx);
+        self.metrics.nosip(verdict);
+        if verdict == NosipVerdict::Drop {
+            if sc.out.is_empty() {
+                return Outcome::Consumed;
+            }
+            return Outcome::Send {
+                dest: Dest {
+                    transport: rcv.transport,
+                    addr: rcv.src,
+                    conn: rcv.conn,
+                    local: rcv.local,
+                },
+                kind: SendKind::NosipReply,
+            };
+        }
+        sc.out.clear();
+        if self.log_allowed() {
+            tracing::warn!(
+                "core parsing of SIP message failed ({}:{}/{})",
+                rcv.src.ip(),
+                rcv.src.port(),
+                rcv.transport.as_str()
+            );
+        }
+        if let Some(h) = &self.parse_error_hook {
+            h(buf, rcv);
+        }
+        self.metrics.parse_failure(rcv.transport);
+        self.metrics.dropped(DropReason::ParseFailure);
+        Outcome::ParseError
+    }
+
+    /// At most [`PARSE_LOG_PER_SEC`] log lines per second (coarse window, lock-free).
+    fn log_allowed(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let cur = self.log_window.load(Ordering::Relaxed);
+        if cur >> 16 != now {
+            self.log_window.store(now << 16 | 1, Ordering::Relaxed);
+            return true;
+        }
+        if cur & 0xffff < PARSE_LOG_PER_SEC {
+            self.log_window.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn local_index(&self, host: &[u8], port: Option<u16>, sips: bool) -> Option<usize> {
+        let port = port.unwrap_or(if sips { 5061 } else { 5060 });
+        let ip = host_ip(host);
+        self.locals.iter().position(|l| {
+            (port == l.adv_port || port == l.port)
+                && (l.host.eq_ignore_ascii_case(host)
+                    || ip.is_some_and(|ip| {
+                        Some(ip) == l.adv_ip || (ip == l.ip && !l.ip.is_unspecified())
+                    }))
+        })
+    }
+
+    fn uri_is_ours(&self, buf: &[u8], uri: &UriParts) -> bool {
+        !uri.user && self.local_index(uri.host.get(buf), uri.port, uri.sips).is_some()
+    }
+
+    fn is_local_addr(&self, addr: SocketAddr, t: Transport) -> bool {
+        self.locals
+            .iter()
+            .any(|l| l.transport == t && l.port == addr.port() && l.ip == addr.ip())
+    }
+
+    /// The listen socket to send from / to name in Via for `t` towards `addr`.
+    fn out_local(&self, t: Transport, addr: SocketAddr, rcv: &RcvInfo) -> usize {
+        let fam = |l: &Local| l.ip.is_ipv4() == addr.is_ipv4();
+        let inbound = &self.locals[rcv.local];
+        if inbound.transport == t && fam(inbound) {
+            return rcv.local;
+        }
+        self.locals
+            .iter()
+            .position(|l| l.transport == t && fam(l))
+            .or_else(|| self.locals.iter().position(fam))
+            .unwrap_or(rcv.local)
+    }
+
+    fn pick_upstream(&self, msg: &SipMsg<'_>) -> Option<&UpstreamSpec> {
+        let n = self.upstreams.len();
+        if n == 0 {
+            return None;
+        }
+        let i = match self.selection {
+            Selection::RoundRobin => self.next_upstream.fetch_add(1, Ordering::Relaxed) % n,
+            Selection::CallIdHash => {
+                let cid = msg.first(HeaderKind::CallId).map_or(&b""[..], |h| msg.value(h));
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                cid.hash(&mut h);
+                (h.finish() % n as u64) as usize
+            }
+        };
+        self.upstreams.get(i)
+    }
+
+    /// RFC 3261 §16.11: a branch that is the same for a retransmission, and for
+    /// the CANCEL / non-2xx ACK of an INVITE (they carry the INVITE's branch,
+    /// or, from RFC 2543 clients, the same Call-ID / tags / CSeq number / R-URI).
+    fn branch_hash(&self, msg: &SipMsg<'_>, via: &Via) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.secret.hash(&mut h);
+        via.sent_by.get(msg.buf).hash(&mut h);
+        match via.branch.map(|b| b.get(msg.buf)) {
+            Some(br) if br.starts_with(b"z9hG4bK") => br.hash(&mut h),
+            _ => {
+                let v = |k| msg.first(k).map_or(&b""[..], |x| msg.value(x));
+                v(HeaderKind::CallId).hash(&mut h);
+                header_param(v(HeaderKind::From), b"tag").hash(&mut h);
+                let method = msg.method();
+                // the ACK of a non-2xx (To-tag added by the UAS) and the CANCEL match the INVITE
+                if method != b"ACK" {
+                    header_param(v(HeaderKind::To), b"tag").hash(&mut h);
+                }
+                parse_cseq(v(HeaderKind::CSeq)).map(|c| c.0).hash(&mut h);
+                msg.uri().hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+
+    /// RFC 3261 §16.3 request validation (plus §8.2.2.1 scheme, §18.3 length).
+    fn sanity(&self, msg: &SipMsg<'_>) -> Result<(), (u16, &'static str)> {
+        let once = |k: HeaderKind, missing: &'static str| match msg.count(k) {
+            0 => Err((400, missing)),
+            _ => Ok(()),
+        };
+        once(HeaderKind::Via, "Missing Via")?;
+        once(HeaderKind::From, "Missing From")?;
+        once(HeaderKind::To, "Missing To")?;
+        once(HeaderKind::CallId, "Missing Call-ID")?;
+        once(HeaderKind::CSeq, "Missing CSeq")?;
+        for (k, why) in [
+            (HeaderKind::From, "Duplicate From"),
+            (HeaderKind::To, "Duplicate To"),
+            (HeaderKind::CallId, "Duplicate Call-ID"),
+            (HeaderKind::CSeq, "Duplicate CSeq"),
+        ] {
+            if msg.count(k) > 1 {
+                return Err((400, why));
+            }
+        }
+        let top = msg.first(HeaderKind::Via).ok_or((400, "Missing Via"))?;
+        parse_via(msg.buf, top.value).map_err(|_| (400, "Bad Via"))?;
+        if msg.headers.iter().any(|h| h.kind == HeaderKind::CallId && msg.value(h).is_empty()) {
+            return Err((400, "Bad Call-ID"));
+        }
+        let cseq = msg.first(HeaderKind::CSeq).map(|h| msg.value(h)).unwrap_or_default();
+        match parse_cseq(cseq) {
+            Some((_, m)) if m == msg.method() => {}
+            Some(_) => return Err((400, "CSeq method does not match request method")),
+            None => return Err((400, "Bad CSeq")),
+        }
+        if let Some(h) = msg.first(HeaderKind::MaxForwards) {
+            if parse_u32(msg.value(h)).is_none() {
+                return Err((400, "Bad Max-Forwards"));
+            }
+        }
+        let uri = msg.uri();
+        match uri_scheme(uri) {
+            Some(s) if s.eq_ignore_ascii_case(b"sip") || s.eq_ignore_ascii_case(b"sips") => {
+                let span = match msg.start {
+                    StartLine::Request { uri, .. } => uri,
+                    StartLine::Response { .. } => Span::default(),
+                };
+                if parse_sip_uri(msg.buf, span).is_none() {
+                    return Err((400, "Bad Request-URI"));
+                }
+                let text = std::str::from_utf8(uri).map_err(|_| (400, "Bad Request-URI"))?;
+                if rsip::Uri::try_from(text).is_err() {
+                    return Err((400, "Bad Request-URI"));
+                }
+            }
+            Some(s) if s.eq_ignore_ascii_case(b"tel") => {}
+            Some(_) => return Err((416, "Unsupported URI Scheme")),
+            None => return Err((400, "Bad Request-URI")),
+        }
+        Ok(())
+    }
+
+    fn route_request(
+        &self,
+        msg: &SipMsg<'_>,
+        version_ok: bool,
+        add_content_length: bool,
+        rcv: &RcvInfo,
+        b: &mut Builder<'_>,
+        routes: &mut Vec<(usize, NameAddr)>,
+    ) -> Outcome {
+        let method = msg.method();
+        self.metrics.request(method);
+        let is_ack = method == b"ACK";
+        let fail = |code: u16, reason: &'static str, b: &mut Builder<'_>| {
+            if is_ack {
+                self.metrics.dropped(DropReason::BadAck);
+                Outcome::Dropped(DropReason::BadAck)
+            } else {
+                self.local_reply(msg, rcv, code, reason, b.out)
+            }
+        };
+        if !version_ok {
+            return fail(505, "Version Not Supported", b);
+        }
+        if let Err((code, reason)) = self.sanity(msg) {
+            return fail(code, reason, b);
+        }
+        let buf = msg.buf;
+        let ruri_span = match msg.start {
+            StartLine::Request { uri, .. } => uri,
+            StartLine::Response { .. } => Span::default(),
+        };
+        let ruri = parse_sip_uri(buf, ruri_span);
+
+        // Route entries, in order (bounded)
+        for (i, h) in msg.headers.iter().enumerate() {
+            if h.kind != HeaderKind::Route {
+                continue;
+            }
+            let mut v = h.value;
+            while routes.len() < MAX_ROUTE_ENTRIES {
+                let Some(na) = parse_name_addr(buf, v) else {
+                    return fail(400, "Bad Route", b);
+                };
+                routes.push((i, na));
+                match na.next {
+                    Some(n) => v = Span::new(n as usize, h.value.end as usize),
+                    None => break,
+                }
+            }
+        }
+        // §16.4: strict-router case: the R-URI is our Record-Route URI
+        let mut new_ruri: Option<Span> = None;
+        let mut removed_last = false;
+        if let Some(u) = &ruri {
+            if self.uri_is_ours(buf, u) && !routes.is_empty() {
+                if let Some((_, last)) = routes.last() {
+                    new_ruri = Some(last.uri);
+                    removed_last = true;
+                }
+            }
+        }
+        let live = routes.len() - usize::from(removed_last);
+        // §16.4: pop the top Route(s) naming us (two after a double Record-Route)
+        let mut popped = 0;
+        while popped < live.min(2) {
+            let uri = routes[popped].1.uri;
+            match parse_sip_uri(buf, uri) {
+                Some(u) if self.uri_is_ours(buf, &u) => popped += 1,
+                _ => break,
+            }
+        }
+        let remaining = &routes[popped..live];
+
+        // OPTIONS to the proxy itself: answer it
+        let ruri_ours = new_ruri.is_none() && ruri.as_ref().is_some_and(|u| self.uri_is_ours(buf, u));
+        if ruri_ours && remaining.is_empty() && method == b"OPTIONS" {
+            return self.local_reply(msg, rcv, 200, "OK", b.out);
+        }
+        // Max-Forwards (§16.3 step 3 / §16.6 step 3)
+        let mf = msg.first(HeaderKind::MaxForwards);
+        let mf_val = mf.and_then(|h| parse_u32(msg.value(h)));
+        if mf_val == Some(0) {
+            return fail(483, "Too Many Hops", b);
+        }
+
+        // next hop
+        let dest_t;
+        let dest_addr;
+        if let Some((_, top)) = remaining.first() {
+            let Some(u) = parse_sip_uri(buf, top.uri) else {
+                return fail(400, "Bad Route", b);
+            };
+            let Some(a) = self.uri_addr(buf, &u) else {
+                self.metrics.dropped(DropReason::NoRoute);
+                return Outcome::Dropped(DropReason::NoRoute);
+            };
+            dest_t = uri_transport(buf, &u).unwrap_or(rcv.transport);
+            dest_addr = a;
+        } else if self.from_upstream(rcv) && !ruri_ours {
+            // towards a client: follow the (possibly strict-route-rewritten) Request-URI
+            let target = match new_ruri {
+                Some(s) => parse_sip_uri(buf, s),
+                None => ruri,
+            };
+            let Some(u) = target else {
+                self.metrics.dropped(DropReason::NoRoute);
+                return Outcome::Dropped(DropReason::NoRoute);
+            };
+            let Some(a) = self.uri_addr(buf, &u) else {
+                self.metrics.dropped(DropReason::NoRoute);
+                return Outcome::Dropped(DropReason::NoRoute);
+            };
+            dest_t = uri_transport(buf, &u).unwrap_or(Transport::Udp);
+            dest_addr = a;
+        } else {
+            let Some(up) = self.pick_upstream(msg) else {
+                self.metrics.dropped(DropReason::NoRoute);
+                return Outcome::Dropped(DropReason::NoRoute);
+            };
+            dest_t = up.transport.unwrap_or(rcv.transport);
+            dest_addr = up.addr;
+        }
+        if self.is_local_addr(dest_addr, dest_t) {
+            self.metrics.dropped(DropReason::Loop);
+            return Outcome::Dropped(DropReason::Loop);
+        }
+        let out_local = self.out_local(dest_t, dest_addr, rcv);
+
+        // ---- build the forwarded request by splicing ----
+        let Some(top_via_h) = msg.first(HeaderKind::Via) else {
+            return fail(400, "Missing Via", b);
+        };
+        let Ok(via) = parse_via(buf, top_via_h.value) else {
+            return fail(400, "Bad Via", b);
+        };
+        // new Request-URI (strict routing)
+        if let Some(s) = new_ruri {
+            b.replace(ruri_span.start, ruri_span.end, s.get(buf));
+        }
+        // our Via, then Record-Route(s), then Max-Forwards if missing: right after the start line
+        let at = msg.start_line.end;
+        let l = &self.locals[out_local];
+        let t0 = b.tmp.len();
+        b.tmp.extend_from_slice(&l.via_prefix);
+        b.tmp.extend_from_slice(BRANCH_PREFIX);
+        let _ = write!(b.tmp, "{:016x}", self.branch_hash(msg, &via));
+        if let (Transport::Tcp, Some(c)) = (rcv.transport, rcv.conn) {
+            let _ = write!(b.tmp, ";i={c}");
+        }
+        b.tmp.extend_from_slice(b"\r\n");
+        let initial = msg
+            .first(HeaderKind::To)
+            .is_none_or(|h| header_param(msg.value(h), b"tag").is_none());
+        if self.record_route && initial && self.rr_methods.iter().any(|m| m == method) {
+            b.tmp.extend_from_slice(b"Record-Route: ");
+            b.tmp.extend_from_slice(&l.rr);
+            b.tmp.extend_from_slice(b"\r\n");
+            if out_local != rcv.local {
+                b.tmp.extend_from_slice(b"Record-Route: ");
+                b.tmp.extend_from_slice(&self.locals[rcv.local].rr);
+                b.tmp.extend_from_slice(b"\r\n");
+            }
+        }
+        if mf.is_none() {
+            let _ = write!(b.tmp, "Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n");
+        }
+        b.push_tmp(at, at, t0);
+
+        // the client's Via: received / rport (RFC 3261 §18.2.1, RFC 3581 §4)
+        let src_ip = rcv.src.ip();
+        let sent_ip = host_ip(via.host.get(buf));
+        if via.received.is_none() {
+            if let (Some(None), Some(end)) = (via.rport, via.rport_name_end) {
+                let t0 = b.tmp.len();
+                let _ = write!(b.tmp, "={}", rcv.src.port());
+                b.push_tmp(end, end, t0);
+            }
+            if via.rport.is_some() || sent_ip != Some(src_ip) {
+                let t0 = b.tmp.len();
+                b.tmp.extend_from_slice(b";received=");
+                let _ = match src_ip {
+                    IpAddr::V4(v4) => write!(b.tmp, "{v4}"),
+                    IpAddr::V6(v6) => write!(b.tmp, "{v6}"),
+                };
+                b.push_tmp(via.parm.end, via.parm.end, t0);
+            }
+        }
+        // Max-Forwards decrement
+        if let (Some(h), Some(v)) = (mf, mf_val) {
+            let t0 = b.tmp.len();
+            let _ = write!(b.tmp, "{}", v - 1);
+            b.push_tmp(h.value.start, h.value.end, t0);
+        }
+        // Route removals: popped prefix and/or the strict-routing last entry
+        let mut i = 0;
+        while i < routes.len() {
+            let hi = routes[i].0;
+            let j = routes[i..].iter().take_while(|r| r.0 == hi).count() + i;
+            let h = &msg.headers[hi];
+            let is_removed = |k: usize| k < popped || (removed_last && k == routes.len() - 1);
+            let first_kept = (i..j).find(|&k| !is_removed(k));
+            let last_kept = (i..j).rev().find(|&k| !is_removed(k));
+            match (first_kept, last_kept) {
+                (Some(fk), Some(lk)) => {
+                    if fk > i {
+                        b.replace(h.value.start, routes[fk].1.entry.start, b"");
+                    }
+                    if lk + 1 < j {
+                        b.replace(routes[lk].1.entry.end, h.value.end, b"");
+                    }
+                }
+                _ => b.replace(h.line.start, h.line.end, b""),
+            }
+            i = j;
+        }
+        // Content-Length for a UDP message that had none
+        if add_content_length {
+            let t0 = b.tmp.len();
+            let _ = write!(b.tmp, "Content-Length: {}\r\n", buf.len() - msg.body_offset);
+            b.push_tmp(msg.headers_end as u32, msg.headers_end as u32, t0);
+        }
+        b.emit(buf);
+        self.metrics.forwarded_request();
+        Outcome::Send {
+            dest: Dest {
+                transport: dest_t,
+                addr: dest_addr,
+                conn: None,
+                local: out_local,
+            },
+            kind: SendKind::Request,
+        }
+    }
+
+    fn from_upstream(&self, rcv: &RcvInfo) -> bool {
+        self.upstreams.iter().any(|u| {
+            u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip())
+        })
+    }
+
+    /// IP literal + port of a SIP URI (maddr ignored; names are not resolved here).
+    fn uri_addr(&self, buf: &[u8], u: &UriParts) -> Option<SocketAddr> {
+        let ip = host_ip(u.host.get(buf))?;
+        Some(SocketAddr::new(
+            ip,
+            u.port.unwrap_or(if u.sips { 5061 } else { 5060 }),
+        ))
+    }
+
+    /// RFC 3261 §16.7 step 3 / §18.2.2: remove our Via, send to the next one.
+    fn route_reply(&self, msg: &SipMsg<'_>, code: u16, rcv: &RcvInfo, b: &mut Builder<'_>) -> Outcome {
+        self.metrics.reply(code);
+        let buf = msg.buf;
+        let drop = |r: DropReason| {
+            self.metrics.dropped(r);
+            Outcome::Dropped(r)
+        };
+        let Some((vi, top_h)) = msg
+            .headers
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.kind == HeaderKind::Via)
+        else {
+            return drop(DropReason::ReplyNoVia);
+        };
+        let Ok(top) = parse_via(buf, top_h.value) else {
+            return drop(DropReason::ReplyNotOurs);
+        };
+        if self.local_index(top.host.get(buf), top.port, false).is_none() {
+            return drop(DropReason::ReplyNotOurs);
+        }
+        // the next Via: in the same header after a comma, or the next Via header
+        let next = match top.next {
+            Some(n) => parse_via(buf, Span::new(n as usize, top_h.value.end as usize)).ok(),
+            None => msg.headers[vi + 1..]
+                .iter()
+                .find(|h| h.kind == HeaderKind::Via)
+                .and_then(|h| parse_via(buf, h.value).ok()),
+        };
+        let Some(next) = next else {
+            return drop(DropReason::ReplyNoVia);
+        };
+        let t = next.transport.get(buf);
+        let transport = if t.eq_ignore_ascii_case(b"UDP") {
+            Transport::Udp
+        } else if t.eq_ignore_ascii_case(b"TCP") {
+            Transport::Tcp
+        } else {
+            return drop(DropReason::NoRoute);
+        };
+        let ip = match next.received {
+            Some(r) => host_ip(r.get(buf)),
+            None => host_ip(next.host.get(buf)),
+        };
+        let Some(ip) = ip else {
+            return drop(DropReason::NoRoute);
+        };
+        let port = match next.rport {
+            Some(Some(p)) => p,
+            _ => next.port.unwrap_or(5060),
+        };
+        let addr = SocketAddr::new(ip, port);
+        // remove our via-parm
+        match top.next {
+            Some(n) => b.replace(top_h.value.start, n, b""),
+            None => b.replace(top_h.line.start, top_h.line.end, b""),
+        }
+        b.emit(buf);
+        self.metrics.forwarded_reply();
+        let local = self.out_local(transport, addr, rcv);
+        Outcome::Send {
+            dest: Dest {
+                transport,
+                addr,
+                conn: if transport == Transport::Tcp { top.conn_id } else { None },
+                local,
+            },
+            kind: SendKind::Reply,
+        }
+    }
+
+    /// A reply generated by the proxy (rsip builds it), sent back the way
+    /// RFC 3261 §18.2.2 / RFC 3581 §4 say: same connection on TCP; on UDP
+    /// the source address (with rport) or source IP + sent-by port.
+    fn local_reply(
+        &self,
+        msg: &SipMsg<'_>,
+        rcv: &RcvInfo,
+        code: u16,
+        reason: &str,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let buf = msg.buf;
+        let Some(top) = msg.first(HeaderKind::Via).and_then(|h| parse_via(buf, h.value).ok())
+        else {
+            self.metrics.dropped(DropReason::ParseFailure);
+            return Outcome::Dropped(DropReason::ParseFailure);
+        };
+        let text = |h: &HeaderSpan| String::from_utf8_lossy(msg.value(h)).into_owned();
+        let mut headers = rsip::Headers::default();
+        for h in msg.headers.iter().filter(|h| h.kind == HeaderKind::Via) {
+            headers.push(rsip::Header::Via(rsip::headers::Via::from(text(h))));
+        }
+        if let Some(h) = msg.first(HeaderKind::From) {
+            headers.push(rsip::Header::From(rsip::headers::From::from(text(h))));
+        }
+        if let Some(h) = msg.first(HeaderKind::To) {
+            let mut to = text(h);
+            if code > 100 && header_param(msg.value(h), b"tag").is_none() {
+                let mut hs = std::collections::hash_map::DefaultHasher::new();
+                self.secret.hash(&mut hs);
+                msg.first(HeaderKind::CallId).map(|c| msg.value(c)).hash(&mut hs);
+                msg.first(HeaderKind::From)
+                    .and_then(|f| header_param(msg.value(f), b"tag"))
+                    .hash(&mut hs);
+                to.push_str(&format!(";tag=sE{:08x}", hs.finish() as u32));
+            }
+            headers.push(rsip::Header::To(rsip::headers::To::from(to)));
+        }
+        if let Some(h) = msg.first(HeaderKind::CallId) {
+            headers.push(rsip::Header::CallId(rsip::headers::CallId::from(text(h))));
+        }
+        if let Some(h) = msg.first(HeaderKind::CSeq) {
+            headers.push(rsip::Header::CSeq(rsip::headers::CSeq::from(text(h))));
+        }
+        headers.push(rsip::Header::Server(rsip::headers::Server::from(format!(
+            "sipedge/{}",
+            env!("CARGO_PKG_VERSION")
+        ))));
+        headers.push(rsip::Header::ContentLength(rsip::headers::ContentLength::from(0u32)));
+        let status = match rsip::StatusCode::from(code) {
+            rsip::StatusCode::Other(..) => rsip::StatusCode::Other(code, reason.to_string()),
+            s if reason != default_reason(&s) => rsip::StatusCode::Other(code, reason.to_string()),
+            s => s,
+        };
+        let resp = rsip::Response {
+            status_code: status,
+            version: rsip::Version::V2,
+            headers,
+            body: Vec::new(),
+        };
+        out.clear();
+        let _ = write!(out, "{resp}");
+        let addr = match rcv.transport {
+            Transport::Tcp => rcv.src,
+            Transport::Udp => {
+                if top.rport.is_some() {
+                    rcv.src
+                } else {
+                    SocketAddr::new(rcv.src.ip(), top.port.unwrap_or(5060))
+                }
+            }
+        };
+        self.metrics.local_reply(code);
+        Outcome::Send {
+            dest: Dest {
+                transport: rcv.transport,
+                addr,
+                conn: rcv.conn,
+                local: rcv.local,
+            },
+            kind: SendKind::LocalReply(code),
+        }
+    }
+}
+
+/// rsip's canonical reason phrase of a known status code.
+fn default_reason(s: &rsip::StatusCode) -> String {
+    let full = s.to_string();
+    full.split_once(' ').map(|(_, r)| r.to_string()).unwrap_or_default()
+}
+
+fn uri_transport(buf: &[u8], u: &UriParts) -> Option<Transport> {
+    let t = u.transport?.get(buf);
+    if t.eq_ignore_ascii_case(b"tcp") {
+        Some(Transport::Tcp)
+    } else if t.eq_ignore_ascii_case(b"udp") {
+        Some(Transport::Udp)
+    } else {
+        None
+    }
+}
+
+impl Local {
+    fn from_spec(s: &ListenSpec) -> Local {
+        let host = s.advertise_host.clone();
+        let via_prefix = format!(
+            "Via: SIP/2.0/{} {}:{};branch=",
+            s.transport.via_str(),
+            host,
+            s.advertise_port
+        )
+        .into_bytes();
+        let rr = match s.transport {
+            Transport::Udp => format!("<sip:{}:{};lr>", host, s.advertise_port),
+            Transport::Tcp => format!("<sip:{}:{};transport=tcp;lr>", host, s.advertise_port),
+        }
+        .into_bytes();
+        Local {
+            transport: s.transport,
+            ip: s.addr.ip(),
+            port: s.addr.port(),
+            adv_ip: host_ip(host.as_bytes()),
+            host: host.into_bytes(),
+            adv_port: s.advertise_port,
+            via_prefix,
+            rr,
+        }
+    }
+}
+
+/// Output assembly: a sorted list of splices over the input.
+struct Builder<'s> {
+    out: &'s mut Vec<u8>,
+    edits: &'s mut Vec<Edit>,
+    tmp: &'s mut Vec<u8>,
+}
+
+impl Builder<'_> {
+    /// Replace `buf[start..end]` by bytes written to `tmp` since `t0`.
+    fn push_tmp(&mut self, start: u32, end: u32, t0: usize) {
+        self.edits.push(Edit {
+            start,
+            end,
+            t0: t0 as u32,
+            t1: self.tmp.len() as u32,
+        });
+    }
+
+    fn replace(&mut self, start: u32, end: u32, with: &[u8]) {
+        let t0 = self.tmp.len();
+        self.tmp.extend_from_slice(with);
+        self.push_tmp(start, end, t0);
+    }
+
+    /// Write `buf` with all edits applied into `out`.
+    fn emit(&mut self, buf: &[u8]) {
+        // stable: insertions at one offset keep their order
+        self.edits.sort_by_key(|e| (e.start, e.end));
+        self.out.clear();
+        self.out.reserve(buf.len() + self.tmp.len());
+        let mut pos = 0usize;
+        for e in self.edits.iter() {
+            let (s, en) = (e.start as usize, e.end as usize);
+            if s < pos {
+                continue; // overlapping edit: never produced by the router; ignore defensively
+            }
+            self.out.extend_from_slice(&buf[pos..s]);
+            self.out
+                .extend_from_slice(&self.tmp[e.t0 as usize..e.t1 as usize]);
+            pos = en;
+        }
+        self.out.extend_from_slice(&buf[pos..]);
+    }
+}
+
+/// Fuzz entry: run arbitrary bytes through `receive_msg` (as a TCP message
+/// and as a UDP datagram) with a default configuration. Never panics.
+pub fn fuzz_receive_msg(data: &[u8]) {
+    use std::sync::OnceLock;
+    static CORE: OnceLock<Core> = OnceLock::new();
+    let core = CORE.get_or_init(|| {
+        let mut cfg = Config::default_config();
+        cfg.listen = vec![
+            crate::config::parse_listen("l", "udp:127.0.0.1:5060").expect("static"),
+            crate::config::parse_listen("l", "tcp:127.0.0.1:5060").expect("static"),
+        ];
+        Core::new(&cfg, Box::new(super::nosip::NoneHook), Arc::new(Metrics::new()))
+    });
+    let mut sc = Scratch::new();
+    let src: SocketAddr = SocketAddr::from(([127, 0, 0, 2], 5062));
+    let udp = RcvInfo {
+        src,
+        local: 0,
+        transport: Transport::Udp,
+        conn: None,
+        outbound: false,
+    };
+    let _ = core.receive_datagram(data, &udp, &mut sc);
+    let tcp = RcvInfo {
+        transport: Transport::Tcp,
+        local: 1,
+        conn: Some(7),
+        ..udp
+    };
+    let body = find_header_end(data, 0).unwrap_or(data.len());
+    let _ = core.receive_msg(data, body, false, &tcp, &mut sc);
+}
+
+#[cfg(test)]
+#[path = "proxy_tests.rs"]
+mod tests;

@@ -1,0 +1,550 @@
+//! SPEC A.1 rules, one test each, byte arrays in, bytes out.
+
+use super::*;
+use crate::config::{
+    LogFormat, NosipConfig, NosipKind, TcpLimits, parse_listen_unchecked, parse_upstream_unchecked,
+};
+use crate::core::nosip::{MatchHook, NoneHook};
+
+fn cfg(upstreams: &[&str]) -> Config {
+    Config {
+        listen: vec![
+            parse_listen_unchecked(Transport::Udp, "192.0.2.10:5060".parse().unwrap()),
+            parse_listen_unchecked(Transport::Tcp, "192.0.2.10:5060".parse().unwrap()),
+        ],
+        upstreams: upstreams.iter().map(|u| parse_upstream_unchecked(u)).collect(),
+        selection: Selection::RoundRobin,
+        record_route: true,
+        record_route_methods: vec!["INVITE".into(), "SUBSCRIBE".into(), "REFER".into()],
+        workers: 1,
+        tcp: TcpLimits {
+            max_message_size: 65535,
+            max_connections: 10,
+            max_connections_per_ip: 10,
+            write_queue_bytes: 1 << 20,
+            idle_lifetime_secs: 120,
+            message_timeout_secs: 10,
+            first_message_timeout_secs: 5,
+            accept_no_content_length: false,
+            crlf_pong: true,
+            connect_timeout_secs: 5,
+        },
+        nosip: NosipConfig {
+            hook: NosipKind::None,
+            pattern: None,
+            health_path: "/health".into(),
+        },
+        metrics_listen: None,
+        log_level: "info".into(),
+        log_format: LogFormat::Text,
+    }
+}
+
+fn core_with(c: &Config) -> Core {
+    Core::new(c, Box::new(NoneHook), Arc::new(Metrics::new())).with_secret(42)
+}
+
+fn core() -> Core {
+    core_with(&cfg(&["sip:192.0.2.20:5080"]))
+}
+
+const CLIENT: &str = "198.51.100.7:5062";
+
+fn udp() -> RcvInfo {
+    RcvInfo {
+        src: CLIENT.parse().unwrap(),
+        local: 0,
+        transport: Transport::Udp,
+        conn: None,
+        outbound: false,
+    }
+}
+
+fn tcp(conn: ConnId) -> RcvInfo {
+    RcvInfo {
+        local: 1,
+        transport: Transport::Tcp,
+        conn: Some(conn),
+        ..udp()
+    }
+}
+
+fn invite(extra: &str) -> String {
+    format!(
+        "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc;rport\r\n\
+Max-Forwards: 70\r\n\
+From: Alice <sip:alice@example.com>;tag=1928301774\r\n\
+To: Bob <sip:bob@example.com>\r\n\
+Call-ID: a84b4c76e66710@pc33\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@198.51.100.7:5062>\r\n\
+{extra}Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\
+\r\n\
+v=0\n"
+    )
+}
+
+/// Feed a datagram; return the outcome and the output as text.
+fn run(core: &Core, msg: &str, rcv: &RcvInfo) -> (Outcome, String) {
+    let mut sc = Scratch::new();
+    let o = match rcv.transport {
+        Transport::Udp => core.receive_datagram(msg.as_bytes(), rcv, &mut sc),
+        Transport::Tcp => {
+            let b = msg.as_bytes();
+            let body = b.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            core.receive_msg(b, body, false, rcv, &mut sc)
+        }
+    };
+    (o, String::from_utf8_lossy(&sc.out).into_owned())
+}
+
+fn headers<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    out.split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
+        .collect()
+}
+
+fn status(out: &str) -> &str {
+    out.split("\r\n").next().unwrap()
+}
+
+fn forwarded(o: &Outcome) -> Dest {
+    match o {
+        Outcome::Send {
+            dest,
+            kind: SendKind::Request | SendKind::Reply,
+        } => *dest,
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+fn local_reply(o: &Outcome) -> u16 {
+    match o {
+        Outcome::Send {
+            kind: SendKind::LocalReply(c),
+            ..
+        } => *c,
+        other => panic!("no local reply: {other:?}"),
+    }
+}
+
+fn branch(out: &str) -> String {
+    let v = headers(out, "Via")[0];
+    v.split(';')
+        .find_map(|p| p.strip_prefix("branch="))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a1_forward_adds_top_via_and_keeps_everything_else_byte_for_byte() {
+    let msg = invite("X-Custom:   odd  spacing ;x\r\n");
+    let (o, out) = run(&core(), &msg, &udp());
+    let d = forwarded(&o);
+    assert_eq!(d.addr, "192.0.2.20:5080".parse().unwrap());
+    assert_eq!(d.transport, Transport::Udp);
+    let vias = headers(&out, "Via");
+    assert_eq!(vias.len(), 2);
+    assert!(vias[0].starts_with("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"), "{out}");
+    assert!(out.contains("X-Custom:   odd  spacing ;x\r\n"));
+    assert!(out.ends_with("Content-Length: 4\r\n\r\nv=0\n"));
+    assert!(out.starts_with("INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10"));
+}
+
+#[test]
+fn a1_sanity_missing_mandatory_headers_get_400_with_reason() {
+    for (hdr, reason) in [
+        ("From", "Missing From"),
+        ("To", "Missing To"),
+        ("Call-ID", "Missing Call-ID"),
+        ("CSeq", "Missing CSeq"),
+    ] {
+        let msg: String = invite("")
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with(&format!("{hdr}:")))
+            .collect();
+        let (o, out) = run(&core(), &msg, &udp());
+        assert_eq!(local_reply(&o), 400, "{hdr}");
+        assert_eq!(status(&out), format!("SIP/2.0 400 {reason}"));
+        assert_eq!(headers(&out, "Via").len(), 1);
+    }
+}
+
+#[test]
+fn a1_sanity_missing_via_is_dropped_not_answered() {
+    let msg: String = invite("")
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("Via:"))
+        .collect();
+    let (o, _) = run(&core(), &msg, &udp());
+    assert!(matches!(o, Outcome::Dropped(_)), "{o:?}");
+}
+
+#[test]
+fn a1_sanity_cseq_method_mismatch_400() {
+    let msg = invite("").replace("CSeq: 314159 INVITE", "CSeq: 1 OPTIONS");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 400);
+    assert_eq!(status(&out), "SIP/2.0 400 CSeq method does not match request method");
+}
+
+#[test]
+fn a1_sanity_failure_on_ack_is_never_answered() {
+    let msg = invite("")
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("CSeq: 314159 INVITE", "CSeq: 314159 BYE");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::BadAck));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a1_unsupported_sip_version_505() {
+    let msg = invite("").replace("bob@example.com SIP/2.0", "bob@example.com SIP/3.0");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 505);
+    assert!(status(&out).starts_with("SIP/2.0 505 "));
+}
+
+#[test]
+fn a1_unsupported_uri_scheme_416() {
+    let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE http://bob.example.com/");
+    let (o, _) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 416);
+}
+
+#[test]
+fn a1_bad_request_uri_400() {
+    let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE sip:");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 400);
+    assert_eq!(status(&out), "SIP/2.0 400 Bad Request-URI");
+}
+
+#[test]
+fn a1_max_forwards_zero_gets_483() {
+    let msg = invite("").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 483);
+    assert_eq!(status(&out), "SIP/2.0 483 Too Many Hops");
+    // the reply goes back to the source (rport) and carries a To tag
+    match o {
+        Outcome::Send { dest, .. } => assert_eq!(dest.addr, CLIENT.parse().unwrap()),
+        _ => unreachable!(),
+    }
+    assert!(headers(&out, "To")[0].contains(";tag="));
+}
+
+#[test]
+fn a1_max_forwards_decremented() {
+    let msg = invite("").replace("Max-Forwards: 70", "Max-Forwards: 5");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert_eq!(headers(&out, "Max-Forwards"), ["4"]);
+}
+
+#[test]
+fn a1_max_forwards_missing_inserted_70() {
+    let msg = invite("").replace("Max-Forwards: 70\r\n", "");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert_eq!(headers(&out, "Max-Forwards"), ["70"]);
+}
+
+#[test]
+fn a1_options_to_the_proxy_itself_answered_200_even_with_max_forwards_0() {
+    let msg = invite("")
+        .replace("INVITE sip:bob@example.com", "OPTIONS sip:192.0.2.10:5060")
+        .replace("CSeq: 314159 INVITE", "CSeq: 1 OPTIONS")
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 200);
+    assert_eq!(status(&out), "SIP/2.0 200 OK");
+    assert_eq!(headers(&out, "CSeq"), ["1 OPTIONS"]);
+    assert_eq!(headers(&out, "Content-Length"), ["0"]);
+}
+
+#[test]
+fn a1_loose_routing_pops_our_route() {
+    let msg = invite("Route: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.99:5070;lr>\r\n");
+    let (o, out) = run(&core(), &msg, &udp());
+    let d = forwarded(&o);
+    assert_eq!(d.addr, "192.0.2.99:5070".parse().unwrap(), "next hop is the remaining Route");
+    assert_eq!(headers(&out, "Route"), ["<sip:192.0.2.99:5070;lr>"]);
+    assert!(out.starts_with("INVITE sip:bob@example.com SIP/2.0\r\n"));
+}
+
+#[test]
+fn a1_loose_routing_pops_both_entries_of_a_double_record_route() {
+    let msg = invite(
+        "Route: <sip:192.0.2.10:5060;transport=tcp;lr>\r\nRoute: <sip:192.0.2.10:5060;lr>\r\n",
+    );
+    let (o, out) = run(&core(), &msg, &udp());
+    assert!(headers(&out, "Route").is_empty(), "{out}");
+    assert_eq!(forwarded(&o).addr, "192.0.2.20:5080".parse().unwrap());
+}
+
+#[test]
+fn a1_strict_router_request_uri_replaced_by_last_route() {
+    // the previous hop was a strict router: our RR URI is the Request-URI
+    let msg = invite("Route: <sip:192.0.2.99:5070;lr>, <sip:bob@203.0.113.5:5090>\r\n")
+        .replace("INVITE sip:bob@example.com", "INVITE sip:192.0.2.10:5060;lr");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert!(out.starts_with("INVITE sip:bob@203.0.113.5:5090 SIP/2.0\r\n"), "{out}");
+    assert_eq!(headers(&out, "Route"), ["<sip:192.0.2.99:5070;lr>"]);
+    assert_eq!(forwarded(&o).addr, "192.0.2.99:5070".parse().unwrap());
+}
+
+#[test]
+fn a1_record_route_added_for_dialog_creating_invite() {
+    let (_, out) = run(&core(), &invite(""), &udp());
+    assert_eq!(headers(&out, "Record-Route"), ["<sip:192.0.2.10:5060;lr>"]);
+}
+
+#[test]
+fn a1_record_route_not_added_in_dialog_or_for_other_methods() {
+    let msg = invite("").replace("To: Bob <sip:bob@example.com>", "To: Bob <sip:bob@example.com>;tag=x");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert!(headers(&out, "Record-Route").is_empty());
+    let msg = invite("")
+        .replace("INVITE sip:", "MESSAGE sip:")
+        .replace("314159 INVITE", "314159 MESSAGE");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert!(headers(&out, "Record-Route").is_empty());
+}
+
+#[test]
+fn a1_double_record_route_when_transports_differ() {
+    let c = core_with(&cfg(&["sip:192.0.2.20:5080;transport=tcp"]));
+    let (o, out) = run(&c, &invite(""), &udp());
+    assert_eq!(forwarded(&o).transport, Transport::Tcp);
+    assert_eq!(
+        headers(&out, "Record-Route"),
+        ["<sip:192.0.2.10:5060;transport=tcp;lr>", "<sip:192.0.2.10:5060;lr>"]
+    );
+    assert!(headers(&out, "Via")[0].starts_with("SIP/2.0/TCP 192.0.2.10:5060;"));
+}
+
+#[test]
+fn a1_upstream_without_transport_uses_the_inbound_transport() {
+    let (o, out) = run(&core(), &invite(""), &tcp(9));
+    let d = forwarded(&o);
+    assert_eq!(d.transport, Transport::Tcp);
+    assert_eq!(d.local, 1);
+    assert!(headers(&out, "Via")[0].ends_with(";i=9"), "{out}");
+}
+
+#[test]
+fn a1_branch_is_deterministic_for_retransmissions() {
+    let c = core();
+    let (_, a) = run(&c, &invite(""), &udp());
+    let (_, b) = run(&c, &invite(""), &udp());
+    assert_eq!(branch(&a), branch(&b));
+    assert!(branch(&a).starts_with("z9hG4bK"));
+    let other = invite("").replace("z9hG4bK-abc", "z9hG4bK-def");
+    let (_, d) = run(&c, &other, &udp());
+    assert_ne!(branch(&a), branch(&d));
+}
+
+#[test]
+fn a1_cancel_and_non_2xx_ack_get_the_invites_branch() {
+    let c = core();
+    let (_, inv) = run(&c, &invite(""), &udp());
+    let cancel = invite("")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("314159 INVITE", "314159 CANCEL");
+    let (_, can) = run(&c, &cancel, &udp());
+    assert_eq!(branch(&inv), branch(&can));
+    let ack = invite("")
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("314159 INVITE", "314159 ACK")
+        .replace("To: Bob <sip:bob@example.com>", "To: Bob <sip:bob@example.com>;tag=u1");
+    let (_, ack) = run(&c, &ack, &udp());
+    assert_eq!(branch(&inv), branch(&ack));
+}
+
+#[test]
+fn a1_rfc2543_branch_derived_from_dialog_fields() {
+    let c = core();
+    let old = invite("").replace(";branch=z9hG4bK-abc", "");
+    let (_, inv) = run(&c, &old, &udp());
+    let (_, inv2) = run(&c, &old, &udp());
+    assert_eq!(branch(&inv), branch(&inv2));
+    let ack = old
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("314159 INVITE", "314159 ACK")
+        .replace("To: Bob <sip:bob@example.com>", "To: Bob <sip:bob@example.com>;tag=u1");
+    let (_, ack) = run(&c, &ack, &udp());
+    assert_eq!(branch(&inv), branch(&ack));
+    let bye = old
+        .replace("INVITE sip:", "BYE sip:")
+        .replace("314159 INVITE", "314160 BYE");
+    let (_, bye) = run(&c, &bye, &udp());
+    assert_ne!(branch(&inv), branch(&bye));
+}
+
+#[test]
+fn a1_received_and_rport_added_to_the_clients_via() {
+    let msg = invite("").replace("198.51.100.7:5062;branch", "10.1.1.1:5062;branch");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert_eq!(
+        headers(&out, "Via")[1],
+        "SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK-abc;rport=5062;received=198.51.100.7"
+    );
+}
+
+#[test]
+fn a1_received_only_when_source_differs_and_no_rport() {
+    let msg = invite("").replace(";rport", "");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert_eq!(headers(&out, "Via")[1], "SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc");
+    let msg = msg.replace("198.51.100.7:5062;branch", "client.example.com;branch");
+    let (_, out) = run(&core(), &msg, &udp());
+    assert_eq!(
+        headers(&out, "Via")[1],
+        "SIP/2.0/UDP client.example.com;branch=z9hG4bK-abc;received=198.51.100.7"
+    );
+}
+
+fn reply(vias: &str) -> String {
+    format!(
+        "SIP/2.0 180 Ringing\r\n{vias}From: A <sip:a@x>;tag=1\r\nTo: B <sip:b@x>;tag=2\r\n\
+Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn a1_reply_removes_our_via_and_goes_to_received_rport() {
+    let msg = reply(
+        "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKsEabc\r\n\
+Via: SIP/2.0/UDP 10.1.1.1:5062;branch=z9hG4bK-abc;rport=40000;received=198.51.100.7\r\n",
+    );
+    let mut up = udp();
+    up.src = "192.0.2.20:5080".parse().unwrap();
+    let (o, out) = run(&core(), &msg, &up);
+    let d = forwarded(&o);
+    assert_eq!(d.addr, "198.51.100.7:40000".parse().unwrap());
+    assert_eq!(d.transport, Transport::Udp);
+    assert_eq!(headers(&out, "Via").len(), 1);
+    assert!(out.starts_with("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 10.1.1.1:5062;"));
+}
+
+#[test]
+fn a1_reply_over_the_same_tcp_connection_by_conn_id() {
+    let msg = reply(
+        "Via: SIP/2.0/TCP 192.0.2.10:5060;branch=z9hG4bKsEabc;i=17, SIP/2.0/TCP 10.1.1.1:5062;branch=z9hG4bK-abc;received=198.51.100.7\r\n",
+    );
+    let (o, out) = run(&core(), &msg, &tcp(3));
+    let d = forwarded(&o);
+    assert_eq!(d.conn, Some(17));
+    assert_eq!(d.transport, Transport::Tcp);
+    assert_eq!(d.addr, "198.51.100.7:5062".parse().unwrap());
+    assert_eq!(
+        headers(&out, "Via"),
+        ["SIP/2.0/TCP 10.1.1.1:5062;branch=z9hG4bK-abc;received=198.51.100.7"]
+    );
+}
+
+#[test]
+fn a1_reply_whose_top_via_is_not_ours_is_dropped() {
+    let msg = reply("Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bKx\r\n");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::ReplyNotOurs));
+    assert!(out.is_empty());
+    let msg = reply("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx\r\n");
+    let (o, _) = run(&core(), &msg, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::ReplyNoVia));
+}
+
+#[test]
+fn a1_udp_octets_beyond_content_length_are_discarded() {
+    let msg = invite("") + "GARBAGE-AFTER-BODY";
+    let (o, out) = run(&core(), &msg, &udp());
+    forwarded(&o);
+    assert!(out.ends_with("\r\n\r\nv=0\n"), "{out}");
+}
+
+#[test]
+fn a1_udp_content_length_larger_than_body_is_400() {
+    let msg = invite("").replace("Content-Length: 4", "Content-Length: 400");
+    let (o, out) = run(&core(), &msg, &udp());
+    assert_eq!(local_reply(&o), 400);
+    assert_eq!(status(&out), "SIP/2.0 400 Bad Content-Length");
+}
+
+#[test]
+fn a1_udp_without_content_length_gets_one_when_forwarded() {
+    let msg = invite("").replace("Content-Length: 4\r\n", "");
+    let (o, out) = run(&core(), &msg, &udp());
+    forwarded(&o);
+    assert_eq!(headers(&out, "Content-Length"), ["4"]);
+    assert!(out.ends_with("\r\n\r\nv=0\n"));
+}
+
+#[test]
+fn a1_round_robin_and_call_id_hash_selection() {
+    let mut c = cfg(&["sip:192.0.2.20:5080", "sip:192.0.2.21:5080"]);
+    let rr = core_with(&c);
+    let a = forwarded(&run(&rr, &invite(""), &udp()).0).addr;
+    let b = forwarded(&run(&rr, &invite(""), &udp()).0).addr;
+    assert_ne!(a, b);
+    c.selection = Selection::CallIdHash;
+    let h = core_with(&c);
+    let first = forwarded(&run(&h, &invite(""), &udp()).0).addr;
+    for _ in 0..5 {
+        assert_eq!(forwarded(&run(&h, &invite(""), &udp()).0).addr, first);
+    }
+}
+
+#[test]
+fn a1_request_from_upstream_follows_the_request_uri() {
+    let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE sip:bob@198.51.100.9:5070;transport=tcp");
+    let mut up = udp();
+    up.src = "192.0.2.20:5080".parse().unwrap();
+    let (o, _) = run(&core(), &msg, &up);
+    let d = forwarded(&o);
+    assert_eq!(d.addr, "198.51.100.9:5070".parse().unwrap());
+    assert_eq!(d.transport, Transport::Tcp);
+}
+
+#[test]
+fn a1_request_that_would_loop_to_ourselves_is_dropped() {
+    let msg = invite("Route: <sip:192.0.2.10:5061;lr>\r\n");
+    let mut c = cfg(&["sip:192.0.2.10:5060"]);
+    c.listen.push(parse_listen_unchecked(Transport::Udp, "192.0.2.10:5061".parse().unwrap()));
+    let core = core_with(&c);
+    let (o, _) = run(&core, &invite(""), &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::Loop));
+    let _ = msg;
+}
+
+#[test]
+fn a2_unparseable_bytes_pass_the_none_hook_and_fail() {
+    let (o, out) = run(&core(), "\x16\x03\x01\x00garbage\r\n\r\n", &tcp(1));
+    assert_eq!(o, Outcome::ParseError);
+    assert!(out.is_empty(), "never forwarded");
+}
+
+#[test]
+fn a3_match_hook_consumes_non_sip_data() {
+    let c = Core::new(
+        &cfg(&["sip:192.0.2.20:5080"]),
+        Box::new(MatchHook::new("^JUNK").unwrap()),
+        Arc::new(Metrics::new()),
+    );
+    let (o, _) = run(&c, "JUNK JUNK\r\n\r\n", &tcp(1));
+    assert_eq!(o, Outcome::Consumed);
+    let (o, _) = run(&c, "OTHER\r\n\r\n", &tcp(1));
+    assert_eq!(o, Outcome::ParseError);
+}
+
+#[test]
+fn a1_proxy_never_answers_a_reply() {
+    let msg = reply("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx\r\n").replace("CSeq: 1 INVITE", "CSeq: x");
+    let (o, _) = run(&core(), &msg, &udp());
+    assert!(!matches!(o, Outcome::Send { kind: SendKind::LocalReply(_), .. }));
+}
