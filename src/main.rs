@@ -1,4 +1,211 @@
-fn main() -> anyhow::Result<()> {
-    let cfg = sipedge::config::Config::default_config();
-    sipedge::run(cfg, None)
+//! The `sipedge` command: run the proxy, or check a configuration file.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sipedge::config::{Config, LogFormat, Overrides, apply_overrides};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+Examples:
+  sipedge                                    run with the built-in defaults
+                                             (= etc/sipedge.toml)
+  sipedge --config /etc/sipedge/sipedge.toml
+  sipedge --listen udp:127.0.0.1:5060 --listen tcp:127.0.0.1:5060 \\
+          --upstream 'sip:10.0.0.5:5060;transport=tcp'
+  sipedge --listen 'udp:0.0.0.0:5060 advertise 198.51.100.7:5060' --metrics off
+  sipedge check-config etc/sipedge.toml      validate, print the effective config
+  RUST_LOG=sipedge=debug sipedge             RUST_LOG overrides the log level
+
+Exit status: 0 ok, 1 runtime error, 2 invalid configuration or usage.";
+
+/// SIP edge proxy: Kamailio-style TCP read path, nosip hook, stateless
+/// forwarding, Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "sipedge", version, about, long_about = None, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// TOML configuration file (default: built-in defaults, identical to etc/sipedge.toml).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Listen address, replacing proxy.listen; repeat for several.
+    /// Form: udp:IP:PORT | tcp:IP:PORT, IPv6 in brackets, optionally
+    /// followed by " advertise HOST:PORT" (required for 0.0.0.0 / [::]).
+    #[arg(long, value_name = "SPEC", global = true)]
+    listen: Vec<String>,
+
+    /// Upstream SIP server, replacing proxy.upstreams; repeat for several.
+    /// Form: sip:HOST[:PORT][;transport=udp|tcp] (port default 5060).
+    #[arg(long, value_name = "URI", global = true)]
+    upstream: Vec<String>,
+
+    /// Prometheus endpoint address IP:PORT, replacing metrics.listen; "off" disables it.
+    #[arg(long, value_name = "ADDR", global = true)]
+    metrics: Option<String>,
+
+    /// Log filter (trace|debug|info|warn|error|off or an EnvFilter directive
+    /// list like "info,sipedge=debug"), replacing log.level. RUST_LOG, when
+    /// set, still wins.
+    #[arg(long, value_name = "LEVEL", global = true)]
+    log_level: Option<String>,
+
+    /// Log line format, replacing log.format.
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"], global = true)]
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate FILE (plus any override flags) and print the effective
+    /// configuration; exit 0 when valid, 2 with "error: ..." otherwise.
+    CheckConfig {
+        /// The TOML configuration file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            upstreams: self.upstream.clone(),
+            metrics: self.metrics.clone(),
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+        }
+    }
+}
+
+/// Load the file (or the defaults) and apply the command-line overrides.
+fn load(file: Option<&Path>, o: &Overrides) -> anyhow::Result<Config> {
+    let cfg = match file {
+        Some(path) => Config::from_file(path)
+            .with_context(|| format!("configuration file {}", path.display()))?,
+        None => Config::default_config(),
+    };
+    apply_overrides(cfg, o).context("command-line options")
+}
+
+/// tracing-subscriber fmt, text or JSON; `RUST_LOG` if set, else the configured level.
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).with_context(|| format!("RUST_LOG={v:?}"))?
+        }
+        _ => EnvFilter::try_new(&cfg.log_level)
+            .with_context(|| format!("log.level {:?}", cfg.log_level))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let res = match cfg.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    res.map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+}
+
+fn config_error(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = cli.overrides();
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => match load(Some(file), &overrides) {
+            Ok(cfg) => {
+                print!("{}", cfg.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        None => {
+            let cfg = match load(cli.config.as_deref(), &overrides) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_error(&e),
+            };
+            if let Err(e) = init_logging(&cfg) {
+                return config_error(&e);
+            }
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                listen = ?cfg.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+                "sipedge starting"
+            );
+            match sipedge::run(cfg, None) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "sipedge stopped");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn repeatable_flags_collect_into_overrides() {
+        let cli = Cli::try_parse_from([
+            "sipedge",
+            "--listen",
+            "udp:127.0.0.1:5070",
+            "--listen",
+            "tcp:127.0.0.1:5070",
+            "--upstream",
+            "sip:127.0.0.1:6000",
+            "--metrics",
+            "off",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let o = cli.overrides();
+        assert_eq!(o.listen.len(), 2);
+        assert_eq!(o.upstreams, ["sip:127.0.0.1:6000"]);
+        let cfg = load(None, &o).unwrap();
+        assert_eq!(cfg.listen.len(), 2);
+        assert_eq!(cfg.listen[0].addr.port(), 5070);
+        assert_eq!(cfg.metrics_listen, None);
+        assert_eq!(cfg.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn check_config_subcommand() {
+        let cli = Cli::try_parse_from(["sipedge", "check-config", "x.toml"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::CheckConfig { ref file }) if file == Path::new("x.toml"))
+        );
+        assert!(Cli::try_parse_from(["sipedge", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn load_errors_name_file_and_key() {
+        let o = Overrides {
+            listen: vec!["bogus".into()],
+            ..Overrides::default()
+        };
+        let e = load(None, &o).unwrap_err();
+        assert!(format!("{e:#}").contains("--listen"), "{e:#}");
+        let e = load(Some(Path::new("/nonexistent.toml")), &Overrides::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent.toml"), "{e:#}");
+    }
 }
