@@ -686,8 +686,3 @@ mod tests {
     }
 }
 
-/// Serve `GET /metrics` on an already bound listener.
-pub async fn serve_listener(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let _ = (listener, metrics);
-    todo!()
-}

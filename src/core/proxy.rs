@@ -390,11 +390,7 @@ impl Core {
                 let v = |k| msg.first(k).map_or(&b""[..], |x| msg.value(x));
                 v(HeaderKind::CallId).hash(&mut h);
                 header_param(v(HeaderKind::From), b"tag").hash(&mut h);
-                let method = msg.method();
-                // the ACK of a non-2xx (To-tag added by the UAS) and the CANCEL match the INVITE
-                if method != b"ACK" {
-                    header_param(v(HeaderKind::To), b"tag").hash(&mut h);
-                }
+                // no To tag: the ACK of a non-2xx carries the UAS's tag, the INVITE had none
                 parse_cseq(v(HeaderKind::CSeq)).map(|c| c.0).hash(&mut h);
                 msg.uri().hash(&mut h);
             }

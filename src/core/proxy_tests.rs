@@ -1,9 +1,15 @@
 //! SPEC A.1 rules, one test each, byte arrays in, bytes out.
 
 use super::*;
-use crate::config::{
-    LogFormat, NosipConfig, NosipKind, TcpLimits, parse_listen_unchecked, parse_upstream_unchecked,
-};
+use crate::config::{LogFormat, NosipConfig, NosipKind, TcpLimits, parse_listen, parse_upstream};
+
+fn parse_listen_unchecked(t: Transport, a: SocketAddr) -> crate::config::ListenSpec {
+    parse_listen("test", &format!("{}:{a}", t.as_str())).unwrap()
+}
+
+fn parse_upstream_unchecked(u: &str) -> UpstreamSpec {
+    parse_upstream("test", u).unwrap()
+}
 use crate::core::nosip::{MatchHook, NoneHook};
 
 fn cfg(upstreams: &[&str]) -> Config {
