@@ -36,8 +36,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test --all-targets"
-cargo test --all-targets
+step "cargo test --all-targets --no-fail-fast"
+cargo test --all-targets --no-fail-fast
 
 step "cargo test --doc"
 cargo test --doc
