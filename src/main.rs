@@ -102,7 +102,11 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(&cfg.log_level)
             .with_context(|| format!("log.level {:?}", cfg.log_level))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let res = match cfg.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -685,4 +685,3 @@ mod tests {
         server.abort();
     }
 }
-

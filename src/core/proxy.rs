@@ -6,7 +6,7 @@ use super::DropReason;
 use super::nosip::{NosipCtx, NosipHook, NosipVerdict};
 use crate::config::{Config, ListenSpec, Selection, Transport, UpstreamSpec};
 use crate::metrics::Metrics;
-use crate::sip::framer::{FrameError, frame_datagram, find_header_end};
+use crate::sip::framer::{FrameError, find_header_end, frame_datagram};
 use crate::sip::msg::{
     HeaderKind, HeaderSpan, NameAddr, SipMsg, Span, StartLine, UriParts, Via, header_param,
     parse_cseq, parse_name_addr, parse_sip_uri, parse_u32, parse_via, uri_scheme,
@@ -58,7 +58,10 @@ pub enum SendKind {
 /// The result of `receive_msg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Send { dest: Dest, kind: SendKind },
+    Send {
+        dest: Dest,
+        kind: SendKind,
+    },
     /// The nosip hook consumed the data; nothing to send.
     Consumed,
     Dropped(DropReason),
@@ -201,7 +204,13 @@ impl Core {
             return Outcome::Dropped(DropReason::Keepalive);
         }
         match frame_datagram(dgram) {
-            Ok(f) => self.receive_msg(&dgram[..f.len], f.body_offset, !f.has_content_length, rcv, sc),
+            Ok(f) => self.receive_msg(
+                &dgram[..f.len],
+                f.body_offset,
+                !f.has_content_length,
+                rcv,
+                sc,
+            ),
             Err(FrameError::BodyTooShort) | Err(FrameError::BadContentLength) => {
                 // parseable head, bad Content-Length: 400 (or drop for ACK / replies)
                 let head = find_header_end(dgram, 0).unwrap_or(dgram.len());
@@ -337,7 +346,10 @@ impl Core {
     }
 
     fn uri_is_ours(&self, buf: &[u8], uri: &UriParts) -> bool {
-        !uri.user && self.local_index(uri.host.get(buf), uri.port, uri.sips).is_some()
+        !uri.user
+            && self
+                .local_index(uri.host.get(buf), uri.port, uri.sips)
+                .is_some()
     }
 
     fn is_local_addr(&self, addr: SocketAddr, t: Transport) -> bool {
@@ -368,7 +380,9 @@ impl Core {
         let i = match self.selection {
             Selection::RoundRobin => self.next_upstream.fetch_add(1, Ordering::Relaxed) % n,
             Selection::CallIdHash => {
-                let cid = msg.first(HeaderKind::CallId).map_or(&b""[..], |h| msg.value(h));
+                let cid = msg
+                    .first(HeaderKind::CallId)
+                    .map_or(&b""[..], |h| msg.value(h));
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 cid.hash(&mut h);
                 (h.finish() % n as u64) as usize
@@ -421,10 +435,17 @@ impl Core {
         }
         let top = msg.first(HeaderKind::Via).ok_or((400, "Missing Via"))?;
         parse_via(msg.buf, top.value).map_err(|_| (400, "Bad Via"))?;
-        if msg.headers.iter().any(|h| h.kind == HeaderKind::CallId && msg.value(h).is_empty()) {
+        if msg
+            .headers
+            .iter()
+            .any(|h| h.kind == HeaderKind::CallId && msg.value(h).is_empty())
+        {
             return Err((400, "Bad Call-ID"));
         }
-        let cseq = msg.first(HeaderKind::CSeq).map(|h| msg.value(h)).unwrap_or_default();
+        let cseq = msg
+            .first(HeaderKind::CSeq)
+            .map(|h| msg.value(h))
+            .unwrap_or_default();
         match parse_cseq(cseq) {
             Some((_, m)) if m == msg.method() => {}
             Some(_) => return Err((400, "CSeq method does not match request method")),
@@ -531,7 +552,8 @@ impl Core {
         let remaining = &routes[popped..live];
 
         // OPTIONS to the proxy itself: answer it
-        let ruri_ours = new_ruri.is_none() && ruri.as_ref().is_some_and(|u| self.uri_is_ours(buf, u));
+        let ruri_ours =
+            new_ruri.is_none() && ruri.as_ref().is_some_and(|u| self.uri_is_ours(buf, u));
         if ruri_ours && remaining.is_empty() && method == b"OPTIONS" {
             return self.local_reply(msg, rcv, 200, "OK", b.out);
         }
@@ -555,7 +577,7 @@ impl Core {
             };
             dest_t = uri_transport(buf, &u).unwrap_or(rcv.transport);
             dest_addr = a;
-        } else if self.from_upstream(rcv) && !ruri_ours {
+        } else if self.is_from_upstream(rcv) && !ruri_ours {
             // towards a client: follow the (possibly strict-route-rewritten) Request-URI
             let target = match new_ruri {
                 Some(s) => parse_sip_uri(buf, s),
@@ -691,10 +713,10 @@ impl Core {
         }
     }
 
-    fn from_upstream(&self, rcv: &RcvInfo) -> bool {
-        self.upstreams.iter().any(|u| {
-            u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip())
-        })
+    fn is_from_upstream(&self, rcv: &RcvInfo) -> bool {
+        self.upstreams
+            .iter()
+            .any(|u| u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip()))
     }
 
     /// IP literal + port of a SIP URI (maddr ignored; names are not resolved here).
@@ -707,7 +729,13 @@ impl Core {
     }
 
     /// RFC 3261 §16.7 step 3 / §18.2.2: remove our Via, send to the next one.
-    fn route_reply(&self, msg: &SipMsg<'_>, code: u16, rcv: &RcvInfo, b: &mut Builder<'_>) -> Outcome {
+    fn route_reply(
+        &self,
+        msg: &SipMsg<'_>,
+        code: u16,
+        rcv: &RcvInfo,
+        b: &mut Builder<'_>,
+    ) -> Outcome {
         self.metrics.reply(code);
         let buf = msg.buf;
         let drop = |r: DropReason| {
@@ -725,7 +753,10 @@ impl Core {
         let Ok(top) = parse_via(buf, top_h.value) else {
             return drop(DropReason::ReplyNotOurs);
         };
-        if self.local_index(top.host.get(buf), top.port, false).is_none() {
+        if self
+            .local_index(top.host.get(buf), top.port, false)
+            .is_none()
+        {
             return drop(DropReason::ReplyNotOurs);
         }
         // the next Via: in the same header after a comma, or the next Via header
@@ -771,7 +802,11 @@ impl Core {
             dest: Dest {
                 transport,
                 addr,
-                conn: if transport == Transport::Tcp { top.conn_id } else { None },
+                conn: if transport == Transport::Tcp {
+                    top.conn_id
+                } else {
+                    None
+                },
                 local,
             },
             kind: SendKind::Reply,
@@ -790,7 +825,9 @@ impl Core {
         out: &mut Vec<u8>,
     ) -> Outcome {
         let buf = msg.buf;
-        let Some(top) = msg.first(HeaderKind::Via).and_then(|h| parse_via(buf, h.value).ok())
+        let Some(top) = msg
+            .first(HeaderKind::Via)
+            .and_then(|h| parse_via(buf, h.value).ok())
         else {
             self.metrics.dropped(DropReason::ParseFailure);
             return Outcome::Dropped(DropReason::ParseFailure);
@@ -808,7 +845,9 @@ impl Core {
             if code > 100 && header_param(msg.value(h), b"tag").is_none() {
                 let mut hs = std::collections::hash_map::DefaultHasher::new();
                 self.secret.hash(&mut hs);
-                msg.first(HeaderKind::CallId).map(|c| msg.value(c)).hash(&mut hs);
+                msg.first(HeaderKind::CallId)
+                    .map(|c| msg.value(c))
+                    .hash(&mut hs);
                 msg.first(HeaderKind::From)
                     .and_then(|f| header_param(msg.value(f), b"tag"))
                     .hash(&mut hs);
@@ -826,7 +865,9 @@ impl Core {
             "sipedge/{}",
             env!("CARGO_PKG_VERSION")
         ))));
-        headers.push(rsip::Header::ContentLength(rsip::headers::ContentLength::from(0u32)));
+        headers.push(rsip::Header::ContentLength(
+            rsip::headers::ContentLength::from(0u32),
+        ));
         let status = match rsip::StatusCode::from(code) {
             rsip::StatusCode::Other(..) => rsip::StatusCode::Other(code, reason.to_string()),
             s if reason != default_reason(&s) => rsip::StatusCode::Other(code, reason.to_string()),
@@ -866,7 +907,9 @@ impl Core {
 /// rsip's canonical reason phrase of a known status code.
 fn default_reason(s: &rsip::StatusCode) -> String {
     let full = s.to_string();
-    full.split_once(' ').map(|(_, r)| r.to_string()).unwrap_or_default()
+    full.split_once(' ')
+        .map(|(_, r)| r.to_string())
+        .unwrap_or_default()
 }
 
 fn uri_transport(buf: &[u8], u: &UriParts) -> Option<Transport> {
@@ -964,7 +1007,11 @@ pub fn fuzz_receive_msg(data: &[u8]) {
             crate::config::parse_listen("l", "udp:127.0.0.1:5060").expect("static"),
             crate::config::parse_listen("l", "tcp:127.0.0.1:5060").expect("static"),
         ];
-        Core::new(&cfg, Box::new(super::nosip::NoneHook), Arc::new(Metrics::new()))
+        Core::new(
+            &cfg,
+            Box::new(super::nosip::NoneHook),
+            Arc::new(Metrics::new()),
+        )
     });
     let mut sc = Scratch::new();
     let src: SocketAddr = SocketAddr::from(([127, 0, 0, 2], 5062));

@@ -18,7 +18,10 @@ fn cfg(upstreams: &[&str]) -> Config {
             parse_listen_unchecked(Transport::Udp, "192.0.2.10:5060".parse().unwrap()),
             parse_listen_unchecked(Transport::Tcp, "192.0.2.10:5060".parse().unwrap()),
         ],
-        upstreams: upstreams.iter().map(|u| parse_upstream_unchecked(u)).collect(),
+        upstreams: upstreams
+            .iter()
+            .map(|u| parse_upstream_unchecked(u))
+            .collect(),
         selection: Selection::RoundRobin,
         record_route: true,
         record_route_methods: vec!["INVITE".into(), "SUBSCRIBE".into(), "REFER".into()],
@@ -157,7 +160,10 @@ fn a1_forward_adds_top_via_and_keeps_everything_else_byte_for_byte() {
     assert_eq!(d.transport, Transport::Udp);
     let vias = headers(&out, "Via");
     assert_eq!(vias.len(), 2);
-    assert!(vias[0].starts_with("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"), "{out}");
+    assert!(
+        vias[0].starts_with("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"),
+        "{out}"
+    );
     assert!(out.contains("X-Custom:   odd  spacing ;x\r\n"));
     assert!(out.ends_with("Content-Length: 4\r\n\r\nv=0\n"));
     assert!(out.starts_with("INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10"));
@@ -197,7 +203,10 @@ fn a1_sanity_cseq_method_mismatch_400() {
     let msg = invite("").replace("CSeq: 314159 INVITE", "CSeq: 1 OPTIONS");
     let (o, out) = run(&core(), &msg, &udp());
     assert_eq!(local_reply(&o), 400);
-    assert_eq!(status(&out), "SIP/2.0 400 CSeq method does not match request method");
+    assert_eq!(
+        status(&out),
+        "SIP/2.0 400 CSeq method does not match request method"
+    );
 }
 
 #[test]
@@ -220,7 +229,10 @@ fn a1_unsupported_sip_version_505() {
 
 #[test]
 fn a1_unsupported_uri_scheme_416() {
-    let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE http://bob.example.com/");
+    let msg = invite("").replace(
+        "INVITE sip:bob@example.com",
+        "INVITE http://bob.example.com/",
+    );
     let (o, _) = run(&core(), &msg, &udp());
     assert_eq!(local_reply(&o), 416);
 }
@@ -279,7 +291,11 @@ fn a1_loose_routing_pops_our_route() {
     let msg = invite("Route: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.99:5070;lr>\r\n");
     let (o, out) = run(&core(), &msg, &udp());
     let d = forwarded(&o);
-    assert_eq!(d.addr, "192.0.2.99:5070".parse().unwrap(), "next hop is the remaining Route");
+    assert_eq!(
+        d.addr,
+        "192.0.2.99:5070".parse().unwrap(),
+        "next hop is the remaining Route"
+    );
     assert_eq!(headers(&out, "Route"), ["<sip:192.0.2.99:5070;lr>"]);
     assert!(out.starts_with("INVITE sip:bob@example.com SIP/2.0\r\n"));
 }
@@ -297,10 +313,15 @@ fn a1_loose_routing_pops_both_entries_of_a_double_record_route() {
 #[test]
 fn a1_strict_router_request_uri_replaced_by_last_route() {
     // the previous hop was a strict router: our RR URI is the Request-URI
-    let msg = invite("Route: <sip:192.0.2.99:5070;lr>, <sip:bob@203.0.113.5:5090>\r\n")
-        .replace("INVITE sip:bob@example.com", "INVITE sip:192.0.2.10:5060;lr");
+    let msg = invite("Route: <sip:192.0.2.99:5070;lr>, <sip:bob@203.0.113.5:5090>\r\n").replace(
+        "INVITE sip:bob@example.com",
+        "INVITE sip:192.0.2.10:5060;lr",
+    );
     let (o, out) = run(&core(), &msg, &udp());
-    assert!(out.starts_with("INVITE sip:bob@203.0.113.5:5090 SIP/2.0\r\n"), "{out}");
+    assert!(
+        out.starts_with("INVITE sip:bob@203.0.113.5:5090 SIP/2.0\r\n"),
+        "{out}"
+    );
     assert_eq!(headers(&out, "Route"), ["<sip:192.0.2.99:5070;lr>"]);
     assert_eq!(forwarded(&o).addr, "192.0.2.99:5070".parse().unwrap());
 }
@@ -313,7 +334,10 @@ fn a1_record_route_added_for_dialog_creating_invite() {
 
 #[test]
 fn a1_record_route_not_added_in_dialog_or_for_other_methods() {
-    let msg = invite("").replace("To: Bob <sip:bob@example.com>", "To: Bob <sip:bob@example.com>;tag=x");
+    let msg = invite("").replace(
+        "To: Bob <sip:bob@example.com>",
+        "To: Bob <sip:bob@example.com>;tag=x",
+    );
     let (_, out) = run(&core(), &msg, &udp());
     assert!(headers(&out, "Record-Route").is_empty());
     let msg = invite("")
@@ -330,7 +354,10 @@ fn a1_double_record_route_when_transports_differ() {
     assert_eq!(forwarded(&o).transport, Transport::Tcp);
     assert_eq!(
         headers(&out, "Record-Route"),
-        ["<sip:192.0.2.10:5060;transport=tcp;lr>", "<sip:192.0.2.10:5060;lr>"]
+        [
+            "<sip:192.0.2.10:5060;transport=tcp;lr>",
+            "<sip:192.0.2.10:5060;lr>"
+        ]
     );
     assert!(headers(&out, "Via")[0].starts_with("SIP/2.0/TCP 192.0.2.10:5060;"));
 }
@@ -368,7 +395,10 @@ fn a1_cancel_and_non_2xx_ack_get_the_invites_branch() {
     let ack = invite("")
         .replace("INVITE sip:", "ACK sip:")
         .replace("314159 INVITE", "314159 ACK")
-        .replace("To: Bob <sip:bob@example.com>", "To: Bob <sip:bob@example.com>;tag=u1");
+        .replace(
+            "To: Bob <sip:bob@example.com>",
+            "To: Bob <sip:bob@example.com>;tag=u1",
+        );
     let (_, ack) = run(&c, &ack, &udp());
     assert_eq!(branch(&inv), branch(&ack));
 }
@@ -383,7 +413,10 @@ fn a1_rfc2543_branch_derived_from_dialog_fields() {
     let ack = old
         .replace("INVITE sip:", "ACK sip:")
         .replace("314159 INVITE", "314159 ACK")
-        .replace("To: Bob <sip:bob@example.com>", "To: Bob <sip:bob@example.com>;tag=u1");
+        .replace(
+            "To: Bob <sip:bob@example.com>",
+            "To: Bob <sip:bob@example.com>;tag=u1",
+        );
     let (_, ack) = run(&c, &ack, &udp());
     assert_eq!(branch(&inv), branch(&ack));
     let bye = old
@@ -407,7 +440,10 @@ fn a1_received_and_rport_added_to_the_clients_via() {
 fn a1_received_only_when_source_differs_and_no_rport() {
     let msg = invite("").replace(";rport", "");
     let (_, out) = run(&core(), &msg, &udp());
-    assert_eq!(headers(&out, "Via")[1], "SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc");
+    assert_eq!(
+        headers(&out, "Via")[1],
+        "SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc"
+    );
     let msg = msg.replace("198.51.100.7:5062;branch", "client.example.com;branch");
     let (_, out) = run(&core(), &msg, &udp());
     assert_eq!(
@@ -508,7 +544,10 @@ fn a1_round_robin_and_call_id_hash_selection() {
 
 #[test]
 fn a1_request_from_upstream_follows_the_request_uri() {
-    let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE sip:bob@198.51.100.9:5070;transport=tcp");
+    let msg = invite("").replace(
+        "INVITE sip:bob@example.com",
+        "INVITE sip:bob@198.51.100.9:5070;transport=tcp",
+    );
     let mut up = udp();
     up.src = "192.0.2.20:5080".parse().unwrap();
     let (o, _) = run(&core(), &msg, &up);
@@ -521,7 +560,10 @@ fn a1_request_from_upstream_follows_the_request_uri() {
 fn a1_request_that_would_loop_to_ourselves_is_dropped() {
     let msg = invite("Route: <sip:192.0.2.10:5061;lr>\r\n");
     let mut c = cfg(&["sip:192.0.2.10:5060"]);
-    c.listen.push(parse_listen_unchecked(Transport::Udp, "192.0.2.10:5061".parse().unwrap()));
+    c.listen.push(parse_listen_unchecked(
+        Transport::Udp,
+        "192.0.2.10:5061".parse().unwrap(),
+    ));
     let core = core_with(&c);
     let (o, _) = run(&core, &invite(""), &udp());
     assert_eq!(o, Outcome::Dropped(DropReason::Loop));
@@ -550,7 +592,14 @@ fn a3_match_hook_consumes_non_sip_data() {
 
 #[test]
 fn a1_proxy_never_answers_a_reply() {
-    let msg = reply("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx\r\n").replace("CSeq: 1 INVITE", "CSeq: x");
+    let msg = reply("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKx\r\n")
+        .replace("CSeq: 1 INVITE", "CSeq: x");
     let (o, _) = run(&core(), &msg, &udp());
-    assert!(!matches!(o, Outcome::Send { kind: SendKind::LocalReply(_), .. }));
+    assert!(!matches!(
+        o,
+        Outcome::Send {
+            kind: SendKind::LocalReply(_),
+            ..
+        }
+    ));
 }

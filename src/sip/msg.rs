@@ -99,7 +99,10 @@ pub enum StartLine {
         uri: Span,
         version_ok: bool,
     },
-    Response { code: u16, reason: Span },
+    Response {
+        code: u16,
+        reason: Span,
+    },
 }
 
 /// Why the bytes are not a SIP message at all (goes to the nosip path).
@@ -309,7 +312,8 @@ fn parse_start_line(buf: &[u8], s: usize, e: usize) -> Result<StartLine, ParseEr
     let version = &line[sp2 + 1..];
     // `SIP/x.y` is a SIP request of a version we do not support (505); anything else is not SIP
     let version_ok = version == b"SIP/2.0";
-    if !version_ok && !(version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/")) {
+    let sip_like = version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/");
+    if !version_ok && !sip_like {
         return Err(ParseError::StartLine);
     }
     Ok(StartLine::Request {
@@ -499,8 +503,7 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
                 }
                 i = (i + 1).min(parm.len());
             } else {
-                while i < parm.len() && !matches!(parm[i], b';' | b' ' | b'\t' | b'\r' | b'\n')
-                {
+                while i < parm.len() && !matches!(parm[i], b';' | b' ' | b'\t' | b'\r' | b'\n') {
                     i += 1;
                 }
             }
@@ -720,7 +723,9 @@ pub fn header_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 pub fn trim_bytes(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|&c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
+    let s = b
+        .iter()
+        .position(|&c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n'));
     match s {
         None => &b[b.len()..],
         Some(s) => {
@@ -844,7 +849,13 @@ abcd";
             }
         );
         let m = SipMsg::parse(b"INVITE sip:a SIP/3.0\r\n\r\n", 24, &mut h).unwrap();
-        assert!(matches!(m.start, StartLine::Request { version_ok: false, .. }));
+        assert!(matches!(
+            m.start,
+            StartLine::Request {
+                version_ok: false,
+                ..
+            }
+        ));
         assert_eq!(
             SipMsg::parse(b"GET / HTTP/1.1\r\n\r\n", 18, &mut h).unwrap_err(),
             ParseError::StartLine
@@ -859,7 +870,10 @@ abcd";
     fn a1_header_line_without_colon_is_unparseable() {
         let mut h = Vec::new();
         let m = b"OPTIONS sip:a SIP/2.0\r\nVia SIP/2.0/UDP x\r\n\r\n";
-        assert_eq!(SipMsg::parse(m, m.len(), &mut h).unwrap_err(), ParseError::HeaderLine);
+        assert_eq!(
+            SipMsg::parse(m, m.len(), &mut h).unwrap_err(),
+            ParseError::HeaderLine
+        );
     }
 
     #[test]

@@ -138,7 +138,11 @@ impl Conn {
             peer,
             local,
             outbound,
-            state: AtomicU8::new(if outbound { ConnState::Ok } else { ConnState::Init } as u8),
+            state: AtomicU8::new(if outbound {
+                ConnState::Ok
+            } else {
+                ConnState::Init
+            } as u8),
             kill: AtomicU8::new(NO_KILL),
             backlog: AtomicBool::new(false),
             last_tx: AtomicU64::new(0),
@@ -172,7 +176,10 @@ impl Conn {
 
     /// Ask the reader task to release the connection for `reason` (first reason wins).
     pub fn kill(&self, reason: ReleaseReason) {
-        let idx = ReleaseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0) as u8;
+        let idx = ReleaseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0) as u8;
         let _ = self
             .kill
             .compare_exchange(NO_KILL, idx, Ordering::AcqRel, Ordering::Acquire);
@@ -379,7 +386,9 @@ impl ConnTable {
         let conn = Self::insert_locked(&mut t, peer, local, false, self.limits.write_queue_bytes);
         t.init_fifo.push_back(conn.id);
         if t.init_fifo.len() > 2 * self.limits.max_connections.max(16) {
-            let Inner { init_fifo, by_id, .. } = &mut *t;
+            let Inner {
+                init_fifo, by_id, ..
+            } = &mut *t;
             init_fifo.retain(|id| by_id.get(id).is_some_and(|c| c.state() == ConnState::Init));
         }
         Ok((conn, evicted))
@@ -537,7 +546,11 @@ mod tests {
         let (c, _) = t.admit(addr(1, 3), 0).unwrap();
         a.mark_ok();
         let (_d, ev) = t.admit(addr(1, 4), 0).unwrap();
-        assert_eq!(ev.unwrap().id, b.id, "oldest Init connection evicted, not the Ok one");
+        assert_eq!(
+            ev.unwrap().id,
+            b.id,
+            "oldest Init connection evicted, not the Ok one"
+        );
         assert_eq!(t.len(), 3);
         c.mark_ok();
         let (_e, ev) = t.admit(addr(1, 5), 0).unwrap();

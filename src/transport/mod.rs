@@ -194,12 +194,10 @@ async fn send_udp(
         Some((s, i)) if i == dest.local => s,
         _ => match ctx.udp.get(dest.local).and_then(|s| s.as_deref()) {
             Some(s) => s,
-            None => match ctx
-                .udp
-                .iter()
-                .flatten()
-                .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == dest.addr.is_ipv4()))
-            {
+            None => match ctx.udp.iter().flatten().find(|s| {
+                s.local_addr()
+                    .is_ok_and(|a| a.is_ipv4() == dest.addr.is_ipv4())
+            }) {
                 Some(s) => s,
                 None => return false,
             },

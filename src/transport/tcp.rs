@@ -318,4 +318,3 @@ async fn receive_tcp_msg(
     dispatch(ctx, outcome, &r.sc.out, received_at, None, &mut r.cache).await;
     Ok(())
 }
-
