@@ -603,3 +603,59 @@ fn a1_proxy_never_answers_a_reply() {
         }
     ));
 }
+
+#[test]
+fn a1_ipv6_client_gets_received_without_brackets_and_reply_routes_back() {
+    let mut c = cfg(&["sip:[2001:db8::20]:5080"]);
+    c.listen = vec![parse_listen("t", "udp:[2001:db8::10]:5060").unwrap()];
+    let core = core_with(&c);
+    let mut r = udp();
+    r.src = "[2001:db8::7]:5062".parse().unwrap();
+    let msg = invite("").replace("198.51.100.7:5062;branch", "[2001:db8::99]:5062;branch");
+    let (o, out) = run(&core, &msg, &r);
+    assert_eq!(forwarded(&o).addr, "[2001:db8::20]:5080".parse().unwrap());
+    let vias = headers(&out, "Via");
+    assert!(vias[0].starts_with("SIP/2.0/UDP [2001:db8::10]:5060;branch=z9hG4bK"));
+    assert_eq!(
+        vias[1],
+        "SIP/2.0/UDP [2001:db8::99]:5062;branch=z9hG4bK-abc;rport=5062;received=2001:db8::7"
+    );
+    assert_eq!(headers(&out, "Record-Route"), ["<sip:[2001:db8::10]:5060;lr>"]);
+    // the upstream's reply comes back and goes to received/rport
+    let rep = reply(&format!("Via: {}\r\nVia: {}\r\n", vias[0], vias[1]));
+    let mut up = udp();
+    up.src = "[2001:db8::20]:5080".parse().unwrap();
+    let (o, _) = run(&core, &rep, &up);
+    assert_eq!(forwarded(&o).addr, "[2001:db8::7]:5062".parse().unwrap());
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic the core, over UDP or TCP.
+        #[test]
+        fn a1_arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            fuzz_receive_msg(&data);
+        }
+
+        /// A valid request with one byte replaced anywhere never panics, and
+        /// whatever is forwarded still starts with a start line and our Via.
+        #[test]
+        fn a1_mutated_request_never_panics(pos in 0usize..600, byte in any::<u8>()) {
+            let mut m = invite("Route: <sip:192.0.2.10:5060;lr>, <sip:192.0.2.99;lr>\r\n").into_bytes();
+            let p = pos % m.len();
+            m[p] = byte;
+            let mut sc = Scratch::new();
+            let core = core();
+            if let Outcome::Send { kind: SendKind::Request, .. } = core.receive_datagram(&m, &udp(), &mut sc) {
+                let out = String::from_utf8_lossy(&sc.out);
+                let second = out.split("\r\n").nth(1).unwrap_or("");
+                prop_assert!(second.starts_with("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"), "{}", out);
+            }
+        }
+    }
+}

@@ -255,8 +255,8 @@ async fn frame_all(
             Frame::Ping => {
                 pos += 4;
                 ctx.metrics.keepalive_ping();
-                if ctx.tcp.crlf_pong {
-                    let _ = conn.send(b"\r\n", ctx.now_s());
+                if ctx.tcp.crlf_pong && conn.send(b"\r\n", ctx.now_s()).is_ok() {
+                    ctx.metrics.keepalive_pong();
                 }
             }
             Frame::Message { len, body_offset } => {
