@@ -20,7 +20,8 @@ pub enum NosipVerdict {
 }
 
 impl NosipVerdict {
-    pub const ALL: [NosipVerdict; 3] = [NosipVerdict::Drop, NosipVerdict::Pass, NosipVerdict::Error];
+    pub const ALL: [NosipVerdict; 3] =
+        [NosipVerdict::Drop, NosipVerdict::Pass, NosipVerdict::Error];
     pub fn as_str(self) -> &'static str {
         match self {
             NosipVerdict::Drop => "drop",
@@ -95,7 +96,9 @@ impl HttpHealthHook {
 impl NosipHook for HttpHealthHook {
     fn on_nosip(&self, data: &[u8], ctx: &mut NosipCtx<'_>) -> NosipVerdict {
         let line_end = memchr::memchr(b'\n', data).unwrap_or(data.len());
-        let line = data[..line_end].strip_suffix(b"\r").unwrap_or(&data[..line_end]);
+        let line = data[..line_end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&data[..line_end]);
         let mut parts = line.split(|&b| b == b' ');
         let (Some(method), Some(target), Some(version), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -105,13 +108,12 @@ impl NosipHook for HttpHealthHook {
         if !version.starts_with(b"HTTP/1.") {
             return NosipVerdict::Pass;
         }
-        let (status, body): (&str, &str) = if (method == b"GET" || method == b"HEAD")
-            && target == self.path.as_slice()
-        {
-            ("200 OK", "OK\n")
-        } else {
-            ("404 Not Found", "not found\n")
-        };
+        let (status, body): (&str, &str) =
+            if (method == b"GET" || method == b"HEAD") && target == self.path.as_slice() {
+                ("200 OK", "OK\n")
+            } else {
+                ("404 Not Found", "not found\n")
+            };
         let body_out = if method == b"HEAD" { "" } else { body };
         ctx.reply.extend_from_slice(
             format!(
@@ -148,7 +150,10 @@ mod tests {
     #[test]
     fn a3_none_hook_passes_everything() {
         let mut r = Vec::new();
-        assert_eq!(NoneHook.on_nosip(b"\x16\x03\x01", &mut ctx(&mut r)), NosipVerdict::Pass);
+        assert_eq!(
+            NoneHook.on_nosip(b"\x16\x03\x01", &mut ctx(&mut r)),
+            NosipVerdict::Pass
+        );
         assert!(r.is_empty());
     }
 
@@ -158,7 +163,10 @@ mod tests {
         let mut r = Vec::new();
         assert_eq!(h.on_nosip(b"jaK\r\n", &mut ctx(&mut r)), NosipVerdict::Drop);
         assert_eq!(h.on_nosip(b"PING", &mut ctx(&mut r)), NosipVerdict::Drop);
-        assert_eq!(h.on_nosip(b"\x16\x03\x01\x02", &mut ctx(&mut r)), NosipVerdict::Pass);
+        assert_eq!(
+            h.on_nosip(b"\x16\x03\x01\x02", &mut ctx(&mut r)),
+            NosipVerdict::Pass
+        );
         assert!(r.is_empty());
     }
 
@@ -168,7 +176,11 @@ mod tests {
         let mut r = Vec::new();
         let v = h.on_nosip(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", &mut ctx(&mut r));
         assert_eq!(v, NosipVerdict::Drop);
-        assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&r));
+        assert!(
+            r.starts_with(b"HTTP/1.1 200 OK\r\n"),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
         assert!(r.ends_with(b"\r\n\r\nOK\n"));
     }
 
@@ -176,10 +188,16 @@ mod tests {
     fn a3_http_health_404_for_other_paths_and_passes_non_http() {
         let h = HttpHealthHook::new("/health");
         let mut r = Vec::new();
-        assert_eq!(h.on_nosip(b"GET /x HTTP/1.0\r\n\r\n", &mut ctx(&mut r)), NosipVerdict::Drop);
+        assert_eq!(
+            h.on_nosip(b"GET /x HTTP/1.0\r\n\r\n", &mut ctx(&mut r)),
+            NosipVerdict::Drop
+        );
         assert!(r.starts_with(b"HTTP/1.1 404 "));
         let mut r = Vec::new();
-        assert_eq!(h.on_nosip(b"\x00\x01garbage", &mut ctx(&mut r)), NosipVerdict::Pass);
+        assert_eq!(
+            h.on_nosip(b"\x00\x01garbage", &mut ctx(&mut r)),
+            NosipVerdict::Pass
+        );
         assert!(r.is_empty());
     }
 }
