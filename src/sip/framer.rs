@@ -94,6 +94,7 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// A framer for a new connection, between messages.
     pub fn new(cfg: FramerConfig) -> Self {
         Framer {
             cfg,
@@ -392,7 +393,7 @@ fn merge_cl(found: Option<usize>, value: ClValue) -> Result<Option<usize>, Frame
 pub fn parse_content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let mut found = None;
     let mut current: Option<ClValue> = None;
-    for raw in head.split(|&b| b == b'\n').skip(1) {
+    for raw in Lines(head).skip(1) {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if matches!(line.first(), Some(b' ' | b'\t')) {
             if let Some(cl) = current.as_mut() {
@@ -405,6 +406,10 @@ pub fn parse_content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
         }
         if line.is_empty() {
             break;
+        }
+        // Cheap pre-filter: only `Content-Length` and `l` can match.
+        if !matches!(line[0], b'c' | b'C' | b'l' | b'L') {
+            continue;
         }
         let Some(colon) = memchr(b':', line) else {
             continue;
@@ -420,6 +425,27 @@ pub fn parse_content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
         found = merge_cl(found, cl)?;
     }
     Ok(found)
+}
+
+/// Lines of `s` split at LF (LF excluded), found with `memchr`.
+struct Lines<'a>(&'a [u8]);
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return None;
+        }
+        match memchr(b'\n', self.0) {
+            Some(lf) => {
+                let (line, rest) = self.0.split_at(lf);
+                self.0 = &rest[1..];
+                Some(line)
+            }
+            None => Some(std::mem::take(&mut self.0)),
+        }
+    }
 }
 
 fn trim_end_ws(s: &[u8]) -> &[u8] {
