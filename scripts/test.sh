@@ -42,6 +42,9 @@ cargo test --all-targets --no-fail-fast
 step "cargo test --doc"
 cargo test --doc
 
+step "fuzz targets build (cargo check in fuzz/)"
+(cd fuzz && cargo check --quiet)
+
 if [[ "${SIPEDGE_DOCKER_TESTS:-0}" == 1 ]]; then
   step "docker/test.sh"
   docker/test.sh

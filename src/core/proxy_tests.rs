@@ -620,7 +620,10 @@ fn a1_ipv6_client_gets_received_without_brackets_and_reply_routes_back() {
         vias[1],
         "SIP/2.0/UDP [2001:db8::99]:5062;branch=z9hG4bK-abc;rport=5062;received=2001:db8::7"
     );
-    assert_eq!(headers(&out, "Record-Route"), ["<sip:[2001:db8::10]:5060;lr>"]);
+    assert_eq!(
+        headers(&out, "Record-Route"),
+        ["<sip:[2001:db8::10]:5060;lr>"]
+    );
     // the upstream's reply comes back and goes to received/rport
     let rep = reply(&format!("Via: {}\r\nVia: {}\r\n", vias[0], vias[1]));
     let mut up = udp();
