@@ -135,9 +135,25 @@ pub struct SipMsg<'a> {
     pub body_offset: usize,
 }
 
+/// RFC 3261 §25.1 `token` characters, as a lookup table.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
+
 #[inline]
 pub fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN[b as usize]
 }
 
 #[inline]
@@ -399,21 +415,19 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
     let mut end = e;
     let mut next = None;
     let mut quoted = false;
-    for (i, &b) in buf[s..e].iter().enumerate() {
-        match b {
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                end = s + i;
-                let mut n = s + i + 1;
-                while n < e && matches!(buf[n], b' ' | b'\t' | b'\r' | b'\n') {
-                    n += 1;
-                }
-                if n < e {
-                    next = Some(n as u32);
-                }
-                break;
+    for i in memchr::memchr2_iter(b',', b'"', &buf[s..e]) {
+        if buf[s + i] == b'"' {
+            quoted = !quoted;
+        } else if !quoted {
+            end = s + i;
+            let mut n = s + i + 1;
+            while n < e && matches!(buf[n], b' ' | b'\t' | b'\r' | b'\n') {
+                n += 1;
             }
-            _ => {}
+            if n < e {
+                next = Some(n as u32);
+            }
+            break;
         }
     }
     let (ps, pe) = trim(buf, s, end);
