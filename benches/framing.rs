@@ -129,6 +129,11 @@ fn bench_framing(c: &mut Criterion) {
     let mut g = c.benchmark_group("framer");
     for (name, msg) in [("invite_sdp", &inv), ("ok200", &ok)] {
         g.throughput(Throughput::Bytes(msg.len() as u64));
+        // baseline in the same run: the least a framer does, find the empty line
+        let finder = memchr::memmem::Finder::new(b"\r\n\r\n");
+        g.bench_function(format!("baseline_memmem_{name}_{}B", msg.len()), |b| {
+            b.iter(|| finder.find(black_box(msg)))
+        });
         g.bench_function(format!("{name}_{}B", msg.len()), |b| {
             let mut f = Framer::new(CFG);
             b.iter(|| f.next(black_box(msg)))

@@ -11,12 +11,8 @@ mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::UdpSocket;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Families the integration tests assert on (the contract with the proxy).
 const REQUIRED: &[(&str, &str)] = &[
@@ -34,86 +30,6 @@ const REQUIRED: &[(&str, &str)] = &[
     ("sipedge_bytes_sent_total", "counter"),
     ("sipedge_forward_latency_seconds", "histogram"),
 ];
-
-/// A UDP "upstream" that answers every request 200 (Vias, From, To,
-/// Call-ID, CSeq copied), until stopped (bounded to 60 s anyway).
-struct EchoUpstream {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<u32>>,
-}
-
-impl EchoUpstream {
-    fn start() -> EchoUpstream {
-        let port = free_port();
-        let sock = UdpSocket::bind((LOCALHOST, port)).expect("bind upstream");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let mut answered = 0;
-            let mut buf = vec![0u8; 65536];
-            while !stop2.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if req.starts_with("SIP/2.0") {
-                    continue;
-                }
-                let _ = sock.send_to(reply_200(&req).as_bytes(), from);
-                answered += 1;
-            }
-            answered
-        });
-        EchoUpstream {
-            port,
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// 200 OK for a request: Via (all, in order), From, To (+tag), Call-ID, CSeq.
-fn reply_200(req: &str) -> String {
-    let head = req.split("\r\n\r\n").next().unwrap_or("");
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for line in head.lines().skip(1) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => {
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-            "to" | "t" => {
-                out.push_str(line);
-                if !line.contains(";tag=") {
-                    out.push_str(";tag=upstream");
-                }
-                out.push_str("\r\n");
-            }
-            _ => {}
-        }
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
-}
 
 /// Strict line-by-line check of the text format; returns the TYPE of each
 /// family. Errors list every bad line.

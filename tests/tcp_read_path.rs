@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -37,21 +37,6 @@ fn start_proxy(config: Option<&str>) -> Proxy {
         Some(c) => opts.config(c),
         None => opts,
     })
-}
-
-/// OPTIONS to the proxy over this TCP connection → 200 (within 2 s).
-fn assert_options_200(proxy: &Proxy, s: &mut TcpStream, tag: &str) {
-    let local = s.local_addr().expect("local addr");
-    let req = options_to_proxy(proxy.sip_port, "TCP", local, tag);
-    s.write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("send OPTIONS ({tag}): {e}\n{}", proxy.log_tail()));
-    let reply = read_sip_message(s, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("OPTIONS ({tag}) on TCP: {e}\n{}", proxy.log_tail()));
-    assert_eq!(
-        status_code(&reply),
-        Some(200),
-        "OPTIONS ({tag}) on TCP: expected 200, got:\n{reply}"
-    );
 }
 
 /// Send `bytes` on a fresh connection; assert the proxy closes it within

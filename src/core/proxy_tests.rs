@@ -1,7 +1,7 @@
 //! SPEC A.1 rules, one test each, byte arrays in, bytes out.
 
 use super::*;
-use crate::config::{LogFormat, NosipConfig, NosipKind, TcpLimits, parse_listen, parse_upstream};
+use crate::config::{parse_listen, parse_upstream};
 
 fn parse_listen_unchecked(t: Transport, a: SocketAddr) -> crate::config::ListenSpec {
     parse_listen("test", &format!("{}:{a}", t.as_str())).unwrap()
@@ -13,40 +13,18 @@ fn parse_upstream_unchecked(u: &str) -> UpstreamSpec {
 use crate::core::nosip::{MatchHook, NoneHook};
 
 fn cfg(upstreams: &[&str]) -> Config {
-    Config {
-        listen: vec![
-            parse_listen_unchecked(Transport::Udp, "192.0.2.10:5060".parse().unwrap()),
-            parse_listen_unchecked(Transport::Tcp, "192.0.2.10:5060".parse().unwrap()),
-        ],
-        upstreams: upstreams
-            .iter()
-            .map(|u| parse_upstream_unchecked(u))
-            .collect(),
-        selection: Selection::RoundRobin,
-        record_route: true,
-        record_route_methods: vec!["INVITE".into(), "SUBSCRIBE".into(), "REFER".into()],
-        workers: 1,
-        tcp: TcpLimits {
-            max_message_size: 65535,
-            max_connections: 10,
-            max_connections_per_ip: 10,
-            write_queue_bytes: 1 << 20,
-            idle_lifetime_secs: 120,
-            message_timeout_secs: 10,
-            first_message_timeout_secs: 5,
-            accept_no_content_length: false,
-            crlf_pong: true,
-            connect_timeout_secs: 5,
-        },
-        nosip: NosipConfig {
-            hook: NosipKind::None,
-            pattern: None,
-            health_path: "/health".into(),
-        },
-        metrics_listen: None,
-        log_level: "info".into(),
-        log_format: LogFormat::Text,
-    }
+    let mut c = Config::default_config();
+    c.listen = vec![
+        parse_listen_unchecked(Transport::Udp, "192.0.2.10:5060".parse().unwrap()),
+        parse_listen_unchecked(Transport::Tcp, "192.0.2.10:5060".parse().unwrap()),
+    ];
+    c.upstreams = upstreams
+        .iter()
+        .map(|u| parse_upstream_unchecked(u))
+        .collect();
+    c.selection = Selection::RoundRobin;
+    c.record_route = true;
+    c
 }
 
 fn core_with(c: &Config) -> Core {
@@ -143,6 +121,14 @@ fn local_reply(o: &Outcome) -> u16 {
     }
 }
 
+/// `msg` over UDP is answered locally with `code` and exactly this status line.
+fn expect_local_reply(msg: &str, code: u16, status_line: &str) -> String {
+    let (o, out) = run(&core(), msg, &udp());
+    assert_eq!(local_reply(&o), code, "{out}");
+    assert_eq!(status(&out), status_line);
+    out
+}
+
 fn branch(out: &str) -> String {
     let v = headers(out, "Via")[0];
     v.split(';')
@@ -201,11 +187,10 @@ fn a1_sanity_missing_via_is_dropped_not_answered() {
 #[test]
 fn a1_sanity_cseq_method_mismatch_400() {
     let msg = invite("").replace("CSeq: 314159 INVITE", "CSeq: 1 OPTIONS");
-    let (o, out) = run(&core(), &msg, &udp());
-    assert_eq!(local_reply(&o), 400);
-    assert_eq!(
-        status(&out),
-        "SIP/2.0 400 CSeq method does not match request method"
+    expect_local_reply(
+        &msg,
+        400,
+        "SIP/2.0 400 CSeq method does not match request method",
     );
 }
 
@@ -240,9 +225,18 @@ fn a1_unsupported_uri_scheme_416() {
 #[test]
 fn a1_bad_request_uri_400() {
     let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE sip:");
-    let (o, out) = run(&core(), &msg, &udp());
-    assert_eq!(local_reply(&o), 400);
-    assert_eq!(status(&out), "SIP/2.0 400 Bad Request-URI");
+    expect_local_reply(&msg, 400, "SIP/2.0 400 Bad Request-URI");
+}
+
+#[test]
+fn a1_ipv6_request_uri_is_accepted() {
+    let msg = invite("").replace(
+        "INVITE sip:bob@example.com",
+        "INVITE sip:bob@[2001:db8::5]:5070",
+    );
+    forwarded(&run(&core(), &msg, &udp()).0);
+    let msg = invite("").replace("INVITE sip:bob@example.com", "INVITE sip:bob@[2001:db8::5");
+    assert_eq!(local_reply(&run(&core(), &msg, &udp()).0), 400);
 }
 
 #[test]
@@ -513,9 +507,7 @@ fn a1_udp_octets_beyond_content_length_are_discarded() {
 #[test]
 fn a1_udp_content_length_larger_than_body_is_400() {
     let msg = invite("").replace("Content-Length: 4", "Content-Length: 400");
-    let (o, out) = run(&core(), &msg, &udp());
-    assert_eq!(local_reply(&o), 400);
-    assert_eq!(status(&out), "SIP/2.0 400 Bad Content-Length");
+    expect_local_reply(&msg, 400, "SIP/2.0 400 Bad Content-Length");
 }
 
 #[test]

@@ -412,19 +412,26 @@ impl ConnTable {
 
     /// The open connection to `peer`, or a new outbound one (second value true:
     /// the caller must connect it). Outbound connections count against the
-    /// total but not against per-IP limits.
-    pub fn get_or_create_outbound(&self, peer: SocketAddr, local: usize) -> (Arc<Conn>, bool) {
+    /// total (`None` when the table is full) but not against per-IP limits.
+    pub fn get_or_create_outbound(
+        &self,
+        peer: SocketAddr,
+        local: usize,
+    ) -> Option<(Arc<Conn>, bool)> {
         if let Some(c) = self.by_addr(peer) {
-            return (c, false);
+            return Some((c, false));
         }
         let mut t = self.write();
         if let Some(c) = t.by_addr.get(&peer).and_then(|id| t.by_id.get(id)) {
             if c.is_alive() {
-                return (c.clone(), false);
+                return Some((c.clone(), false));
             }
         }
+        if t.by_id.len() >= self.limits.max_connections {
+            return None;
+        }
         let c = Self::insert_locked(&mut t, peer, local, true, self.limits.write_queue_bytes);
-        (c, true)
+        Some((c, true))
     }
 
     pub fn get(&self, id: ConnId) -> Option<Arc<Conn>> {
@@ -583,7 +590,7 @@ mod tests {
     #[test]
     fn a4_write_queue_over_limit_kills_connection() {
         let t = ConnTable::new(limits(10, 10));
-        let (c, _) = t.get_or_create_outbound(addr(9, 9), 0);
+        let (c, _) = t.get_or_create_outbound(addr(9, 9), 0).unwrap();
         // not connected yet: everything queues
         c.send(&[0u8; 600], 0).unwrap();
         assert!(c.has_backlog());
@@ -596,8 +603,8 @@ mod tests {
     #[test]
     fn a4_outbound_connection_is_reused_by_address() {
         let t = ConnTable::new(limits(10, 10));
-        let (a, new_a) = t.get_or_create_outbound(addr(9, 9), 0);
-        let (b, new_b) = t.get_or_create_outbound(addr(9, 9), 0);
+        let (a, new_a) = t.get_or_create_outbound(addr(9, 9), 0).unwrap();
+        let (b, new_b) = t.get_or_create_outbound(addr(9, 9), 0).unwrap();
         assert!(new_a && !new_b);
         assert_eq!(a.id, b.id);
         let mut cache = ConnCache::default();
@@ -605,5 +612,20 @@ mod tests {
         assert_eq!(cache.by_id(&t, a.id).unwrap().id, a.id);
         a.kill(ReleaseReason::Eof);
         assert!(cache.by_id(&t, a.id).is_none());
+    }
+
+    #[test]
+    fn a4_outbound_connections_count_against_the_total() {
+        let t = ConnTable::new(limits(2, 10));
+        t.admit(addr(1, 1), 0).unwrap();
+        assert!(t.get_or_create_outbound(addr(9, 1), 0).is_some());
+        assert!(
+            t.get_or_create_outbound(addr(9, 2), 0).is_none(),
+            "table full"
+        );
+        assert!(
+            t.get_or_create_outbound(addr(9, 1), 0).is_some(),
+            "existing one reused"
+        );
     }
 }

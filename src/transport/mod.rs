@@ -224,7 +224,10 @@ fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> b
     if let Some(c) = cache.by_addr(&ctx.conns, dest.addr) {
         return c.send(out, now).is_ok();
     }
-    let (c, is_new) = ctx.conns.get_or_create_outbound(dest.addr, dest.local);
+    let Some((c, is_new)) = ctx.conns.get_or_create_outbound(dest.addr, dest.local) else {
+        tracing::debug!(dest = %dest.addr, "connection table full: not opening an outbound connection");
+        return false;
+    };
     if is_new {
         ctx.metrics.tcp_opened(true);
         tokio::spawn(tcp::connect_and_run(ctx.clone(), c.clone()));

@@ -13,9 +13,10 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::thread::sleep;
+use std::thread::{JoinHandle, sleep};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The binary under test: cargo's build of it, or `$SIPEDGE_BIN` (e.g. a
@@ -996,4 +997,109 @@ pub fn status_code(msg: &str) -> Option<u16> {
     let line = msg.lines().next()?;
     let rest = line.strip_prefix("SIP/2.0 ")?;
     rest.get(..3)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// a tiny UDP upstream
+// ---------------------------------------------------------------------------
+
+/// A UDP "upstream" that answers every request 200 (Vias, From, To,
+/// Call-ID, CSeq copied), until stopped (bounded to 60 s anyway).
+pub struct EchoUpstream {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<u32>>,
+}
+
+impl EchoUpstream {
+    /// On 127.0.0.1 (a free port).
+    pub fn start() -> EchoUpstream {
+        EchoUpstream::start_on(LOCALHOST)
+    }
+
+    /// On `ip` (e.g. "::1"), a port free on 127.0.0.1 (tried on `ip` too).
+    pub fn start_on(ip: &str) -> EchoUpstream {
+        let port = free_port();
+        let sock = UdpSocket::bind((ip, port)).expect("bind upstream");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut answered = 0;
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if req.starts_with("SIP/2.0") {
+                    continue;
+                }
+                let _ = sock.send_to(reply_200(&req).as_bytes(), from);
+                answered += 1;
+            }
+            answered
+        });
+        EchoUpstream {
+            port,
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// 200 OK for a request: Via (all, in order), From, To (+tag), Call-ID, CSeq.
+pub fn reply_200(req: &str) -> String {
+    let head = req.split("\r\n\r\n").next().unwrap_or("");
+    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    for line in head.lines().skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "v" | "from" | "f" | "call-id" | "i" | "cseq" => {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+            "to" | "t" => {
+                out.push_str(line);
+                if !line.contains(";tag=") {
+                    out.push_str(";tag=upstream");
+                }
+                out.push_str("\r\n");
+            }
+            _ => {}
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// OPTIONS to the proxy over this TCP connection → 200 (within 2 s).
+pub fn assert_options_200(proxy: &Proxy, s: &mut TcpStream, tag: &str) {
+    let local = s.local_addr().expect("local addr");
+    let req = options_to_proxy(proxy.sip_port, "TCP", local, tag);
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("send OPTIONS ({tag}): {e}\n{}", proxy.log_tail()));
+    let reply = read_sip_message(s, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("OPTIONS ({tag}) on TCP: {e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        status_code(&reply),
+        Some(200),
+        "OPTIONS ({tag}) on TCP: expected 200, got:\n{reply}"
+    );
 }
