@@ -15,4 +15,4 @@ pub mod sip;
 pub mod transport;
 
 pub use crate::core::nosip::{NosipCtx, NosipHook, NosipVerdict};
-pub use transport::run;
+pub use transport::{Hooks, run, run_with_hooks};

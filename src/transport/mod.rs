@@ -40,8 +40,28 @@ impl Ctx {
     }
 }
 
+/// What an embedder can plug into the core.
+#[derive(Default)]
+pub struct Hooks {
+    /// Replaces the nosip hook chosen in the config.
+    pub nosip: Option<Box<dyn NosipHook>>,
+    /// Runs on every parse failure the nosip hook did not consume.
+    pub parse_error: Option<crate::core::ParseErrorHook>,
+}
+
 /// Run the proxy until SIGINT/SIGTERM. `hook` overrides the configured nosip hook.
 pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> {
+    run_with_hooks(
+        cfg,
+        Hooks {
+            nosip: hook,
+            parse_error: None,
+        },
+    )
+}
+
+/// [`run`] with every hook point.
+pub fn run_with_hooks(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
     let workers = if cfg.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -52,7 +72,7 @@ pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> 
         .thread_name("sipedge-worker")
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, hook, workers, shutdown_signal()))
+    rt.block_on(serve(cfg, hooks, workers, shutdown_signal()))
 }
 
 async fn shutdown_signal() {
@@ -74,17 +94,20 @@ async fn shutdown_signal() {
 /// connection (reason `shutdown`).
 pub async fn serve(
     cfg: Config,
-    hook: Option<Box<dyn NosipHook>>,
+    hooks: Hooks,
     workers: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let metrics = Arc::new(Metrics::new());
-    let hook = match hook {
+    let hook = match hooks.nosip {
         Some(h) => h,
         None => crate::core::nosip::from_config(&cfg.nosip).context("nosip.pattern")?,
     };
-    let core = Core::new(&cfg, hook, metrics.clone());
+    let mut core = Core::new(&cfg, hook, metrics.clone());
+    if let Some(h) = hooks.parse_error {
+        core = core.with_parse_error_hook(h);
+    }
     let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
