@@ -77,8 +77,8 @@ fn pipelined() -> (Vec<u8>, u64) {
     (buf, 100)
 }
 
-/// Frame everything in `buf` as a caller that already has all the bytes.
-fn frame_all(framer: &mut Framer, buf: &[u8]) -> usize {
+/// Frame every complete message at the front of `buf`: (messages, bytes consumed).
+fn frame_front(framer: &mut Framer, buf: &[u8]) -> (usize, usize) {
     let mut pos = 0;
     let mut msgs = 0;
     while pos < buf.len() {
@@ -93,7 +93,12 @@ fn frame_all(framer: &mut Framer, buf: &[u8]) -> usize {
             Ok(Frame::NeedMore) | Err(_) => break,
         }
     }
-    msgs
+    (msgs, pos)
+}
+
+/// Frame everything in `buf` as a caller that already has all the bytes.
+fn frame_all(framer: &mut Framer, buf: &[u8]) -> usize {
+    frame_front(framer, buf).0
 }
 
 /// The transport's read loop: bytes arrive `chunk` at a time into a reused
@@ -103,19 +108,8 @@ fn frame_chunked(framer: &mut Framer, stream: &[u8], chunk: usize, buf: &mut Vec
     let mut msgs = 0;
     for read in stream.chunks(chunk) {
         buf.extend_from_slice(read);
-        let mut pos = 0;
-        loop {
-            match framer.next(&buf[pos..]) {
-                Ok(Frame::Message { len, .. }) => {
-                    msgs += 1;
-                    pos += len;
-                }
-                Ok(Frame::Skip(n)) => pos += n,
-                Ok(Frame::Ping) => pos += 4,
-                Ok(Frame::NotSip { len }) => pos += len,
-                Ok(Frame::NeedMore) | Err(_) => break,
-            }
-        }
+        let (n, pos) = frame_front(framer, buf);
+        msgs += n;
         buf.drain(..pos);
     }
     msgs
