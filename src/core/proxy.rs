@@ -62,6 +62,12 @@ pub enum Outcome {
         dest: Dest,
         kind: SendKind,
     },
+    /// Like `Send`, but the next hop is a host name ([`Scratch::resolve`]):
+    /// the transport resolves it (A/AAAA) and sends to `dest.addr`'s port.
+    Resolve {
+        dest: Dest,
+        kind: SendKind,
+    },
     /// The nosip hook consumed the data; nothing to send.
     Consumed,
     Dropped(DropReason),
@@ -75,6 +81,8 @@ pub struct Scratch {
     pub headers: Vec<HeaderSpan>,
     /// The message to send.
     pub out: Vec<u8>,
+    /// The host name to resolve for [`Outcome::Resolve`].
+    pub resolve: String,
     edits: Vec<Edit>,
     tmp: Vec<u8>,
     routes: Vec<(usize, NameAddr)>,
@@ -85,6 +93,7 @@ impl Scratch {
         Scratch {
             headers: Vec::with_capacity(32),
             out: Vec::with_capacity(2048),
+            resolve: String::new(),
             edits: Vec::with_capacity(16),
             tmp: Vec::with_capacity(512),
             routes: Vec::with_capacity(8),
@@ -252,6 +261,7 @@ impl Core {
         let Scratch {
             headers,
             out,
+            resolve,
             edits,
             tmp,
             routes,
@@ -261,10 +271,16 @@ impl Core {
             Err(_) => return self.parse_failure(buf, rcv, sc),
         };
         out.clear();
+        resolve.clear();
         edits.clear();
         tmp.clear();
         routes.clear();
-        let mut b = Builder { out, edits, tmp };
+        let mut b = Builder {
+            out,
+            edits,
+            tmp,
+            resolve,
+        };
         match msg.start {
             StartLine::Response { code, .. } => self.route_reply(&msg, code, rcv, &mut b),
             StartLine::Request { version_ok, .. } => {
@@ -352,7 +368,8 @@ impl Core {
                 .is_some()
     }
 
-    fn is_local_addr(&self, addr: SocketAddr, t: Transport) -> bool {
+    /// `addr` is one of our own listen sockets (a request sent there would loop).
+    pub fn is_local_addr(&self, addr: SocketAddr, t: Transport) -> bool {
         self.locals
             .iter()
             .any(|l| l.transport == t && l.port == addr.port() && l.ip == addr.ip())
@@ -570,32 +587,33 @@ impl Core {
         // next hop
         let dest_t;
         let dest_addr;
+        let mut name: Option<Span> = None;
         if let Some((_, top)) = remaining.first() {
             let Some(u) = parse_sip_uri(buf, top.uri) else {
                 return fail(400, "Bad Route", b);
             };
-            let Some(a) = self.uri_addr(buf, &u) else {
+            let Some((a, n)) = self.next_hop(buf, &u, rcv) else {
                 self.metrics.dropped(DropReason::NoRoute);
                 return Outcome::Dropped(DropReason::NoRoute);
             };
             dest_t = uri_transport(buf, &u).unwrap_or(rcv.transport);
             dest_addr = a;
+            name = n;
         } else if self.is_from_upstream(rcv) && !ruri_ours {
             // towards a client: follow the (possibly strict-route-rewritten) Request-URI
             let target = match new_ruri {
                 Some(s) => parse_sip_uri(buf, s),
                 None => ruri,
             };
-            let Some(u) = target else {
+            let Some((a, n)) = target.and_then(|u| self.next_hop(buf, &u, rcv)) else {
                 self.metrics.dropped(DropReason::NoRoute);
                 return Outcome::Dropped(DropReason::NoRoute);
             };
-            let Some(a) = self.uri_addr(buf, &u) else {
-                self.metrics.dropped(DropReason::NoRoute);
-                return Outcome::Dropped(DropReason::NoRoute);
-            };
-            dest_t = uri_transport(buf, &u).unwrap_or(Transport::Udp);
+            dest_t = target
+                .and_then(|u| uri_transport(buf, &u))
+                .unwrap_or(Transport::Udp);
             dest_addr = a;
+            name = n;
         } else {
             let Some(up) = self.pick_upstream(msg) else {
                 self.metrics.dropped(DropReason::NoRoute);
@@ -604,7 +622,7 @@ impl Core {
             dest_t = up.transport.unwrap_or(rcv.transport);
             dest_addr = up.addr;
         }
-        if self.is_local_addr(dest_addr, dest_t) {
+        if name.is_none() && self.is_local_addr(dest_addr, dest_t) {
             self.metrics.dropped(DropReason::Loop);
             return Outcome::Dropped(DropReason::Loop);
         }
@@ -705,14 +723,25 @@ impl Core {
         }
         b.emit(buf);
         self.metrics.forwarded_request();
-        Outcome::Send {
-            dest: Dest {
-                transport: dest_t,
-                addr: dest_addr,
-                conn: None,
-                local: out_local,
+        let dest = Dest {
+            transport: dest_t,
+            addr: dest_addr,
+            conn: None,
+            local: out_local,
+        };
+        match name {
+            Some(host) => {
+                b.resolve
+                    .push_str(std::str::from_utf8(host.get(buf)).unwrap_or_default());
+                Outcome::Resolve {
+                    dest,
+                    kind: SendKind::Request,
+                }
+            }
+            None => Outcome::Send {
+                dest,
+                kind: SendKind::Request,
             },
-            kind: SendKind::Request,
         }
     }
 
@@ -722,13 +751,34 @@ impl Core {
             .any(|u| u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip()))
     }
 
-    /// IP literal + port of a SIP URI (maddr ignored; names are not resolved here).
-    fn uri_addr(&self, buf: &[u8], u: &UriParts) -> Option<SocketAddr> {
-        let ip = host_ip(u.host.get(buf))?;
-        Some(SocketAddr::new(
-            ip,
-            u.port.unwrap_or(if u.sips { 5061 } else { 5060 }),
-        ))
+    /// Address of a SIP URI's host (maddr ignored): an IP literal, or a host
+    /// name (returned as a span, to be resolved by the transport; the address
+    /// then holds the port and an unspecified IP of the inbound family).
+    fn next_hop(
+        &self,
+        buf: &[u8],
+        u: &UriParts,
+        rcv: &RcvInfo,
+    ) -> Option<(SocketAddr, Option<Span>)> {
+        let port = u.port.unwrap_or(if u.sips { 5061 } else { 5060 });
+        let host = u.host.get(buf);
+        if let Some(ip) = host_ip(host) {
+            return Some((SocketAddr::new(ip, port), None));
+        }
+        // RFC 1123 host name: letters, digits, '-', '.'; not a bracketed literal
+        let valid = host.len() <= 253
+            && host.first().is_some_and(u8::is_ascii_alphanumeric)
+            && host
+                .iter()
+                .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.');
+        if !valid {
+            return None;
+        }
+        let any: IpAddr = match rcv.src.ip() {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        Some((SocketAddr::new(any, port), Some(u.host)))
     }
 
     /// RFC 3261 §16.7 step 3 / §18.2.2: remove our Via, send to the next one.
@@ -959,6 +1009,7 @@ struct Builder<'s> {
     out: &'s mut Vec<u8>,
     edits: &'s mut Vec<Edit>,
     tmp: &'s mut Vec<u8>,
+    resolve: &'s mut String,
 }
 
 impl Builder<'_> {

@@ -549,6 +549,35 @@ fn a1_request_from_upstream_follows_the_request_uri() {
 }
 
 #[test]
+fn a1_route_host_name_is_handed_to_the_resolver() {
+    let msg = invite(
+        "Route: <sip:192.0.2.10:5060;lr>, <sip:edge2.example.com:5070;transport=tcp;lr>\r\n",
+    );
+    let c = core();
+    let mut sc = Scratch::new();
+    let o = c.receive_datagram(msg.as_bytes(), &udp(), &mut sc);
+    match o {
+        Outcome::Resolve { dest, kind } => {
+            assert_eq!(kind, SendKind::Request);
+            assert_eq!(dest.addr.port(), 5070);
+            assert!(dest.addr.ip().is_unspecified());
+            assert_eq!(dest.transport, Transport::Tcp);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sc.resolve, "edge2.example.com");
+    let out = String::from_utf8_lossy(&sc.out);
+    assert_eq!(
+        headers(&out, "Route"),
+        ["<sip:edge2.example.com:5070;transport=tcp;lr>"]
+    );
+    // something that is neither an IP literal nor a host name: no route
+    let bad = invite("Route: <sip:bad_host!:5070;lr>\r\n");
+    let (o, _) = run(&c, &bad, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::NoRoute));
+}
+
+#[test]
 fn a1_request_that_would_loop_to_ourselves_is_dropped() {
     let msg = invite("Route: <sip:192.0.2.10:5061;lr>\r\n");
     let mut c = cfg(&["sip:192.0.2.10:5060"]);

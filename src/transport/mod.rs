@@ -14,7 +14,7 @@ pub mod udp;
 
 use crate::config::{Config, Transport};
 use crate::core::nosip::NosipHook;
-use crate::core::{Core, Dest, DropReason, Outcome, SendKind};
+use crate::core::{Core, Dest, DropReason, Outcome, Scratch, SendKind};
 use crate::metrics::Metrics;
 use conn::{ConnCache, ConnTable, ReleaseReason, TableLimits};
 use std::sync::Arc;
@@ -31,6 +31,39 @@ pub struct Ctx {
     pub tcp: crate::config::TcpLimits,
     /// Time base of the coarse clock used for idle timers.
     pub epoch: Instant,
+    /// Host names of next hops (Route / Request-URI) resolved recently.
+    pub dns: DnsCache,
+}
+
+/// A small cache of host name → address, so a dialog's requests do not each
+/// wait for the resolver. Bounded; entries live [`DNS_TTL`].
+#[derive(Debug, Default)]
+pub struct DnsCache {
+    map: std::sync::RwLock<std::collections::HashMap<String, (std::net::IpAddr, Instant)>>,
+}
+
+/// How long a resolved name is reused.
+pub const DNS_TTL: Duration = Duration::from_secs(60);
+/// Names kept at most (the cache is emptied when full).
+const DNS_CACHE_MAX: usize = 4096;
+/// Longest wait for the resolver.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl DnsCache {
+    fn get(&self, host: &str) -> Option<std::net::IpAddr> {
+        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
+        m.get(host)
+            .filter(|(_, at)| at.elapsed() < DNS_TTL)
+            .map(|(ip, _)| *ip)
+    }
+
+    fn put(&self, host: &str, ip: std::net::IpAddr) {
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= DNS_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(host.to_string(), (ip, Instant::now()));
+    }
 }
 
 impl Ctx {
@@ -141,6 +174,7 @@ pub async fn serve(
         udp: udp_socks.iter().map(|v| v.first().cloned()).collect(),
         tcp: cfg.tcp.clone(),
         epoch: Instant::now(),
+        dns: DnsCache::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for (i, socks) in udp_socks.into_iter().enumerate() {
@@ -178,25 +212,56 @@ pub async fn serve(
     Ok(())
 }
 
-/// Send what the core produced. `own_udp`: the calling UDP worker's socket
-/// and its listen index; `cache`: the calling task's connection handles.
+/// Send what the core produced (`sc.out`). `own_udp`: the calling UDP
+/// worker's socket and its listen index; `cache`: the calling task's
+/// connection handles. A next hop given by name is resolved first (cached;
+/// on a miss the send continues in its own task so this one is not held up).
 pub async fn dispatch(
     ctx: &Arc<Ctx>,
     outcome: Outcome,
-    out: &[u8],
+    sc: &Scratch,
     received_at: Instant,
     own_udp: Option<(&UdpSocket, usize)>,
     cache: &mut ConnCache,
 ) {
-    let Outcome::Send { dest, kind } = outcome else {
-        return;
+    let (dest, kind) = match outcome {
+        Outcome::Send { dest, kind } => (dest, kind),
+        Outcome::Resolve { dest, kind } => match ctx.dns.get(&sc.resolve) {
+            Some(ip) => {
+                let mut d = dest;
+                d.addr.set_ip(ip);
+                (d, kind)
+            }
+            None => {
+                tokio::spawn(resolve_and_send(
+                    ctx.clone(),
+                    sc.resolve.clone(),
+                    dest,
+                    sc.out.clone(),
+                    received_at,
+                ));
+                return;
+            }
+        },
+        _ => return,
     };
+    if matches!(outcome, Outcome::Resolve { .. })
+        && ctx.core.is_local_addr(dest.addr, dest.transport)
+    {
+        ctx.metrics.dropped(DropReason::Loop);
+        return;
+    }
+    let out = &sc.out;
     let ok = match dest.transport {
         Transport::Udp => send_udp(ctx, &dest, out, own_udp).await,
         Transport::Tcp => send_tcp(ctx, &dest, out, cache),
     };
+    account(ctx, &dest, kind, out.len(), ok, received_at);
+}
+
+fn account(ctx: &Ctx, dest: &Dest, kind: SendKind, len: usize, ok: bool, received_at: Instant) {
     if ok {
-        ctx.metrics.bytes_out(dest.transport, out.len());
+        ctx.metrics.bytes_out(dest.transport, len);
         if matches!(kind, SendKind::Request | SendKind::Reply) {
             ctx.metrics
                 .forward_latency(received_at.elapsed().as_secs_f64());
@@ -205,6 +270,49 @@ pub async fn dispatch(
         ctx.metrics.dropped(DropReason::SendFailed);
         tracing::debug!(dest = %dest.addr, transport = dest.transport.as_str(), "send failed");
     }
+}
+
+/// Resolve `host` (A/AAAA, preferring the family of the socket our Via
+/// names), cache it, then send `out` there.
+async fn resolve_and_send(
+    ctx: Arc<Ctx>,
+    host: String,
+    mut dest: Dest,
+    out: Vec<u8>,
+    received_at: Instant,
+) {
+    let port = dest.addr.port();
+    let want_v4 = dest.addr.is_ipv4();
+    let found =
+        match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
+            .await
+        {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+                addrs
+                    .iter()
+                    .find(|a| a.is_ipv4() == want_v4)
+                    .or(addrs.first())
+                    .copied()
+            }
+            _ => None,
+        };
+    let Some(addr) = found else {
+        tracing::debug!(%host, "next hop does not resolve");
+        ctx.metrics.dropped(DropReason::NoRoute);
+        return;
+    };
+    ctx.dns.put(&host, addr.ip());
+    dest.addr = addr;
+    if ctx.core.is_local_addr(dest.addr, dest.transport) {
+        ctx.metrics.dropped(DropReason::Loop);
+        return;
+    }
+    let ok = match dest.transport {
+        Transport::Udp => send_udp(&ctx, &dest, &out, None).await,
+        Transport::Tcp => send_tcp(&ctx, &dest, &out, &mut ConnCache::default()),
+    };
+    account(&ctx, &dest, SendKind::Request, out.len(), ok, received_at);
 }
 
 async fn send_udp(

@@ -309,12 +309,12 @@ async fn receive_tcp_msg(
             kind: SendKind::NosipReply,
             ..
         } => {}
-        Outcome::Send { .. } | Outcome::Dropped(_) => conn.mark_ok(),
+        Outcome::Send { .. } | Outcome::Resolve { .. } | Outcome::Dropped(_) => conn.mark_ok(),
     }
     // the connection we read from is the first candidate for replies
     if !r.cache.contains(conn.id) {
         r.cache.put(conn.clone());
     }
-    dispatch(ctx, outcome, &r.sc.out, received_at, None, &mut r.cache).await;
+    dispatch(ctx, outcome, &r.sc, received_at, None, &mut r.cache).await;
     Ok(())
 }

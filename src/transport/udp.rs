@@ -38,7 +38,7 @@ pub async fn udp_worker(ctx: Arc<Ctx>, sock: Arc<UdpSocket>, local: usize) {
         dispatch(
             &ctx,
             outcome,
-            &sc.out,
+            &sc,
             received_at,
             Some((&sock, local)),
             &mut cache,

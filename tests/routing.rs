@@ -1,8 +1,8 @@
-//! IPv6 listen sockets and routing across address families: OPTIONS to the
-//! proxy over UDP and TCP on ::1, and an INVITE from an IPv6 client that is
-//! forwarded to an IPv4 upstream (different outbound socket: two
-//! Record-Route entries) whose 200 OK comes back to the IPv6 client with
-//! only the client's Via left.
+//! Routing with the real binary: IPv6 listen sockets (OPTIONS to the proxy
+//! over UDP and TCP on ::1), an INVITE from an IPv6 client forwarded to an
+//! IPv4 upstream whose 200 OK comes back to the IPv6 client with only the
+//! client's Via left, and a Route whose host is a name (`localhost`),
+//! resolved by the proxy.
 
 mod common;
 
@@ -120,5 +120,36 @@ fn ipv6_client_to_ipv4_upstream_and_reply_back() {
     assert!(vias[0].contains("received=::1"), "{rep}");
     let m = proxy.metrics();
     assert!(metric_value(&m, "sipedge_forwarded_total{kind=\"request\"}").unwrap_or(0.0) >= 1.0);
+    assert!(metric_value(&m, "sipedge_forwarded_total{kind=\"reply\"}").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn route_with_a_host_name_is_resolved_and_followed() {
+    let echo = EchoUpstream::start();
+    // the configured upstream is a dead port: only the Route reaches the echo
+    let proxy = Proxy::start(free_port());
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.set_read_timeout(Some(Duration::from_secs(4)))
+        .expect("timeout");
+    let local = s.local_addr().expect("addr");
+    let req = sip_request("OPTIONS", "sip:bob@example.com", "UDP", local, "dns", 70).replacen(
+        "Max-Forwards:",
+        &format!(
+            "Route: <sip:127.0.0.1:{};lr>, <sip:localhost:{};lr>\r\nMax-Forwards:",
+            proxy.sip_port, echo.port
+        ),
+        1,
+    );
+    s.send_to(req.as_bytes(), proxy.sip_addr()).expect("send");
+    let mut buf = [0u8; 4096];
+    let (n, _) = s.recv_from(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no reply through the resolved Route: {e}\n{}",
+            proxy.log_tail()
+        )
+    });
+    let rep = String::from_utf8_lossy(&buf[..n]);
+    assert!(rep.starts_with("SIP/2.0 200 "), "{rep}");
+    let m = proxy.metrics();
     assert!(metric_value(&m, "sipedge_forwarded_total{kind=\"reply\"}").unwrap_or(0.0) >= 1.0);
 }
