@@ -489,21 +489,24 @@ const CACHE_SIZE: usize = 8;
 
 impl ConnCache {
     pub fn by_id(&mut self, table: &ConnTable, id: ConnId) -> Option<Arc<Conn>> {
-        self.by_id.retain(|c| c.is_alive());
-        if let Some(c) = self.by_id.iter().find(|c| c.id == id) {
-            return Some(c.clone());
-        }
-        let c = table.get(id)?;
-        self.put(c.clone());
-        Some(c)
+        self.lookup(|c| c.id == id, || table.get(id))
     }
 
     pub fn by_addr(&mut self, table: &ConnTable, addr: SocketAddr) -> Option<Arc<Conn>> {
+        self.lookup(|c| c.peer == addr, || table.by_addr(addr))
+    }
+
+    /// A live cached handle matching `hit`, else `fetch` from the table (and cache it).
+    fn lookup(
+        &mut self,
+        hit: impl Fn(&Conn) -> bool,
+        fetch: impl FnOnce() -> Option<Arc<Conn>>,
+    ) -> Option<Arc<Conn>> {
         self.by_id.retain(|c| c.is_alive());
-        if let Some(c) = self.by_id.iter().find(|c| c.peer == addr) {
+        if let Some(c) = self.by_id.iter().find(|c| hit(c)) {
             return Some(c.clone());
         }
-        let c = table.by_addr(addr)?;
+        let c = fetch()?;
         self.put(c.clone());
         Some(c)
     }
