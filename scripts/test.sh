@@ -36,11 +36,19 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "cargo test --all-targets --no-fail-fast"
-cargo test --all-targets --no-fail-fast
-
 step "cargo test --doc"
 cargo test --doc
+
+step "cargo test --all-targets --no-fail-fast"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --all-targets --no-fail-fast 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# one closing line for the whole suite: "N passed, N failed"
+summary=$(awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed", p, f}' "$results")
+(( status == 0 )) || { echo "$summary"; exit "$status"; }
 
 step "fuzz targets build (cargo check in fuzz/)"
 (cd fuzz && cargo check --quiet)
@@ -51,3 +59,4 @@ if [[ "${SIPEDGE_DOCKER_TESTS:-0}" == 1 ]]; then
 fi
 
 step "all tests passed"
+echo "$summary"
