@@ -65,6 +65,18 @@ pub enum Frame {
     NeedMore,
 }
 
+impl Frame {
+    /// Bytes to hand to the core, `(len, body_offset)`: a message, or non-SIP
+    /// data (whole, no body) for the nosip hook; `None` for the other steps.
+    pub fn for_core(self) -> Option<(usize, usize)> {
+        match self {
+            Frame::Message { len, body_offset } => Some((len, body_offset)),
+            Frame::NotSip { len } => Some((len, len)),
+            _ => None,
+        }
+    }
+}
+
 /// The RFC 5626 §4.4.1 keep-alive ping.
 const PING: &[u8] = b"\r\n\r\n";
 /// Start of a status line (RFC 3261 §7.2), including the SP after the version.
@@ -493,6 +505,19 @@ pub fn frame_datagram(buf: &[u8]) -> Result<DatagramFrame, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a2_message_and_non_sip_bytes_both_go_to_the_core() {
+        let m = Frame::Message {
+            len: 10,
+            body_offset: 6,
+        };
+        assert_eq!(m.for_core(), Some((10, 6)));
+        assert_eq!(Frame::NotSip { len: 7 }.for_core(), Some((7, 7)));
+        assert_eq!(Frame::Ping.for_core(), None);
+        assert_eq!(Frame::Skip(2).for_core(), None);
+        assert_eq!(Frame::NeedMore.for_core(), None);
+    }
     use proptest::prelude::*;
 
     const MAX: usize = 64 * 1024;

@@ -95,11 +95,7 @@ pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> 
 
 /// [`run`] with every hook point.
 pub fn run_with_hooks(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
-    let workers = if cfg.workers == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        cfg.workers
-    };
+    let workers = cfg.effective_workers();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("sipedge-worker")
@@ -237,6 +233,7 @@ pub async fn dispatch(
                     ctx.clone(),
                     sc.resolve.clone(),
                     dest,
+                    kind,
                     sc.out.clone(),
                     received_at,
                 ));
@@ -245,23 +242,43 @@ pub async fn dispatch(
         },
         _ => return,
     };
-    if matches!(outcome, Outcome::Resolve { .. })
-        && ctx.core.is_local_addr(dest.addr, dest.transport)
-    {
+    let resolved = matches!(outcome, Outcome::Resolve { .. });
+    deliver(
+        ctx,
+        &dest,
+        kind,
+        &sc.out,
+        received_at,
+        resolved,
+        own_udp,
+        cache,
+    )
+    .await;
+}
+
+/// Send to `dest` and count it. `resolved`: the address came from a host
+/// name, so it may turn out to be our own (dropped as a loop).
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    ctx: &Arc<Ctx>,
+    dest: &Dest,
+    kind: SendKind,
+    out: &[u8],
+    received_at: Instant,
+    resolved: bool,
+    own_udp: Option<(&UdpSocket, usize)>,
+    cache: &mut ConnCache,
+) {
+    if resolved && ctx.core.is_local_addr(dest.addr, dest.transport) {
         ctx.metrics.dropped(DropReason::Loop);
         return;
     }
-    let out = &sc.out;
     let ok = match dest.transport {
-        Transport::Udp => send_udp(ctx, &dest, out, own_udp).await,
-        Transport::Tcp => send_tcp(ctx, &dest, out, cache),
+        Transport::Udp => send_udp(ctx, dest, out, own_udp).await,
+        Transport::Tcp => send_tcp(ctx, dest, out, cache),
     };
-    account(ctx, &dest, kind, out.len(), ok, received_at);
-}
-
-fn account(ctx: &Ctx, dest: &Dest, kind: SendKind, len: usize, ok: bool, received_at: Instant) {
     if ok {
-        ctx.metrics.bytes_out(dest.transport, len);
+        ctx.metrics.bytes_out(dest.transport, out.len());
         if matches!(kind, SendKind::Request | SendKind::Reply) {
             ctx.metrics
                 .forward_latency(received_at.elapsed().as_secs_f64());
@@ -278,6 +295,7 @@ async fn resolve_and_send(
     ctx: Arc<Ctx>,
     host: String,
     mut dest: Dest,
+    kind: SendKind,
     out: Vec<u8>,
     received_at: Instant,
 ) {
@@ -304,15 +322,8 @@ async fn resolve_and_send(
     };
     ctx.dns.put(&host, addr.ip());
     dest.addr = addr;
-    if ctx.core.is_local_addr(dest.addr, dest.transport) {
-        ctx.metrics.dropped(DropReason::Loop);
-        return;
-    }
-    let ok = match dest.transport {
-        Transport::Udp => send_udp(&ctx, &dest, &out, None).await,
-        Transport::Tcp => send_tcp(&ctx, &dest, &out, &mut ConnCache::default()),
-    };
-    account(&ctx, &dest, SendKind::Request, out.len(), ok, received_at);
+    let mut cache = ConnCache::default();
+    deliver(&ctx, &dest, kind, &out, received_at, true, None, &mut cache).await;
 }
 
 async fn send_udp(

@@ -249,6 +249,14 @@ async fn frame_all(
             .framer
             .next(&r.buf[pos..r.len])
             .map_err(frame_error_reason)?;
+        // a message, or non-SIP bytes (the core offers those to the nosip hook)
+        if let Some((len, body_offset)) = step.for_core() {
+            let (s, e) = (pos, pos + len);
+            pos = e;
+            r.msg_started = None;
+            receive_tcp_msg(ctx, conn, r, s, e, body_offset, now).await?;
+            continue;
+        }
         match step {
             Frame::NeedMore => break,
             Frame::Skip(n) => pos += n,
@@ -259,18 +267,7 @@ async fn frame_all(
                     ctx.metrics.keepalive_pong();
                 }
             }
-            Frame::Message { len, body_offset } => {
-                let (s, e) = (pos, pos + len);
-                pos = e;
-                r.msg_started = None;
-                receive_tcp_msg(ctx, conn, r, s, e, body_offset, now).await?;
-            }
-            Frame::NotSip { len } => {
-                let (s, e) = (pos, pos + len);
-                pos = e;
-                r.msg_started = None;
-                receive_tcp_msg(ctx, conn, r, s, e, len, now).await?;
-            }
+            Frame::Message { .. } | Frame::NotSip { .. } => {}
         }
     }
     if r.framer.in_message() {
