@@ -11,6 +11,7 @@
 pub mod config;
 pub mod core;
 pub mod metrics;
+pub mod netstack;
 pub mod sip;
 pub mod transport;
 

@@ -1,0 +1,2 @@
+//! The thread that moves frames between a device and a [`super::Stack`].
+//! STUB: to be implemented.

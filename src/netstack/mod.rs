@@ -1,0 +1,583 @@
+//! The embedded userspace IPv4/IPv6/ICMP/UDP stack used in `afpacket` mode
+//! (SPEC B). Sans-IO like smoltcp and quinn-proto: [`Stack::receive_frame`]
+//! takes one Ethernet frame and the time, [`Stack::poll`] runs the timers,
+//! and outgoing frames are taken with [`Stack::pop_tx`]. Socket readiness is
+//! reported through [`Stack::poll_event`]. The only I/O lives in
+//! [`device`] (the AF_PACKET socket) and [`driver`] (the thread that moves
+//! frames between a device and the stack).
+//!
+//! Receive path, named after Linux (seeds 001, 002, 004):
+//!
+//! ```text
+//! receive_frame → eth_rcv ─┬─ arp_rcv
+//!                          ├─ ip_rcv → ip_rcv_finish → ip_local_deliver → ip_local_deliver_finish ─┐
+//!                          └─ ipv6_rcv → ip6_rcv_finish → ip6_input_finish ─────────────────────────┤
+//!                                                        udp_rcv / icmp_rcv / icmpv6_rcv (+ ndisc_rcv)
+//! ```
+//!
+//! Packet layouts and checksums come from `smoltcp::wire`; this module owns
+//! the behaviour (what is dropped, counted, answered).
+
+pub mod arp;
+pub mod device;
+pub mod driver;
+pub mod ethernet;
+pub mod frag;
+pub mod hooks;
+pub mod icmp;
+pub mod icmpv6;
+pub mod ipv4;
+pub mod ipv6;
+pub mod mib;
+pub mod ndp;
+pub mod neigh;
+pub mod udp;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+pub use smoltcp::time::{Duration, Instant};
+pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
+
+pub use hooks::{HookPoint, PacketFilter, Verdict};
+pub use mib::{Counters, DropReason, Mib};
+pub use udp::{UdpDatagram, UdpHandle};
+
+/// Linux `sll_pkttype` of a received frame (`PACKET_HOST` …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketType {
+    Host,
+    Broadcast,
+    Multicast,
+    /// Addressed to another MAC (seen because of promiscuous membership).
+    /// Note: when the stack owns a MAC other than the interface's, the
+    /// kernel reports frames to *our* MAC as OTHERHOST too, so `eth_rcv`
+    /// classifies by destination MAC itself and uses this only as a hint.
+    OtherHost,
+    /// A frame this host sent (looped back by the kernel).
+    Outgoing,
+}
+
+/// What the kernel says about the L4 checksum of a received frame
+/// (PACKET_AUXDATA `tp_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Nothing known: verify it.
+    Unverified,
+    /// `TP_STATUS_CSUMNOTREADY`: the sender (e.g. a veth peer) left the L4
+    /// checksum to offload; the field holds only the pseudo-header sum. Do
+    /// not verify it (DESIGN.md "Known traps").
+    NotReady,
+    /// `TP_STATUS_CSUM_VALID`: the kernel or NIC already verified it.
+    Valid,
+}
+
+/// Per-frame metadata from the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta {
+    pub pkt_type: PacketType,
+    pub l4_csum: RxChecksum,
+}
+
+impl RxMeta {
+    /// A frame addressed to us with nothing known about its checksums.
+    pub const HOST: RxMeta = RxMeta {
+        pkt_type: PacketType::Host,
+        l4_csum: RxChecksum::Unverified,
+    };
+
+    /// Whether the L4 (UDP/TCP/ICMP) checksum must be verified in software.
+    #[inline]
+    pub fn verify_l4_csum(&self) -> bool {
+        self.l4_csum == RxChecksum::Unverified
+    }
+}
+
+/// Bounds on every table and queue (DESIGN.md: "every buffer, queue, table
+/// and reassembly list has a configured cap").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Neighbour (ARP + NDP) cache entries.
+    pub neigh_entries: usize,
+    /// Packets queued per unresolved neighbour.
+    pub neigh_pending: usize,
+    /// How long a resolved neighbour is trusted before re-resolving.
+    pub neigh_reachable: Duration,
+    /// Interval between solicitations for an unresolved neighbour.
+    pub neigh_retrans: Duration,
+    /// Solicitations before an unresolved neighbour's queue is dropped.
+    pub neigh_retries: u32,
+    /// Bytes held by incomplete IPv4 datagrams (Linux `ipfrag_high_thresh`).
+    pub frag4_mem: usize,
+    /// Bytes held by incomplete IPv6 datagrams.
+    pub frag6_mem: usize,
+    /// IPv4 reassembly timeout (Linux `ipfrag_time`, 30 s).
+    pub frag4_timeout: Duration,
+    /// IPv6 reassembly timeout (RFC 8200 §4.5, 60 s).
+    pub frag6_timeout: Duration,
+    /// ICMP errors per second across all destinations (Linux
+    /// `icmp_msgs_per_sec`) and the burst allowed (`icmp_msgs_burst`).
+    pub icmp_msgs_per_sec: u32,
+    pub icmp_msgs_burst: u32,
+    /// Open UDP sockets.
+    pub udp_sockets: usize,
+    /// Datagrams queued per UDP socket before RcvbufErrors.
+    pub udp_rx_queue: usize,
+    /// Frames waiting in the stack's transmit queue.
+    pub tx_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            neigh_entries: 1024,
+            neigh_pending: 16,
+            neigh_reachable: Duration::from_secs(30),
+            neigh_retrans: Duration::from_secs(1),
+            neigh_retries: 3,
+            frag4_mem: 4 << 20,
+            frag6_mem: 4 << 20,
+            frag4_timeout: Duration::from_secs(30),
+            frag6_timeout: Duration::from_secs(60),
+            icmp_msgs_per_sec: 1000,
+            icmp_msgs_burst: 50,
+            udp_sockets: 1024,
+            udp_rx_queue: 4096,
+            tx_queue: 8192,
+        }
+    }
+}
+
+/// The stack's identity on the link and its limits.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub mac: EthernetAddress,
+    pub ipv4: Option<Ipv4Cidr>,
+    pub ipv6: Option<Ipv6Cidr>,
+    pub gateway4: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// IP MTU of the link (bytes after the Ethernet header).
+    pub mtu: usize,
+    pub limits: Limits,
+}
+
+impl StackConfig {
+    pub fn new(mac: EthernetAddress) -> Self {
+        StackConfig {
+            mac,
+            ipv4: None,
+            ipv6: None,
+            gateway4: None,
+            gateway6: None,
+            mtu: 1500,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A socket-level error, as the kernel would report it through `SO_ERROR`
+/// (SPEC B.2: an incoming Destination Unreachable becomes "connection
+/// refused" on the socket that sent the offending packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketError {
+    pub kind: SocketErrorKind,
+    /// The remote the failed packet was sent to.
+    pub remote: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketErrorKind {
+    /// ICMP port unreachable (ECONNREFUSED).
+    ConnectionRefused,
+    /// ICMP host unreachable / admin prohibited, or neighbour resolution
+    /// failed (EHOSTUNREACH).
+    HostUnreachable,
+    /// ICMP net unreachable (ENETUNREACH).
+    NetUnreachable,
+    /// ICMP protocol unreachable (ENOPROTOOPT in Linux's table).
+    ProtocolUnreachable,
+    /// Fragmentation needed / packet too big (EMSGSIZE).
+    MessageTooLong,
+}
+
+impl SocketErrorKind {
+    pub fn io_kind(self) -> std::io::ErrorKind {
+        use std::io::ErrorKind as K;
+        match self {
+            SocketErrorKind::ConnectionRefused => K::ConnectionRefused,
+            SocketErrorKind::HostUnreachable => K::HostUnreachable,
+            SocketErrorKind::NetUnreachable => K::NetworkUnreachable,
+            SocketErrorKind::ProtocolUnreachable => K::Unsupported,
+            SocketErrorKind::MessageTooLong => K::InvalidInput,
+        }
+    }
+}
+
+/// Errors from the socket API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StackError {
+    #[error("address already in use: {0}")]
+    AddrInUse(SocketAddr),
+    #[error("address not owned by the stack: {0}")]
+    AddrNotAvailable(IpAddr),
+    #[error("no route to {0}")]
+    NetUnreachable(IpAddr),
+    #[error("invalid socket handle")]
+    BadHandle,
+    #[error("too many sockets (limit {0})")]
+    TooManySockets(usize),
+    #[error("message too long ({0} bytes)")]
+    MessageTooLong(usize),
+    #[error("transmit queue full")]
+    NoBufferSpace,
+    #[error("address family mismatch")]
+    FamilyMismatch,
+}
+
+/// Something a socket user should look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEvent {
+    /// The UDP socket's receive queue went from empty to non-empty.
+    UdpReadable(UdpHandle),
+    /// A socket error is pending ([`Stack::udp_take_error`]).
+    UdpError(UdpHandle),
+}
+
+/// A received IP datagram as the layers above IP see it: addresses, the
+/// whole datagram (from the IP header; after reassembly) for ICMP quoting,
+/// and whether it was sent to a multicast/broadcast address (no ICMP errors
+/// about those, SPEC B.2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IpRx<'a> {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The datagram from its IP header on (reassembled if it was fragmented).
+    pub packet: &'a [u8],
+    /// Destination was broadcast or multicast (link or IP level).
+    pub mcast_or_bcast: bool,
+    /// Hop limit / TTL as received (NDP requires 255).
+    pub hop_limit: u8,
+}
+
+/// Ethernet header room every outgoing frame buffer starts with; IP output
+/// writes the packet after it and `neigh_output` fills it in.
+pub const ETH_HDR: usize = 14;
+
+/// The embedded stack. One instance per interface (per shard); run it on one
+/// thread.
+pub struct Stack {
+    pub(crate) cfg: StackConfig,
+    /// Our link-local IPv6 address (fe80::/64 + modified EUI-64 of the MAC).
+    pub(crate) ll6: Ipv6Addr,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) filters: hooks::Filters,
+    pub(crate) neigh: neigh::NeighCache,
+    pub(crate) arp: arp::ArpState,
+    pub(crate) ipv4: ipv4::Ipv4State,
+    pub(crate) icmp: icmp::IcmpState,
+    pub(crate) ipv6: ipv6::Ipv6State,
+    pub(crate) icmpv6: icmpv6::Icmpv6State,
+    pub(crate) ndp: ndp::NdpState,
+    pub(crate) frag4: frag::Reassembler,
+    pub(crate) frag6: frag::Reassembler,
+    pub(crate) udp: udp::UdpTable,
+    tx: VecDeque<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
+    events: VecDeque<SocketEvent>,
+}
+
+impl Stack {
+    /// A stack with its addresses configured. Queues a gratuitous ARP and an
+    /// unsolicited neighbour advertisement so the link learns our MAC.
+    pub fn new(cfg: StackConfig, now: Instant) -> Stack {
+        let ll6 = link_local_from_mac(cfg.mac);
+        let l = cfg.limits.clone();
+        let mut s = Stack {
+            ll6,
+            counters: Arc::new(Counters::new()),
+            filters: hooks::Filters::default(),
+            neigh: neigh::NeighCache::new(&l),
+            arp: arp::ArpState::default(),
+            ipv4: ipv4::Ipv4State::default(),
+            icmp: icmp::IcmpState::new(&l),
+            ipv6: ipv6::Ipv6State::default(),
+            icmpv6: icmpv6::Icmpv6State::new(&l),
+            ndp: ndp::NdpState::default(),
+            frag4: frag::Reassembler::new(l.frag4_mem, l.frag4_timeout),
+            frag6: frag::Reassembler::new(l.frag6_mem, l.frag6_timeout),
+            udp: udp::UdpTable::new(&l),
+            tx: VecDeque::new(),
+            pool: Vec::new(),
+            events: VecDeque::new(),
+            cfg,
+        };
+        s.arp_announce(now);
+        s.ndisc_announce(now);
+        s
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.cfg
+    }
+
+    /// The counters, to export (`sipedge_netstack_*`) or inspect.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Our link-local IPv6 address.
+    pub fn link_local_v6(&self) -> Ipv6Addr {
+        self.ll6
+    }
+
+    /// Register a packet filter at the PRE_ROUTING and LOCAL_IN hooks.
+    pub fn add_filter(&mut self, f: Box<dyn PacketFilter>) {
+        self.filters.push(f);
+    }
+
+    /// Process one received Ethernet frame (SPEC B.1 / B.5 entry point).
+    pub fn receive_frame(&mut self, now: Instant, meta: RxMeta, frame: &[u8]) {
+        self.eth_rcv(now, meta, frame);
+    }
+
+    /// Run timers (reassembly expiry, neighbour retransmission). Returns when
+    /// it next needs to run, if ever.
+    pub fn poll(&mut self, now: Instant) -> Option<Instant> {
+        self.frag4_expire(now);
+        self.frag6_expire(now);
+        self.neigh_poll(now);
+        let mut next = self.neigh.next_deadline();
+        for d in [self.frag4.next_deadline(), self.frag6.next_deadline()] {
+            next = match (next, d) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        next
+    }
+
+    /// The next frame to transmit.
+    pub fn pop_tx(&mut self) -> Option<Vec<u8>> {
+        self.tx.pop_front()
+    }
+
+    /// Frames waiting to be transmitted.
+    pub fn tx_pending(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Give a transmitted (or received-datagram) buffer back for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < 256 && buf.capacity() >= 1514 && buf.capacity() <= 65536 + 128 {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    /// The next socket event.
+    pub fn poll_event(&mut self) -> Option<SocketEvent> {
+        self.events.pop_front()
+    }
+
+    // ----- crate-internal helpers shared by the layers -----
+
+    /// A cleared buffer for an outgoing frame, with capacity for `len` bytes.
+    pub(crate) fn alloc_frame(&mut self, len: usize) -> Vec<u8> {
+        match self.pool.pop() {
+            Some(mut b) if b.capacity() >= len => {
+                b.clear();
+                b
+            }
+            _ => Vec::with_capacity(len.max(1514)),
+        }
+    }
+
+    /// Queue a complete Ethernet frame for transmission (counted; dropped
+    /// with `TxQueueFull` when the queue is at its cap).
+    pub(crate) fn transmit(&mut self, frame: Vec<u8>) -> Result<(), StackError> {
+        if self.tx.len() >= self.cfg.limits.tx_queue {
+            self.counters.drop_reason(DropReason::TxQueueFull);
+            self.recycle(frame);
+            return Err(StackError::NoBufferSpace);
+        }
+        self.counters.inc(Mib::LinkOutFrames);
+        self.tx.push_back(frame);
+        Ok(())
+    }
+
+    pub(crate) fn push_event(&mut self, ev: SocketEvent) {
+        self.events.push_back(ev);
+    }
+
+    /// Count a drop: its reason, plus the MIB counter Linux would bump.
+    #[inline]
+    pub(crate) fn drop_pkt(&self, reason: DropReason, mib: Option<Mib>) {
+        self.counters.drop_reason(reason);
+        if let Some(m) = mib {
+            self.counters.inc(m);
+        }
+    }
+
+    /// Is `a` our IPv4 unicast address?
+    #[inline]
+    pub(crate) fn is_our_v4(&self, a: Ipv4Addr) -> bool {
+        self.cfg.ipv4.is_some_and(|c| c.address() == a)
+    }
+
+    /// Is `a` the broadcast address of our IPv4 subnet (or 255.255.255.255)?
+    pub(crate) fn is_v4_broadcast(&self, a: Ipv4Addr) -> bool {
+        a.is_broadcast() || self.cfg.ipv4.is_some_and(|c| c.broadcast() == Some(a))
+    }
+
+    /// Is `a` one of our IPv6 unicast addresses (global or link-local)?
+    #[inline]
+    pub(crate) fn is_our_v6(&self, a: Ipv6Addr) -> bool {
+        a == self.ll6 || self.cfg.ipv6.is_some_and(|c| c.address() == a)
+    }
+
+    /// Is `a` a multicast group we are in (all-nodes, or the solicited-node
+    /// group of one of our addresses)?
+    pub(crate) fn is_our_v6_multicast(&self, a: Ipv6Addr) -> bool {
+        if a == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1) {
+            return true;
+        }
+        let s = a.segments();
+        if s[..6] != [0xff02, 0, 0, 0, 0, 1] || (s[6] >> 8) != 0xff {
+            return false;
+        }
+        let tail = |x: Ipv6Addr| {
+            let o = x.octets();
+            [o[13], o[14], o[15]]
+        };
+        let o = a.octets();
+        let want = [o[13], o[14], o[15]];
+        tail(self.ll6) == want || self.cfg.ipv6.is_some_and(|c| tail(c.address()) == want)
+    }
+
+    /// Source address for a packet to `dst` (our IPv4 address), or None.
+    pub(crate) fn src_for_v4(&self, _dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.cfg.ipv4.map(|c| c.address())
+    }
+
+    /// Source address for a packet to `dst`: link-local for link-local or
+    /// link-scope multicast destinations, else the global address (RFC 6724
+    /// scope rule, the only one that matters with two addresses).
+    pub(crate) fn src_for_v6(&self, dst: Ipv6Addr) -> Option<Ipv6Addr> {
+        let link_scope = dst.is_unicast_link_local()
+            || (dst.is_multicast() && (dst.segments()[0] & 0x000f) == 2);
+        match (link_scope, self.cfg.ipv6) {
+            (true, _) | (false, None) => Some(self.ll6),
+            (false, Some(c)) => Some(c.address()),
+        }
+    }
+
+    /// Next hop for an IPv4 destination: on-link → itself, else the gateway.
+    pub(crate) fn next_hop_v4(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let c = self.cfg.ipv4?;
+        if c.contains_addr(&dst) || dst.is_broadcast() {
+            Some(dst)
+        } else {
+            self.cfg.gateway4
+        }
+    }
+
+    /// Next hop for an IPv6 destination: link-local, multicast or on-link →
+    /// itself, else the gateway.
+    pub(crate) fn next_hop_v6(&self, dst: Ipv6Addr) -> Option<Ipv6Addr> {
+        if dst.is_unicast_link_local() || dst.is_multicast() {
+            return Some(dst);
+        }
+        match self.cfg.ipv6 {
+            Some(c) if c.contains_addr(&dst) => Some(dst),
+            _ => self.cfg.gateway6,
+        }
+    }
+
+    /// ICMP/ICMPv6 "destination unreachable" for a received datagram, in the
+    /// family it arrived in (`port`: port unreachable, else protocol).
+    pub(crate) fn icmp_unreach_for(&mut self, now: Instant, ip: &IpRx<'_>, port: bool) {
+        if ip.mcast_or_bcast {
+            return;
+        }
+        match ip.src {
+            IpAddr::V4(_) => {
+                let code = if port { 3 } else { 2 };
+                self.icmp_send(now, ip.packet, 3, code, 0);
+            }
+            IpAddr::V6(_) => {
+                // v6 "protocol unreachable" is Parameter Problem code 1,
+                // sent by ipv6.rs itself; here only port unreachable.
+                self.icmpv6_send(now, ip.packet, 1, 4, 0);
+            }
+        }
+    }
+}
+
+/// fe80::/64 with the modified EUI-64 interface identifier of `mac`
+/// (RFC 4291 appendix A).
+pub fn link_local_from_mac(mac: EthernetAddress) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
+/// The solicited-node multicast address of `a` (ff02::1:ffXX:XXXX).
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+/// The Ethernet multicast MAC for an IPv6 multicast address (33:33 + low 32).
+pub fn multicast_mac_v6(a: Ipv6Addr) -> EthernetAddress {
+    let o = a.octets();
+    EthernetAddress([0x33, 0x33, o[12], o[13], o[14], o[15]])
+}
+
+/// How much of each bounded resource the stack holds (tests and the fuzz
+/// target check these never pass their limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub frag4_bytes: usize,
+    pub frag6_bytes: usize,
+    pub frag_datagrams: usize,
+    pub neigh_entries: usize,
+    pub tx_frames: usize,
+    pub udp_sockets: usize,
+}
+
+impl Stack {
+    pub fn usage(&self) -> Usage {
+        Usage {
+            frag4_bytes: self.frag4.mem_used(),
+            frag6_bytes: self.frag6.mem_used(),
+            frag_datagrams: self.frag4.len() + self.frag6.len(),
+            neigh_entries: self.neigh.len(),
+            tx_frames: self.tx.len(),
+            udp_sockets: self.udp.open(),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The neighbour cache shared by ARP (IPv4) and NDP (IPv6): resolved
+//! entries with an expiry, unresolved entries with a bounded queue of
+//! packets waiting for the answer, retransmitted solicitations. Bounded in
+//! entries and in packets per entry; every packet it gives up on is counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+
+use smoltcp::wire::EthernetAddress;
+
+use super::{DropReason, Duration, ETH_HDR, Instant, Limits, Mib, Stack, StackError};
+
+#[derive(Debug)]
+enum State {
+    Resolved {
+        mac: EthernetAddress,
+        expires: Instant,
+    },
+    Incomplete {
+        /// When the next solicitation is due.
+        next: Instant,
+        /// Solicitations sent so far.
+        sent: u32,
+        /// Frames (with Ethernet headroom) waiting for the address.
+        queue: VecDeque<Vec<u8>>,
+    },
+}
+
+/// IPv4 and IPv6 neighbours.
+#[derive(Debug)]
+pub struct NeighCache {
+    map: HashMap<IpAddr, State>,
+    max: usize,
+    pending: usize,
+    reachable: Duration,
+    retrans: Duration,
+    retries: u32,
+}
+
+impl NeighCache {
+    pub fn new(l: &Limits) -> Self {
+        NeighCache {
+            map: HashMap::new(),
+            max: l.neigh_entries,
+            pending: l.neigh_pending,
+            reachable: l.neigh_reachable,
+            retrans: l.neigh_retrans,
+            retries: l.neigh_retries,
+        }
+    }
+
+    /// The MAC of `ip` if resolved and not expired.
+    pub fn lookup(&self, now: Instant, ip: IpAddr) -> Option<EthernetAddress> {
+        match self.map.get(&ip) {
+            Some(State::Resolved { mac, expires }) if *expires > now => Some(*mac),
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Earliest retransmission or expiry.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.map
+            .values()
+            .filter_map(|s| match s {
+                State::Incomplete { next, .. } => Some(*next),
+                State::Resolved { .. } => None,
+            })
+            .min()
+    }
+
+    /// Make room for one entry: drop an expired resolved entry, else any
+    /// resolved one. Incomplete entries are never evicted (they time out).
+    fn make_room(&mut self, now: Instant) -> bool {
+        if self.map.len() < self.max {
+            return true;
+        }
+        let victim = self
+            .map
+            .iter()
+            .filter_map(|(k, s)| match s {
+                State::Resolved { expires, .. } => Some((*expires <= now, *expires, *k)),
+                State::Incomplete { .. } => None,
+            })
+            .max_by_key(|(expired, e, _)| (*expired, std::cmp::Reverse(*e)))
+            .map(|(_, _, k)| k);
+        match victim {
+            Some(k) => {
+                self.map.remove(&k);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Write the Ethernet header into the headroom of `frame`.
+fn fill_eth(frame: &mut [u8], dst: EthernetAddress, src: EthernetAddress, ip: IpAddr) {
+    frame[0..6].copy_from_slice(&dst.0);
+    frame[6..12].copy_from_slice(&src.0);
+    let et: u16 = if ip.is_ipv4() { 0x0800 } else { 0x86dd };
+    frame[12..14].copy_from_slice(&et.to_be_bytes());
+}
+
+impl Stack {
+    /// Send an IP packet (in `frame` after `ETH_HDR` bytes of headroom) to
+    /// the neighbour `next_hop`: at once when resolved (or broadcast /
+    /// multicast), else queued while a solicitation goes out.
+    pub(crate) fn neigh_output(
+        &mut self,
+        now: Instant,
+        next_hop: IpAddr,
+        mut frame: Vec<u8>,
+    ) -> Result<(), StackError> {
+        debug_assert!(frame.len() >= ETH_HDR);
+        let our = self.cfg.mac;
+        let direct = match next_hop {
+            IpAddr::V4(a) if self.is_v4_broadcast(a) => Some(EthernetAddress::BROADCAST),
+            IpAddr::V6(a) if a.is_multicast() => Some(super::multicast_mac_v6(a)),
+            _ => self.neigh.lookup(now, next_hop),
+        };
+        if let Some(mac) = direct {
+            fill_eth(&mut frame, mac, our, next_hop);
+            return self.transmit(frame);
+        }
+        let room = self.neigh.map.contains_key(&next_hop) || self.neigh.make_room(now);
+        if !room {
+            self.counters.drop_reason(DropReason::NeighCacheFull);
+            self.recycle(frame);
+            return Err(StackError::NoBufferSpace);
+        }
+        let cap = self.neigh.pending;
+        let entry = self.neigh.map.entry(next_hop).or_insert(State::Incomplete {
+            next: now,
+            sent: 0,
+            queue: VecDeque::new(),
+        });
+        if let State::Resolved { .. } = entry {
+            // Expired: re-resolve, keeping nothing from the old entry.
+            *entry = State::Incomplete {
+                next: now,
+                sent: 0,
+                queue: VecDeque::new(),
+            };
+        }
+        let State::Incomplete { next, sent, queue } = entry else {
+            unreachable!("entry was just made incomplete")
+        };
+        if queue.len() >= cap {
+            // Linux drops the oldest queued packet (neigh `arp_queue`).
+            if let Some(old) = queue.pop_front() {
+                self.counters.drop_reason(DropReason::NeighPendingFull);
+                self.pool.push(old);
+            }
+        }
+        queue.push_back(frame);
+        let solicit = *sent == 0 && *next <= now;
+        if solicit {
+            *sent = 1;
+            *next = now + self.neigh.retrans;
+            self.solicit(now, next_hop);
+        }
+        Ok(())
+    }
+
+    fn solicit(&mut self, now: Instant, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => self.arp_solicit(now, a),
+            IpAddr::V6(a) => self.ndisc_solicit(now, a),
+        }
+    }
+
+    /// Learn `ip` is at `mac` (from ARP or NDP). `create`: add an entry if
+    /// there is none (an ARP request or NS addressed to us, or a solicited
+    /// answer); otherwise only refresh an existing one. Queued packets go
+    /// out now.
+    pub(crate) fn neigh_update(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+        mac: EthernetAddress,
+        create: bool,
+    ) {
+        if !mac.is_unicast() {
+            return;
+        }
+        let exists = self.neigh.map.contains_key(&ip);
+        if !exists && (!create || !self.neigh.make_room(now)) {
+            return;
+        }
+        let expires = now + self.neigh.reachable;
+        let old = self.neigh.map.insert(ip, State::Resolved { mac, expires });
+        if let Some(State::Incomplete { queue, .. }) = old {
+            let our = self.cfg.mac;
+            for mut f in queue {
+                fill_eth(&mut f, mac, our, ip);
+                let _ = self.transmit(f);
+            }
+        }
+    }
+
+    /// Retransmit solicitations; give up (and count) after the retries.
+    pub(crate) fn neigh_poll(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let mut failed = Vec::new();
+        let retries = self.neigh.retries;
+        let retrans = self.neigh.retrans;
+        for (ip, st) in self.neigh.map.iter_mut() {
+            if let State::Incomplete { next, sent, .. } = st {
+                if *next > now {
+                    continue;
+                }
+                if *sent >= retries {
+                    failed.push(*ip);
+                } else {
+                    *sent += 1;
+                    *next = now + retrans;
+                    due.push(*ip);
+                }
+            }
+        }
+        for ip in failed {
+            if let Some(State::Incomplete { queue, .. }) = self.neigh.map.remove(&ip) {
+                for f in queue {
+                    self.counters.drop_reason(DropReason::NeighUnresolved);
+                    let m = if ip.is_ipv4() {
+                        Mib::IpOutDiscards
+                    } else {
+                        Mib::Ip6OutDiscards
+                    };
+                    self.counters.inc(m);
+                    self.recycle(f);
+                }
+            }
+        }
+        for ip in due {
+            self.solicit(now, ip);
+        }
+    }
+
+    /// The resolved MAC of `ip`, if any (tests, diagnostics).
+    pub fn neighbor(&self, now: Instant, ip: IpAddr) -> Option<EthernetAddress> {
+        self.neigh.lookup(now, ip)
+    }
+}

@@ -1,0 +1,1 @@
+//! Property tests for the frame receive path. STUB: to be written.
