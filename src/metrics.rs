@@ -372,6 +372,17 @@ impl Metrics {
             self.forward_latency.observe(secs);
         }
     }
+    /// Export the embedded stack's MIB counters and drop reasons
+    /// (`sipedge_netstack_mib_total{group,counter}`,
+    /// `sipedge_netstack_drops_total{reason}`), read at scrape time.
+    pub fn register_netstack(
+        &self,
+        counters: Arc<crate::netstack::Counters>,
+    ) -> prometheus::Result<()> {
+        self.registry
+            .register(Box::new(NetstackCollector::new(counters)?))
+    }
+
     /// Text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -683,5 +694,111 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
 
         server.abort();
+    }
+}
+
+/// Mirrors the stack's single-writer counters into Prometheus counters when
+/// scraped: the stack thread never touches Prometheus.
+struct NetstackCollector {
+    counters: Arc<crate::netstack::Counters>,
+    mib: IntCounterVec,
+    drops: IntCounterVec,
+    mib_children: Vec<IntCounter>,
+    drop_children: Vec<IntCounter>,
+}
+
+impl NetstackCollector {
+    fn new(counters: Arc<crate::netstack::Counters>) -> prometheus::Result<Self> {
+        use crate::netstack::{DropReason as NsDrop, Mib};
+        let mib = IntCounterVec::new(
+            Opts::new(
+                "sipedge_netstack_mib_total",
+                "Embedded stack (afpacket mode) SNMP counters, named as Linux's /proc/net/snmp and snmp6.",
+            ),
+            &["group", "counter"],
+        )?;
+        let drops = IntCounterVec::new(
+            Opts::new(
+                "sipedge_netstack_drops_total",
+                "Frames and packets the embedded stack dropped, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let mib_children = Mib::ALL
+            .iter()
+            .map(|m| {
+                let (g, c) = m.names();
+                mib.with_label_values(&[g, c])
+            })
+            .collect();
+        let drop_children = NsDrop::ALL
+            .iter()
+            .map(|r| drops.with_label_values(&[r.names().1]))
+            .collect();
+        Ok(NetstackCollector {
+            counters,
+            mib,
+            drops,
+            mib_children,
+            drop_children,
+        })
+    }
+
+    fn sync(&self) {
+        use crate::netstack::{DropReason as NsDrop, Mib};
+        for (m, c) in Mib::ALL.iter().zip(&self.mib_children) {
+            let (cur, seen) = (self.counters.get(*m), c.get());
+            if cur > seen {
+                c.inc_by(cur - seen);
+            }
+        }
+        for (r, c) in NsDrop::ALL.iter().zip(&self.drop_children) {
+            let (cur, seen) = (self.counters.drops(*r), c.get());
+            if cur > seen {
+                c.inc_by(cur - seen);
+            }
+        }
+    }
+}
+
+impl prometheus::core::Collector for NetstackCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.mib.desc();
+        d.extend(self.drops.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.sync();
+        let mut v = self.mib.collect();
+        v.extend(self.drops.collect());
+        v
+    }
+}
+
+#[cfg(test)]
+mod netstack_metrics_tests {
+    use super::*;
+    use crate::netstack::{Counters, DropReason as NsDrop, Mib};
+
+    #[test]
+    fn c_netstack_counters_are_exported() {
+        let m = Metrics::new();
+        let c = Arc::new(Counters::new());
+        m.register_netstack(c.clone()).unwrap();
+        c.add(Mib::IpInReceives, 5);
+        c.drop_reason(NsDrop::Ipv4BadChecksum);
+        let t = m.encode();
+        assert!(
+            t.contains("sipedge_netstack_mib_total{counter=\"InReceives\",group=\"Ip\"} 5"),
+            "{t}"
+        );
+        assert!(t.contains("sipedge_netstack_drops_total{reason=\"ipv4_bad_checksum\"} 1"));
+        assert!(t.contains("sipedge_netstack_mib_total{counter=\"InDatagrams\",group=\"Udp6\"} 0"));
+        c.add(Mib::IpInReceives, 2);
+        assert!(
+            m.encode()
+                .contains("sipedge_netstack_mib_total{counter=\"InReceives\",group=\"Ip\"} 7")
+        );
     }
 }
