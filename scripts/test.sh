@@ -4,9 +4,10 @@
 #   scripts/test.sh
 #
 # As root, installs the tools the integration tests need when missing
-# (sipp from sip-tester, promtool from prometheus, iproute2). Not as root it
-# only warns; the tests that need a missing tool then skip with a message,
-# unless SIPEDGE_REQUIRE_ROOT_TESTS=1 or CI=true, where a skip is a failure.
+# (sipp from sip-tester, promtool from prometheus, iproute2, ping from
+# iputils-ping). Not as root it only warns; the tests that need a missing
+# tool (or root: the afpacket network-namespace tests) then skip with a
+# message, unless SIPEDGE_REQUIRE_ROOT_TESTS=1 or CI=true, where a skip is a failure.
 # SIPEDGE_DOCKER_TESTS=1 also runs docker/test.sh (slow: builds images).
 # Exits non-zero on the first failing step.
 set -euo pipefail
@@ -18,6 +19,7 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
