@@ -174,6 +174,7 @@ counter_enum! {
         IcmpUnhandledType => ("drop", "icmp_unhandled_type"),
         IcmpRateLimited => ("drop", "icmp_rate_limited"),
         IcmpErrorUnmatched => ("drop", "icmp_error_unmatched"),
+        IcmpBroadcast => ("drop", "icmp_broadcast"),
         // UDP (B.2)
         UdpTruncated => ("drop", "udp_truncated"),
         UdpBadLength => ("drop", "udp_bad_length"),
