@@ -177,6 +177,17 @@ impl Stack {
         self.udp.get_mut(h).ok()?.rx.pop_front()
     }
 
+    /// Whether datagrams are queued on the socket.
+    pub fn udp_pending(&self, h: UdpHandle) -> bool {
+        self.udp.get(h).is_ok_and(|s| !s.rx.is_empty())
+    }
+
+    /// Report the socket readable again (a reader that stopped early after
+    /// a batch, to give other sockets a turn).
+    pub fn requeue_readable(&mut self, h: UdpHandle) {
+        self.push_event(SocketEvent::UdpReadable(h));
+    }
+
     /// Take the pending socket error (`SO_ERROR`).
     pub fn udp_take_error(&mut self, h: UdpHandle) -> Option<SocketError> {
         self.udp.get_mut(h).ok()?.err.take()
