@@ -66,6 +66,7 @@ mod tests {
     #[test]
     fn b1_otherhost_frame_is_dropped_before_ip() {
         let mut s = stack();
+        drain(&mut s); // start-up announcements
         let f = udp4_frame([0x02, 0, 0, 0, 0, 0x99], PEER4, OUR4, 1000, 7, b"x");
         s.receive_frame(t0(), RxMeta::HOST, &f);
         assert_eq!(s.counters.drops(DropReason::EthOtherHost), 1);
