@@ -557,7 +557,12 @@ impl Stack {
         // fragment (RFC 8200 §4.5), and an expiry quotes the first fragment
         // as it arrived.
         let header = (start == 0).then(|| &pkt[..off + FRAG_HDR]);
-        match self.frag6.add(now, key, start, fr.more_frags, data, header) {
+        let res = self.frag6.add(now, key, start, fr.more_frags, data, header);
+        // Datagrams evicted to make room each failed (`inet_frag_evictor`).
+        for _ in 0..self.frag6.take_evicted() {
+            self.drop_pkt(DropReason::FragMemLimit, Some(Mib::Ip6ReasmFails));
+        }
+        match res {
             FragResult::Incomplete => Frag::Consumed,
             FragResult::Dropped(r) => {
                 self.drop_pkt(r, Some(Mib::Ip6ReasmFails));
@@ -797,7 +802,7 @@ pub(crate) mod tests {
     use smoltcp::wire::{EthernetFrame, IpAddress, Ipv6Address, UdpPacket, UdpRepr};
 
     use super::super::testutil::*;
-    use super::super::{DropReason, HookPoint, Mib, RxMeta, Stack, Verdict};
+    use super::super::{DropReason, Duration, HookPoint, Mib, RxMeta, Stack, Verdict};
     use super::*;
 
     pub(crate) const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -1518,5 +1523,226 @@ pub(crate) mod tests {
         assert_eq!(r, Err(StackError::NetUnreachable(IpAddr::V6(far))));
         assert_eq!(s.counters.get(Mib::Ip6OutNoRoutes), 1);
         assert!(drain(&mut s).is_empty());
+    }
+
+    /// `l4` (upper-layer packet with next header `nh`) as fragments of at
+    /// most `size` bytes of data (a multiple of 8), identification `id`.
+    fn frags_of(l4: &[u8], nh: u8, id: u32, size: usize) -> Vec<Vec<u8>> {
+        l4.chunks(size)
+            .enumerate()
+            .map(|(i, c)| frag6(id, i * size, (i + 1) * size < l4.len(), nh, c))
+            .collect()
+    }
+
+    fn big_udp() -> (Vec<u8>, Vec<u8>) {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let u = udp6(PEER6, OUR6, 4000, 5060, &data);
+        (data, u)
+    }
+
+    #[test]
+    fn b5_reassembly_in_order() {
+        let mut s = ready_stack();
+        let h = bound(&mut s);
+        let log = hook(&mut s, None);
+        let (data, u) = big_udp();
+        let fr = frags_of(&u, 17, 0xabcd, 1448);
+        assert_eq!(fr.len(), 3);
+        for f in &fr {
+            rx(&mut s, f);
+        }
+        assert_eq!(s.udp_recv_from(h).expect("reassembled").data, data);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmReqds), 3);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmOKs), 1);
+        assert_eq!(s.counters.get(Mib::Ip6InDelivers), 1);
+        assert_eq!(s.counters.total_drops(), 0);
+        assert_eq!(s.usage().frag6_bytes, 0);
+        // PRE_ROUTING saw each fragment, LOCAL_IN the reassembled datagram.
+        let seen = log.lock().unwrap().clone();
+        let pre = seen
+            .iter()
+            .filter(|(h, _)| *h == HookPoint::PreRouting)
+            .count();
+        assert_eq!(pre, 3);
+        assert_eq!(seen.last(), Some(&(HookPoint::LocalIn, 40 + u.len())));
+    }
+
+    #[test]
+    fn b5_reassembly_out_of_order_and_duplicates() {
+        let mut s = ready_stack();
+        let h = bound(&mut s);
+        let (data, u) = big_udp();
+        let fr = frags_of(&u, 17, 1, 1448);
+        for i in [2, 1, 1, 2, 0] {
+            rx(&mut s, &fr[i]);
+        }
+        assert_eq!(s.udp_recv_from(h).expect("reassembled").data, data);
+        assert!(s.udp_recv_from(h).is_none());
+        assert_eq!(s.counters.get(Mib::Ip6ReasmReqds), 5);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmOKs), 1);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmFails), 0);
+        assert_eq!(s.counters.total_drops(), 0);
+    }
+
+    #[test]
+    fn b5_reassembly_overlap_drops_the_datagram() {
+        // RFC 5722: overlapping fragments → the whole datagram is dropped.
+        let mut s = ready_stack();
+        let h = bound(&mut s);
+        let (_, u) = big_udp();
+        let fr = frags_of(&u, 17, 2, 1448);
+        rx(&mut s, &fr[0]);
+        rx(&mut s, &frag6(2, 1440, true, 17, &u[1440..1448 + 16]));
+        assert_eq!(s.counters.drops(DropReason::FragOverlap), 1);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmFails), 1);
+        assert_eq!(s.usage().frag6_bytes, 0);
+        // What follows cannot complete the dropped datagram.
+        rx(&mut s, &fr[1]);
+        rx(&mut s, &fr[2]);
+        assert!(s.udp_recv_from(h).is_none());
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.counters.get(Mib::Ip6ReasmOKs), 0);
+    }
+
+    #[test]
+    fn b5_reassembly_timeout_time_exceeded_when_first_arrived() {
+        let mut s = ready_stack();
+        let (_, u) = big_udp();
+        let fr = frags_of(&u, 17, 3, 1448);
+        rx(&mut s, &fr[0]);
+        rx(&mut s, &fr[2]);
+        assert!(s.poll(t0() + Duration::from_secs(59)).is_some());
+        assert!(drain(&mut s).is_empty());
+        let later = t0() + Duration::from_secs(60);
+        // Keep the peer resolved (its entry would have gone stale by now).
+        s.neigh_update(
+            later,
+            PEER6.into(),
+            smoltcp::wire::EthernetAddress(PEER_MAC),
+            true,
+        );
+        s.poll(later);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmTimeout), 1);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmFails), 1);
+        assert_eq!(s.counters.drops(DropReason::FragTimeout), 1);
+        let o = one_icmp6(&mut s);
+        assert_eq!((o.src, o.dst), (OUR6, PEER6));
+        assert_eq!(&o.payload[..2], &[3, 1]);
+        assert_eq!(&o.payload[4..8], &[0; 4]);
+        // The quote is the first fragment as it arrived, up to 1280 bytes.
+        assert_eq!(&o.payload[8..], &fr[0][..1232]);
+        assert_eq!(s.counters.get(Mib::Icmp6OutTimeExcds), 1);
+        assert_eq!(s.usage().frag6_bytes, 0);
+    }
+
+    #[test]
+    fn b5_reassembly_timeout_silent_without_first_fragment() {
+        let mut s = ready_stack();
+        let (_, u) = big_udp();
+        let fr = frags_of(&u, 17, 4, 1448);
+        rx(&mut s, &fr[1]);
+        s.poll(t0() + Duration::from_secs(61));
+        assert_eq!(s.counters.get(Mib::Ip6ReasmTimeout), 1);
+        assert_eq!(s.counters.get(Mib::Ip6ReasmFails), 1);
+        assert_eq!(s.counters.drops(DropReason::FragTimeout), 1);
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn b5_reassembly_memory_bounded_under_flood() {
+        let mut c = config();
+        c.limits.frag6_mem = 64 << 10;
+        let mut s = Stack::new(c, t0());
+        drain(&mut s);
+        let h = bound(&mut s);
+        for id in 0..1000u32 {
+            rx(&mut s, &frag6(id, 0, true, 17, &[0x11; 1000]));
+            assert!(s.usage().frag6_bytes <= 64 << 10);
+        }
+        let fails = s.counters.get(Mib::Ip6ReasmFails);
+        assert!(fails > 900, "evictions counted: {fails}");
+        assert_eq!(s.counters.drops(DropReason::FragMemLimit), fails);
+        assert!(drain(&mut s).is_empty());
+        // A datagram still reassembles afterwards.
+        let (data, u) = big_udp();
+        for f in frags_of(&u, 17, 5000, 1448) {
+            rx(&mut s, &f);
+        }
+        assert_eq!(s.udp_recv_from(h).expect("reassembled").data, data);
+    }
+
+    #[test]
+    fn b5_reassembly_with_extension_headers() {
+        // Unfragmentable: hop-by-hop (Router Alert). Fragmentable:
+        // destination options + UDP.
+        let mut s = ready_stack();
+        let h = bound(&mut s);
+        let log: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let l = log.clone();
+        s.add_filter(Box::new(move |hp: HookPoint, p: &[u8]| {
+            if hp == HookPoint::LocalIn {
+                *l.lock().unwrap() = p.to_vec();
+            }
+            Verdict::Accept
+        }));
+        let (data, u) = big_udp();
+        let mut l4 = ext(17, &[1, 4, 0, 0, 0, 0]);
+        l4.extend_from_slice(&u);
+        for (i, c) in l4.chunks(1440).enumerate() {
+            let mut pl = ext(44, &[5, 2, 0, 0, 1, 0]);
+            let fo = ((i * 1440) as u16) | ((i + 1) * 1440 < l4.len()) as u16;
+            pl.extend_from_slice(&[60, 0]);
+            pl.extend_from_slice(&fo.to_be_bytes());
+            pl.extend_from_slice(&9u32.to_be_bytes());
+            pl.extend_from_slice(c);
+            rx(&mut s, &ip6(PEER6, OUR6, 0, &pl));
+        }
+        assert_eq!(s.udp_recv_from(h).expect("reassembled").data, data);
+        let p = log.lock().unwrap().clone();
+        assert_eq!(p.len(), 40 + 8 + l4.len());
+        assert_eq!(p[6], 0, "fixed header still names hop-by-hop");
+        assert_eq!(p[40], 60, "hop-by-hop now names the destination options");
+        let plen = u16::from_be_bytes([p[4], p[5]]) as usize;
+        assert_eq!(plen, p.len() - 40);
+    }
+
+    #[test]
+    fn b5_reassembled_udp_checksum_always_verified() {
+        // The device's checksum status describes a fragment, not the datagram.
+        let mut s = ready_stack();
+        let h = bound(&mut s);
+        let (_, mut u) = big_udp();
+        u[6] ^= 0x55;
+        let meta = RxMeta {
+            pkt_type: super::super::PacketType::Host,
+            l4_csum: RxChecksum::Valid,
+        };
+        for f in frags_of(&u, 17, 6, 1448) {
+            s.receive_frame(t0(), meta, &eth(&f));
+        }
+        assert!(s.udp_recv_from(h).is_none());
+        assert_eq!(s.counters.get(Mib::Udp6InCsumErrors), 1);
+    }
+
+    #[test]
+    fn b5_ip6_output_fragments_reassemble_in_a_peer_stack() {
+        let mut a = ready_stack();
+        let ha = a.udp_bind(SocketAddr::new(OUR6.into(), 5060)).unwrap();
+        // The peer: a stack whose address is PEER6.
+        let mut c = config();
+        c.mac = smoltcp::wire::EthernetAddress(PEER_MAC);
+        c.ipv6 = Some(smoltcp::wire::Ipv6Cidr::new(PEER6, 64));
+        let mut b = Stack::new(c, t0());
+        drain(&mut b);
+        let hb = b.udp_bind("[::]:7000".parse().unwrap()).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        a.udp_send_to(t0(), ha, SocketAddr::new(PEER6.into(), 7000), &data)
+            .unwrap();
+        for f in drain(&mut a) {
+            b.receive_frame(t0(), RxMeta::HOST, &f);
+        }
+        let d = b.udp_recv_from(hb).expect("reassembled by the peer");
+        assert_eq!(d.data, data);
+        assert_eq!(d.src, SocketAddr::new(OUR6.into(), 5060));
     }
 }
