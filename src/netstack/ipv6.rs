@@ -267,8 +267,8 @@ impl Stack {
 
     /// `ip6_tlvopt_unknown` (RFC 8200 §4.2): act on the two high bits of an
     /// unrecognised option type at `optoff`: 00 skip, 01 discard, 10 discard
-    /// + Parameter Problem code 2 (even to multicast), 11 the same unless
-    /// the destination is multicast.
+    /// and send Parameter Problem code 2 (even to multicast), 11 the same
+    /// unless the destination is multicast.
     fn ip6_tlvopt_unknown(
         &mut self,
         now: Instant,
@@ -537,7 +537,7 @@ impl Stack {
             self.ip6_param_prob(now, pkt, link_mcast, PP_HDR_FIELD, off + 2);
             return Frag::Consumed;
         }
-        if fr.more_frags && end % 8 != 0 {
+        if fr.more_frags && !end.is_multiple_of(8) {
             self.drop_pkt(DropReason::FragBadLength, Some(Mib::Ip6InHdrErrors));
             self.ip6_param_prob(now, pkt, link_mcast, PP_HDR_FIELD, PAYLOAD_LEN_OFF);
             return Frag::Consumed;
@@ -782,12 +782,12 @@ impl Stack {
         for e in self.frag6.expire(now) {
             self.counters.inc(Mib::Ip6ReasmTimeout);
             self.drop_pkt(DropReason::FragTimeout, Some(Mib::Ip6ReasmFails));
-            if let Some(mut first) = e.first {
-                if first.len() >= HDR {
-                    let plen = (first.len() - HDR).min(IPV6_MAXPLEN) as u16;
-                    Ipv6Packet::new_unchecked(&mut first[..]).set_payload_len(plen);
-                    self.icmpv6_send(now, &first, 3, 1, 0);
-                }
+            if let Some(mut first) = e.first
+                && first.len() >= HDR
+            {
+                let plen = (first.len() - HDR).min(IPV6_MAXPLEN) as u16;
+                Ipv6Packet::new_unchecked(&mut first[..]).set_payload_len(plen);
+                self.icmpv6_send(now, &first, 3, 1, 0);
             }
         }
     }
