@@ -164,10 +164,7 @@ impl Driver {
     /// refuses one or the queue is empty. Returns frames sent.
     fn flush<D: Device + ?Sized>(&mut self, dev: &mut D, stack: &mut Stack, now: Instant) -> usize {
         let mut sent = 0;
-        loop {
-            let Some(frame) = self.blocked.take().or_else(|| stack.pop_tx()) else {
-                break;
-            };
+        while let Some(frame) = self.blocked.take().or_else(|| stack.pop_tx()) {
             match dev.send(&frame) {
                 Ok(()) => {
                     sent += 1;

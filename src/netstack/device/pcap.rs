@@ -180,8 +180,11 @@ mod tests {
         u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
     }
 
-    /// Parse a classic pcap file: header fields, then (ts_us, orig_len, data).
-    fn parse(b: &[u8]) -> ([u32; 5], Vec<(u64, u32, Vec<u8>)>) {
+    /// One parsed record: (timestamp in µs, orig_len, data).
+    type Record = (u64, u32, Vec<u8>);
+
+    /// Parse a classic pcap file: header fields, then the records.
+    fn parse(b: &[u8]) -> ([u32; 5], Vec<Record>) {
         assert!(b.len() >= 24);
         let hdr = [
             u32le(b, 0),
