@@ -260,26 +260,53 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// The `netstack_echo` example binary, built next to this test binary
-/// (target/<profile>/examples/), or `$NETSTACK_ECHO_BIN`.
+/// The `netstack_echo` example binary, built next to this test binary, or
+/// `$NETSTACK_ECHO_BIN`. `cargo build --examples` leaves it at
+/// target/<profile>/examples/netstack_echo; `cargo test --all-targets`
+/// builds it only under a hashed name (`netstack_echo-<hash>`, next to the
+/// example's own unit-test harness). All are tried, newest first (so a stale
+/// copy loses), taking the first that answers `--version` like the example.
 pub fn netstack_echo_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NETSTACK_ECHO_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test binary> → target/<profile>/examples/
-    let profile_dir = exe
+    let dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("test binary under target/<profile>/deps");
-    let bin = profile_dir.join("examples").join("netstack_echo");
-    assert!(
-        bin.is_file(),
+        .expect("test binary under target/<profile>/deps")
+        .join("examples");
+    let plain = dir.join("netstack_echo");
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let hash = name.strip_prefix("netstack_echo")?;
+            if !(hash.is_empty()
+                || hash
+                    .strip_prefix('-')
+                    .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit())))
+            {
+                return None;
+            }
+            Some((e.metadata().ok()?.modified().ok()?, e.path()))
+        })
+        .collect();
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    for (_, p) in candidates {
+        let out = run_bounded(Command::new(&p).arg("--version"), Duration::from_secs(10));
+        if out.status.success() && out.stdout.starts_with(b"netstack_echo ") {
+            return p;
+        }
+    }
+    panic!(
         "{} is missing: build the examples first with `cargo build --examples` \
          (`cargo test --all-targets` builds them too)",
-        bin.display()
+        plain.display()
     );
-    bin
 }
 
 /// A running `netstack_echo`, with its stderr collected line by line.
