@@ -1,2 +1,433 @@
-//! The thread that moves frames between a device and a [`super::Stack`].
-//! STUB: to be implemented.
+//! The thread that moves frames between a [`Device`] and a [`Stack`]
+//! (DESIGN.md "Threads and data flow": the stack runs to completion on its
+//! own thread). One round ([`Driver::step`]):
+//!
+//! 1. receive up to [`RX_BATCH`] frames → [`Stack::receive_frame`];
+//! 2. `app(stack, now)`: the application drains [`Stack::poll_event`] and
+//!    its socket queues, and sends;
+//! 3. [`Stack::poll`] runs the timers and says when it next needs to run;
+//! 4. flush [`Stack::pop_tx`] to the device, recycling sent buffers. A frame
+//!    the device cannot take now (`EAGAIN` / `ENOBUFS`) is kept and retried
+//!    first next round; one blocked for longer than [`TX_BLOCK_LIMIT`] is
+//!    dropped and counted, so a wedged device cannot stall the stack.
+//!
+//! Between rounds [`Driver::run`] waits in poll(2) on the device's fd for at
+//! most min(the stack's next deadline, [`MAX_WAIT`]) — never a busy loop;
+//! devices without an fd sleep up to 1 ms instead.
+//!
+//! Time is a monotonic clock ([`now`]): `std::time::Instant` since the
+//! first call, as a smoltcp [`Instant`]. Never the wall clock, so timers do
+//! not jump when the system time is set.
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration as StdDuration;
+
+use super::device::afpacket::wait_fd;
+use super::device::{Device, is_transient_send_error};
+use super::{Instant, Stack};
+
+/// Frames taken from the device per round.
+pub const RX_BATCH: usize = 64;
+/// Longest wait between rounds (bounds the reaction time to `stop`).
+pub const MAX_WAIT: StdDuration = StdDuration::from_millis(50);
+/// Retry interval while the device refuses a frame.
+pub const TX_RETRY_WAIT: StdDuration = StdDuration::from_millis(1);
+/// A frame the device keeps refusing for this long is dropped.
+pub const TX_BLOCK_LIMIT: StdDuration = StdDuration::from_secs(1);
+/// Minimum interval between two warnings of the same kind.
+const WARN_EVERY: StdDuration = StdDuration::from_secs(10);
+
+/// The stack's clock: monotonic time since the first call in this process.
+/// Create the [`Stack`] with it (`Stack::new(cfg, driver::now())`) so that
+/// its timers and the driver's agree.
+pub fn now() -> Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let e = EPOCH.get_or_init(std::time::Instant::now);
+    Instant::from_micros(i64::try_from(e.elapsed().as_micros()).unwrap_or(i64::MAX))
+}
+
+/// What the driver did (the device's and the stack's own counters are
+/// separate).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    pub rounds: u64,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// Transient receive errors (ENETDOWN: the link went down).
+    pub rx_errors: u64,
+    /// Sends refused with EAGAIN / ENOBUFS (the frame was kept).
+    pub tx_retries: u64,
+    /// Frames dropped after being refused for [`TX_BLOCK_LIMIT`].
+    pub tx_dropped_blocked: u64,
+    /// Frames the device rejected for good (EMSGSIZE, ENETDOWN, ...).
+    pub tx_errors: u64,
+}
+
+/// The result of one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Frames received this round.
+    pub rx: usize,
+    /// Frames sent this round.
+    pub tx: usize,
+    /// A frame is waiting for the device to take it.
+    pub tx_blocked: bool,
+    /// How long the caller may wait before the next round (zero: at once,
+    /// e.g. the receive batch was full).
+    pub wait: StdDuration,
+}
+
+/// The loop's state between rounds: the frame the device refused, counters.
+#[derive(Debug, Default)]
+pub struct Driver {
+    blocked: Option<Vec<u8>>,
+    blocked_since: Option<Instant>,
+    stats: DriverStats,
+    last_rx_warn: Option<Instant>,
+    last_tx_warn: Option<Instant>,
+}
+
+fn elapsed(since: Instant, now: Instant) -> StdDuration {
+    StdDuration::from_micros(u64::try_from(now.total_micros() - since.total_micros()).unwrap_or(0))
+}
+
+/// Should a warning be logged now (at most one per [`WARN_EVERY`])?
+fn warn_due(last: &mut Option<Instant>, now: Instant) -> bool {
+    if last.is_some_and(|l| elapsed(l, now) < WARN_EVERY) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+impl Driver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// One round at time `now` (see the module doc). Returns an error only
+    /// for a receive error that will not go away (e.g. EBADF); transient
+    /// ones and every send error are counted and logged.
+    pub fn step<D: Device + ?Sized>(
+        &mut self,
+        dev: &mut D,
+        stack: &mut Stack,
+        now: Instant,
+        app: &mut dyn FnMut(&mut Stack, Instant),
+    ) -> io::Result<Step> {
+        self.stats.rounds += 1;
+        let rx = match dev.recv_batch(RX_BATCH, &mut |meta, frame| {
+            stack.receive_frame(now, meta, frame)
+        }) {
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    || e.raw_os_error() == Some(libc::ENETDOWN) =>
+            {
+                self.stats.rx_errors += 1;
+                if warn_due(&mut self.last_rx_warn, now) {
+                    tracing::warn!(error = %e, total = self.stats.rx_errors, "device receive error");
+                }
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        self.stats.rx_frames += rx as u64;
+
+        app(stack, now);
+        let deadline = stack.poll(now);
+        let tx = self.flush(dev, stack, now);
+
+        let tx_blocked = self.blocked.is_some();
+        let wait = if rx >= RX_BATCH || (!tx_blocked && stack.tx_pending() > 0) {
+            StdDuration::ZERO
+        } else {
+            let until = deadline.map_or(MAX_WAIT, |d| elapsed(now, d));
+            let w = until.min(MAX_WAIT);
+            if tx_blocked { w.min(TX_RETRY_WAIT) } else { w }
+        };
+        Ok(Step {
+            rx,
+            tx,
+            tx_blocked,
+            wait,
+        })
+    }
+
+    /// Send the refused frame, then the stack's queue, until the device
+    /// refuses one or the queue is empty. Returns frames sent.
+    fn flush<D: Device + ?Sized>(&mut self, dev: &mut D, stack: &mut Stack, now: Instant) -> usize {
+        let mut sent = 0;
+        while let Some(frame) = self.blocked.take().or_else(|| stack.pop_tx()) {
+            match dev.send(&frame) {
+                Ok(()) => {
+                    sent += 1;
+                    self.blocked_since = None;
+                    stack.recycle(frame);
+                }
+                Err(e) if is_transient_send_error(&e) => {
+                    self.stats.tx_retries += 1;
+                    let since = *self.blocked_since.get_or_insert(now);
+                    if elapsed(since, now) >= TX_BLOCK_LIMIT {
+                        self.stats.tx_dropped_blocked += 1;
+                        self.blocked_since = None;
+                        stack.recycle(frame);
+                        if warn_due(&mut self.last_tx_warn, now) {
+                            tracing::warn!(
+                                error = %e,
+                                total = self.stats.tx_dropped_blocked,
+                                "device refused a frame for {TX_BLOCK_LIMIT:?}; dropped"
+                            );
+                        }
+                        // Try the next one; it gets its own time limit.
+                        continue;
+                    }
+                    self.blocked = Some(frame);
+                    break;
+                }
+                Err(e) => {
+                    self.stats.tx_errors += 1;
+                    if warn_due(&mut self.last_tx_warn, now) {
+                        tracing::warn!(
+                            error = %e,
+                            len = frame.len(),
+                            total = self.stats.tx_errors,
+                            "device send failed; frame dropped"
+                        );
+                    }
+                    stack.recycle(frame);
+                }
+            }
+        }
+        self.stats.tx_frames += sent as u64;
+        sent
+    }
+
+    /// Run rounds until `stop` is set (checked at least every
+    /// [`MAX_WAIT`]). Returns early only on a fatal receive error.
+    pub fn run<D: Device + ?Sized>(
+        &mut self,
+        dev: &mut D,
+        stack: &mut Stack,
+        stop: &AtomicBool,
+        app: &mut dyn FnMut(&mut Stack, Instant),
+    ) -> io::Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            let st = self.step(dev, stack, now(), app)?;
+            if st.wait.is_zero() {
+                continue;
+            }
+            match dev.poll_fd() {
+                Some(fd) => wait_fd(fd, false, st.wait)?,
+                None => std::thread::sleep(st.wait.min(StdDuration::from_millis(1))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run the stack on `dev` until `stop` is set: [`Driver::run`] with a fresh
+/// [`Driver`]. `app` is called once per round, after the received frames
+/// were processed and before the timers and the transmit flush.
+pub fn run<D: Device>(
+    dev: &mut D,
+    stack: &mut Stack,
+    stop: &AtomicBool,
+    mut app: impl FnMut(&mut Stack, Instant),
+) -> io::Result<()> {
+    Driver::new().run(dev, stack, stop, &mut app)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::super::device::MemoryDevice;
+    use super::super::testutil::*;
+    use super::super::{ETH_HDR, EthernetAddress, Mib};
+    use super::*;
+
+    fn dev() -> MemoryDevice {
+        MemoryDevice::new(EthernetAddress(OUR_MAC), 1500)
+    }
+
+    fn frame(tag: u8) -> Vec<u8> {
+        let mut f = vec![tag; 60];
+        f[..6].copy_from_slice(&PEER_MAC);
+        f[6..12].copy_from_slice(&OUR_MAC);
+        f
+    }
+
+    #[test]
+    fn step_feeds_received_frames_then_app_then_flushes() {
+        let mut d = dev();
+        let mut s = ready_stack();
+        for _ in 0..3 {
+            d.push_rx(&udp4_frame(OUR_MAC, PEER4, OUR4, 1000, 7, b"x"));
+        }
+        let mut calls = Vec::new();
+        let now = t0() + super::super::Duration::from_millis(5);
+        let st = Driver::new()
+            .step(&mut d, &mut s, now, &mut |stack, t| {
+                // The frames were processed before the app runs.
+                calls.push((t, stack.counters().get(Mib::LinkInFrames)));
+                stack.transmit(frame(1)).unwrap();
+                stack.transmit(frame(2)).unwrap();
+            })
+            .unwrap();
+        assert_eq!(calls, [(now, 3)]);
+        assert_eq!((st.rx, st.tx, st.tx_blocked), (3, 2, false));
+        assert_eq!(d.drain_tx(), vec![frame(1), frame(2)]);
+        assert_eq!(s.tx_pending(), 0);
+        assert!(st.wait > StdDuration::ZERO && st.wait <= MAX_WAIT);
+    }
+
+    #[test]
+    fn full_batch_asks_for_another_round_at_once() {
+        let mut d = dev();
+        let mut s = ready_stack();
+        for i in 0..(RX_BATCH + 10) {
+            d.push_rx(&frame(i as u8));
+        }
+        let mut drv = Driver::new();
+        let st = drv.step(&mut d, &mut s, t0(), &mut |_, _| {}).unwrap();
+        assert_eq!((st.rx, st.wait), (RX_BATCH, StdDuration::ZERO));
+        let st = drv.step(&mut d, &mut s, t0(), &mut |_, _| {}).unwrap();
+        assert_eq!(st.rx, 10);
+        assert!(st.wait > StdDuration::ZERO);
+        assert_eq!(drv.stats().rx_frames, RX_BATCH as u64 + 10);
+        assert_eq!(s.counters().get(Mib::LinkInFrames), RX_BATCH as u64 + 10);
+    }
+
+    #[test]
+    fn refused_frame_is_kept_and_retried_in_order() {
+        let mut d = dev();
+        d.set_tx_capacity(0);
+        let mut s = ready_stack();
+        s.transmit(frame(1)).unwrap();
+        s.transmit(frame(2)).unwrap();
+        let mut drv = Driver::new();
+        let st = drv.step(&mut d, &mut s, t0(), &mut |_, _| {}).unwrap();
+        assert_eq!((st.tx, st.tx_blocked), (0, true));
+        assert!(st.wait <= TX_RETRY_WAIT && !st.wait.is_zero());
+        assert_eq!(s.tx_pending(), 1, "only the refused frame left the stack");
+        d.set_tx_capacity(usize::MAX);
+        let st = drv.step(&mut d, &mut s, t0(), &mut |_, _| {}).unwrap();
+        assert_eq!((st.tx, st.tx_blocked), (2, false));
+        assert_eq!(d.drain_tx(), vec![frame(1), frame(2)]);
+        let stats = drv.stats();
+        assert_eq!((stats.tx_retries, stats.tx_frames), (1, 2));
+        assert_eq!(stats.tx_dropped_blocked, 0);
+    }
+
+    #[test]
+    fn frame_refused_too_long_is_dropped() {
+        let mut d = dev();
+        d.set_tx_capacity(0);
+        let mut s = ready_stack();
+        s.transmit(frame(1)).unwrap();
+        s.transmit(frame(2)).unwrap();
+        let mut drv = Driver::new();
+        drv.step(&mut d, &mut s, t0(), &mut |_, _| {}).unwrap();
+        let later = t0() + super::super::Duration::from_millis(1500);
+        let st = drv.step(&mut d, &mut s, later, &mut |_, _| {}).unwrap();
+        assert_eq!(drv.stats().tx_dropped_blocked, 1);
+        // The next frame is now the blocked one, with a fresh time limit.
+        assert!(st.tx_blocked);
+        d.set_tx_capacity(usize::MAX);
+        drv.step(&mut d, &mut s, later, &mut |_, _| {}).unwrap();
+        assert_eq!(d.drain_tx(), vec![frame(2)]);
+    }
+
+    /// A device whose sends fail for good.
+    struct Broken(MemoryDevice);
+    impl Device for Broken {
+        fn recv_batch(
+            &mut self,
+            max: usize,
+            f: &mut dyn FnMut(super::super::RxMeta, &[u8]),
+        ) -> io::Result<usize> {
+            self.0.recv_batch(max, f)
+        }
+        fn send(&mut self, _: &[u8]) -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::EMSGSIZE))
+        }
+        fn mtu(&self) -> usize {
+            1500
+        }
+        fn mac(&self) -> EthernetAddress {
+            self.0.mac()
+        }
+        fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+            None
+        }
+    }
+
+    #[test]
+    fn hard_send_error_drops_the_frame_and_goes_on() {
+        let mut d = Broken(dev());
+        let mut s = ready_stack();
+        s.transmit(frame(1)).unwrap();
+        s.transmit(frame(2)).unwrap();
+        let mut drv = Driver::new();
+        let st = drv.step(&mut d, &mut s, t0(), &mut |_, _| {}).unwrap();
+        assert_eq!((st.tx, st.tx_blocked), (0, false));
+        assert_eq!(drv.stats().tx_errors, 2);
+        assert_eq!(s.tx_pending(), 0);
+    }
+
+    #[test]
+    fn wait_follows_the_stack_deadline() {
+        let mut cfg = config();
+        cfg.limits.neigh_retrans = super::super::Duration::from_millis(10);
+        let mut s = Stack::new(cfg, t0());
+        drain(&mut s);
+        // An unresolved next hop arms the retransmit timer.
+        let f = vec![0u8; ETH_HDR + 20];
+        s.neigh_output(t0(), IpAddr::V4(Ipv4Addr::new(198, 18, 0, 9)), f)
+            .unwrap();
+        let mut d = dev();
+        let st = Driver::new()
+            .step(&mut d, &mut s, t0(), &mut |_, _| {})
+            .unwrap();
+        assert!(
+            st.wait > StdDuration::ZERO && st.wait <= StdDuration::from_millis(10),
+            "{st:?}"
+        );
+    }
+
+    #[test]
+    fn run_stops_when_asked_and_sends_what_the_app_queued() {
+        let mut d = dev();
+        let mut s = ready_stack();
+        d.push_rx(&frame(9));
+        let stop = AtomicBool::new(false);
+        let mut rounds = 0;
+        run(&mut d, &mut s, &stop, |stack, _| {
+            rounds += 1;
+            if rounds == 1 {
+                stack.transmit(frame(3)).unwrap();
+            }
+            if rounds == 3 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        assert_eq!(rounds, 3);
+        assert_eq!(d.drain_tx(), vec![frame(3)]);
+        assert_eq!(s.counters().get(Mib::LinkInFrames), 1);
+    }
+
+    #[test]
+    fn clock_is_monotonic() {
+        let a = now();
+        let b = now();
+        assert!(b >= a);
+    }
+}

@@ -7,6 +7,8 @@
 //! is stopped by its own PID. Traffic stays on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};

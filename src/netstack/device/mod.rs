@@ -1,2 +1,95 @@
-//! Frame devices: the AF_PACKET socket and, for tests, an in-memory device,
-//! a pcap-writing tracer and a fault injector. STUB: to be implemented.
+//! Frame devices: what moves whole Ethernet frames between the stack and
+//! the outside. Modelled on smoltcp's `phy` module, but simpler: one trait,
+//! batch receive through a callback (no allocation per frame), plain send.
+//!
+//! - [`afpacket::AfPacket`]: an `AF_PACKET` socket bound to one interface
+//!   (the only `unsafe` code of the stack lives there);
+//! - [`memory::MemoryDevice`]: queues in memory, for tests, and a connected
+//!   pair for stack-to-stack tests;
+//! - [`pcap::Tracer`]: wraps any device and writes every frame to a pcap file;
+//! - [`fault::FaultInjector`]: wraps any device and drops / duplicates /
+//!   reorders / corrupts a fraction of the frames.
+
+pub mod afpacket;
+pub mod fault;
+pub mod memory;
+pub mod pcap;
+
+use std::io;
+use std::os::fd::RawFd;
+
+use super::{EthernetAddress, RxMeta};
+
+pub use afpacket::{AfPacket, DeviceError};
+pub use fault::{FaultConfig, FaultInjector, FaultRates, FaultStats};
+pub use memory::MemoryDevice;
+pub use pcap::Tracer;
+
+/// A link-layer device carrying Ethernet II frames (no FCS).
+pub trait Device {
+    /// Receive frames until the device has none ready (`WouldBlock`) or
+    /// `max` frames were taken, calling `f` once per frame with its metadata
+    /// and bytes (borrowed from a buffer the device reuses). Returns the
+    /// number of frames passed to `f`. "Nothing ready" is `Ok(0)`, not an
+    /// error.
+    fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(RxMeta, &[u8])) -> io::Result<usize>;
+
+    /// Transmit one complete frame. `WouldBlock` / `ENOBUFS` mean "not now,
+    /// try again later"; the caller keeps the frame.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// The IP MTU (bytes after the Ethernet header).
+    fn mtu(&self) -> usize;
+
+    /// The interface's own MAC address.
+    fn mac(&self) -> EthernetAddress;
+
+    /// A file descriptor to wait on with poll(2) (readable: frames ready;
+    /// writable: `send` may succeed again), or None for devices without one
+    /// (in-memory).
+    fn poll_fd(&self) -> Option<RawFd>;
+}
+
+impl<D: Device + ?Sized> Device for &mut D {
+    fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(RxMeta, &[u8])) -> io::Result<usize> {
+        (**self).recv_batch(max, f)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        (**self).send(frame)
+    }
+    fn mtu(&self) -> usize {
+        (**self).mtu()
+    }
+    fn mac(&self) -> EthernetAddress {
+        (**self).mac()
+    }
+    fn poll_fd(&self) -> Option<RawFd> {
+        (**self).poll_fd()
+    }
+}
+
+impl<D: Device + ?Sized> Device for Box<D> {
+    fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(RxMeta, &[u8])) -> io::Result<usize> {
+        (**self).recv_batch(max, f)
+    }
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        (**self).send(frame)
+    }
+    fn mtu(&self) -> usize {
+        (**self).mtu()
+    }
+    fn mac(&self) -> EthernetAddress {
+        (**self).mac()
+    }
+    fn poll_fd(&self) -> Option<RawFd> {
+        (**self).poll_fd()
+    }
+}
+
+/// Is this send error "try again later" (the device queue is full) rather
+/// than "this frame cannot be sent"?
+pub fn is_transient_send_error(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || e.kind() == io::ErrorKind::Interrupted
+        || e.raw_os_error() == Some(libc::ENOBUFS)
+}

@@ -1,0 +1,442 @@
+//! Network-namespace fixtures for the afpacket-mode integration tests
+//! (DESIGN.md "Testing"): a pair of namespaces joined by a veth pair, the
+//! peer end with Linux addresses (198.18.N.1/24, 2001:db8:N::1/64), the
+//! stack end with no address and IPv6 disabled, both removed by a Drop
+//! guard (also when the test panics); running code inside a namespace on a
+//! thread of its own (setns affects only the calling thread); the
+//! `netstack_echo` example as a child process stopped by its own PID.
+//!
+//! Every command and every wait here is bounded in time. Only addresses in
+//! 198.18.0.0/15 and 2001:db8::/32, only inside namespaces made here.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::{JoinHandle, sleep};
+use std::time::{Duration, Instant};
+
+use sipedge::netstack::device::afpacket::enter_netns;
+
+/// Run `cmd` with its output captured; kill it after `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if t0.elapsed() < timeout => sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let out = child.wait_with_output();
+                panic!("{desc} did not finish within {timeout:?}: {out:?}");
+            }
+        }
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{desc}: {e}"))
+}
+
+/// Run a command that must succeed (10 s bound); returns its stdout.
+pub fn must(prog: &str, args: &[&str]) -> String {
+    let out = run_bounded(Command::new(prog).args(args), Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "{prog} {} failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `true` (after printing why) when `prog` is missing and skipping is
+/// allowed; panics in strict mode (see `super::strict`).
+pub fn skip_unless_tool(prog: &str, package: &str) -> bool {
+    if super::which(prog).is_some() {
+        return false;
+    }
+    let msg = format!("{prog} not installed (apt-get install {package})");
+    if super::strict() {
+        panic!("{msg}, and SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true forbids skipping");
+    }
+    eprintln!("SKIPPED: {msg}");
+    true
+}
+
+/// Two namespaces and a veth pair between them (see the module doc).
+#[derive(Debug)]
+pub struct NetnsPair {
+    /// Namespace with the Linux peer (`sep{pid}{n}`).
+    pub peer_ns: String,
+    /// Namespace where the stack runs (`ses{pid}{n}`).
+    pub stack_ns: String,
+    pub peer_if: String,
+    pub stack_if: String,
+    /// Subnet number: 198.18.N.0/24, 2001:db8:N::/64.
+    pub n: u8,
+}
+
+impl NetnsPair {
+    /// Create the pair; panics (after removing what was made) on failure.
+    pub fn new() -> NetnsPair {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let pair = NetnsPair {
+            peer_ns: format!("sep{pid}{seq}"),
+            stack_ns: format!("ses{pid}{seq}"),
+            peer_if: format!("vep{pid}{seq}"),
+            stack_if: format!("ves{pid}{seq}"),
+            n: (seq % 250 + 1) as u8,
+        };
+        assert!(pair.peer_ns.len() <= 15 && pair.peer_if.len() <= 15);
+        // The guard exists from here on: a failing step below still
+        // removes whatever was made.
+        for ns in [&pair.peer_ns, &pair.stack_ns] {
+            if Path::new("/var/run/netns").join(ns).exists() {
+                // Left over by a killed run with the same PID.
+                let _ = run_bounded(
+                    Command::new("ip").args(["netns", "del", ns]),
+                    Duration::from_secs(10),
+                );
+            }
+            must("ip", &["netns", "add", ns]);
+        }
+        let (p, s, pi, si) = (
+            pair.peer_ns.as_str(),
+            pair.stack_ns.as_str(),
+            pair.peer_if.as_str(),
+            pair.stack_if.as_str(),
+        );
+        must(
+            "ip",
+            &[
+                "link", "add", si, "netns", s, "type", "veth", "peer", "name", pi, "netns", p,
+            ],
+        );
+        // Peer: Linux addresses; no DAD so they are usable at once.
+        pair.sysctl_peer(&format!("net.ipv6.conf.{pi}.accept_dad=0"));
+        let v4 = format!("{}/24", pair.peer_v4());
+        let v6 = format!("{}/64", pair.peer_v6());
+        must("ip", &["-n", p, "addr", "add", &v4, "dev", pi]);
+        must("ip", &["-n", p, "addr", "add", &v6, "dev", pi, "nodad"]);
+        // Stack side: no kernel address at all.
+        pair.sysctl_stack(&format!("net.ipv6.conf.{si}.disable_ipv6=1"));
+        must("ip", &["-n", p, "link", "set", "lo", "up"]);
+        must("ip", &["-n", p, "link", "set", pi, "up"]);
+        must("ip", &["-n", s, "link", "set", si, "up"]);
+        pair
+    }
+
+    pub fn peer_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.n, 1)
+    }
+
+    pub fn stack_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.n, 2)
+    }
+
+    pub fn peer_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, u16::from(self.n), 0, 0, 0, 0, 1)
+    }
+
+    pub fn stack_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, u16::from(self.n), 0, 0, 0, 0, 2)
+    }
+
+    /// `sysctl -w` inside the peer namespace.
+    pub fn sysctl_peer(&self, kv: &str) {
+        must("ip", &["netns", "exec", &self.peer_ns, "sysctl", "-qw", kv]);
+    }
+
+    /// `sysctl -w` inside the stack namespace.
+    pub fn sysctl_stack(&self, kv: &str) {
+        must(
+            "ip",
+            &["netns", "exec", &self.stack_ns, "sysctl", "-qw", kv],
+        );
+    }
+
+    /// `ip -n PEER args…` (must succeed).
+    pub fn ip_peer(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", self.peer_ns.as_str()];
+        a.extend_from_slice(args);
+        must("ip", &a)
+    }
+
+    fn link_mac(ns: &str, ifname: &str) -> [u8; 6] {
+        let out = must("ip", &["-n", ns, "-o", "link", "show", "dev", ifname]);
+        let text = out
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no link/ether in {out:?}"));
+        parse_mac(text).unwrap_or_else(|| panic!("bad MAC {text:?}"))
+    }
+
+    /// MAC of the stack-side veth end.
+    pub fn stack_mac(&self) -> [u8; 6] {
+        Self::link_mac(&self.stack_ns, &self.stack_if)
+    }
+
+    /// MAC of the peer-side veth end.
+    pub fn peer_mac(&self) -> [u8; 6] {
+        Self::link_mac(&self.peer_ns, &self.peer_if)
+    }
+
+    /// Run `f` on a new thread inside the peer namespace.
+    pub fn in_peer<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.peer_ns, f)
+    }
+
+    /// Run `f` on a new thread inside the stack namespace.
+    pub fn in_stack<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        in_netns(&self.stack_ns, f)
+    }
+
+    /// Does the namespace `name` exist?
+    pub fn exists(name: &str) -> bool {
+        Path::new("/var/run/netns").join(name).exists()
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        // Deleting a namespace destroys the veth end in it, and with it the
+        // other end.
+        for ns in [&self.peer_ns, &self.stack_ns] {
+            let r = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !matches!(r, Ok(s) if s.success()) {
+                eprintln!("warning: `ip netns del {ns}` failed: {r:?}");
+            }
+        }
+    }
+}
+
+/// Run `f` on a fresh thread moved into the namespace `ns` (setns(2)
+/// through `sipedge::netstack::device::afpacket::enter_netns`); sockets it
+/// opens stay in that namespace. Panics in `f` propagate.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/var/run/netns").join(ns);
+    let h = std::thread::spawn(move || {
+        enter_netns(&path).unwrap_or_else(|e| panic!("setns {}: {e}", path.display()));
+        f()
+    });
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` → bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut it = s.split(':');
+    for b in m.iter_mut() {
+        *b = u8::from_str_radix(it.next()?, 16).ok()?;
+    }
+    it.next().is_none().then_some(m)
+}
+
+pub fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The `netstack_echo` example binary, built next to this test binary, or
+/// `$NETSTACK_ECHO_BIN`. `cargo build --examples` leaves it at
+/// target/<profile>/examples/netstack_echo; `cargo test --all-targets`
+/// builds it only under a hashed name (`netstack_echo-<hash>`, next to the
+/// example's own unit-test harness). All are tried, newest first (so a stale
+/// copy loses), taking the first that answers `--version` like the example.
+pub fn netstack_echo_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETSTACK_ECHO_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary> → target/<profile>/examples/
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary under target/<profile>/deps")
+        .join("examples");
+    let plain = dir.join("netstack_echo");
+    let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let hash = name.strip_prefix("netstack_echo")?;
+            if !(hash.is_empty()
+                || hash
+                    .strip_prefix('-')
+                    .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit())))
+            {
+                return None;
+            }
+            Some((e.metadata().ok()?.modified().ok()?, e.path()))
+        })
+        .collect();
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+    for (_, p) in candidates {
+        let out = run_bounded(Command::new(&p).arg("--version"), Duration::from_secs(10));
+        if out.status.success() && out.stdout.starts_with(b"netstack_echo ") {
+            return p;
+        }
+    }
+    panic!(
+        "{} is missing: build the examples first with `cargo build --examples` \
+         (`cargo test --all-targets` builds them too)",
+        plain.display()
+    );
+}
+
+/// A running `netstack_echo`, with its stderr collected line by line.
+pub struct EchoProc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    /// Everything read from stderr so far.
+    pub stderr: String,
+}
+
+impl EchoProc {
+    /// Start the example inside the stack namespace (`ip netns exec`, which
+    /// execs it: the child's PID is the example's) on the stack interface
+    /// with 198.18.N.2/24 and 2001:db8:N::2/64 plus `extra` arguments, and
+    /// wait (≤ 10 s) for its "ready" line.
+    pub fn start(pair: &NetnsPair, extra: &[&str]) -> EchoProc {
+        let bin = netstack_echo_bin();
+        let v4 = format!("{}/24", pair.stack_v4());
+        let v6 = format!("{}/64", pair.stack_v6());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pair.stack_ns])
+            .arg(&bin)
+            .args(["--iface", &pair.stack_if, "--ipv4", &v4, "--ipv6", &v6])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = EchoProc {
+            child,
+            lines: rx,
+            reader: Some(reader),
+            stderr: String::new(),
+        };
+        if !p.wait_for("netstack_echo ready", Duration::from_secs(10)) {
+            let st = p.child.try_wait();
+            panic!(
+                "netstack_echo did not become ready (exit: {st:?}); stderr:\n{}",
+                p.stderr
+            );
+        }
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Collect stderr until a line contains `needle` (true) or `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        if self.stderr.contains(needle) {
+            return true;
+        }
+        let t0 = Instant::now();
+        while let Some(left) = timeout.checked_sub(t0.elapsed()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.stderr.push_str(&l);
+                    self.stderr.push('\n');
+                    if l.contains(needle) {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if t0.elapsed() >= timeout {
+                return None;
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM to our child's PID; its exit status if it exits within 5 s
+    /// (else it is killed and None returned). All of stderr is collected.
+    pub fn stop(mut self) -> (Option<ExitStatus>, String) {
+        self.signal("TERM");
+        let st = self.wait_exit(Duration::from_secs(5));
+        if st.is_none() {
+            self.signal("KILL");
+            let _ = self.wait_exit(Duration::from_secs(5));
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        while let Ok(l) = self.lines.try_recv() {
+            self.stderr.push_str(&l);
+            self.stderr.push('\n');
+        }
+        (st, std::mem::take(&mut self.stderr))
+    }
+}
+
+impl Drop for EchoProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal("KILL");
+            let _ = self.wait_exit(Duration::from_secs(5));
+        }
+    }
+}
