@@ -565,23 +565,23 @@ impl Config {
                 "stack.mode = \"afpacket\" needs stack.ipv4 and/or stack.ipv6",
             ));
         }
-        if let Some((a, p)) = s.ipv4 {
-            if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
-                return Err(invalid(
-                    "stack.ipv4",
-                    format!("{a}/{p}"),
-                    "must be a unicast host address",
-                ));
-            }
+        if let Some((a, p)) = s.ipv4
+            && (a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback())
+        {
+            return Err(invalid(
+                "stack.ipv4",
+                format!("{a}/{p}"),
+                "must be a unicast host address",
+            ));
         }
-        if let Some((a, p)) = s.ipv6 {
-            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
-                return Err(invalid(
-                    "stack.ipv6",
-                    format!("{a}/{p}"),
-                    "must be a unicast host address",
-                ));
-            }
+        if let Some((a, p)) = s.ipv6
+            && (a.is_unspecified() || a.is_multicast() || a.is_loopback())
+        {
+            return Err(invalid(
+                "stack.ipv6",
+                format!("{a}/{p}"),
+                "must be a unicast host address",
+            ));
         }
         if let Some(g) = s.gateway4 {
             let on_link = s.ipv4.is_some_and(|(a, p)| {

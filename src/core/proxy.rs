@@ -468,10 +468,10 @@ impl Core {
             Some(_) => return Err((400, "CSeq method does not match request method")),
             None => return Err((400, "Bad CSeq")),
         }
-        if let Some(h) = msg.first(HeaderKind::MaxForwards) {
-            if parse_u32(msg.value(h)).is_none() {
-                return Err((400, "Bad Max-Forwards"));
-            }
+        if let Some(h) = msg.first(HeaderKind::MaxForwards)
+            && parse_u32(msg.value(h)).is_none()
+        {
+            return Err((400, "Bad Max-Forwards"));
         }
         let uri = msg.uri();
         match uri_scheme(uri) {
@@ -551,13 +551,13 @@ impl Core {
         // §16.4: strict-router case: the R-URI is our Record-Route URI
         let mut new_ruri: Option<Span> = None;
         let mut removed_last = false;
-        if let Some(u) = &ruri {
-            if self.uri_is_ours(buf, u) && !routes.is_empty() {
-                if let Some((_, last)) = routes.last() {
-                    new_ruri = Some(last.uri);
-                    removed_last = true;
-                }
-            }
+        if let Some(u) = &ruri
+            && self.uri_is_ours(buf, u)
+            && !routes.is_empty()
+            && let Some((_, last)) = routes.last()
+        {
+            new_ruri = Some(last.uri);
+            removed_last = true;
         }
         let live = routes.len() - usize::from(removed_last);
         // §16.4: pop the top Route(s) naming us (two after a double Record-Route)

@@ -15,10 +15,6 @@ use super::{DropReason, Instant, Mib, RxMeta, Stack};
 /// Ethernet header + Ethernet/IPv4 ARP packet.
 const ARP_FRAME_LEN: usize = 14 + 28;
 
-/// ARP-specific state (the cache itself is `neigh::NeighCache`).
-#[derive(Debug, Default)]
-pub struct ArpState {}
-
 impl Stack {
     /// An ARP packet (Ethernet payload) arrived.
     ///

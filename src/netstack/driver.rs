@@ -268,6 +268,8 @@ mod tests {
     fn step_feeds_received_frames_then_app_then_flushes() {
         let mut d = dev();
         let mut s = ready_stack();
+        // an open port: the datagrams are queued, nothing is answered
+        s.udp_bind("0.0.0.0:7".parse().unwrap()).unwrap();
         for _ in 0..3 {
             d.push_rx(&udp4_frame(OUR_MAC, PEER4, OUR4, 1000, 7, b"x"));
         }

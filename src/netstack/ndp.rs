@@ -17,9 +17,6 @@ use super::{DropReason, EthernetAddress, Instant, IpRx, Mib, Stack};
 /// limit 255 only.
 const NDISC_HOP_LIMIT: u8 = 255;
 
-#[derive(Debug, Default)]
-pub struct NdpState {}
-
 /// The Ethernet address in a link-layer address option.
 fn eth_addr(l: RawHardwareAddress) -> Option<EthernetAddress> {
     match l.parse(Medium::Ethernet) {

@@ -223,16 +223,16 @@ impl Conn {
         }
         let mut w = self.lock();
         let mut rest = data;
-        if w.queue.is_empty() {
-            if let Some(s) = &w.stream {
-                match s.try_write(rest) {
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        drop(w);
-                        self.kill(ReleaseReason::Reset);
-                        return Err(SendError::Io);
-                    }
+        if w.queue.is_empty()
+            && let Some(s) = &w.stream
+        {
+            match s.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    drop(w);
+                    self.kill(ReleaseReason::Reset);
+                    return Err(SendError::Io);
                 }
             }
         }
@@ -371,12 +371,13 @@ impl ConnTable {
         if t.by_id.len() >= self.limits.max_connections {
             while let Some(id) = t.init_fifo.pop_front() {
                 let victim = t.by_id.get(&id).cloned();
-                if let Some(v) = victim {
-                    if v.state() == ConnState::Init && v.is_alive() {
-                        Self::remove_locked(&mut t, &v);
-                        evicted = Some(v);
-                        break;
-                    }
+                if let Some(v) = victim
+                    && v.state() == ConnState::Init
+                    && v.is_alive()
+                {
+                    Self::remove_locked(&mut t, &v);
+                    evicted = Some(v);
+                    break;
                 }
             }
             if evicted.is_none() {
@@ -422,10 +423,10 @@ impl ConnTable {
             return Some((c, false));
         }
         let mut t = self.write();
-        if let Some(c) = t.by_addr.get(&peer).and_then(|id| t.by_id.get(id)) {
-            if c.is_alive() {
-                return Some((c.clone(), false));
-            }
+        if let Some(c) = t.by_addr.get(&peer).and_then(|id| t.by_id.get(id))
+            && c.is_alive()
+        {
+            return Some((c.clone(), false));
         }
         if t.by_id.len() >= self.limits.max_connections {
             return None;

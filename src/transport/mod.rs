@@ -11,6 +11,7 @@ pub mod conn;
 pub mod kernel;
 pub mod tcp;
 pub mod udp;
+pub mod userspace;
 
 use crate::config::{Config, Transport};
 use crate::core::nosip::NosipHook;
@@ -95,6 +96,9 @@ pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> 
 
 /// [`run`] with every hook point.
 pub fn run_with_hooks(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
+    if cfg.stack.mode == crate::config::StackMode::Afpacket {
+        return userspace::run(cfg, hooks);
+    }
     let workers = cfg.effective_workers();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -102,6 +106,24 @@ pub fn run_with_hooks(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(serve(cfg, hooks, workers, shutdown_signal()))
+}
+
+/// The core with the configured (or embedder's) hooks.
+pub(crate) fn build_core(
+    cfg: &Config,
+    hooks: Hooks,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Core> {
+    use anyhow::Context as _;
+    let hook = match hooks.nosip {
+        Some(h) => h,
+        None => crate::core::nosip::from_config(&cfg.nosip).context("nosip.pattern")?,
+    };
+    let mut core = Core::new(cfg, hook, metrics);
+    if let Some(h) = hooks.parse_error {
+        core = core.with_parse_error_hook(h);
+    }
+    Ok(core)
 }
 
 async fn shutdown_signal() {
@@ -129,14 +151,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let metrics = Arc::new(Metrics::new());
-    let hook = match hooks.nosip {
-        Some(h) => h,
-        None => crate::core::nosip::from_config(&cfg.nosip).context("nosip.pattern")?,
-    };
-    let mut core = Core::new(&cfg, hook, metrics.clone());
-    if let Some(h) = hooks.parse_error {
-        core = core.with_parse_error_hook(h);
-    }
+    let core = build_core(&cfg, hooks, metrics.clone())?;
     let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
@@ -358,10 +373,10 @@ async fn send_udp(
 fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
     let now = ctx.now_s();
     // RFC 3261 §18.2.2: the connection the request came on, if still open
-    if let Some(id) = dest.conn {
-        if let Some(c) = cache.by_id(&ctx.conns, id) {
-            return c.send(out, now).is_ok();
-        }
+    if let Some(id) = dest.conn
+        && let Some(c) = cache.by_id(&ctx.conns, id)
+    {
+        return c.send(out, now).is_ok();
     }
     if let Some(c) = cache.by_addr(&ctx.conns, dest.addr) {
         return c.send(out, now).is_ok();

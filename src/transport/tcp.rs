@@ -126,11 +126,11 @@ pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn>, stream: Arc<TcpStream>) {
         let last_tx = ctx.epoch + Duration::from_secs(conn.last_tx());
         let mut deadline = r.last_rx.max(last_tx) + idle;
         let mut why = ReleaseReason::IdleTimeout;
-        if let Some(s) = r.msg_started {
-            if s + msg_timeout < deadline {
-                deadline = s + msg_timeout;
-                why = ReleaseReason::MessageTimeout;
-            }
+        if let Some(s) = r.msg_started
+            && s + msg_timeout < deadline
+        {
+            deadline = s + msg_timeout;
+            why = ReleaseReason::MessageTimeout;
         }
         if !conn.outbound && conn.state() == ConnState::Init && created + first_timeout < deadline {
             deadline = created + first_timeout;

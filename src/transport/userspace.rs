@@ -1,0 +1,307 @@
+//! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP on the
+//! embedded stack ([`crate::netstack`]). One thread runs the stack to
+//! completion — frame in → IP → UDP → `receive_msg` → UDP out → frame out —
+//! with no channel hop on the hot path (DESIGN.md). The main thread keeps a
+//! small tokio runtime for the signal handler and the `/metrics` endpoint.
+//!
+//! Host-name next hops are resolved off the stack thread by one resolver
+//! thread (the system resolver, whatever interface it uses), cached for
+//! [`super::DNS_TTL`]; the message waits for the answer in a bounded queue.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant as StdInstant;
+
+use anyhow::Context as _;
+
+use super::{DNS_TTL, Hooks};
+use crate::config::{Config, Transport};
+use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
+use crate::metrics::Metrics;
+use crate::netstack::device::Device;
+use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
+use crate::netstack::{Instant, SocketEvent, Stack, UdpHandle, driver};
+
+/// Datagrams handled per readable event before other sockets get a turn.
+const BATCH: usize = 64;
+/// Messages waiting for a host name to resolve.
+const RESOLVE_QUEUE: usize = 256;
+
+/// A message waiting for its next hop's name to resolve.
+struct Pending {
+    host: String,
+    dest: Dest,
+    kind: SendKind,
+    out: Vec<u8>,
+    received_at: StdInstant,
+}
+
+/// Run the proxy on the embedded stack until SIGINT/SIGTERM.
+pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let core = super::build_core(&cfg, hooks, metrics.clone())?;
+    let st = &cfg.stack;
+    let mut dev = AfPacket::open(&st.interface)
+        .with_context(|| format!("stack.interface = {:?}", st.interface))?;
+    match kernel_addresses(&st.interface) {
+        Ok(addrs) => {
+            for a in addrs.into_iter().filter(|a| st.owns(*a)) {
+                tracing::warn!(
+                    interface = %st.interface, address = %a,
+                    "the kernel also owns this stack address on the interface: it would answer too (RSTs, ICMP errors); remove it from the kernel"
+                );
+            }
+        }
+        Err(e) => tracing::debug!("cannot list the interface's kernel addresses: {e}"),
+    }
+    let ncfg = st.netstack_config(dev.mac().0, dev.mtu());
+    let mut stack = Stack::new(ncfg, driver::now());
+    metrics.register_netstack(stack.counters())?;
+    let mut handles: Vec<(UdpHandle, SocketAddr)> = Vec::new();
+    for l in &cfg.listen {
+        let h = stack
+            .udp_bind(l.addr)
+            .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
+        handles.push((h, l.addr));
+    }
+    tracing::info!(
+        interface = %st.interface,
+        mac = %stack.config().mac,
+        ipv4 = ?st.ipv4.map(|(a, p)| format!("{a}/{p}")),
+        ipv6 = ?st.ipv6.map(|(a, p)| format!("{a}/{p}")),
+        listen = ?cfg.listen.iter().map(|l| format!("udp:{}", l.addr)).collect::<Vec<_>>(),
+        upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+        "sipedge running on the userspace stack (afpacket)"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (req_tx, req_rx) = mpsc::sync_channel::<Pending>(RESOLVE_QUEUE);
+    let (res_tx, res_rx) = mpsc::channel::<(Pending, Option<IpAddr>)>();
+    let resolver = std::thread::Builder::new()
+        .name("sipedge-resolve".into())
+        .spawn(move || resolver_loop(req_rx, res_tx))?;
+    let stack_thread = {
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("sipedge-stack".into())
+            .spawn(move || -> std::io::Result<()> {
+                let mut app = App {
+                    core,
+                    metrics,
+                    handles,
+                    sc: Scratch::new(),
+                    dns: HashMap::new(),
+                    req_tx,
+                    res_rx,
+                };
+                driver::run(
+                    &mut dev,
+                    &mut stack,
+                    &stop,
+                    |s: &mut Stack, now: Instant| app.step(s, now),
+                )
+            })?
+    };
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let served: anyhow::Result<()> = rt.block_on(async {
+        if let Some(addr) = cfg.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics.listen {addr}"))?;
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve_listener(listener, m).await {
+                    tracing::error!("metrics endpoint failed: {e}");
+                }
+            });
+        }
+        super::shutdown_signal().await;
+        Ok(())
+    });
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    let joined = stack_thread.join();
+    drop(resolver); // exits when the stack thread's sender is gone
+    served?;
+    match joined {
+        Ok(r) => r.context("userspace stack")?,
+        Err(_) => anyhow::bail!("userspace stack thread panicked"),
+    }
+    Ok(())
+}
+
+/// The resolver thread: one name at a time, blocking on the system resolver.
+fn resolver_loop(rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<(Pending, Option<IpAddr>)>) {
+    while let Ok(p) = rx.recv() {
+        let want_v4 = p.dest.addr.is_ipv4();
+        let ip = (p.host.as_str(), p.dest.addr.port())
+            .to_socket_addrs()
+            .ok()
+            .and_then(|it| {
+                let all: Vec<SocketAddr> = it.collect();
+                all.iter()
+                    .find(|a| a.is_ipv4() == want_v4)
+                    .or(all.first())
+                    .map(|a| a.ip())
+            });
+        if tx.send((p, ip)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The SIP application on the stack thread.
+struct App {
+    core: Core,
+    metrics: Arc<Metrics>,
+    /// Per listen index: its socket and address.
+    handles: Vec<(UdpHandle, SocketAddr)>,
+    sc: Scratch,
+    dns: HashMap<String, (IpAddr, StdInstant)>,
+    req_tx: mpsc::SyncSender<Pending>,
+    res_rx: mpsc::Receiver<(Pending, Option<IpAddr>)>,
+}
+
+impl App {
+    /// Called by the driver after each batch of frames.
+    fn step(&mut self, s: &mut Stack, now: Instant) {
+        while let Ok((p, ip)) = self.res_rx.try_recv() {
+            self.resolved(s, now, p, ip);
+        }
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                SocketEvent::UdpReadable(h) => self.readable(s, now, h),
+                SocketEvent::UdpError(h) => {
+                    if let Some(e) = s.udp_take_error(h) {
+                        tracing::debug!(remote = %e.remote, kind = ?e.kind, "ICMP error for a datagram we sent");
+                    }
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, s: &mut Stack, now: Instant, h: UdpHandle) {
+        let Some(local) = self.handles.iter().position(|(x, _)| *x == h) else {
+            return;
+        };
+        for _ in 0..BATCH {
+            let Some(d) = s.udp_recv_from(h) else {
+                return;
+            };
+            let received_at = StdInstant::now();
+            self.metrics.bytes_in(Transport::Udp, d.data.len());
+            let rcv = RcvInfo {
+                src: d.src,
+                local,
+                transport: Transport::Udp,
+                conn: None,
+                outbound: false,
+            };
+            let outcome = self.core.receive_datagram(&d.data, &rcv, &mut self.sc);
+            s.recycle(d.data);
+            match outcome {
+                Outcome::Send { dest, kind } => {
+                    let out = std::mem::take(&mut self.sc.out);
+                    self.deliver(s, now, &dest, kind, &out, received_at, false);
+                    self.sc.out = out;
+                }
+                Outcome::Resolve { dest, kind } => self.resolve(s, now, dest, kind, received_at),
+                _ => {}
+            }
+        }
+        // more queued: come back after other sockets had their turn
+        if s.udp_pending(h) {
+            s.requeue_readable(h);
+        }
+    }
+
+    fn resolve(&mut self, s: &mut Stack, now: Instant, dest: Dest, kind: SendKind, at: StdInstant) {
+        let host = self.sc.resolve.clone();
+        if let Some((ip, t)) = self.dns.get(&host)
+            && t.elapsed() < DNS_TTL
+        {
+            let mut d = dest;
+            d.addr.set_ip(*ip);
+            let out = std::mem::take(&mut self.sc.out);
+            self.deliver(s, now, &d, kind, &out, at, true);
+            self.sc.out = out;
+            return;
+        }
+        let p = Pending {
+            host,
+            dest,
+            kind,
+            out: self.sc.out.clone(),
+            received_at: at,
+        };
+        if self.req_tx.try_send(p).is_err() {
+            self.metrics.dropped(DropReason::NoRoute);
+        }
+    }
+
+    fn resolved(&mut self, s: &mut Stack, now: Instant, p: Pending, ip: Option<IpAddr>) {
+        let Some(ip) = ip else {
+            tracing::debug!(host = %p.host, "next hop does not resolve");
+            self.metrics.dropped(DropReason::NoRoute);
+            return;
+        };
+        if self.dns.len() >= 4096 {
+            self.dns.clear();
+        }
+        self.dns.insert(p.host.clone(), (ip, StdInstant::now()));
+        let mut d = p.dest;
+        d.addr.set_ip(ip);
+        self.deliver(s, now, &d, p.kind, &p.out, p.received_at, true);
+    }
+
+    /// Send `out` to `dest` over the stack and count it (the kernel
+    /// backend's `deliver`, for one UDP-only stack thread).
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        s: &mut Stack,
+        now: Instant,
+        dest: &Dest,
+        kind: SendKind,
+        out: &[u8],
+        received_at: StdInstant,
+        resolved: bool,
+    ) {
+        if resolved && self.core.is_local_addr(dest.addr, dest.transport) {
+            self.metrics.dropped(DropReason::Loop);
+            return;
+        }
+        if dest.transport != Transport::Udp {
+            tracing::debug!(dest = %dest.addr, "TCP next hop: not available on the userspace stack yet");
+            self.metrics.dropped(DropReason::SendFailed);
+            return;
+        }
+        let family = dest.addr.is_ipv4();
+        let h = match self.handles.get(dest.local) {
+            Some((h, a)) if a.is_ipv4() == family => Some(*h),
+            _ => self
+                .handles
+                .iter()
+                .find(|(_, a)| a.is_ipv4() == family)
+                .map(|(h, _)| *h),
+        };
+        let ok = h.is_some_and(|h| s.udp_send_to(now, h, dest.addr, out).is_ok());
+        if ok {
+            self.metrics.bytes_out(Transport::Udp, out.len());
+            if matches!(kind, SendKind::Request | SendKind::Reply) {
+                self.metrics
+                    .forward_latency(received_at.elapsed().as_secs_f64());
+            }
+        } else {
+            self.metrics.dropped(DropReason::SendFailed);
+            tracing::debug!(dest = %dest.addr, "send failed on the userspace stack");
+        }
+    }
+}
