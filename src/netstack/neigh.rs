@@ -250,3 +250,101 @@ impl Stack {
         self.neigh.lookup(now, ip)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::super::testutil::*;
+    use super::super::{StackConfig, UdpHandle};
+    use super::*;
+
+    fn stack_with(f: impl FnOnce(&mut StackConfig)) -> (Stack, UdpHandle) {
+        let mut c = config();
+        f(&mut c);
+        let mut s = Stack::new(c, t0());
+        drain(&mut s);
+        let h = s.udp_bind(SocketAddr::new(OUR4.into(), 5060)).unwrap();
+        (s, h)
+    }
+
+    fn to(ip: Ipv4Addr) -> SocketAddr {
+        SocketAddr::new(ip.into(), 4000)
+    }
+
+    #[test]
+    fn unresolved_neighbour_queue_is_bounded_oldest_dropped() {
+        let (mut s, h) = stack_with(|c| c.limits.neigh_pending = 2);
+        for i in 0..4u8 {
+            s.udp_send_to(t0(), h, to(PEER4), &[i]).unwrap();
+        }
+        // one ARP request only, however many packets wait
+        assert_eq!(drain(&mut s).len(), 1);
+        assert_eq!(s.counters.drops(DropReason::NeighPendingFull), 2);
+        s.neigh_update(t0(), PEER4.into(), EthernetAddress(PEER_MAC), false);
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 2);
+        // the two newest datagrams (payload bytes 2 and 3) left, in order
+        assert_eq!(out[0].last(), Some(&2));
+        assert_eq!(out[1].last(), Some(&3));
+        assert_eq!(&out[0][0..6], &PEER_MAC);
+    }
+
+    #[test]
+    fn resolution_gives_up_after_the_retries_and_counts() {
+        let (mut s, h) = stack_with(|c| c.limits.neigh_retries = 3);
+        s.udp_send_to(t0(), h, to(PEER4), b"x").unwrap();
+        assert_eq!(drain(&mut s).len(), 1, "first who-has");
+        let mut t = t0();
+        let mut requests = 0;
+        for _ in 0..10 {
+            t += Duration::from_secs(1);
+            s.poll(t);
+            requests += drain(&mut s).len();
+        }
+        assert_eq!(requests, 2, "retransmitted up to neigh_retries in all");
+        assert_eq!(s.counters.drops(DropReason::NeighUnresolved), 1);
+        assert_eq!(s.counters.get(Mib::IpOutDiscards), 1);
+        assert_eq!(s.usage().neigh_entries, 0);
+        assert_eq!(s.poll(t), None, "nothing left to time");
+    }
+
+    #[test]
+    fn cache_is_bounded_and_reuses_resolved_entries() {
+        let (mut s, h) = stack_with(|c| c.limits.neigh_entries = 2);
+        let a = Ipv4Addr::new(198, 18, 0, 10);
+        let b = Ipv4Addr::new(198, 18, 0, 11);
+        let c = Ipv4Addr::new(198, 18, 0, 12);
+        s.neigh_update(t0(), a.into(), EthernetAddress(PEER_MAC), true);
+        s.neigh_update(t0(), b.into(), EthernetAddress(PEER_MAC), true);
+        // a third neighbour evicts a resolved one
+        s.udp_send_to(t0(), h, to(c), b"x").unwrap();
+        assert_eq!(s.usage().neigh_entries, 2);
+        // with the table full of unresolved entries, a new one is refused
+        let (mut s2, h2) = stack_with(|c| c.limits.neigh_entries = 1);
+        s2.udp_send_to(t0(), h2, to(a), b"x").unwrap();
+        assert_eq!(
+            s2.udp_send_to(t0(), h2, to(b), b"x"),
+            Err(StackError::NoBufferSpace)
+        );
+        assert_eq!(s2.counters.drops(DropReason::NeighCacheFull), 1);
+    }
+
+    #[test]
+    fn entries_expire_and_are_resolved_again() {
+        let (mut s, h) = stack_with(|_| {});
+        s.neigh_update(t0(), PEER4.into(), EthernetAddress(PEER_MAC), true);
+        s.udp_send_to(t0(), h, to(PEER4), b"x").unwrap();
+        assert_eq!(drain(&mut s).len(), 1, "sent at once");
+        let later = t0() + Duration::from_secs(31);
+        assert_eq!(s.neighbor(later, PEER4.into()), None);
+        s.udp_send_to(later, h, to(PEER4), b"x").unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            &out[0][12..14],
+            &[0x08, 0x06],
+            "an ARP request, the datagram waits"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! §8.1), port unreachable for closed ports, errors from ICMP delivered to
 //! the socket that sent the offending datagram.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -40,8 +40,9 @@ pub struct UdpTable {
     socks: Vec<Option<Sock>>,
     free: Vec<u32>,
     open: usize,
-    /// (is_v6, port) → socket index.
-    ports: HashMap<(bool, u16), u32>,
+    /// (is_v6, port) → socket index, directly indexed (no hashing on the
+    /// receive path): `ports[(v6 << 16) | port]`, [`NO_SOCK`] when closed.
+    ports: Box<[u32]>,
     max: usize,
     rxq: usize,
     next_ephemeral: u16,
@@ -49,13 +50,21 @@ pub struct UdpTable {
 
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 
+/// An unused slot of [`UdpTable::ports`].
+const NO_SOCK: u32 = u32::MAX;
+
+#[inline]
+fn port_slot(v6: bool, port: u16) -> usize {
+    ((v6 as usize) << 16) | port as usize
+}
+
 impl UdpTable {
     pub fn new(l: &Limits) -> Self {
         UdpTable {
             socks: Vec::new(),
             free: Vec::new(),
             open: 0,
-            ports: HashMap::new(),
+            ports: vec![NO_SOCK; 2 << 16].into_boxed_slice(),
             max: l.udp_sockets,
             rxq: l.udp_rx_queue,
             next_ephemeral: *EPHEMERAL.start(),
@@ -84,7 +93,10 @@ impl UdpTable {
     /// The socket receiving datagrams for `dst`.
     #[inline]
     fn lookup(&self, dst: SocketAddr) -> Option<u32> {
-        let idx = *self.ports.get(&(dst.is_ipv6(), dst.port()))?;
+        let idx = self.ports[port_slot(dst.is_ipv6(), dst.port())];
+        if idx == NO_SOCK {
+            return None;
+        }
         let s = self.socks[idx as usize].as_ref()?;
         (s.local.ip().is_unspecified() || s.local.ip() == dst.ip()).then_some(idx)
     }
@@ -98,7 +110,7 @@ impl UdpTable {
             } else {
                 p + 1
             };
-            if !self.ports.contains_key(&(v6, p)) {
+            if self.ports[port_slot(v6, p)] == NO_SOCK {
                 return Some(p);
             }
         }
@@ -130,7 +142,7 @@ impl Stack {
         let v6 = addr.is_ipv6();
         let port = match addr.port() {
             0 => t.ephemeral(v6).ok_or(StackError::AddrInUse(addr))?,
-            p if t.ports.contains_key(&(v6, p)) => return Err(StackError::AddrInUse(addr)),
+            p if t.ports[port_slot(v6, p)] != NO_SOCK => return Err(StackError::AddrInUse(addr)),
             p => p,
         };
         let sock = Sock {
@@ -148,7 +160,7 @@ impl Stack {
                 (t.socks.len() - 1) as u32
             }
         };
-        t.ports.insert((v6, port), idx);
+        t.ports[port_slot(v6, port)] = idx;
         t.open += 1;
         Ok(UdpHandle(idx))
     }
@@ -159,7 +171,7 @@ impl Stack {
             return;
         };
         if let Some(s) = slot.take() {
-            self.udp.ports.remove(&(s.local.is_ipv6(), s.local.port()));
+            self.udp.ports[port_slot(s.local.is_ipv6(), s.local.port())] = NO_SOCK;
             self.udp.free.push(h.0);
             self.udp.open -= 1;
             for d in s.rx {
@@ -356,4 +368,302 @@ fn emit_udp(repr: &UdpRepr, buf: &mut [u8], src: &IpAddress, dst: &IpAddress, da
         |p| p.copy_from_slice(data),
         &ChecksumCapabilities::default(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use smoltcp::wire::{EthernetFrame, Ipv4Packet};
+
+    use super::super::testutil::*;
+    use super::super::{EthernetAddress, RxChecksum, StackConfig};
+    use super::*;
+
+    fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+        SocketAddr::new(ip.into(), port)
+    }
+
+    const NOT_READY: RxMeta = RxMeta {
+        pkt_type: super::super::PacketType::Host,
+        l4_csum: RxChecksum::NotReady,
+    };
+
+    /// Set the UDP length field of an Ethernet+IPv4+UDP frame.
+    fn set_udp_len4(f: &mut [u8], len: u16) {
+        f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Append `extra` bytes to the IPv4 datagram (tot_len and header
+    /// checksum fixed), leaving the UDP length alone.
+    fn grow_ipv4(f: &mut Vec<u8>, extra: usize) {
+        f.extend(std::iter::repeat_n(0xee, extra));
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        let tot = ip.total_len() + extra as u16;
+        ip.set_total_len(tot);
+        ip.fill_checksum();
+    }
+
+    fn bound(port: u16) -> (Stack, UdpHandle) {
+        let mut s = ready_stack();
+        let h = s.udp_bind(sa(Ipv4Addr::UNSPECIFIED, port)).unwrap();
+        (s, h)
+    }
+
+    #[test]
+    fn b2_udp_datagram_is_delivered_with_addresses() {
+        let (mut s, h) = bound(5060);
+        s.receive_frame(
+            t0(),
+            RxMeta::HOST,
+            &udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hi"),
+        );
+        let d = s.udp_recv_from(h).unwrap();
+        assert_eq!(
+            (d.src, d.dst, &d.data[..]),
+            (sa(PEER4, 4000), sa(OUR4, 5060), &b"hi"[..])
+        );
+        assert_eq!(s.counters.get(Mib::UdpInDatagrams), 1);
+        assert_eq!(s.poll_event(), Some(SocketEvent::UdpReadable(h)));
+        assert!(s.pop_tx().is_none());
+    }
+
+    #[test]
+    fn b2_udp_length_field_exceeding_the_data_is_dropped_in_errors() {
+        let (mut s, h) = bound(5060);
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hello");
+        set_udp_len4(&mut f, 8 + 6);
+        s.receive_frame(t0(), NOT_READY, &f);
+        assert!(s.udp_recv_from(h).is_none());
+        assert_eq!(s.counters.get(Mib::UdpInErrors), 1);
+        assert_eq!(s.counters.drops(DropReason::UdpBadLength), 1);
+        assert_eq!(s.counters.get(Mib::UdpInDatagrams), 0);
+        assert!(s.pop_tx().is_none(), "no ICMP for a malformed datagram");
+    }
+
+    #[test]
+    fn b2_udp_length_field_below_header_size_is_dropped() {
+        let (mut s, _h) = bound(5060);
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hello");
+        set_udp_len4(&mut f, 7);
+        s.receive_frame(t0(), NOT_READY, &f);
+        assert_eq!(s.counters.drops(DropReason::UdpBadLength), 1);
+        assert_eq!(s.counters.get(Mib::UdpInErrors), 1);
+    }
+
+    #[test]
+    fn b2_udp_bytes_beyond_the_length_field_are_ignored() {
+        let (mut s, h) = bound(5060);
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hello");
+        grow_ipv4(&mut f, 3);
+        // the checksum covers the 5 payload bytes only: still valid
+        s.receive_frame(t0(), RxMeta::HOST, &f);
+        assert_eq!(&s.udp_recv_from(h).unwrap().data[..], b"hello");
+    }
+
+    #[test]
+    fn b2_udp_shorter_than_its_header_is_dropped() {
+        let mut s = ready_stack();
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"");
+        f.truncate(14 + 20 + 4);
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+        ip.set_total_len(24);
+        ip.fill_checksum();
+        s.receive_frame(t0(), RxMeta::HOST, &f);
+        assert_eq!(s.counters.drops(DropReason::UdpTruncated), 1);
+        assert_eq!(s.counters.get(Mib::UdpInErrors), 1);
+        assert!(s.pop_tx().is_none());
+    }
+
+    #[test]
+    fn b2_udp_bad_checksum_counts_csum_and_in_errors_silently() {
+        let (mut s, h) = bound(5060);
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hello");
+        let n = f.len();
+        f[n - 1] ^= 0xff;
+        s.receive_frame(t0(), RxMeta::HOST, &f);
+        assert!(s.udp_recv_from(h).is_none());
+        assert_eq!(s.counters.get(Mib::UdpInCsumErrors), 1);
+        assert_eq!(s.counters.get(Mib::UdpInErrors), 1);
+        assert_eq!(s.counters.drops(DropReason::UdpBadChecksum), 1);
+        assert!(s.pop_tx().is_none());
+    }
+
+    #[test]
+    fn udp_checksum_not_ready_from_veth_is_not_verified() {
+        // TP_STATUS_CSUMNOTREADY: the field holds a partial sum only
+        let (mut s, h) = bound(5060);
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hello");
+        f[14 + 20 + 6] ^= 0x5a;
+        s.receive_frame(t0(), NOT_READY, &f);
+        assert_eq!(&s.udp_recv_from(h).unwrap().data[..], b"hello");
+        let valid = RxMeta {
+            l4_csum: RxChecksum::Valid,
+            ..NOT_READY
+        };
+        s.receive_frame(t0(), valid, &f);
+        assert!(s.udp_recv_from(h).is_some());
+        assert_eq!(s.counters.get(Mib::UdpInCsumErrors), 0);
+    }
+
+    #[test]
+    fn b2_udp_zero_checksum_is_accepted_over_ipv4() {
+        let (mut s, h) = bound(5060);
+        let mut f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"hello");
+        f[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        s.receive_frame(t0(), RxMeta::HOST, &f);
+        assert!(s.udp_recv_from(h).is_some());
+    }
+
+    #[test]
+    fn b2_udp_receive_queue_full_counts_rcvbuf_errors() {
+        let mut c = config();
+        c.limits.udp_rx_queue = 2;
+        let mut s = Stack::new(c, t0());
+        let h = s.udp_bind(sa(OUR4, 5060)).unwrap();
+        s.neigh_update(t0(), PEER4.into(), EthernetAddress(PEER_MAC), true);
+        let f = udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"x");
+        for _ in 0..3 {
+            s.receive_frame(t0(), RxMeta::HOST, &f);
+        }
+        assert_eq!(s.counters.get(Mib::UdpInDatagrams), 2);
+        assert_eq!(s.counters.get(Mib::UdpRcvbufErrors), 1);
+        assert_eq!(s.counters.get(Mib::UdpInErrors), 1);
+        assert_eq!(s.counters.drops(DropReason::UdpRcvbufFull), 1);
+        // one readable event for the empty → non-empty transition
+        assert_eq!(s.poll_event(), Some(SocketEvent::UdpReadable(h)));
+        assert_eq!(s.poll_event(), None);
+        assert!(s.udp_pending(h));
+    }
+
+    #[test]
+    fn b2_udp_to_a_closed_port_counts_no_ports() {
+        let mut s = ready_stack();
+        s.receive_frame(
+            t0(),
+            RxMeta::HOST,
+            &udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 9, b"x"),
+        );
+        assert_eq!(s.counters.get(Mib::UdpNoPorts), 1);
+        assert_eq!(s.counters.drops(DropReason::UdpNoPort), 1);
+        assert_eq!(drain(&mut s).len(), 1, "one port unreachable");
+    }
+
+    #[test]
+    fn bind_rules() {
+        let mut s = ready_stack();
+        let a = s.udp_bind(sa(OUR4, 5060)).unwrap();
+        assert_eq!(
+            s.udp_bind(sa(Ipv4Addr::UNSPECIFIED, 5060)),
+            Err(StackError::AddrInUse(sa(Ipv4Addr::UNSPECIFIED, 5060)))
+        );
+        // the other family has its own ports
+        s.udp_bind(sa(OUR6, 5060)).unwrap();
+        let other = Ipv4Addr::new(198, 18, 0, 99);
+        assert_eq!(
+            s.udp_bind(sa(other, 1)),
+            Err(StackError::AddrNotAvailable(other.into()))
+        );
+        let e1 = s.udp_bind(sa(OUR4, 0)).unwrap();
+        let e2 = s.udp_bind(sa(OUR4, 0)).unwrap();
+        let (p1, p2) = (
+            s.udp_local_addr(e1).unwrap().port(),
+            s.udp_local_addr(e2).unwrap().port(),
+        );
+        assert!(p1 != p2 && EPHEMERAL.contains(&p1) && EPHEMERAL.contains(&p2));
+        s.udp_close(a);
+        assert_eq!(s.udp_local_addr(a), Err(StackError::BadHandle));
+        s.udp_bind(sa(OUR4, 5060)).unwrap();
+        assert_eq!(s.usage().udp_sockets, 4);
+    }
+
+    #[test]
+    fn socket_count_is_capped() {
+        let mut c = config();
+        c.limits.udp_sockets = 2;
+        let mut s = Stack::new(c, t0());
+        s.udp_bind(sa(OUR4, 1)).unwrap();
+        s.udp_bind(sa(OUR4, 2)).unwrap();
+        assert_eq!(s.udp_bind(sa(OUR4, 3)), Err(StackError::TooManySockets(2)));
+    }
+
+    #[test]
+    fn closed_socket_no_longer_receives() {
+        let (mut s, h) = bound(5060);
+        s.udp_close(h);
+        s.receive_frame(
+            t0(),
+            RxMeta::HOST,
+            &udp4_frame(OUR_MAC, PEER4, OUR4, 4000, 5060, b"x"),
+        );
+        assert_eq!(s.counters.get(Mib::UdpNoPorts), 1);
+    }
+
+    #[test]
+    fn send_builds_a_valid_datagram() {
+        let (mut s, h) = bound(5060);
+        s.udp_send_to(t0(), h, sa(PEER4, 4000), b"reply").unwrap();
+        let f = s.pop_tx().unwrap();
+        let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source_addr(), OUR4);
+        assert_eq!(ip.header().destination_addr(), PEER4);
+        let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+            panic!("not UDP")
+        };
+        assert_eq!((u.source_port(), u.destination_port()), (5060, 4000));
+        assert_eq!(u.payload(), b"reply");
+        let eth = EthernetFrame::new_unchecked(&f[..]);
+        let ipp = Ipv4Packet::new_unchecked(eth.payload());
+        let udp = UdpPacket::new_unchecked(ipp.payload());
+        assert!(udp.verify_checksum(&OUR4.into(), &PEER4.into()));
+        assert_eq!(s.counters.get(Mib::UdpOutDatagrams), 1);
+    }
+
+    #[test]
+    fn send_errors() {
+        let (mut s, h) = bound(5060);
+        assert_eq!(
+            s.udp_send_to(t0(), h, sa(PEER6, 1), b"x"),
+            Err(StackError::FamilyMismatch)
+        );
+        let big = vec![0u8; 65535 - 20 - 8 + 1];
+        assert_eq!(
+            s.udp_send_to(t0(), h, sa(PEER4, 1), &big),
+            Err(StackError::MessageTooLong(big.len()))
+        );
+        // no gateway: off-link destinations are unreachable
+        let mut c: StackConfig = config();
+        c.gateway4 = None;
+        let mut s2 = Stack::new(c, t0());
+        let h2 = s2.udp_bind(sa(OUR4, 5060)).unwrap();
+        let far = Ipv4Addr::new(198, 19, 1, 1);
+        assert_eq!(
+            s2.udp_send_to(t0(), h2, sa(far, 1), b"x"),
+            Err(StackError::NetUnreachable(far.into()))
+        );
+        assert_eq!(s2.counters.get(Mib::UdpOutDatagrams), 0);
+    }
+
+    #[test]
+    fn b2_icmp_error_is_reported_on_the_sending_socket() {
+        let (mut s, h) = bound(5060);
+        assert!(s.udp_err(
+            sa(OUR4, 5060),
+            sa(PEER4, 4000),
+            SocketErrorKind::ConnectionRefused
+        ));
+        assert_eq!(s.poll_event(), Some(SocketEvent::UdpError(h)));
+        let e = s.udp_take_error(h).unwrap();
+        assert_eq!(e.kind.io_kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(e.remote, sa(PEER4, 4000));
+        assert!(s.udp_take_error(h).is_none());
+        assert!(!s.udp_err(
+            sa(OUR4, 1),
+            sa(PEER4, 4000),
+            SocketErrorKind::HostUnreachable
+        ));
+    }
 }
