@@ -152,7 +152,7 @@ pub struct StackSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackLimits {
     pub neigh_entries: usize,
-    pub neigh_pending: usize,
+    pub neigh_pending_bytes: usize,
     pub frag_mem_bytes: usize,
     pub frag4_timeout_secs: u64,
     pub frag6_timeout_secs: u64,
@@ -169,7 +169,7 @@ impl StackSettings {
         let l = &self.limits;
         crate::netstack::Limits {
             neigh_entries: l.neigh_entries,
-            neigh_pending: l.neigh_pending,
+            neigh_pending_bytes: l.neigh_pending_bytes,
             frag4_mem: l.frag_mem_bytes,
             frag6_mem: l.frag_mem_bytes,
             frag4_timeout: Duration::from_secs(l.frag4_timeout_secs),
@@ -305,7 +305,7 @@ impl Default for RawStack {
 #[serde(deny_unknown_fields, default)]
 struct RawStackLimits {
     neigh_entries: i64,
-    neigh_pending: i64,
+    neigh_pending_bytes: i64,
     frag_mem_bytes: i64,
     frag4_timeout_secs: i64,
     frag6_timeout_secs: i64,
@@ -319,7 +319,7 @@ impl Default for RawStackLimits {
     fn default() -> Self {
         RawStackLimits {
             neigh_entries: 1024,
-            neigh_pending: 16,
+            neigh_pending_bytes: 212_992,
             frag_mem_bytes: 4 * 1024 * 1024,
             frag4_timeout_secs: 30,
             frag6_timeout_secs: 60,
@@ -1037,7 +1037,7 @@ fn stack_to_raw(s: &StackSettings) -> RawStack {
         mtu: size(s.mtu),
         limits: RawStackLimits {
             neigh_entries: size(l.neigh_entries),
-            neigh_pending: size(l.neigh_pending),
+            neigh_pending_bytes: size(l.neigh_pending_bytes),
             frag_mem_bytes: size(l.frag_mem_bytes),
             frag4_timeout_secs: int(l.frag4_timeout_secs),
             frag6_timeout_secs: int(l.frag6_timeout_secs),
@@ -1150,7 +1150,12 @@ fn parse_stack(r: &RawStack) -> Result<StackSettings, ConfigError> {
     let l = &r.limits;
     let limits = StackLimits {
         neigh_entries: in_range_usize("stack.limits.neigh_entries", l.neigh_entries, 1, 1 << 20)?,
-        neigh_pending: in_range_usize("stack.limits.neigh_pending", l.neigh_pending, 1, 4096)?,
+        neigh_pending_bytes: in_range_usize(
+            "stack.limits.neigh_pending_bytes",
+            l.neigh_pending_bytes,
+            1514,
+            1 << 30,
+        )?,
         frag_mem_bytes: in_range_usize(
             "stack.limits.frag_mem_bytes",
             l.frag_mem_bytes,

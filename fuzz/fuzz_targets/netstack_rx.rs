@@ -31,7 +31,7 @@ fn config() -> StackConfig {
     c.gateway6 = Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe));
     c.limits = Limits {
         neigh_entries: 4,
-        neigh_pending: 2,
+        neigh_pending_bytes: 3000,
         frag4_mem: 6000,
         frag6_mem: 6000,
         frag4_timeout: Duration::from_secs(3),

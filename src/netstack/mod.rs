@@ -34,6 +34,8 @@ pub mod neigh;
 pub mod udp;
 
 #[cfg(test)]
+mod pair_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -105,8 +107,9 @@ impl RxMeta {
 pub struct Limits {
     /// Neighbour (ARP + NDP) cache entries.
     pub neigh_entries: usize,
-    /// Packets queued per unresolved neighbour.
-    pub neigh_pending: usize,
+    /// Bytes of packets queued per unresolved neighbour (Linux
+    /// `unres_qlen_bytes`); the oldest are dropped beyond it.
+    pub neigh_pending_bytes: usize,
     /// How long a resolved neighbour is trusted before re-resolving.
     pub neigh_reachable: Duration,
     /// Interval between solicitations for an unresolved neighbour.
@@ -137,7 +140,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             neigh_entries: 1024,
-            neigh_pending: 16,
+            neigh_pending_bytes: 212_992,
             neigh_reachable: Duration::from_secs(30),
             neigh_retrans: Duration::from_secs(1),
             neigh_retries: 3,

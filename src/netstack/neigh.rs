@@ -23,6 +23,8 @@ enum State {
         sent: u32,
         /// Frames (with Ethernet headroom) waiting for the address.
         queue: VecDeque<Vec<u8>>,
+        /// Bytes in `queue`.
+        bytes: usize,
     },
 }
 
@@ -31,6 +33,7 @@ enum State {
 pub struct NeighCache {
     map: HashMap<IpAddr, State>,
     max: usize,
+    /// Bytes queued per unresolved entry.
     pending: usize,
     reachable: Duration,
     retrans: Duration,
@@ -42,7 +45,7 @@ impl NeighCache {
         NeighCache {
             map: HashMap::new(),
             max: l.neigh_entries,
-            pending: l.neigh_pending,
+            pending: l.neigh_pending_bytes,
             reachable: l.neigh_reachable,
             retrans: l.neigh_retrans,
             retries: l.neigh_retries,
@@ -137,29 +140,42 @@ impl Stack {
             return Err(StackError::NoBufferSpace);
         }
         let cap = self.neigh.pending;
-        let entry = self.neigh.map.entry(next_hop).or_insert(State::Incomplete {
+        let fresh = || State::Incomplete {
             next: now,
             sent: 0,
             queue: VecDeque::new(),
-        });
+            bytes: 0,
+        };
+        let entry = self.neigh.map.entry(next_hop).or_insert_with(fresh);
         if let State::Resolved { .. } = entry {
             // Expired: re-resolve, keeping nothing from the old entry.
-            *entry = State::Incomplete {
-                next: now,
-                sent: 0,
-                queue: VecDeque::new(),
-            };
+            *entry = fresh();
         }
-        let State::Incomplete { next, sent, queue } = entry else {
+        let State::Incomplete {
+            next,
+            sent,
+            queue,
+            bytes,
+        } = entry
+        else {
             unreachable!("entry was just made incomplete")
         };
-        if queue.len() >= cap {
-            // Linux drops the oldest queued packet (neigh `arp_queue`).
-            if let Some(old) = queue.pop_front() {
-                self.counters.drop_reason(DropReason::NeighPendingFull);
+        // Linux drops the oldest queued packets beyond `unres_qlen_bytes`.
+        while *bytes + frame.len() > cap {
+            let Some(old) = queue.pop_front() else {
+                break;
+            };
+            *bytes -= old.len();
+            self.counters.drop_reason(DropReason::NeighPendingFull);
+            if self.pool.len() < 256 {
                 self.pool.push(old);
             }
         }
+        if frame.len() > cap {
+            self.counters.drop_reason(DropReason::NeighPendingFull);
+            return Err(StackError::NoBufferSpace);
+        }
+        *bytes += frame.len();
         queue.push_back(frame);
         let solicit = *sent == 0 && *next <= now;
         if solicit {
@@ -274,7 +290,8 @@ mod tests {
 
     #[test]
     fn unresolved_neighbour_queue_is_bounded_oldest_dropped() {
-        let (mut s, h) = stack_with(|c| c.limits.neigh_pending = 2);
+        // room for two 43-byte frames (Ethernet + IPv4 + UDP + 1 byte)
+        let (mut s, h) = stack_with(|c| c.limits.neigh_pending_bytes = 2 * 43);
         for i in 0..4u8 {
             s.udp_send_to(t0(), h, to(PEER4), &[i]).unwrap();
         }

@@ -23,7 +23,7 @@ const PORT: u16 = 5060;
 fn small_limits() -> Limits {
     Limits {
         neigh_entries: 4,
-        neigh_pending: 2,
+        neigh_pending_bytes: 3000,
         frag4_mem: 6000,
         frag6_mem: 6000,
         frag4_timeout: Duration::from_secs(3),
