@@ -440,3 +440,32 @@ impl Drop for EchoProc {
         }
     }
 }
+
+/// `ip netns exec NS PROG`: `ip` execs PROG in the namespace (no fork), so
+/// the spawned child's PID is PROG's own and can be signalled directly.
+pub fn netns_exec(ns: &str, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(prog);
+    cmd
+}
+
+/// Is a UDP socket bound to `addr` in the network namespace of process
+/// `pid`? Reads /proc/PID/net/udp{,6} (no packet sent).
+pub fn udp_bound_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
+    let (file, ip_hex) = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ("udp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
+        std::net::IpAddr::V6(ip) => (
+            "udp6",
+            ip.octets()
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
+    };
+    let want = format!("{ip_hex}:{:04X}", addr.port());
+    std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some(&want))
+    })
+}

@@ -1,0 +1,552 @@
+//! sipedge in afpacket mode (`stack.mode = "afpacket"`) end to end: the
+//! binary runs in the stack namespace of a `NetnsPair` (its veth end has no
+//! kernel address) and carries SIP over UDP on its own IPv4/IPv6 stack; sipp
+//! (UAS and UAC) and raw sockets run on the Linux stack of the peer
+//! namespace (198.18.N.1, 2001:db8:N::1). The metrics endpoint stays on a
+//! kernel socket, 127.0.0.1 inside the stack namespace.
+//!
+//! Needs root (namespaces, AF_PACKET) and sipp: skipped with a message
+//! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The
+//! configuration errors of `afpacket_mode_startup_errors_are_clear` are
+//! checked without root too.
+//!
+//! Every wait is bounded; every process started here is stopped by its own
+//! PID (`ip netns exec` execs the program, so the child's PID is its own);
+//! the namespaces go with the `NetnsPair` guard.
+
+mod common;
+
+use std::fs::{self, File};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::netns::*;
+use common::*;
+
+const SIP_PORT: u16 = 5060;
+const UPSTREAM_PORT: u16 = 5080;
+const UAC_PORT: u16 = 5070;
+/// Inside the stack namespace (fresh, so free).
+const METRICS_PORT: u16 = 9090;
+const READY_LINE: &str = "sipedge running on the userspace stack";
+const CALLS_V4: u32 = 200;
+const CALLS_V6: u32 = 100;
+const RATE: u32 = 100;
+
+/// The afpacket configuration for `pair`: both stack addresses listen,
+/// the upstream is the peer's 198.18.N.1:5080.
+fn afpacket_config(pair: &NetnsPair) -> String {
+    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
+    format!(
+        "[proxy]\n\
+         listen = [\"udp:{v4}:{SIP_PORT}\", \"udp:[{v6}]:{SIP_PORT}\"]\n\
+         upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]\n\n\
+         [metrics]\n\
+         listen = \"127.0.0.1:{METRICS_PORT}\"\n\n\
+         [log]\n\
+         level = \"info\"\n\n\
+         [stack]\n\
+         mode = \"afpacket\"\n\
+         interface = \"{}\"\n\
+         ipv4 = \"{v4}/24\"\n\
+         ipv6 = \"{v6}/64\"\n",
+        pair.stack_if
+    )
+}
+
+fn kill_pid(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if t0.elapsed() < timeout => sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// `sig` to our child's PID, then SIGKILL after `grace`.
+fn stop_pid(child: &mut Child, sig: &str, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    kill_pid(child.id(), sig);
+    if let Some(st) = wait_exit(child, grace) {
+        return Some(st);
+    }
+    let _ = child.kill();
+    wait_exit(child, Duration::from_secs(5))
+}
+
+// ---------------------------------------------------------------------------
+// sipedge in the stack namespace
+// ---------------------------------------------------------------------------
+
+/// sipedge running in afpacket mode inside the stack namespace; SIGKILLed
+/// by PID on drop if still running. Its stderr is in `log`; the temp dir is
+/// kept when the test panics.
+struct AfSipedge {
+    child: Child,
+    stack_ns: String,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl AfSipedge {
+    /// Write `config`, start `ip netns exec STACK sipedge --config FILE`, and
+    /// wait (≤ 10 s) for its "running on the userspace stack" log line and
+    /// an answer from `/metrics`.
+    fn start(pair: &NetnsPair, config: &str) -> AfSipedge {
+        let dir = unique_temp_dir("afpacket");
+        let cfg = dir.join("sipedge.toml");
+        fs::write(&cfg, config).expect("write the config");
+        let log = dir.join("sipedge.log");
+        let logf = File::create(&log).expect("create the log");
+        let child = netns_exec(&pair.stack_ns, sipedge_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn sipedge");
+        let mut p = AfSipedge {
+            child,
+            stack_ns: pair.stack_ns.clone(),
+            dir,
+            log,
+        };
+        let t0 = Instant::now();
+        let mut last = String::from("no ready line in the log");
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                panic!("sipedge exited during start-up ({st})\n{}", p.log_tail());
+            }
+            if fs::read_to_string(&p.log).is_ok_and(|t| t.contains(READY_LINE)) {
+                match p.try_metrics() {
+                    Ok(_) => return p,
+                    Err(e) => last = format!("metrics: {e}"),
+                }
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!("sipedge not ready within 10 s ({last})\n{}", p.log_tail());
+    }
+
+    /// `GET /metrics` from a thread inside the stack namespace.
+    fn try_metrics(&self) -> Result<String, String> {
+        in_netns(&self.stack_ns, || {
+            metrics_scrape(SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)))
+        })
+    }
+
+    fn metrics(&self) -> String {
+        self.try_metrics()
+            .unwrap_or_else(|e| panic!("scrape /metrics: {e}\n{}", self.log_tail()))
+    }
+
+    fn log_tail(&self) -> String {
+        format!(
+            "--- sipedge log tail ({}) ---\n{}",
+            self.log.display(),
+            tail(&self.log, 40)
+        )
+    }
+
+    /// SIGTERM to its PID; the exit status if it exits within 5 s (else it
+    /// is SIGKILLed and None returned), and the whole log.
+    fn stop(&mut self) -> (Option<ExitStatus>, String) {
+        kill_pid(self.child.id(), "TERM");
+        let st = wait_exit(&mut self.child, Duration::from_secs(5));
+        if st.is_none() {
+            let _ = self.child.kill();
+            let _ = wait_exit(&mut self.child, Duration::from_secs(5));
+        }
+        (st, fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for AfSipedge {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = wait_exit(&mut self.child, Duration::from_secs(5));
+        }
+        if std::thread::panicking() {
+            eprintln!("sipedge files kept in {:?}", self.dir);
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sipp in the peer namespace
+// ---------------------------------------------------------------------------
+
+/// `sipp -sn uas` (UDP) on ip:port inside namespace `ns`; SIGINT by PID on
+/// drop, then SIGKILL.
+struct NsSippUas {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl NsSippUas {
+    fn start(ns: &str, ip: IpAddr, port: u16) -> NsSippUas {
+        let dir = unique_temp_dir("afuas");
+        let out = File::create(dir.join("uas.out")).expect("create uas.out");
+        let child = netns_exec(ns, "sipp")
+            .args(["-sn", "uas", "-i", &ip.to_string(), "-p", &port.to_string()])
+            .args(["-t", "u1", "-nostdin", "-buff_size", "4194304"])
+            .args(["-trace_err", "-error_file"])
+            .arg(dir.join("uas_err.log"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn sipp UAS");
+        let mut uas = NsSippUas { child, dir };
+        let addr = SocketAddr::new(ip, port);
+        let t0 = Instant::now();
+        while !udp_bound_in_pid(uas.child.id(), addr) {
+            let st = uas.child.try_wait();
+            if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
+                panic!(
+                    "sipp UAS not bound to {addr} in {ns} within 10 s (status {st:?})\n{}",
+                    tail(&uas.dir.join("uas.out"), 20)
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+        uas
+    }
+}
+
+impl Drop for NsSippUas {
+    fn drop(&mut self) {
+        stop_pid(&mut self.child, "INT", Duration::from_secs(5));
+        if std::thread::panicking() {
+            eprintln!("sipp UAS files kept in {:?}", self.dir);
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `run_uac` inside namespace `ns`: tests/sipp/uac.xml over UDP from
+/// `local`:UAC_PORT to `target`, `calls` at `rate` per second, bounded by
+/// `-m`, sipp's `-timeout` and a wall-clock limit (then SIGINT by PID).
+fn run_uac_in(ns: &str, local: IpAddr, target: SocketAddr, calls: u32, rate: u32) -> SippResult {
+    let dir = unique_temp_dir("afuac");
+    let planned = f64::from(calls) / f64::from(rate.max(1));
+    let sipp_timeout = (planned + 20.0).ceil() as u64;
+    let wall_limit = Duration::from_secs_f64(planned * 1.5 + 30.0);
+    let out = File::create(dir.join("uac.out")).expect("create uac.out");
+    let mut cmd = netns_exec(ns, "sipp");
+    cmd.arg("-sf")
+        .arg(uac_scenario())
+        .arg(target.to_string())
+        .args(["-i", &local.to_string(), "-p", &UAC_PORT.to_string()])
+        .args(["-t", "u1"])
+        .args(["-r", &rate.to_string(), "-rp", "1000"])
+        .args(["-m", &calls.to_string()])
+        .args(["-l", &(rate * 3).max(100).to_string()])
+        .args(["-nostdin", "-buff_size", "4194304"])
+        .args(["-timeout", &format!("{sipp_timeout}s"), "-timeout_error"])
+        .args(["-trace_stat", "-fd", "1", "-stf"])
+        .arg(dir.join("uac_stat.csv"))
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("uac_err.log"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out);
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().expect("spawn sipp UAC");
+    let mut killed = false;
+    let status = match wait_exit(&mut child, wall_limit) {
+        Some(st) => Some(st),
+        None => {
+            killed = true;
+            stop_pid(&mut child, "INT", Duration::from_secs(5))
+        }
+    };
+    let wall = t0.elapsed();
+    let stats = parse_stat_csv(&fs::read_to_string(dir.join("uac_stat.csv")).unwrap_or_default());
+    let num = |k: &str| {
+        stats
+            .get(k)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    SippResult {
+        exit_code: status.and_then(|s| s.code()),
+        killed,
+        successful: num("SuccessfulCall(C)"),
+        failed: num("FailedCall(C)"),
+        stats,
+        wall,
+        dir,
+    }
+}
+
+/// `ip -n NS neigh show ADDR` has a `lladdr` equal to `mac`.
+fn neigh_has(pair: &NetnsPair, addr: IpAddr, mac: [u8; 6]) -> (bool, String) {
+    let out = pair.ip_peer(&["neigh", "show", &addr.to_string()]);
+    let want = fmt_mac(mac);
+    let ok = out
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .is_some_and(|m| m.eq_ignore_ascii_case(&want));
+    (ok, out)
+}
+
+fn metric(text: &str, q: &str) -> f64 {
+    metric_value(text, q).unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------
+// tests
+// ---------------------------------------------------------------------------
+
+#[test]
+fn afpacket_udp_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    let _load = load_lock();
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let mut proxy = AfSipedge::start(&pair, &afpacket_config(&pair));
+    let uas = NsSippUas::start(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
+
+    // IPv4: UAC 198.18.N.1 → sipedge 198.18.N.2:5060 → UAS 198.18.N.1:5080.
+    let v4 = run_uac_in(
+        &pair.peer_ns,
+        pair.peer_v4().into(),
+        SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
+        CALLS_V4,
+        RATE,
+    );
+    assert!(
+        v4.all_ok(CALLS_V4),
+        "{CALLS_V4} calls over IPv4 through sipedge (afpacket): expected all successful, 0 failed\n{}\n{}",
+        v4.report(),
+        proxy.log_tail()
+    );
+    eprintln!("IPv4: {} calls ok in {:?}", v4.successful, v4.wall);
+
+    // IPv6 client, IPv4 upstream: the proxy switches family and routes the
+    // replies back to the IPv6 Via.
+    let v6 = run_uac_in(
+        &pair.peer_ns,
+        pair.peer_v6().into(),
+        SocketAddr::new(pair.stack_v6().into(), SIP_PORT),
+        CALLS_V6,
+        RATE,
+    );
+    assert!(
+        v6.all_ok(CALLS_V6),
+        "{CALLS_V6} calls over IPv6 (to an IPv4 upstream) through sipedge (afpacket): \
+         expected all successful, 0 failed\n{}\n{}",
+        v6.report(),
+        proxy.log_tail()
+    );
+    eprintln!("IPv6: {} calls ok in {:?}", v6.successful, v6.wall);
+
+    // Metrics, scraped inside the stack namespace.
+    let m = proxy.metrics();
+    let calls = f64::from(CALLS_V4 + CALLS_V6);
+    let fwd_req = metric(&m, "sipedge_forwarded_total{kind=\"request\"}");
+    let fwd_rep = metric(&m, "sipedge_forwarded_total{kind=\"reply\"}");
+    let udp_in = metric(
+        &m,
+        "sipedge_netstack_mib_total{group=\"Udp\",counter=\"InDatagrams\"}",
+    );
+    let udp6_in = metric(
+        &m,
+        "sipedge_netstack_mib_total{group=\"Udp6\",counter=\"InDatagrams\"}",
+    );
+    let ip_in = metric(
+        &m,
+        "sipedge_netstack_mib_total{group=\"Ip\",counter=\"InReceives\"}",
+    );
+    let ip6_in = metric(
+        &m,
+        "sipedge_netstack_mib_total{group=\"Ip6\",counter=\"InReceives\"}",
+    );
+    let report = format!(
+        "forwarded requests {fwd_req}, replies {fwd_rep}; Udp InDatagrams {udp_in}, \
+         Udp6 InDatagrams {udp6_in}; Ip InReceives {ip_in}, Ip6 InReceives {ip6_in}\n\
+         --- metrics ---\n{m}"
+    );
+    eprintln!("{}", report.lines().next().unwrap_or(""));
+    // Per call: INVITE, ACK, BYE forwarded; 200 (INVITE) and 200 (BYE)
+    // always, plus the 180 (optional in the scenario).
+    assert!(fwd_req >= 3.0 * calls, "{report}");
+    assert!(fwd_rep >= 2.0 * calls, "{report}");
+    // Received by the stack at least: per IPv4 call INVITE, ACK, BYE and
+    // both 200s over UDP/IPv4; per IPv6 call the requests over UDP/IPv6 and
+    // the 200s from the IPv4 upstream.
+    let (c4, c6) = (f64::from(CALLS_V4), f64::from(CALLS_V6));
+    assert!(udp_in >= 5.0 * c4 + 2.0 * c6, "{report}");
+    assert!(udp6_in >= 3.0 * c6, "{report}");
+    assert!(ip_in > 0.0 && ip6_in > 0.0, "{report}");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("sipedge_netstack_drops_total{")),
+        "no sipedge_netstack_drops_total samples\n{report}"
+    );
+
+    // Linux learned the stack's MAC through ARP and NDP.
+    let mac = pair.stack_mac();
+    let (ok4, out4) = neigh_has(&pair, pair.stack_v4().into(), mac);
+    assert!(
+        ok4,
+        "peer ARP entry for {} is not {}: {out4:?}",
+        pair.stack_v4(),
+        fmt_mac(mac)
+    );
+    let (ok6, out6) = neigh_has(&pair, pair.stack_v6().into(), mac);
+    assert!(
+        ok6,
+        "peer NDP entry for {} is not {}: {out6:?}",
+        pair.stack_v6(),
+        fmt_mac(mac)
+    );
+
+    drop(uas);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+#[test]
+fn afpacket_upstream_down_is_reported_by_icmp() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let mut proxy = AfSipedge::start(&pair, &afpacket_config(&pair));
+    let before = proxy.metrics();
+    let q = "sipedge_netstack_mib_total{group=\"Icmp\",counter=\"InDestUnreachs\"}";
+    assert_eq!(metric(&before, q), 0.0, "{before}");
+
+    // One OPTIONS for the upstream (nobody listens on 198.18.N.1:5080).
+    let (from, to) = (pair.peer_v4(), pair.stack_v4());
+    let upstream = format!("sip:bob@{}:{UPSTREAM_PORT}", pair.peer_v4());
+    pair.in_peer(move || {
+        let s = UdpSocket::bind((from, 0)).expect("bind in the peer namespace");
+        let local = s.local_addr().expect("local addr");
+        let req = sip_request("OPTIONS", &upstream, "UDP", local, "af-icmp", 70);
+        s.send_to(req.as_bytes(), (to, SIP_PORT))
+            .expect("send the OPTIONS");
+    });
+
+    let t0 = Instant::now();
+    let mut m = before;
+    while metric(&m, q) < 1.0 && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    let fwd = metric(&m, "sipedge_forwarded_total{kind=\"request\"}");
+    assert!(
+        metric(&m, q) >= 1.0,
+        "no ICMP destination unreachable counted within 5 s (forwarded requests {fwd})\n\
+         --- metrics ---\n{m}\n{}",
+        proxy.log_tail()
+    );
+    assert!(fwd >= 1.0, "{m}");
+
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).
+fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
+    let path = dir.join(name);
+    fs::write(&path, text).expect("write config");
+    let out = run_bounded(
+        Command::new(sipedge_bin()).arg("check-config").arg(&path),
+        Duration::from_secs(10),
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn afpacket_mode_startup_errors_are_clear() {
+    let dir = unique_temp_dir("afcfg");
+    let base = "[proxy]\nupstreams = [\"sip:198.18.0.10:5060\"]\n";
+
+    // No stack.interface.
+    let no_if = format!(
+        "{base}listen = [\"udp:198.18.0.2:5060\"]\n\n[stack]\nmode = \"afpacket\"\nipv4 = \"198.18.0.2/24\"\n"
+    );
+    let (code, err) = check_config(&dir, "no-interface.toml", &no_if);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("stack.interface"), "{err}");
+
+    // A TCP listen address is refused in afpacket mode.
+    let tcp = format!(
+        "{base}listen = [\"tcp:198.18.0.2:5060\"]\n\n[stack]\nmode = \"afpacket\"\n\
+         interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n"
+    );
+    let (code, err) = check_config(&dir, "tcp.toml", &tcp);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("proxy.listen[0]"), "{err}");
+
+    // An interface that does not exist: a runtime error naming it.
+    if skip_unless_root() {
+        let _ = fs::remove_dir_all(&dir);
+        return;
+    }
+    let path = dir.join("missing-interface.toml");
+    fs::write(
+        &path,
+        format!(
+            "{base}listen = [\"udp:198.18.0.2:5060\"]\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n\
+             [stack]\nmode = \"afpacket\"\ninterface = \"sedoesnotexist\"\nipv4 = \"198.18.0.2/24\"\n",
+            free_port()
+        ),
+    )
+    .expect("write config");
+    let t0 = Instant::now();
+    let out = run_bounded(
+        Command::new(sipedge_bin()).arg("--config").arg(&path),
+        Duration::from_secs(10),
+    );
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}: {err}", out.status);
+    assert!(took < Duration::from_secs(5), "took {took:?}: {err}");
+    assert!(
+        err.contains("sedoesnotexist") && err.contains("no such network interface"),
+        "{err}"
+    );
+    eprintln!(
+        "missing interface: {} after {took:?}; stderr:\n{err}",
+        out.status
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
