@@ -25,43 +25,45 @@ fn is_error_type(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
 }
 
-/// ICMP output state: the global token bucket for errors (Linux
-/// `icmp_global_allow`: `icmp_msgs_per_sec`, `icmp_msgs_burst`).
+/// The global token bucket for ICMP and ICMPv6 errors, shared by both
+/// families as in Linux (`icmp_global_allow`: `icmp_msgs_per_sec` messages
+/// a second, at most `icmp_msgs_burst` at once). Credit is kept in
+/// thousandths of a message so no fraction of a refill is lost.
 #[derive(Debug)]
 pub struct IcmpState {
+    credit: u64,
+    last: Option<Instant>,
     per_sec: u64,
     burst: u64,
-    tokens: u64,
-    /// When tokens were last added (None: bucket untouched, full).
-    stamp: Option<Instant>,
 }
 
 impl IcmpState {
     pub fn new(l: &Limits) -> Self {
+        let burst = u64::from(l.icmp_msgs_burst);
         IcmpState {
-            per_sec: l.icmp_msgs_per_sec as u64,
-            burst: l.icmp_msgs_burst as u64,
-            tokens: l.icmp_msgs_burst as u64,
-            stamp: None,
+            credit: burst * 1000,
+            last: None,
+            per_sec: u64::from(l.icmp_msgs_per_sec),
+            burst,
         }
     }
 
-    /// Take one token, refilling by the time elapsed since the last refill
-    /// (at most one second's worth, as Linux does).
-    fn allow(&mut self, now: Instant) -> bool {
-        let stamp = *self.stamp.get_or_insert(now);
-        let elapsed = if now > stamp {
-            (now - stamp).total_millis().min(1000)
-        } else {
-            0
-        };
-        let incr = self.per_sec * elapsed / 1000;
-        if incr > 0 {
-            self.stamp = Some(now);
+    /// Take one message's credit, refilled by the time since the last call.
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last
+            && now > last
+        {
+            let ms = (now - last).total_millis();
+            self.credit = self
+                .credit
+                .saturating_add(ms.saturating_mul(self.per_sec))
+                .min(self.burst * 1000);
         }
-        self.tokens = (self.tokens + incr).min(self.burst);
-        if self.tokens > 0 {
-            self.tokens -= 1;
+        if self.last.is_none_or(|l| now > l) {
+            self.last = Some(now);
+        }
+        if self.credit >= 1000 {
+            self.credit -= 1000;
             true
         } else {
             false
@@ -293,8 +295,57 @@ mod tests {
 
     use super::super::ipv4::tests::{eth4, fix_csum, frag, ip4, tx_ip, udp4};
     use super::super::testutil::*;
-    use super::super::{Duration, RxChecksum, SocketError, SocketEvent};
+    use super::super::{Duration, EthernetAddress, RxChecksum, SocketError, SocketEvent};
     use super::*;
+
+    #[test]
+    fn b2_error_rate_limit_is_one_bucket_with_fractional_refill() {
+        let l = Limits {
+            icmp_msgs_per_sec: 500,
+            icmp_msgs_burst: 2,
+            ..Limits::default()
+        };
+        let mut b = IcmpState::new(&l);
+        let t = t0();
+        assert!(b.allow(t) && b.allow(t) && !b.allow(t), "burst of 2");
+        // 500/s: one message every 2 ms; 1 ms twice adds up to one
+        assert!(!b.allow(t + Duration::from_millis(1)));
+        assert!(b.allow(t + Duration::from_millis(2)));
+        // a clock that goes backwards neither refills nor panics
+        assert!(!b.allow(t));
+        // never more than the burst, however long the pause
+        let later = t + Duration::from_secs(3600);
+        assert!(b.allow(later) && b.allow(later) && !b.allow(later));
+    }
+
+    #[test]
+    fn b2_v4_and_v6_errors_share_the_rate_limit() {
+        let mut c = config();
+        c.limits.icmp_msgs_burst = 1;
+        c.limits.icmp_msgs_per_sec = 1;
+        let mut s = Stack::new(c, t0());
+        for ip in [PEER4.into(), PEER6.into()] {
+            s.neigh_update(t0(), ip, EthernetAddress(PEER_MAC), true);
+        }
+        drain(&mut s);
+        s.receive_frame(
+            t0(),
+            RxMeta::HOST,
+            &udp4_frame(OUR_MAC, PEER4, OUR4, 1, 9, b"x"),
+        );
+        assert_eq!(
+            drain(&mut s).len(),
+            1,
+            "v4 port unreachable uses the only token"
+        );
+        s.receive_frame(
+            t0(),
+            RxMeta::HOST,
+            &udp6_frame(OUR_MAC, PEER6, OUR6, 1, 9, b"x"),
+        );
+        assert!(drain(&mut s).is_empty(), "no token left for v6");
+        assert_eq!(s.counters.drops(DropReason::IcmpRateLimited), 1);
+    }
 
     fn rx(s: &mut Stack, now: Instant, pkt: &[u8]) {
         s.receive_frame(now, RxMeta::HOST, &eth4(pkt));

@@ -10,49 +10,11 @@ use smoltcp::wire::{
     Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet,
 };
 
-use super::{DropReason, Instant, IpRx, Limits, Mib, RxMeta, SocketErrorKind, Stack};
+use super::{DropReason, Instant, IpRx, Mib, RxMeta, SocketErrorKind, Stack};
 
 /// ICMPv6 header length of the error messages (type, code, checksum,
 /// 32-bit parameter).
 const ICMP6_ERR_HDR: usize = 8;
-
-/// ICMPv6 state: the error rate limiter (Linux `icmp_global_allow` with
-/// `icmp_msgs_per_sec` / `icmp_msgs_burst`).
-#[derive(Debug)]
-pub struct Icmpv6State {
-    /// Available credit, in thousandths of a message.
-    credit: u64,
-    last: Option<Instant>,
-    per_sec: u64,
-    burst: u64,
-}
-
-impl Icmpv6State {
-    pub fn new(l: &Limits) -> Self {
-        let burst = l.icmp_msgs_burst as u64;
-        Icmpv6State {
-            credit: burst * 1000,
-            last: None,
-            per_sec: l.icmp_msgs_per_sec as u64,
-            burst,
-        }
-    }
-
-    /// Token bucket: `per_sec` messages a second, at most `burst` at once.
-    fn allow(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let ms = (now - last).total_millis();
-            self.credit = (self.credit + ms.saturating_mul(self.per_sec)).min(self.burst * 1000);
-        }
-        self.last = Some(now);
-        if self.credit >= 1000 {
-            self.credit -= 1000;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Where the upper-layer header of an IPv6 packet starts (the quoted one in
 /// an ICMPv6 error, or an offending one): skips hop-by-hop, routing,
@@ -291,7 +253,7 @@ impl Stack {
         if is_ineligible(offending) {
             return;
         }
-        if icmp_type != 2 && !self.icmpv6.allow(now) {
+        if icmp_type != 2 && !self.icmp.allow(now) {
             self.drop_pkt(
                 DropReason::IcmpRateLimited,
                 Some(Mib::Icmp6OutRateLimitHost),

@@ -282,9 +282,9 @@ pub struct Stack {
     pub(crate) filters: hooks::Filters,
     pub(crate) neigh: neigh::NeighCache,
     pub(crate) ipv4: ipv4::Ipv4State,
+    /// The ICMP/ICMPv6 error rate limit (one bucket for both, as Linux).
     pub(crate) icmp: icmp::IcmpState,
     pub(crate) ipv6: ipv6::Ipv6State,
-    pub(crate) icmpv6: icmpv6::Icmpv6State,
     pub(crate) frag4: frag::Reassembler,
     pub(crate) frag6: frag::Reassembler,
     pub(crate) udp: udp::UdpTable,
@@ -307,7 +307,6 @@ impl Stack {
             ipv4: ipv4::Ipv4State::default(),
             icmp: icmp::IcmpState::new(&l),
             ipv6: ipv6::Ipv6State::default(),
-            icmpv6: icmpv6::Icmpv6State::new(&l),
             frag4: frag::Reassembler::new(l.frag4_mem, l.frag4_timeout),
             frag6: frag::Reassembler::new(l.frag6_mem, l.frag6_timeout),
             udp: udp::UdpTable::new(&l),
