@@ -41,6 +41,9 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test --doc"
 cargo test --doc
 
+step "cargo build --examples (the netns tests run examples/netstack_echo)"
+cargo build --examples
+
 step "cargo test --all-targets --no-fail-fast"
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT

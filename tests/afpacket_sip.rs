@@ -28,7 +28,6 @@ use common::*;
 
 const SIP_PORT: u16 = 5060;
 const UPSTREAM_PORT: u16 = 5080;
-const UAC_PORT: u16 = 5070;
 /// Inside the stack namespace (fresh, so free).
 const METRICS_PORT: u16 = 9090;
 const READY_LINE: &str = "sipedge running on the userspace stack";
@@ -55,39 +54,6 @@ fn afpacket_config(pair: &NetnsPair) -> String {
          ipv6 = \"{v6}/64\"\n",
         pair.stack_if
     )
-}
-
-fn kill_pid(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let t0 = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return Some(st),
-            Ok(None) if t0.elapsed() < timeout => sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
-    }
-}
-
-/// `sig` to our child's PID, then SIGKILL after `grace`.
-fn stop_pid(child: &mut Child, sig: &str, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(st)) = child.try_wait() {
-        return Some(st);
-    }
-    kill_pid(child.id(), sig);
-    if let Some(st) = wait_exit(child, grace) {
-        return Some(st);
-    }
-    let _ = child.kill();
-    wait_exit(child, Duration::from_secs(5))
 }
 
 // ---------------------------------------------------------------------------
@@ -168,11 +134,11 @@ impl AfSipedge {
     /// SIGTERM to its PID; the exit status if it exits within 5 s (else it
     /// is SIGKILLed and None returned), and the whole log.
     fn stop(&mut self) -> (Option<ExitStatus>, String) {
-        kill_pid(self.child.id(), "TERM");
-        let st = wait_exit(&mut self.child, Duration::from_secs(5));
+        signal_pid(self.child.id(), "TERM");
+        let st = wait_child(&mut self.child, Duration::from_secs(5));
         if st.is_none() {
             let _ = self.child.kill();
-            let _ = wait_exit(&mut self.child, Duration::from_secs(5));
+            let _ = wait_child(&mut self.child, Duration::from_secs(5));
         }
         (st, fs::read_to_string(&self.log).unwrap_or_default())
     }
@@ -182,7 +148,7 @@ impl Drop for AfSipedge {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
-            let _ = wait_exit(&mut self.child, Duration::from_secs(5));
+            let _ = wait_child(&mut self.child, Duration::from_secs(5));
         }
         if std::thread::panicking() {
             eprintln!("sipedge files kept in {:?}", self.dir);
@@ -192,113 +158,16 @@ impl Drop for AfSipedge {
     }
 }
 
-// ---------------------------------------------------------------------------
-// sipp in the peer namespace
-// ---------------------------------------------------------------------------
-
-/// `sipp -sn uas` (UDP) on ip:port inside namespace `ns`; SIGINT by PID on
-/// drop, then SIGKILL.
-struct NsSippUas {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl NsSippUas {
-    fn start(ns: &str, ip: IpAddr, port: u16) -> NsSippUas {
-        let dir = unique_temp_dir("afuas");
-        let out = File::create(dir.join("uas.out")).expect("create uas.out");
-        let child = netns_exec(ns, "sipp")
-            .args(["-sn", "uas", "-i", &ip.to_string(), "-p", &port.to_string()])
-            .args(["-t", "u1", "-nostdin", "-buff_size", "4194304"])
-            .args(["-trace_err", "-error_file"])
-            .arg(dir.join("uas_err.log"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn sipp UAS");
-        let mut uas = NsSippUas { child, dir };
-        let addr = SocketAddr::new(ip, port);
-        let t0 = Instant::now();
-        while !udp_bound_in_pid(uas.child.id(), addr) {
-            let st = uas.child.try_wait();
-            if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
-                panic!(
-                    "sipp UAS not bound to {addr} in {ns} within 10 s (status {st:?})\n{}",
-                    tail(&uas.dir.join("uas.out"), 20)
-                );
-            }
-            sleep(Duration::from_millis(25));
-        }
-        uas
-    }
-}
-
-impl Drop for NsSippUas {
-    fn drop(&mut self) {
-        stop_pid(&mut self.child, "INT", Duration::from_secs(5));
-        if std::thread::panicking() {
-            eprintln!("sipp UAS files kept in {:?}", self.dir);
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// `run_uac` inside namespace `ns`: tests/sipp/uac.xml over UDP from
-/// `local`:UAC_PORT to `target`, `calls` at `rate` per second, bounded by
-/// `-m`, sipp's `-timeout` and a wall-clock limit (then SIGINT by PID).
+/// tests/sipp/uac.xml over UDP inside the peer namespace, from `local`.
 fn run_uac_in(ns: &str, local: IpAddr, target: SocketAddr, calls: u32, rate: u32) -> SippResult {
-    let dir = unique_temp_dir("afuac");
-    let planned = f64::from(calls) / f64::from(rate.max(1));
-    let sipp_timeout = (planned + 20.0).ceil() as u64;
-    let wall_limit = Duration::from_secs_f64(planned * 1.5 + 30.0);
-    let out = File::create(dir.join("uac.out")).expect("create uac.out");
-    let mut cmd = netns_exec(ns, "sipp");
-    cmd.arg("-sf")
-        .arg(uac_scenario())
-        .arg(target.to_string())
-        .args(["-i", &local.to_string(), "-p", &UAC_PORT.to_string()])
-        .args(["-t", "u1"])
-        .args(["-r", &rate.to_string(), "-rp", "1000"])
-        .args(["-m", &calls.to_string()])
-        .args(["-l", &(rate * 3).max(100).to_string()])
-        .args(["-nostdin", "-buff_size", "4194304"])
-        .args(["-timeout", &format!("{sipp_timeout}s"), "-timeout_error"])
-        .args(["-trace_stat", "-fd", "1", "-stf"])
-        .arg(dir.join("uac_stat.csv"))
-        .args(["-trace_err", "-error_file"])
-        .arg(dir.join("uac_err.log"))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out);
-    let t0 = Instant::now();
-    let mut child = cmd.spawn().expect("spawn sipp UAC");
-    let mut killed = false;
-    let status = match wait_exit(&mut child, wall_limit) {
-        Some(st) => Some(st),
-        None => {
-            killed = true;
-            stop_pid(&mut child, "INT", Duration::from_secs(5))
-        }
-    };
-    let wall = t0.elapsed();
-    let stats = parse_stat_csv(&fs::read_to_string(dir.join("uac_stat.csv")).unwrap_or_default());
-    let num = |k: &str| {
-        stats
-            .get(k)
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
-    SippResult {
-        exit_code: status.and_then(|s| s.code()),
-        killed,
-        successful: num("SuccessfulCall(C)"),
-        failed: num("FailedCall(C)"),
-        stats,
-        wall,
-        dir,
-    }
+    run_uac(&UacOpts {
+        target,
+        transport: SippTransport::U1,
+        calls,
+        rate,
+        netns: Some(ns.to_string()),
+        local: Some(local),
+    })
 }
 
 /// `ip -n NS neigh show ADDR` has a `lladdr` equal to `mac`.
@@ -330,7 +199,7 @@ fn afpacket_udp_calls_pass_through_the_userspace_stack() {
     let pair = NetnsPair::new();
     must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let mut proxy = AfSipedge::start(&pair, &afpacket_config(&pair));
-    let uas = NsSippUas::start(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
+    let uas = SippUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
 
     // IPv4: UAC 198.18.N.1 → sipedge 198.18.N.2:5060 → UAS 198.18.N.1:5080.
     let v4 = run_uac_in(

@@ -30,6 +30,8 @@ fn through_proxy(transport: SippTransport) {
         transport,
         calls: CALLS,
         rate: RATE,
+        netns: None,
+        local: None,
     });
     let alive = proxy.alive();
     assert!(
@@ -109,6 +111,8 @@ fn sipp_floor_calls_without_proxy() {
             transport,
             calls: 200,
             rate: RATE,
+            netns: None,
+            local: None,
         });
         assert!(
             res.all_ok(200),

@@ -321,6 +321,8 @@ fn proxy_still_serves_after_abuse() {
             transport: SippTransport::T1,
             calls: 50,
             rate: 100,
+            netns: None,
+            local: None,
         });
         assert!(
             res.all_ok(50),

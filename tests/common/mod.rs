@@ -12,7 +12,7 @@ pub mod netns;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -167,7 +167,7 @@ pub fn wait_listening(port: u16, tcp: bool, timeout: Duration) -> bool {
 }
 
 /// Send SIGTERM (or another signal name) to one PID we started.
-fn signal_pid(pid: u32, sig: &str) {
+pub fn signal_pid(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -177,7 +177,7 @@ fn signal_pid(pid: u32, sig: &str) {
 }
 
 /// Wait for `child` up to `timeout`.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let t0 = Instant::now();
     loop {
         match child.try_wait() {
@@ -193,7 +193,7 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// Stop a child we started: `sig` to its PID, then SIGKILL after `grace`.
-fn stop_child(child: &mut Child, sig: &str, grace: Duration) -> Option<ExitStatus> {
+pub fn stop_child(child: &mut Child, sig: &str, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(st)) = child.try_wait() {
         return Some(st);
     }
@@ -443,10 +443,45 @@ pub struct SippUas {
 impl SippUas {
     pub fn start(transport: SippTransport) -> SippUas {
         let port = free_port();
+        let mut uas = Self::spawn(Command::new("sipp"), LOCALHOST, port, transport);
+        if !wait_listening(port, transport.is_tcp(), Duration::from_secs(10)) {
+            let st = uas.child.try_wait();
+            panic!(
+                "sipp UAS did not listen on {port} within 10 s (status {st:?})\n{}",
+                tail(&uas.dir.join("uas.out"), 20)
+            );
+        }
+        uas
+    }
+
+    /// A UDP UAS on `ip:port` inside network namespace `ns`.
+    pub fn start_in(ns: &str, ip: IpAddr, port: u16) -> SippUas {
+        let mut uas = Self::spawn(
+            netns::netns_exec(ns, "sipp"),
+            &ip.to_string(),
+            port,
+            SippTransport::U1,
+        );
+        let addr = SocketAddr::new(ip, port);
+        let t0 = Instant::now();
+        while !netns::udp_bound_in_pid(uas.child.id(), addr) {
+            let st = uas.child.try_wait();
+            if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
+                panic!(
+                    "sipp UAS not bound to {addr} in {ns} within 10 s (status {st:?})\n{}",
+                    tail(&uas.dir.join("uas.out"), 20)
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+        uas
+    }
+
+    fn spawn(mut cmd: Command, ip: &str, port: u16, transport: SippTransport) -> SippUas {
         let dir = unique_temp_dir("uas");
         let out = File::create(dir.join("uas.out")).expect("create uas.out");
-        let child = Command::new("sipp")
-            .args(["-sn", "uas", "-i", LOCALHOST, "-p", &port.to_string()])
+        let child = cmd
+            .args(["-sn", "uas", "-i", ip, "-p", &port.to_string()])
             .args(["-t", transport.flag(), "-nostdin", "-buff_size", "4194304"])
             .args(["-trace_err", "-error_file"])
             .arg(dir.join("uas_err.log"))
@@ -457,20 +492,12 @@ impl SippUas {
             .stderr(out)
             .spawn()
             .expect("spawn sipp UAS");
-        let mut uas = SippUas {
+        SippUas {
             child,
             port,
             transport,
             dir,
-        };
-        if !wait_listening(port, transport.is_tcp(), Duration::from_secs(10)) {
-            let st = uas.child.try_wait();
-            panic!(
-                "sipp UAS did not listen on {port} within 10 s (status {st:?})\n{}",
-                tail(&uas.dir.join("uas.out"), 20)
-            );
         }
-        uas
     }
 }
 
@@ -493,6 +520,10 @@ pub struct UacOpts {
     pub calls: u32,
     /// Calls per second.
     pub rate: u32,
+    /// Run sipp inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Local address (`-i`); default 127.0.0.1.
+    pub local: Option<IpAddr>,
 }
 
 /// What a UAC run produced.
@@ -577,11 +608,17 @@ pub fn run_uac(opts: &UacOpts) -> SippResult {
     let sipp_timeout = (planned + 30.0).ceil() as u64;
     let wall_limit = Duration::from_secs_f64(planned * 1.5 + 40.0);
     let out = File::create(dir.join("uac.out")).expect("create uac.out");
-    let mut cmd = Command::new("sipp");
+    let mut cmd = match &opts.netns {
+        Some(ns) => netns::netns_exec(ns, "sipp"),
+        None => Command::new("sipp"),
+    };
+    let local_ip = opts
+        .local
+        .map_or(LOCALHOST.to_string(), |ip| ip.to_string());
     cmd.arg("-sf")
         .arg(uac_scenario())
         .arg(opts.target.to_string())
-        .args(["-i", LOCALHOST, "-p", &local_port.to_string()])
+        .args(["-i", &local_ip, "-p", &local_port.to_string()])
         .args(["-t", opts.transport.flag()])
         .args(["-r", &opts.rate.to_string(), "-rp", "1000"])
         .args(["-m", &opts.calls.to_string()])
