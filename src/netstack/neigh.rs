@@ -2,6 +2,12 @@
 //! entries with an expiry, unresolved entries with a bounded queue of
 //! packets waiting for the answer, retransmitted solicitations. Bounded in
 //! entries and in packets per entry; every packet it gives up on is counted.
+//!
+//! An expired entry is not thrown away at once: like Linux's STALE → PROBE
+//! states (RFC 4861 §7.3.3), traffic keeps using the known MAC while
+//! solicitations re-validate it, so a busy neighbour never sees a pause or a
+//! queue every `neigh_reachable`. Only when the probes go unanswered is the
+//! entry removed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -15,6 +21,9 @@ enum State {
     Resolved {
         mac: EthernetAddress,
         expires: Instant,
+        /// Re-validation of an expired entry in progress: when the next
+        /// solicitation is due, and how many were sent.
+        probe: Option<(Instant, u32)>,
     },
     Incomplete {
         /// When the next solicitation is due.
@@ -55,7 +64,7 @@ impl NeighCache {
     /// The MAC of `ip` if resolved and not expired.
     pub fn lookup(&self, now: Instant, ip: IpAddr) -> Option<EthernetAddress> {
         match self.map.get(&ip) {
-            Some(State::Resolved { mac, expires }) if *expires > now => Some(*mac),
+            Some(State::Resolved { mac, expires, .. }) if *expires > now => Some(*mac),
             _ => None,
         }
     }
@@ -74,7 +83,7 @@ impl NeighCache {
             .values()
             .filter_map(|s| match s {
                 State::Incomplete { next, .. } => Some(*next),
-                State::Resolved { .. } => None,
+                State::Resolved { probe, .. } => probe.map(|(next, _)| next),
             })
             .min()
     }
@@ -127,7 +136,7 @@ impl Stack {
         let direct = match next_hop {
             IpAddr::V4(a) if self.is_v4_broadcast(a) => Some(EthernetAddress::BROADCAST),
             IpAddr::V6(a) if a.is_multicast() => Some(super::multicast_mac_v6(a)),
-            _ => self.neigh.lookup(now, next_hop),
+            _ => self.neigh_usable(now, next_hop),
         };
         if let Some(mac) = direct {
             fill_eth(&mut frame, mac, our, next_hop);
@@ -212,7 +221,14 @@ impl Stack {
             return;
         }
         let expires = now + self.neigh.reachable;
-        let old = self.neigh.map.insert(ip, State::Resolved { mac, expires });
+        let old = self.neigh.map.insert(
+            ip,
+            State::Resolved {
+                mac,
+                expires,
+                probe: None,
+            },
+        );
         if let Some(State::Incomplete { queue, .. }) = old {
             let our = self.cfg.mac;
             for mut f in queue {
@@ -228,19 +244,40 @@ impl Stack {
         let mut failed = Vec::new();
         let retries = self.neigh.retries;
         let retrans = self.neigh.retrans;
+        let mut stale_gone = Vec::new();
         for (ip, st) in self.neigh.map.iter_mut() {
-            if let State::Incomplete { next, sent, .. } = st {
-                if *next > now {
-                    continue;
+            match st {
+                State::Incomplete { next, sent, .. } => {
+                    if *next > now {
+                        continue;
+                    }
+                    if *sent >= retries {
+                        failed.push(*ip);
+                    } else {
+                        *sent += 1;
+                        *next = now + retrans;
+                        due.push(*ip);
+                    }
                 }
-                if *sent >= retries {
-                    failed.push(*ip);
-                } else {
-                    *sent += 1;
-                    *next = now + retrans;
-                    due.push(*ip);
+                State::Resolved {
+                    probe: Some((next, sent)),
+                    ..
+                } if *next <= now => {
+                    if *sent >= retries {
+                        stale_gone.push(*ip);
+                    } else {
+                        *sent += 1;
+                        *next = now + retrans;
+                        due.push(*ip);
+                    }
                 }
+                State::Resolved { .. } => {}
             }
+        }
+        for ip in stale_gone {
+            // the neighbour stopped answering: forget it; the next packet
+            // starts a fresh resolution (and waits for it)
+            self.neigh.map.remove(&ip);
         }
         for ip in failed {
             if let Some(State::Incomplete { queue, .. }) = self.neigh.map.remove(&ip) {
@@ -261,7 +298,28 @@ impl Stack {
         }
     }
 
-    /// The resolved MAC of `ip`, if any (tests, diagnostics).
+    /// The MAC to use for `ip` now: a resolved entry, even an expired one
+    /// (which starts a re-validation probe the first time it is used).
+    fn neigh_usable(&mut self, now: Instant, ip: IpAddr) -> Option<EthernetAddress> {
+        let retrans = self.neigh.retrans;
+        let Some(State::Resolved {
+            mac,
+            expires,
+            probe,
+        }) = self.neigh.map.get_mut(&ip)
+        else {
+            return None;
+        };
+        let mac = *mac;
+        let start_probe = *expires <= now && probe.is_none();
+        if start_probe {
+            *probe = Some((now + retrans, 1));
+            self.solicit(now, ip);
+        }
+        Some(mac)
+    }
+
+    /// The resolved MAC of `ip`, if any and not expired (tests, diagnostics).
     pub fn neighbor(&self, now: Instant, ip: IpAddr) -> Option<EthernetAddress> {
         self.neigh.lookup(now, ip)
     }
@@ -348,20 +406,50 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_and_are_resolved_again() {
+    fn expired_entries_keep_working_while_they_are_revalidated() {
         let (mut s, h) = stack_with(|_| {});
         s.neigh_update(t0(), PEER4.into(), EthernetAddress(PEER_MAC), true);
         s.udp_send_to(t0(), h, to(PEER4), b"x").unwrap();
         assert_eq!(drain(&mut s).len(), 1, "sent at once");
         let later = t0() + Duration::from_secs(31);
-        assert_eq!(s.neighbor(later, PEER4.into()), None);
+        assert_eq!(s.neighbor(later, PEER4.into()), None, "expired");
+        // still sent at once with the known MAC, plus one who-has
         s.udp_send_to(later, h, to(PEER4), b"x").unwrap();
+        s.udp_send_to(later, h, to(PEER4), b"y").unwrap();
+        let out = drain(&mut s);
+        let arp = out.iter().filter(|f| f[12..14] == [0x08, 0x06]).count();
+        let ip = out.iter().filter(|f| f[12..14] == [0x08, 0x00]).count();
+        assert_eq!((arp, ip), (1, 2), "no pause, one probe");
+        assert!(
+            out.iter()
+                .filter(|f| f[12..14] == [0x08, 0x00])
+                .all(|f| f[..6] == PEER_MAC)
+        );
+        // the answer refreshes it
+        s.neigh_update(later, PEER4.into(), EthernetAddress(PEER_MAC), false);
+        assert!(s.neighbor(later, PEER4.into()).is_some());
+        assert_eq!(s.poll(later), None, "no probe pending");
+    }
+
+    #[test]
+    fn expired_entry_whose_probes_go_unanswered_is_removed() {
+        let (mut s, h) = stack_with(|c| c.limits.neigh_retries = 3);
+        s.neigh_update(t0(), PEER4.into(), EthernetAddress(PEER_MAC), true);
+        let mut t = t0() + Duration::from_secs(31);
+        s.udp_send_to(t, h, to(PEER4), b"x").unwrap();
+        drain(&mut s);
+        let mut probes = 0;
+        for _ in 0..5 {
+            t += Duration::from_secs(1);
+            s.poll(t);
+            probes += drain(&mut s).len();
+        }
+        assert_eq!(probes, 2, "re-sent up to neigh_retries in all");
+        assert_eq!(s.usage().neigh_entries, 0);
+        // the next datagram waits for a fresh resolution
+        s.udp_send_to(t, h, to(PEER4), b"x").unwrap();
         let out = drain(&mut s);
         assert_eq!(out.len(), 1);
-        assert_eq!(
-            &out[0][12..14],
-            &[0x08, 0x06],
-            "an ARP request, the datagram waits"
-        );
+        assert_eq!(&out[0][12..14], &[0x08, 0x06]);
     }
 }
