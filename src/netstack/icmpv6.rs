@@ -62,7 +62,7 @@ impl Stack {
     /// `icmpv6_rcv` (RFC 4443 §2.4, §4): InMsgs; checksum (mandatory,
     /// skipped only when the device vouched for it) → InCsumErrors +
     /// InErrors; per-type In counters; echo request answered; errors
-    /// delivered to the UDP socket; NDP to `ndisc_rcv`.
+    /// delivered to the UDP socket; NDP to `ndisc_rcv`, MLD to `mld_rcv`.
     pub(crate) fn icmpv6_rcv(
         &mut self,
         now: Instant,
@@ -92,9 +92,13 @@ impl Stack {
             4 => Some(Mib::Icmp6InParmProblems),
             128 => Some(Mib::Icmp6InEchos),
             129 => Some(Mib::Icmp6InEchoReplies),
+            130 => Some(Mib::Icmp6InGroupMembQueries),
+            131 => Some(Mib::Icmp6InGroupMembResponses),
+            132 => Some(Mib::Icmp6InGroupMembReductions),
             134 => Some(Mib::Icmp6InRouterAdvertisements),
             135 => Some(Mib::Icmp6InNeighborSolicits),
             136 => Some(Mib::Icmp6InNeighborAdvertisements),
+            143 => Some(Mib::Icmp6InMLDv2Reports),
             _ => None,
         } {
             self.counters.inc(m);
@@ -102,8 +106,9 @@ impl Stack {
         match ty {
             1..=4 => self.icmpv6_notify(payload),
             128 => self.icmpv6_echo_reply(now, src, dst, payload),
+            130..=132 | 143 => self.mld_rcv(now, ip, payload),
             133..=137 => self.ndisc_rcv(now, ip, payload),
-            // 129: no ping sockets; MLD and the rest are not handled.
+            // 129: no ping sockets; the rest are not handled.
             _ => self.counters.drop_reason(DropReason::IcmpUnhandledType),
         }
     }

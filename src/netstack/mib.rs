@@ -107,6 +107,10 @@ counter_enum! {
         Icmp6InNeighborSolicits => ("Icmp6", "InNeighborSolicits"),
         Icmp6InNeighborAdvertisements => ("Icmp6", "InNeighborAdvertisements"),
         Icmp6InRouterAdvertisements => ("Icmp6", "InRouterAdvertisements"),
+        Icmp6InGroupMembQueries => ("Icmp6", "InGroupMembQueries"),
+        Icmp6InGroupMembResponses => ("Icmp6", "InGroupMembResponses"),
+        Icmp6InGroupMembReductions => ("Icmp6", "InGroupMembReductions"),
+        Icmp6InMLDv2Reports => ("Icmp6", "InMLDv2Reports"),
         Icmp6OutMsgs => ("Icmp6", "OutMsgs"),
         Icmp6OutErrors => ("Icmp6", "OutErrors"),
         Icmp6OutRateLimitHost => ("Icmp6", "OutRateLimitHost"),
@@ -117,6 +121,8 @@ counter_enum! {
         Icmp6OutEchoReplies => ("Icmp6", "OutEchoReplies"),
         Icmp6OutNeighborSolicits => ("Icmp6", "OutNeighborSolicits"),
         Icmp6OutNeighborAdvertisements => ("Icmp6", "OutNeighborAdvertisements"),
+        Icmp6OutGroupMembResponses => ("Icmp6", "OutGroupMembResponses"),
+        Icmp6OutMLDv2Reports => ("Icmp6", "OutMLDv2Reports"),
 
         Udp6InDatagrams => ("Udp6", "InDatagrams"),
         Udp6NoPorts => ("Udp6", "NoPorts"),
@@ -199,6 +205,8 @@ counter_enum! {
         Ipv6UnknownNextHeader => ("drop", "ipv6_unknown_next_header"),
         NdpMalformed => ("drop", "ndp_malformed"),
         NdpNotForUs => ("drop", "ndp_not_for_us"),
+        MldQueryInvalid => ("drop", "mld_query_invalid"),
+        MldMalformed => ("drop", "mld_malformed"),
     }
 }
 

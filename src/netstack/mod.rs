@@ -29,6 +29,7 @@ pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod mib;
+pub mod mld;
 pub mod ndp;
 pub mod neigh;
 pub mod udp;
@@ -285,6 +286,8 @@ pub struct Stack {
     /// The ICMP/ICMPv6 error rate limit (one bucket for both, as Linux).
     pub(crate) icmp: icmp::IcmpState,
     pub(crate) ipv6: ipv6::Ipv6State,
+    /// MLD: the pending retransmission of the start-up report.
+    pub(crate) mld: mld::MldState,
     pub(crate) frag4: frag::Reassembler,
     pub(crate) frag6: frag::Reassembler,
     pub(crate) udp: udp::UdpTable,
@@ -294,8 +297,10 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// A stack with its addresses configured. Queues a gratuitous ARP and an
-    /// unsolicited neighbour advertisement so the link learns our MAC.
+    /// A stack with its addresses configured. Queues a gratuitous ARP, an
+    /// MLDv2 report for our solicited-node groups (so MLD-snooping switches
+    /// forward solicitations to us) and unsolicited neighbour advertisements
+    /// so the link learns our MAC.
     pub fn new(cfg: StackConfig, now: Instant) -> Stack {
         let ll6 = link_local_from_mac(cfg.mac);
         let l = cfg.limits.clone();
@@ -307,6 +312,7 @@ impl Stack {
             ipv4: ipv4::Ipv4State::default(),
             icmp: icmp::IcmpState::new(&l),
             ipv6: ipv6::Ipv6State::default(),
+            mld: mld::MldState::default(),
             frag4: frag::Reassembler::new(l.frag4_mem, l.frag4_timeout),
             frag6: frag::Reassembler::new(l.frag6_mem, l.frag6_timeout),
             udp: udp::UdpTable::new(&l),
@@ -316,6 +322,7 @@ impl Stack {
             cfg,
         };
         s.arp_announce(now);
+        s.mld_announce(now);
         s.ndisc_announce(now);
         s
     }
@@ -344,14 +351,19 @@ impl Stack {
         self.eth_rcv(now, meta, frame);
     }
 
-    /// Run timers (reassembly expiry, neighbour retransmission). Returns when
-    /// it next needs to run, if ever.
+    /// Run timers (reassembly expiry, neighbour retransmission, MLD report
+    /// retransmission). Returns when it next needs to run, if ever.
     pub fn poll(&mut self, now: Instant) -> Option<Instant> {
         self.frag4_expire(now);
         self.frag6_expire(now);
         self.neigh_poll(now);
+        self.mld_poll(now);
         let mut next = self.neigh.next_deadline();
-        for d in [self.frag4.next_deadline(), self.frag6.next_deadline()] {
+        for d in [
+            self.frag4.next_deadline(),
+            self.frag6.next_deadline(),
+            self.mld.next_deadline(),
+        ] {
             next = match (next, d) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
