@@ -337,7 +337,7 @@ mod tests {
         let mut c = config();
         f(&mut c);
         let mut s = Stack::new(c, t0());
-        drain(&mut s);
+        settle(&mut s);
         let h = s.udp_bind(SocketAddr::new(OUR4.into(), 5060)).unwrap();
         (s, h)
     }

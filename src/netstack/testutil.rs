@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use etherparse::PacketBuilder;
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
 
-use super::{Instant, Stack, StackConfig};
+use super::{Duration, Instant, Stack, StackConfig};
 
 pub const OUR_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x02];
 pub const PEER_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x01];
@@ -36,11 +36,20 @@ pub fn stack() -> Stack {
     Stack::new(config(), t0())
 }
 
-/// A stack whose start-up frames are drained and which already knows the
-/// peer's and the gateways' MACs, so output goes straight to the tx queue.
+/// Run the start-up timers out (the one retransmission of the MLD report,
+/// due within 1 s) and drop what was queued, so that a test's later
+/// `poll`s only show the timers it set up.
+pub fn settle(s: &mut Stack) {
+    s.poll(t0() + Duration::from_secs(1));
+    drain(s);
+}
+
+/// A stack whose start-up frames are drained (the MLD retransmission too)
+/// and which already knows the peer's and the gateways' MACs, so output
+/// goes straight to the tx queue.
 pub fn ready_stack() -> Stack {
     let mut s = stack();
-    drain(&mut s);
+    settle(&mut s);
     for ip in [
         IpAddr::V4(PEER4),
         IpAddr::V6(PEER6),
