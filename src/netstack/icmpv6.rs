@@ -21,7 +21,7 @@ const ICMP6_ERR_HDR: usize = 8;
 /// destination options and fragment headers (Linux `ipv6_skip_exthdr`).
 /// The flag is set when the walk stopped at a non-first fragment: the
 /// protocol is known but its header is not there. None when truncated.
-fn skip_exthdr(pkt: &[u8]) -> Option<(IpProtocol, usize, bool)> {
+pub(crate) fn skip_exthdr(pkt: &[u8]) -> Option<(IpProtocol, usize, bool)> {
     let mut nh = IpProtocol::from(*pkt.get(6)?);
     let mut off = IPV6_HEADER_LEN;
     loop {

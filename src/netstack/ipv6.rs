@@ -45,6 +45,9 @@ pub(crate) const DEFAULT_HOP_LIMIT: u8 = 64;
 const PP_HDR_FIELD: u8 = 0;
 const PP_UNK_NEXTHDR: u8 = 1;
 const PP_UNK_OPTION: u8 = 2;
+/// Parameter Problem code 3: first fragment has incomplete header chain
+/// (RFC 8200 §4.5, RFC 7112).
+const PP_HDR_INCOMPLETE: u8 = 3;
 
 /// IPv6 output state.
 #[derive(Debug, Default)]
@@ -529,6 +532,18 @@ impl Stack {
             self.counters.inc(Mib::Ip6ReasmOKs);
             return Frag::Atomic;
         }
+        // RFC 8200 §4.5 / RFC 7112 (Linux `ipv6frag_thdr_truncated`): a
+        // first fragment must hold every header up to and including the
+        // upper-layer header, else it is discarded with Parameter Problem
+        // code 3, pointer 0.
+        if fr.frag_offset == 0 && first_fragment_truncated(pkt) {
+            self.drop_pkt(
+                DropReason::Ipv6FirstFragmentIncomplete,
+                Some(Mib::Ip6InHdrErrors),
+            );
+            self.ip6_param_prob(now, pkt, link_mcast, PP_HDR_INCOMPLETE, 0);
+            return Frag::Consumed;
+        }
         let data = &pkt[off + FRAG_HDR..];
         let start = fr.frag_offset as usize * 8;
         let end = start + data.len();
@@ -791,6 +806,22 @@ impl Stack {
             }
         }
     }
+}
+
+/// Does this first fragment (offset 0, more to come) stop before the end
+/// of its upper-layer header? The minimum lengths are Linux's: TCP 20,
+/// UDP 8, ICMPv6 4, anything else 1 byte.
+fn first_fragment_truncated(pkt: &[u8]) -> bool {
+    let Some((nh, off, _)) = super::icmpv6::skip_exthdr(pkt) else {
+        return true;
+    };
+    let need = match nh {
+        IpProtocol::Tcp => 20,
+        IpProtocol::Udp => 8,
+        IpProtocol::Icmpv6 => 4,
+        _ => 1,
+    };
+    off + need > pkt.len()
 }
 
 #[cfg(test)]
@@ -1425,6 +1456,23 @@ pub(crate) mod tests {
         assert_eq!(s.counters.drops(DropReason::FragBadLength), 1);
         assert_eq!(s.counters.get(Mib::Ip6InHdrErrors), 1);
         assert_pp(&mut s, 0, 4, &p);
+    }
+
+    #[test]
+    fn b5_first_fragment_without_the_whole_upper_layer_header_param_problem_code3() {
+        let mut s = ready_stack();
+        // UDP needs 8 header bytes in the first fragment; 4 arrive
+        let p = frag6(7, 0, true, 17, &[0u8; 4]);
+        rx(&mut s, &p);
+        assert_eq!(s.counters.drops(DropReason::Ipv6FirstFragmentIncomplete), 1);
+        assert_eq!(s.counters.get(Mib::Ip6InHdrErrors), 1);
+        assert_eq!(s.usage().frag6_bytes, 0, "not queued for reassembly");
+        assert_pp(&mut s, 3, 0, &p);
+        // a later fragment is not checked (its data holds no header)
+        let mut s = ready_stack();
+        rx(&mut s, &frag6(7, 8, true, 17, &[0u8; 8]));
+        assert_eq!(s.counters.drops(DropReason::Ipv6FirstFragmentIncomplete), 0);
+        assert!(s.usage().frag6_bytes > 0);
     }
 
     #[test]

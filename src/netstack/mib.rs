@@ -201,6 +201,7 @@ counter_enum! {
         Ipv6UnknownOption => ("drop", "ipv6_unknown_option"),
         Ipv6BadRoutingHeader => ("drop", "ipv6_bad_routing_header"),
         Ipv6ExtTruncated => ("drop", "ipv6_ext_truncated"),
+        Ipv6FirstFragmentIncomplete => ("drop", "ipv6_first_fragment_incomplete"),
         Ipv6NoNextHeader => ("drop", "ipv6_no_next_header"),
         Ipv6UnknownNextHeader => ("drop", "ipv6_unknown_next_header"),
         NdpMalformed => ("drop", "ndp_malformed"),
