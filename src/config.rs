@@ -158,6 +158,7 @@ pub struct StackLimits {
     pub frag6_timeout_secs: u64,
     pub icmp_msgs_per_sec: u32,
     pub icmp_msgs_burst: u32,
+    pub icmp_ratelimit_ms: u32,
     pub udp_rx_queue: usize,
     pub tx_queue: usize,
 }
@@ -176,6 +177,7 @@ impl StackSettings {
             frag6_timeout: Duration::from_secs(l.frag6_timeout_secs),
             icmp_msgs_per_sec: l.icmp_msgs_per_sec,
             icmp_msgs_burst: l.icmp_msgs_burst,
+            icmp_ratelimit_ms: l.icmp_ratelimit_ms,
             udp_rx_queue: l.udp_rx_queue,
             tx_queue: l.tx_queue,
             ..crate::netstack::Limits::default()
@@ -311,6 +313,7 @@ struct RawStackLimits {
     frag6_timeout_secs: i64,
     icmp_msgs_per_sec: i64,
     icmp_msgs_burst: i64,
+    icmp_ratelimit_ms: i64,
     udp_rx_queue: i64,
     tx_queue: i64,
 }
@@ -325,6 +328,7 @@ impl Default for RawStackLimits {
             frag6_timeout_secs: 60,
             icmp_msgs_per_sec: 1000,
             icmp_msgs_burst: 50,
+            icmp_ratelimit_ms: 1000,
             udp_rx_queue: 4096,
             tx_queue: 8192,
         }
@@ -1043,6 +1047,7 @@ fn stack_to_raw(s: &StackSettings) -> RawStack {
             frag6_timeout_secs: int(l.frag6_timeout_secs),
             icmp_msgs_per_sec: i64::from(l.icmp_msgs_per_sec),
             icmp_msgs_burst: i64::from(l.icmp_msgs_burst),
+            icmp_ratelimit_ms: i64::from(l.icmp_ratelimit_ms),
             udp_rx_queue: size(l.udp_rx_queue),
             tx_queue: size(l.tx_queue),
         },
@@ -1185,6 +1190,12 @@ fn parse_stack(r: &RawStack) -> Result<StackSettings, ConfigError> {
             l.icmp_msgs_burst,
             0,
             1_000_000,
+        )? as u32,
+        icmp_ratelimit_ms: in_range_usize(
+            "stack.limits.icmp_ratelimit_ms",
+            l.icmp_ratelimit_ms,
+            0,
+            3_600_000,
         )? as u32,
         udp_rx_queue: in_range_usize("stack.limits.udp_rx_queue", l.udp_rx_queue, 1, 1 << 20)?,
         tx_queue: in_range_usize("stack.limits.tx_queue", l.tx_queue, 16, 1 << 20)?,

@@ -1,6 +1,7 @@
 //! ICMPv4 (SPEC B.2, seed 002, RFC 792, RFC 1122 §3.2.2): echo, errors
 //! with rate limiting, incoming errors delivered to sockets.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
@@ -25,16 +26,38 @@ fn is_error_type(t: u8) -> bool {
     matches!(t, 3 | 4 | 5 | 11 | 12)
 }
 
-/// The global token bucket for ICMP and ICMPv6 errors, shared by both
-/// families as in Linux (`icmp_global_allow`: `icmp_msgs_per_sec` messages
-/// a second, at most `icmp_msgs_burst` at once). Credit is kept in
-/// thousandths of a message so no fraction of a refill is lost.
+/// Rate limits for ICMP and ICMPv6 errors, as Linux applies them:
+///
+/// - one global token bucket shared by both families (`icmp_global_allow`:
+///   `icmp_msgs_per_sec` messages a second, at most `icmp_msgs_burst` at
+///   once), credit kept in thousandths of a message so no fraction of a
+///   refill is lost;
+/// - then a bucket per destination (`inet_peer_xrlim_allow`): one error per
+///   `icmp_ratelimit` (1 s) to the same host after a burst of
+///   [`PEER_BURST`], so one prober cannot take the whole global budget.
+///   The peer table is bounded ([`PEER_TABLE_MAX`]); when full, idle
+///   entries are dropped, else the table is cleared.
 #[derive(Debug)]
 pub struct IcmpState {
     credit: u64,
     last: Option<Instant>,
     per_sec: u64,
     burst: u64,
+    /// Per destination: (token time in ms, last refill).
+    peers: HashMap<IpAddr, (u64, Instant)>,
+    peer_interval_ms: u64,
+}
+
+/// Errors a destination may get at once (Linux `XRLIM_BURST_FACTOR`).
+pub const PEER_BURST: u64 = 6;
+/// Destinations tracked by the per-destination limit.
+pub const PEER_TABLE_MAX: usize = 4096;
+
+/// Which limit refused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateLimited {
+    Global,
+    Host,
 }
 
 impl IcmpState {
@@ -45,11 +68,26 @@ impl IcmpState {
             last: None,
             per_sec: u64::from(l.icmp_msgs_per_sec),
             burst,
+            peers: HashMap::new(),
+            peer_interval_ms: u64::from(l.icmp_ratelimit_ms),
         }
     }
 
-    /// Take one message's credit, refilled by the time since the last call.
-    pub(crate) fn allow(&mut self, now: Instant) -> bool {
+    /// May an error go to `dst` now? Takes the global credit first, then
+    /// the destination's (Linux order: `icmp_global_allow`, then
+    /// `icmpv4_xrlim_allow` / `icmpv6_xrlim_allow`).
+    pub(crate) fn allow(&mut self, now: Instant, dst: IpAddr) -> Result<(), RateLimited> {
+        if !self.allow_global(now) {
+            return Err(RateLimited::Global);
+        }
+        if self.allow_peer(now, dst) {
+            Ok(())
+        } else {
+            Err(RateLimited::Host)
+        }
+    }
+
+    fn allow_global(&mut self, now: Instant) -> bool {
         if let Some(last) = self.last
             && now > last
         {
@@ -64,6 +102,34 @@ impl IcmpState {
         }
         if self.credit >= 1000 {
             self.credit -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn allow_peer(&mut self, now: Instant, dst: IpAddr) -> bool {
+        let iv = self.peer_interval_ms;
+        if iv == 0 {
+            return true;
+        }
+        let cap = PEER_BURST * iv;
+        if self.peers.len() >= PEER_TABLE_MAX && !self.peers.contains_key(&dst) {
+            // idle long enough to be full again: forgetting them changes nothing
+            self.peers.retain(|_, (tok, at)| {
+                now <= *at || tok.saturating_add((now - *at).total_millis()) < cap
+            });
+            if self.peers.len() >= PEER_TABLE_MAX {
+                self.peers.clear();
+            }
+        }
+        let (tok, at) = self.peers.entry(dst).or_insert((cap, now));
+        if now > *at {
+            *tok = tok.saturating_add((now - *at).total_millis()).min(cap);
+            *at = now;
+        }
+        if *tok >= iv {
+            *tok -= iv;
             true
         } else {
             false
@@ -254,8 +320,12 @@ impl Stack {
             return;
         };
         let exempt = icmp_type == DEST_UNREACH && code == FRAG_NEEDED;
-        if !exempt && !self.icmp.allow(now) {
-            self.drop_pkt(DropReason::IcmpRateLimited, Some(Mib::IcmpOutRateLimitHost));
+        if !exempt && let Err(which) = self.icmp.allow(now, IpAddr::V4(src)) {
+            let mib = match which {
+                RateLimited::Global => Mib::IcmpOutRateLimitGlobal,
+                RateLimited::Host => Mib::IcmpOutRateLimitHost,
+            };
+            self.drop_pkt(DropReason::IcmpRateLimited, Some(mib));
             return;
         }
         let quote = &offending[..offending.len().min(ihl + 8)];
@@ -307,15 +377,48 @@ mod tests {
         };
         let mut b = IcmpState::new(&l);
         let t = t0();
-        assert!(b.allow(t) && b.allow(t) && !b.allow(t), "burst of 2");
+        assert!(
+            b.allow_global(t) && b.allow_global(t) && !b.allow_global(t),
+            "burst of 2"
+        );
         // 500/s: one message every 2 ms; 1 ms twice adds up to one
-        assert!(!b.allow(t + Duration::from_millis(1)));
-        assert!(b.allow(t + Duration::from_millis(2)));
+        assert!(!b.allow_global(t + Duration::from_millis(1)));
+        assert!(b.allow_global(t + Duration::from_millis(2)));
         // a clock that goes backwards neither refills nor panics
-        assert!(!b.allow(t));
+        assert!(!b.allow_global(t));
         // never more than the burst, however long the pause
         let later = t + Duration::from_secs(3600);
-        assert!(b.allow(later) && b.allow(later) && !b.allow(later));
+        assert!(b.allow_global(later) && b.allow_global(later) && !b.allow_global(later));
+    }
+
+    #[test]
+    fn b2_errors_to_one_destination_are_limited_per_host() {
+        let l = Limits {
+            icmp_msgs_per_sec: 1_000_000,
+            icmp_msgs_burst: 1_000_000,
+            ..Limits::default()
+        };
+        let mut b = IcmpState::new(&l);
+        let (t, a, c) = (t0(), IpAddr::V4(PEER4), IpAddr::V4(GW4));
+        for _ in 0..PEER_BURST {
+            assert_eq!(b.allow(t, a), Ok(()));
+        }
+        assert_eq!(
+            b.allow(t, a),
+            Err(RateLimited::Host),
+            "burst of 6, then 1/s"
+        );
+        assert_eq!(b.allow(t, c), Ok(()), "another host has its own bucket");
+        assert_eq!(
+            b.allow(t + Duration::from_millis(999), a),
+            Err(RateLimited::Host)
+        );
+        assert_eq!(b.allow(t + Duration::from_millis(1000), a), Ok(()));
+        // the table stays bounded under a flood of distinct sources
+        for i in 0..(PEER_TABLE_MAX as u32 + 100) {
+            let _ = b.allow(t, IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)));
+        }
+        assert!(b.peers.len() <= PEER_TABLE_MAX);
     }
 
     #[test]
@@ -560,6 +663,11 @@ mod tests {
     #[test]
     fn b2_icmp_errors_are_rate_limited_after_the_burst() {
         let mut s = ready_stack();
+        // the global bucket alone (one source would hit its per-host limit)
+        s.icmp = IcmpState::new(&Limits {
+            icmp_ratelimit_ms: 0,
+            ..s.cfg.limits.clone()
+        });
         let burst = s.cfg.limits.icmp_msgs_burst as usize;
         let p = udp4(PEER4, OUR4, 5070, 5999, b"x");
         for _ in 0..burst + 5 {
@@ -567,7 +675,7 @@ mod tests {
         }
         assert_eq!(drain(&mut s).len(), burst);
         assert_eq!(s.counters.drops(DropReason::IcmpRateLimited), 5);
-        assert_eq!(s.counters.get(Mib::IcmpOutRateLimitHost), 5);
+        assert_eq!(s.counters.get(Mib::IcmpOutRateLimitGlobal), 5);
         assert_eq!(s.counters.get(Mib::UdpNoPorts), burst as u64 + 5);
         // 10 ms at 1000/s refills 10 tokens.
         let later = t0() + Duration::from_millis(10);

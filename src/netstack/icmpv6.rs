@@ -258,11 +258,14 @@ impl Stack {
         if is_ineligible(offending) {
             return;
         }
-        if icmp_type != 2 && !self.icmp.allow(now) {
-            self.drop_pkt(
-                DropReason::IcmpRateLimited,
-                Some(Mib::Icmp6OutRateLimitHost),
-            );
+        if icmp_type != 2
+            && let Err(which) = self.icmp.allow(now, osrc.into())
+        {
+            let mib = match which {
+                super::icmp::RateLimited::Global => Mib::Icmp6OutRateLimitGlobal,
+                super::icmp::RateLimited::Host => Mib::Icmp6OutRateLimitHost,
+            };
+            self.drop_pkt(DropReason::IcmpRateLimited, Some(mib));
             return;
         }
         let from = if self.is_our_v6(odst) {
@@ -512,11 +515,16 @@ pub(crate) mod tests {
     #[test]
     fn b5_icmp_errors_rate_limited() {
         let mut s = ready_stack();
+        // the global bucket alone (one source would hit its per-host limit)
+        s.icmp = super::super::icmp::IcmpState::new(&super::super::Limits {
+            icmp_ratelimit_ms: 0,
+            ..s.config().limits.clone()
+        });
         let burst = s.config().limits.icmp_msgs_burst as usize;
         closed_port(&mut s, burst + 5);
         assert_eq!(drain(&mut s).len(), burst);
         assert_eq!(s.counters.drops(DropReason::IcmpRateLimited), 5);
-        assert_eq!(s.counters.get(Mib::Icmp6OutRateLimitHost), 5);
+        assert_eq!(s.counters.get(Mib::Icmp6OutRateLimitGlobal), 5);
         // 10 ms at 1000/s is 10 more messages.
         let later = t0() + Duration::from_millis(10);
         for i in 0..12u16 {

@@ -129,6 +129,9 @@ pub struct Limits {
     /// `icmp_msgs_per_sec`) and the burst allowed (`icmp_msgs_burst`).
     pub icmp_msgs_per_sec: u32,
     pub icmp_msgs_burst: u32,
+    /// Minimum interval between ICMP errors to one destination after a
+    /// burst of 6 (Linux `icmp_ratelimit`, 1000 ms); 0 disables it.
+    pub icmp_ratelimit_ms: u32,
     /// Open UDP sockets.
     pub udp_sockets: usize,
     /// Datagrams queued per UDP socket before RcvbufErrors.
@@ -151,6 +154,7 @@ impl Default for Limits {
             frag6_timeout: Duration::from_secs(60),
             icmp_msgs_per_sec: 1000,
             icmp_msgs_burst: 50,
+            icmp_ratelimit_ms: 1000,
             udp_sockets: 1024,
             udp_rx_queue: 4096,
             tx_queue: 8192,
