@@ -2,7 +2,7 @@
 //! with rate limiting, incoming errors delivered to sockets.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Ipv4Packet};
@@ -249,17 +249,8 @@ impl Stack {
             _ => SocketErrorKind::HostUnreachable,
         };
         let (qsrc, qdst) = (q.src_addr(), q.dst_addr());
-        let l4 = &quote[ihl..];
-        let matched = u8::from(q.next_header()) == 17 && self.is_our_v4(qsrc) && {
-            let sport = u16::from_be_bytes([l4[0], l4[1]]);
-            let dport = u16::from_be_bytes([l4[2], l4[3]]);
-            let local = SocketAddr::new(IpAddr::V4(qsrc), sport);
-            let remote = SocketAddr::new(IpAddr::V4(qdst), dport);
-            self.udp_err(local, remote, kind)
-        };
-        if !matched {
-            self.counters.drop_reason(DropReason::IcmpErrorUnmatched);
-        }
+        let proto = u8::from(q.next_header());
+        self.icmp_err_deliver(proto, qsrc.into(), qdst.into(), &quote[ihl..], kind);
     }
 
     /// `icmp_send`: an ICMP error of `icmp_type`/`code` about `offending`

@@ -2,7 +2,7 @@
 //! rate limiting, incoming errors delivered to the socket that sent the
 //! offending packet; NDP messages go to `ndp`.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -184,26 +184,12 @@ impl Stack {
             (3, _) => SocketErrorKind::HostUnreachable,
             _ => SocketErrorKind::ProtocolUnreachable,
         };
-        let ports = match skip_exthdr(quoted) {
-            Some((IpProtocol::Udp, off, false)) => quoted.get(off..off + 4).map(|p| {
-                (
-                    u16::from_be_bytes([p[0], p[1]]),
-                    u16::from_be_bytes([p[2], p[3]]),
-                )
-            }),
-            _ => None,
+        // a non-first fragment quotes no transport header: nothing to match
+        let (proto, l4) = match skip_exthdr(quoted) {
+            Some((p, off, false)) => (u8::from(p), quoted.get(off..).unwrap_or(&[])),
+            _ => (0, &[][..]),
         };
-        let matched = match ports {
-            Some((sport, dport)) if self.is_our_v6(qsrc) => self.udp_err(
-                SocketAddr::new(qsrc.into(), sport),
-                SocketAddr::new(qdst.into(), dport),
-                kind,
-            ),
-            _ => false,
-        };
-        if !matched {
-            self.counters.drop_reason(DropReason::IcmpErrorUnmatched);
-        }
+        self.icmp_err_deliver(proto, qsrc.into(), qdst.into(), l4, kind);
     }
 
     /// An ICMPv6 error of `icmp_type`/`code` about `offending` (the received

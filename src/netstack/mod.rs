@@ -513,6 +513,35 @@ impl Stack {
         }
     }
 
+    /// An incoming ICMP/ICMPv6 error quoted a datagram of protocol `proto`
+    /// from `src` to `dst` whose transport header starts at `l4`: report it
+    /// on the socket that sent it (SPEC B.2), or count it unmatched. Shared
+    /// by both families; TCP joins here with the TCP issue.
+    pub(crate) fn icmp_err_deliver(
+        &mut self,
+        proto: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        l4: &[u8],
+        kind: SocketErrorKind,
+    ) {
+        let ours = match src {
+            IpAddr::V4(a) => self.is_our_v4(a),
+            IpAddr::V6(a) => self.is_our_v6(a),
+        };
+        let matched = proto == 17
+            && ours
+            && l4.len() >= 4
+            && self.udp_err(
+                SocketAddr::new(src, u16::from_be_bytes([l4[0], l4[1]])),
+                SocketAddr::new(dst, u16::from_be_bytes([l4[2], l4[3]])),
+                kind,
+            );
+        if !matched {
+            self.counters.drop_reason(DropReason::IcmpErrorUnmatched);
+        }
+    }
+
     /// ICMP/ICMPv6 "destination unreachable" for a received datagram, in the
     /// family it arrived in (`port`: port unreachable, else protocol).
     pub(crate) fn icmp_unreach_for(&mut self, now: Instant, ip: &IpRx<'_>, port: bool) {
