@@ -417,5 +417,35 @@ fn afpacket_mode_startup_errors_are_clear() {
         "missing interface: {} after {took:?}; stderr:\n{err}",
         out.status
     );
+
+    // Without CAP_NET_RAW (dropped from the bounding set, so even root
+    // lacks it): a clear permission error naming what is needed. `lo`
+    // exists, so the check reached is the AF_PACKET socket itself.
+    if skip_unless_tool("setpriv", "util-linux") {
+        return;
+    }
+    let path = dir.join("no-cap.toml");
+    fs::write(
+        &path,
+        format!(
+            "{base}listen = [\"udp:198.18.0.2:5060\"]\n\n[metrics]\nlisten = \"\"\n\n\
+             [stack]\nmode = \"afpacket\"\ninterface = \"lo\"\nipv4 = \"198.18.0.2/24\"\n"
+        ),
+    )
+    .expect("write config");
+    let out = run_bounded(
+        Command::new("setpriv")
+            .arg("--bounding-set=-net_raw")
+            .arg(sipedge_bin())
+            .arg("--config")
+            .arg(&path),
+        Duration::from_secs(10),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}: {err}", out.status);
+    assert!(
+        err.contains("permission denied") && err.contains("CAP_NET_RAW"),
+        "{err}"
+    );
     let _ = fs::remove_dir_all(&dir);
 }
