@@ -1,9 +1,11 @@
 //! Ethernet II receive: classify by destination MAC, drop what is not for us
 //! (PACKET_OTHERHOST, SPEC B.1 / B.5), dispatch by EtherType.
 
-use smoltcp::wire::{EthernetFrame, EthernetProtocol};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IPV6_LINK_LOCAL_ALL_NODES};
 
-use super::{DropReason, Instant, Mib, PacketType, RxMeta, Stack};
+use super::{
+    DropReason, EthernetAddress, Instant, Mib, PacketType, RxMeta, Stack, multicast_mac_v6,
+};
 
 impl Stack {
     /// `eth_rcv`: one frame from the device. The stack may own a MAC other
@@ -40,21 +42,10 @@ impl Stack {
     /// Multicast MACs we accept: IPv6 all-nodes and our solicited-node
     /// groups (33:33:ff:xx:xx:xx). IPv4 multicast is not joined.
     fn mac_multicast_member(&self, m: [u8; 6]) -> bool {
-        if m[0] != 0x33 || m[1] != 0x33 {
-            return false;
-        }
-        if m[2..] == [0, 0, 0, 1] {
-            return true;
-        }
-        if m[2] != 0xff {
-            return false;
-        }
-        let tail = |a: std::net::Ipv6Addr| {
-            let o = a.octets();
-            [o[13], o[14], o[15]]
-        };
-        let want = [m[3], m[4], m[5]];
-        tail(self.ll6) == want || self.cfg.ipv6.is_some_and(|c| tail(c.address()) == want)
+        let m = EthernetAddress(m);
+        let (g, n) = self.solicited_groups();
+        m == multicast_mac_v6(IPV6_LINK_LOCAL_ALL_NODES)
+            || g[..n].iter().any(|&a| multicast_mac_v6(a) == m)
     }
 }
 

@@ -18,7 +18,7 @@ use smoltcp::wire::{
     Ipv6OptionsIterator, MldAddressRecordRepr, MldRecordType, MldRepr,
 };
 
-use super::{DropReason, Duration, EthernetAddress, Instant, IpRx, Mib, Stack, solicited_node};
+use super::{DropReason, Duration, EthernetAddress, Instant, IpRx, Mib, Stack};
 
 /// ff02::16, where MLDv2 reports go (RFC 3810 §5.2.14).
 pub const ALL_MLDV2_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
@@ -103,23 +103,12 @@ fn emit_router_alert_hbh(buf: &mut [u8]) {
 }
 
 impl Stack {
-    /// The groups we report: the solicited-node groups of our link-local
-    /// and global addresses (one when they share it). Linux joins them in
-    /// `addrconf_join_solict`.
-    fn mld_groups(&self) -> ([Ipv6Addr; 2], usize) {
-        let a = solicited_node(self.ll6);
-        match self.cfg.ipv6.map(|c| solicited_node(c.address())) {
-            Some(b) if b != a => ([a, b], 2),
-            _ => ([a, a], 1),
-        }
-    }
-
     /// The start-up announcement (RFC 3810 §6.1, Linux `igmp6_join_group`
     /// → `mld_ifc_event`): an unsolicited MLDv2 report with a
     /// CHANGE_TO_EXCLUDE_MODE record (no sources) per group, now and once
     /// more after [`unsolicited_delay`] (from `mld_poll`).
     pub(crate) fn mld_announce(&mut self, now: Instant) {
-        let (g, n) = self.mld_groups();
+        let (g, n) = self.solicited_groups();
         self.mld_send_report(now, MldRecordType::ChangeToExclude, &g[..n]);
         self.mld.resend_at = Some(now + unsolicited_delay(self.cfg.mac));
     }
@@ -128,7 +117,7 @@ impl Stack {
     pub(crate) fn mld_poll(&mut self, now: Instant) {
         if self.mld.resend_at.is_some_and(|t| t <= now) {
             self.mld.resend_at = None;
-            let (g, n) = self.mld_groups();
+            let (g, n) = self.solicited_groups();
             self.mld_send_report(now, MldRecordType::ChangeToExclude, &g[..n]);
         }
     }
@@ -199,7 +188,7 @@ impl Stack {
                 return;
             }
         }
-        let (mine, n) = self.mld_groups();
+        let (mine, n) = self.solicited_groups();
         let mut asked = [Ipv6Addr::UNSPECIFIED; 2];
         let mut k = 0;
         for &g in &mine[..n] {

@@ -46,6 +46,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 pub use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::IPV6_LINK_LOCAL_ALL_NODES;
 pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
 
 pub use hooks::{HookPoint, PacketFilter, Verdict};
@@ -458,20 +459,20 @@ impl Stack {
     /// Is `a` a multicast group we are in (all-nodes, or the solicited-node
     /// group of one of our addresses)?
     pub(crate) fn is_our_v6_multicast(&self, a: Ipv6Addr) -> bool {
-        if a == Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1) {
-            return true;
+        let (g, n) = self.solicited_groups();
+        a == IPV6_LINK_LOCAL_ALL_NODES || g[..n].contains(&a)
+    }
+
+    /// The multicast groups we are in besides all-nodes: the solicited-node
+    /// groups of our link-local and global addresses (one when they share
+    /// it). Linux joins them in `addrconf_join_solict`; MLD reports them,
+    /// and receive accepts them (IP and Ethernet level).
+    pub(crate) fn solicited_groups(&self) -> ([Ipv6Addr; 2], usize) {
+        let a = solicited_node(self.ll6);
+        match self.cfg.ipv6.map(|c| solicited_node(c.address())) {
+            Some(b) if b != a => ([a, b], 2),
+            _ => ([a, a], 1),
         }
-        let s = a.segments();
-        if s[..6] != [0xff02, 0, 0, 0, 0, 1] || (s[6] >> 8) != 0xff {
-            return false;
-        }
-        let tail = |x: Ipv6Addr| {
-            let o = x.octets();
-            [o[13], o[14], o[15]]
-        };
-        let o = a.octets();
-        let want = [o[13], o[14], o[15]];
-        tail(self.ll6) == want || self.cfg.ipv6.is_some_and(|c| tail(c.address()) == want)
     }
 
     /// Source address for a packet to `dst` (our IPv4 address), or None.
