@@ -588,10 +588,9 @@ impl Config {
             ));
         }
         if let Some(g) = s.gateway4 {
-            let on_link = s.ipv4.is_some_and(|(a, p)| {
-                let m = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-                u32::from(a) & m == u32::from(g) & m
-            });
+            let on_link = s
+                .ipv4
+                .is_some_and(|(a, p)| crate::netstack::Ipv4Cidr::new(a, p).contains_addr(&g));
             if !on_link {
                 return Err(invalid(
                     "stack.gateway4",
@@ -602,10 +601,8 @@ impl Config {
         }
         if let Some(g) = s.gateway6 {
             let on_link = g.is_unicast_link_local()
-                || s.ipv6.is_some_and(|(a, p)| {
-                    let m = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-                    u128::from(a) & m == u128::from(g) & m
-                });
+                || s.ipv6
+                    .is_some_and(|(a, p)| crate::netstack::Ipv6Cidr::new(a, p).contains_addr(&g));
             if !on_link {
                 return Err(invalid(
                     "stack.gateway6",
@@ -1678,6 +1675,16 @@ mod tests {
             &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\ngateway4 = \"198.19.0.1\""),
             "stack.gateway4",
         );
+        err_for(
+            &af("interface = \"veth0\"\nipv6 = \"2001:db8::2/64\"\ngateway6 = \"2001:db9::1\""),
+            "stack.gateway6",
+        );
+        for ok in ["fe80::1", "2001:db8::1"] {
+            Config::from_toml(&af(&format!(
+                "interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nipv6 = \"2001:db8::2/64\"\ngateway6 = \"{ok}\""
+            )))
+            .unwrap();
+        }
         err_for(
             &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nmac = \"01:00:5e:00:00:01\""),
             "stack.mac",
