@@ -51,14 +51,14 @@ const DNS_CACHE_MAX: usize = 4096;
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl DnsCache {
-    fn get(&self, host: &str) -> Option<std::net::IpAddr> {
+    pub(crate) fn get(&self, host: &str) -> Option<std::net::IpAddr> {
         let m = self.map.read().unwrap_or_else(|p| p.into_inner());
         m.get(host)
             .filter(|(_, at)| at.elapsed() < DNS_TTL)
             .map(|(ip, _)| *ip)
     }
 
-    fn put(&self, host: &str, ip: std::net::IpAddr) {
+    pub(crate) fn put(&self, host: &str, ip: std::net::IpAddr) {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         if m.len() >= DNS_CACHE_MAX {
             m.clear();
@@ -284,24 +284,66 @@ async fn deliver(
     own_udp: Option<(&UdpSocket, usize)>,
     cache: &mut ConnCache,
 ) {
-    if resolved && ctx.core.is_local_addr(dest.addr, dest.transport) {
-        ctx.metrics.dropped(DropReason::Loop);
+    if resolved_to_self(&ctx.core, &ctx.metrics, dest, resolved) {
         return;
     }
     let ok = match dest.transport {
         Transport::Udp => send_udp(ctx, dest, out, own_udp).await,
         Transport::Tcp => send_tcp(ctx, dest, out, cache),
     };
+    count_send(&ctx.metrics, dest, kind, out.len(), received_at, ok);
+}
+
+/// A next hop that came from a host name (`resolved`) and turned out to be
+/// this proxy: a loop, dropped and counted. Both backends check it.
+pub(crate) fn resolved_to_self(
+    core: &Core,
+    metrics: &Metrics,
+    dest: &Dest,
+    resolved: bool,
+) -> bool {
+    let looped = resolved && core.is_local_addr(dest.addr, dest.transport);
+    if looped {
+        metrics.dropped(DropReason::Loop);
+    }
+    looped
+}
+
+/// Count what became of one send, for both backends: bytes out and the
+/// forwarding latency of requests and replies, or a `send_failed` drop.
+pub(crate) fn count_send(
+    metrics: &Metrics,
+    dest: &Dest,
+    kind: SendKind,
+    out_len: usize,
+    received_at: Instant,
+    ok: bool,
+) {
     if ok {
-        ctx.metrics.bytes_out(dest.transport, out.len());
+        metrics.bytes_out(dest.transport, out_len);
         if matches!(kind, SendKind::Request | SendKind::Reply) {
-            ctx.metrics
-                .forward_latency(received_at.elapsed().as_secs_f64());
+            metrics.forward_latency(received_at.elapsed().as_secs_f64());
         }
     } else {
-        ctx.metrics.dropped(DropReason::SendFailed);
+        metrics.dropped(DropReason::SendFailed);
         tracing::debug!(dest = %dest.addr, transport = dest.transport.as_str(), "send failed");
     }
+}
+
+/// The address a host-name next hop resolves to: the first of the family
+/// our Via names (`want_v4`), else the first of any family.
+pub(crate) fn pick_addr(
+    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+    want_v4: bool,
+) -> Option<std::net::SocketAddr> {
+    let mut first = None;
+    for a in addrs {
+        if a.is_ipv4() == want_v4 {
+            return Some(a);
+        }
+        first.get_or_insert(a);
+    }
+    first
 }
 
 /// Resolve `host` (A/AAAA, preferring the family of the socket our Via
@@ -320,14 +362,7 @@ async fn resolve_and_send(
         match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
             .await
         {
-            Ok(Ok(addrs)) => {
-                let addrs: Vec<std::net::SocketAddr> = addrs.collect();
-                addrs
-                    .iter()
-                    .find(|a| a.is_ipv4() == want_v4)
-                    .or(addrs.first())
-                    .copied()
-            }
+            Ok(Ok(addrs)) => pick_addr(addrs, want_v4),
             _ => None,
         };
     let Some(addr) = found else {

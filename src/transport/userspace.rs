@@ -8,7 +8,6 @@
 //! thread (the system resolver, whatever interface it uses), cached for
 //! [`super::DNS_TTL`]; the message waits for the answer in a bounded queue.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +16,7 @@ use std::time::Instant as StdInstant;
 
 use anyhow::Context as _;
 
-use super::{DNS_TTL, Hooks};
+use super::{DnsCache, Hooks, count_send, pick_addr, resolved_to_self};
 use crate::config::{Config, Transport};
 use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
 use crate::metrics::Metrics;
@@ -94,7 +93,7 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
                     metrics,
                     handles,
                     sc: Scratch::new(),
-                    dns: HashMap::new(),
+                    dns: DnsCache::default(),
                     req_tx,
                     res_rx,
                 };
@@ -144,13 +143,8 @@ fn resolver_loop(rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<(Pending, Option<
         let ip = (p.host.as_str(), p.dest.addr.port())
             .to_socket_addrs()
             .ok()
-            .and_then(|it| {
-                let all: Vec<SocketAddr> = it.collect();
-                all.iter()
-                    .find(|a| a.is_ipv4() == want_v4)
-                    .or(all.first())
-                    .map(|a| a.ip())
-            });
+            .and_then(|it| pick_addr(it, want_v4))
+            .map(|a| a.ip());
         if tx.send((p, ip)).is_err() {
             return;
         }
@@ -164,7 +158,9 @@ struct App {
     /// Per listen index: its socket and address.
     handles: Vec<(UdpHandle, SocketAddr)>,
     sc: Scratch,
-    dns: HashMap<String, (IpAddr, StdInstant)>,
+    /// Host-name next hops resolved recently (shared cache type with the
+    /// kernel backend).
+    dns: DnsCache,
     req_tx: mpsc::SyncSender<Pending>,
     res_rx: mpsc::Receiver<(Pending, Option<IpAddr>)>,
 }
@@ -224,11 +220,9 @@ impl App {
 
     fn resolve(&mut self, s: &mut Stack, now: Instant, dest: Dest, kind: SendKind, at: StdInstant) {
         let host = self.sc.resolve.clone();
-        if let Some((ip, t)) = self.dns.get(&host)
-            && t.elapsed() < DNS_TTL
-        {
+        if let Some(ip) = self.dns.get(&host) {
             let mut d = dest;
-            d.addr.set_ip(*ip);
+            d.addr.set_ip(ip);
             let out = std::mem::take(&mut self.sc.out);
             self.deliver(s, now, &d, kind, &out, at, true);
             self.sc.out = out;
@@ -252,10 +246,7 @@ impl App {
             self.metrics.dropped(DropReason::NoRoute);
             return;
         };
-        if self.dns.len() >= 4096 {
-            self.dns.clear();
-        }
-        self.dns.insert(p.host.clone(), (ip, StdInstant::now()));
+        self.dns.put(&p.host, ip);
         let mut d = p.dest;
         d.addr.set_ip(ip);
         self.deliver(s, now, &d, p.kind, &p.out, p.received_at, true);
@@ -274,13 +265,12 @@ impl App {
         received_at: StdInstant,
         resolved: bool,
     ) {
-        if resolved && self.core.is_local_addr(dest.addr, dest.transport) {
-            self.metrics.dropped(DropReason::Loop);
+        if resolved_to_self(&self.core, &self.metrics, dest, resolved) {
             return;
         }
         if dest.transport != Transport::Udp {
             tracing::debug!(dest = %dest.addr, "TCP next hop: not available on the userspace stack yet");
-            self.metrics.dropped(DropReason::SendFailed);
+            count_send(&self.metrics, dest, kind, out.len(), received_at, false);
             return;
         }
         let family = dest.addr.is_ipv4();
@@ -293,15 +283,6 @@ impl App {
                 .map(|(h, _)| *h),
         };
         let ok = h.is_some_and(|h| s.udp_send_to(now, h, dest.addr, out).is_ok());
-        if ok {
-            self.metrics.bytes_out(Transport::Udp, out.len());
-            if matches!(kind, SendKind::Request | SendKind::Reply) {
-                self.metrics
-                    .forward_latency(received_at.elapsed().as_secs_f64());
-            }
-        } else {
-            self.metrics.dropped(DropReason::SendFailed);
-            tracing::debug!(dest = %dest.addr, "send failed on the userspace stack");
-        }
+        count_send(&self.metrics, dest, kind, out.len(), received_at, ok);
     }
 }
