@@ -241,45 +241,35 @@ impl Stack {
     /// Retransmit solicitations; give up (and count) after the retries.
     pub(crate) fn neigh_poll(&mut self, now: Instant) {
         let mut due = Vec::new();
-        let mut failed = Vec::new();
+        let mut gone = Vec::new();
         let retries = self.neigh.retries;
         let retrans = self.neigh.retrans;
-        let mut stale_gone = Vec::new();
         for (ip, st) in self.neigh.map.iter_mut() {
-            match st {
-                State::Incomplete { next, sent, .. } => {
-                    if *next > now {
-                        continue;
-                    }
-                    if *sent >= retries {
-                        failed.push(*ip);
-                    } else {
-                        *sent += 1;
-                        *next = now + retrans;
-                        due.push(*ip);
-                    }
-                }
+            // an unresolved entry and an expired one being re-validated run
+            // the same solicitation timer
+            let (next, sent) = match st {
+                State::Incomplete { next, sent, .. } => (next, sent),
                 State::Resolved {
                     probe: Some((next, sent)),
                     ..
-                } if *next <= now => {
-                    if *sent >= retries {
-                        stale_gone.push(*ip);
-                    } else {
-                        *sent += 1;
-                        *next = now + retrans;
-                        due.push(*ip);
-                    }
-                }
-                State::Resolved { .. } => {}
+                } => (next, sent),
+                State::Resolved { probe: None, .. } => continue,
+            };
+            if *next > now {
+                continue;
+            }
+            if *sent >= retries {
+                gone.push(*ip);
+            } else {
+                *sent += 1;
+                *next = now + retrans;
+                due.push(*ip);
             }
         }
-        for ip in stale_gone {
-            // the neighbour stopped answering: forget it; the next packet
-            // starts a fresh resolution (and waits for it)
-            self.neigh.map.remove(&ip);
-        }
-        for ip in failed {
+        for ip in gone {
+            // An expired neighbour that stopped answering is forgotten (the
+            // next packet starts a fresh resolution); an unresolved one
+            // takes its waiting packets with it, counted.
             if let Some(State::Incomplete { queue, .. }) = self.neigh.map.remove(&ip) {
                 for f in queue {
                     self.counters.drop_reason(DropReason::NeighUnresolved);
