@@ -27,8 +27,6 @@ const ALL_SYSTEMS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
 pub struct Ipv4State {
     /// Identification of the next datagram we send (RFC 791 §3.2).
     next_id: u16,
-    /// Reused buffer for the L4 bytes of a datagram that must be fragmented.
-    scratch: Vec<u8>,
 }
 
 /// How `ip_rcv_finish`'s input route classifies a destination.
@@ -308,9 +306,9 @@ impl Stack {
         self.ip_fragment(now, next_hop, &repr, id, fill)
     }
 
-    /// `ip_fragment` (RFC 791 §3.2 "fragmentation"): build the L4 bytes once,
-    /// then send them in 8-byte-aligned pieces, each its own frame.
-    /// FragCreates per fragment, FragOKs (or FragFails) per datagram.
+    /// `ip_fragment` (RFC 791 §3.2 "fragmentation"): 8-byte-aligned pieces
+    /// of at most MTU − 20 bytes, each with a copy of the header, through
+    /// [`Stack::send_fragments`].
     fn ip_fragment(
         &mut self,
         now: Instant,
@@ -325,38 +323,22 @@ impl Stack {
             self.counters.inc(Mib::IpFragFails);
             return Err(StackError::MessageTooLong(l4_len));
         }
-        let mut scratch = std::mem::take(&mut self.ipv4.scratch);
-        scratch.clear();
-        scratch.resize(l4_len, 0);
-        fill(&mut scratch);
-        let mut res = Ok(());
-        let mut off = 0;
-        while off < l4_len {
-            let n = per.min(l4_len - off);
-            let more = off + n < l4_len;
-            let frag = Ipv4Repr {
-                payload_len: n,
-                ..*repr
-            };
-            let mut f = self.alloc_frame(ETH_HDR + IPV4_HDR + n);
-            f.resize(ETH_HDR + IPV4_HDR + n, 0);
-            // `off` < 65535 - 20: checked by the caller.
-            emit_ipv4_header(&frag, &mut f[ETH_HDR..], id, off as u16, more);
-            f[ETH_HDR + IPV4_HDR..].copy_from_slice(&scratch[off..off + n]);
-            self.counters.inc(Mib::IpFragCreates);
-            if let Err(e) = self.neigh_output(now, next_hop.into(), f) {
-                res = Err(e);
-                break;
-            }
-            off += n;
-        }
-        self.ipv4.scratch = scratch;
-        self.counters.inc(if res.is_ok() {
-            Mib::IpFragOKs
-        } else {
-            Mib::IpFragFails
-        });
-        res
+        self.send_fragments(
+            now,
+            next_hop.into(),
+            l4_len,
+            per,
+            IPV4_HDR,
+            fill,
+            &mut |hdr, off, n, more| {
+                let frag = Ipv4Repr {
+                    payload_len: n,
+                    ..*repr
+                };
+                // `off` < 65535 - 20: checked by the caller.
+                emit_ipv4_header(&frag, hdr, id, off as u16, more);
+            },
+        )
     }
 
     /// Expire incomplete reassemblies (ICMP Time Exceeded code 1 when the

@@ -54,8 +54,6 @@ const PP_HDR_INCOMPLETE: u8 = 3;
 pub struct Ipv6State {
     /// Identification of the last fragmented datagram we sent.
     frag_id: u32,
-    /// The upper-layer packet being fragmented (kept to reuse its buffer).
-    scratch: Vec<u8>,
 }
 
 /// What the extension-header walk of `ip6_input` ended with.
@@ -726,10 +724,9 @@ impl Stack {
         self.neigh_output(now, next_hop.into(), f)
     }
 
-    /// `ip6_fragment` (RFC 8200 §4.5): the upper-layer packet is built once
-    /// into scratch, then sent as fragments of at most MTU bytes, each with
-    /// a Fragment header (8-byte aligned offsets, one identification per
-    /// datagram). FragCreates per fragment, FragOKs / FragFails per datagram.
+    /// `ip6_fragment` (RFC 8200 §4.5): fragments of at most MTU bytes, each
+    /// with a Fragment header (8-byte aligned offsets, one identification
+    /// per datagram), through [`Stack::send_fragments`].
     fn ip6_fragment(
         &mut self,
         now: Instant,
@@ -743,51 +740,33 @@ impl Stack {
             self.counters.inc(Mib::Ip6FragFails);
             return Err(StackError::MessageTooLong(l4_len));
         }
-        let mut scratch = std::mem::take(&mut self.ipv6.scratch);
-        scratch.clear();
-        scratch.resize(l4_len, 0);
-        fill(&mut scratch);
         self.ipv6.frag_id = self.ipv6.frag_id.wrapping_add(1);
         let ident = self.ipv6.frag_id;
-        let mut res = Ok(());
-        let mut o = 0;
-        while o < l4_len {
-            let chunk = per.min(l4_len - o);
-            let more = o + chunk < l4_len;
-            let total = ETH_HDR + HDR + FRAG_HDR + chunk;
-            let mut f = self.alloc_frame(total);
-            f.resize(total, 0);
-            let ip = Ipv6Repr {
-                next_header: IpProtocol::Ipv6Frag,
-                payload_len: FRAG_HDR + chunk,
-                ..repr
-            };
-            ip.emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH_HDR..]));
-            let mut ext =
-                Ipv6ExtHeader::new_unchecked(&mut f[ETH_HDR + HDR..ETH_HDR + HDR + FRAG_HDR]);
-            ext.set_next_header(repr.next_header);
-            ext.set_header_len(0);
-            Ipv6FragmentRepr {
-                frag_offset: (o / 8) as u16,
-                more_frags: more,
-                ident,
-            }
-            .emit(&mut Ipv6FragmentHeader::new_unchecked(ext.payload_mut()));
-            f[ETH_HDR + HDR + FRAG_HDR..].copy_from_slice(&scratch[o..o + chunk]);
-            if let Err(e) = self.neigh_output(now, next_hop.into(), f) {
-                res = Err(e);
-                break;
-            }
-            self.counters.inc(Mib::Ip6FragCreates);
-            o += chunk;
-        }
-        self.ipv6.scratch = scratch;
-        self.counters.inc(if res.is_ok() {
-            Mib::Ip6FragOKs
-        } else {
-            Mib::Ip6FragFails
-        });
-        res
+        self.send_fragments(
+            now,
+            next_hop.into(),
+            l4_len,
+            per,
+            HDR + FRAG_HDR,
+            fill,
+            &mut |hdr, o, chunk, more| {
+                let ip = Ipv6Repr {
+                    next_header: IpProtocol::Ipv6Frag,
+                    payload_len: FRAG_HDR + chunk,
+                    ..repr
+                };
+                ip.emit(&mut Ipv6Packet::new_unchecked(&mut hdr[..HDR]));
+                let mut ext = Ipv6ExtHeader::new_unchecked(&mut hdr[HDR..]);
+                ext.set_next_header(repr.next_header);
+                ext.set_header_len(0);
+                Ipv6FragmentRepr {
+                    frag_offset: (o / 8) as u16,
+                    more_frags: more,
+                    ident,
+                }
+                .emit(&mut Ipv6FragmentHeader::new_unchecked(ext.payload_mut()));
+            },
+        )
     }
 
     /// `ip6_expire_frag_queue` (RFC 8200 §4.5): expire incomplete

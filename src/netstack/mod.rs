@@ -274,6 +274,10 @@ pub(crate) struct IpRx<'a> {
     pub hop_limit: u8,
 }
 
+/// Writes one fragment's IP header(s) for [`Stack::send_fragments`]:
+/// (header bytes, offset, length, more fragments).
+pub(crate) type FragHeader<'a> = dyn FnMut(&mut [u8], usize, usize, bool) + 'a;
+
 /// Ethernet header room every outgoing frame buffer starts with; IP output
 /// writes the packet after it and `neigh_output` fills it in.
 pub const ETH_HDR: usize = 14;
@@ -298,6 +302,8 @@ pub struct Stack {
     pub(crate) udp: udp::UdpTable,
     tx: VecDeque<Vec<u8>>,
     pool: Vec<Vec<u8>>,
+    /// The upper-layer bytes of a datagram being fragmented (reused).
+    frag_scratch: Vec<u8>,
     events: VecDeque<SocketEvent>,
 }
 
@@ -323,6 +329,7 @@ impl Stack {
             udp: udp::UdpTable::new(&l),
             tx: VecDeque::new(),
             pool: Vec::new(),
+            frag_scratch: Vec::new(),
             events: VecDeque::new(),
             cfg,
         };
@@ -411,6 +418,55 @@ impl Stack {
             }
             _ => Vec::with_capacity(len.max(1514)),
         }
+    }
+
+    /// Send an upper-layer payload too big for the MTU as fragments, for
+    /// both families (Linux `ip_fragment` / `ip6_fragment`): `fill` writes
+    /// the `l4_len` bytes once into a scratch buffer, which is cut into
+    /// pieces of at most `per` bytes (a multiple of 8); `header` writes each
+    /// piece's `hdr_len` bytes of IP header(s) given (offset, length, more
+    /// fragments). FragCreates for each piece handed on (as Linux, after
+    /// the output succeeded), FragOKs or FragFails once per datagram.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_fragments(
+        &mut self,
+        now: Instant,
+        next_hop: IpAddr,
+        l4_len: usize,
+        per: usize,
+        hdr_len: usize,
+        fill: &mut dyn FnMut(&mut [u8]),
+        header: &mut FragHeader<'_>,
+    ) -> Result<(), StackError> {
+        let (creates, oks, fails) = if next_hop.is_ipv6() {
+            (Mib::Ip6FragCreates, Mib::Ip6FragOKs, Mib::Ip6FragFails)
+        } else {
+            (Mib::IpFragCreates, Mib::IpFragOKs, Mib::IpFragFails)
+        };
+        let mut scratch = std::mem::take(&mut self.frag_scratch);
+        scratch.clear();
+        scratch.resize(l4_len, 0);
+        fill(&mut scratch);
+        let mut res = Ok(());
+        let mut off = 0;
+        while off < l4_len {
+            let n = per.min(l4_len - off);
+            let more = off + n < l4_len;
+            let total = ETH_HDR + hdr_len + n;
+            let mut f = self.alloc_frame(total);
+            f.resize(total, 0);
+            header(&mut f[ETH_HDR..ETH_HDR + hdr_len], off, n, more);
+            f[ETH_HDR + hdr_len..].copy_from_slice(&scratch[off..off + n]);
+            if let Err(e) = self.neigh_output(now, next_hop, f) {
+                res = Err(e);
+                break;
+            }
+            self.counters.inc(creates);
+            off += n;
+        }
+        self.frag_scratch = scratch;
+        self.counters.inc(if res.is_ok() { oks } else { fails });
+        res
     }
 
     /// Queue a complete Ethernet frame for transmission (counted; dropped
