@@ -5,6 +5,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sipedge::config::{Config, LogFormat, Overrides, apply_overrides};
+use sipedge::transport::lifecycle::LogLevelFn;
+use sipedge::transport::{Hooks, RunOpts};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,6 +20,12 @@ Examples:
   sipedge --listen 'udp:0.0.0.0:5060 advertise 198.51.100.7:5060' --metrics off
   sipedge check-config etc/sipedge.toml      validate, print the effective config
   RUST_LOG=sipedge=debug sipedge             RUST_LOG overrides the log level
+
+Signals: SIGTERM/SIGINT drain (new TCP connections refused, /ready 503,
+existing connections and UDP exchanges finish within proxy.drain_timeout_secs),
+a second one stops at once; SIGHUP re-reads the configuration file and
+applies upstreams, selection, nosip, log.level and [tcp] (for new
+connections); other changed keys are refused by name until a restart.
 
 Exit status: 0 ok, 1 runtime error, 2 invalid configuration or usage.";
 
@@ -57,6 +65,11 @@ struct Cli {
     /// Log line format, replacing log.format.
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"], global = true)]
     log_format: Option<String>,
+
+    /// Seconds SIGTERM lets existing connections and UDP exchanges finish
+    /// (0 = stop at once), replacing proxy.drain_timeout_secs.
+    #[arg(long, value_name = "SECS", global = true)]
+    drain_timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +91,7 @@ impl Cli {
             metrics: self.metrics.clone(),
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
+            drain_timeout_secs: self.drain_timeout,
         }
     }
 }
@@ -92,26 +106,43 @@ fn load(file: Option<&Path>, o: &Overrides) -> anyhow::Result<Config> {
     apply_overrides(cfg, o).context("command-line options")
 }
 
-/// tracing-subscriber fmt, text or JSON; `RUST_LOG` if set, else the configured level.
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+/// tracing-subscriber fmt, text or JSON; `RUST_LOG` if set, else the
+/// configured level. Returns what changes the level on a reload (`None`
+/// when `RUST_LOG` fixes it).
+fn init_logging(cfg: &Config) -> anyhow::Result<Option<LogLevelFn>> {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => {
-            EnvFilter::try_new(&v).with_context(|| format!("RUST_LOG={v:?}"))?
-        }
-        _ => EnvFilter::try_new(&cfg.log_level)
-            .with_context(|| format!("log.level {:?}", cfg.log_level))?,
+    let (filter, fixed) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => (
+            EnvFilter::try_new(&v).with_context(|| format!("RUST_LOG={v:?}"))?,
+            true,
+        ),
+        _ => (
+            EnvFilter::try_new(&cfg.log_level)
+                .with_context(|| format!("log.level {:?}", cfg.log_level))?,
+            false,
+        ),
     };
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let res = match cfg.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let err = |e| anyhow::anyhow!("cannot initialise logging: {e}");
+    let set: LogLevelFn = match cfg.log_format {
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let h = b.reload_handle();
+            b.try_init().map_err(err)?;
+            Box::new(move |level: &str| Ok(h.reload(EnvFilter::try_new(level)?)?))
+        }
+        LogFormat::Json => {
+            let b = builder.json().with_filter_reloading();
+            let h = b.reload_handle();
+            b.try_init().map_err(err)?;
+            Box::new(move |level: &str| Ok(h.reload(EnvFilter::try_new(level)?)?))
+        }
     };
-    res.map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+    Ok((!fixed).then_some(set))
 }
 
 fn config_error(e: &anyhow::Error) -> ExitCode {
@@ -135,16 +166,23 @@ fn main() -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return config_error(&e),
             };
-            if let Err(e) = init_logging(&cfg) {
-                return config_error(&e);
-            }
+            let set_log_level = match init_logging(&cfg) {
+                Ok(s) => s,
+                Err(e) => return config_error(&e),
+            };
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 listen = ?cfg.listen.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
                 upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
                 "sipedge starting"
             );
-            match sipedge::run(cfg, None) {
+            // SIGHUP re-reads the same file with the same flags
+            let file = cli.config.clone();
+            let opts = RunOpts {
+                reload: Some(Box::new(move || load(file.as_deref(), &overrides))),
+                set_log_level,
+            };
+            match sipedge::transport::run_with_opts(cfg, Hooks::default(), opts) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "sipedge stopped");

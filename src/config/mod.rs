@@ -15,6 +15,7 @@ mod log;
 mod metrics;
 mod nosip;
 mod proxy;
+mod reload;
 mod stack;
 mod tcp;
 
@@ -22,9 +23,10 @@ pub use log::{LogFormat, check_log_level, parse_log_format};
 pub use metrics::parse_metrics_listen;
 pub use nosip::{NosipConfig, NosipKind};
 pub use proxy::{
-    DEFAULT_SIP_PORT, ListenSpec, MAX_WORKERS, Selection, UpstreamSpec, parse_listen,
-    parse_upstream,
+    DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_SIP_PORT, ListenSpec, MAX_WORKERS, Selection, UpstreamSpec,
+    parse_listen, parse_upstream,
 };
+pub use reload::{RELOADABLE, ReloadPlan, changed_keys, is_reloadable, plan_reload};
 pub use stack::{StackLimits, StackMode, StackSettings};
 pub use tcp::{MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TcpLimits};
 
@@ -84,6 +86,9 @@ pub struct Config {
     pub record_route_methods: Vec<String>,
     /// Worker threads (and UDP sockets per UDP listen address); 0 = CPUs.
     pub workers: usize,
+    /// SIGTERM: seconds existing connections and UDP exchanges may finish
+    /// (0 = stop at once).
+    pub drain_timeout_secs: u64,
     pub tcp: TcpLimits,
     pub nosip: NosipConfig,
     /// `None` disables the metrics endpoint.
@@ -128,6 +133,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// Replaces `log.format` (`text` | `json`).
     pub log_format: Option<String>,
+    /// Replaces `proxy.drain_timeout_secs`.
+    pub drain_timeout_secs: Option<u64>,
 }
 
 impl Config {
@@ -219,6 +226,16 @@ pub fn apply_overrides(mut cfg: Config, o: &Overrides) -> Result<Config, ConfigE
     if let Some(f) = &o.log_format {
         cfg.log_format = parse_log_format("--log-format", f)?;
     }
+    if let Some(d) = o.drain_timeout_secs {
+        if d > MAX_TIMEOUT_SECS {
+            return Err(invalid(
+                "--drain-timeout",
+                d,
+                format!("must be between 0 (= stop at once) and {MAX_TIMEOUT_SECS} seconds"),
+            ));
+        }
+        cfg.drain_timeout_secs = d;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -270,6 +287,7 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         tcp: tcp::from_raw(raw.tcp)?,
         nosip: nosip::from_raw(raw.nosip)?,
         workers: proxy::workers_from_raw(p.workers)?,
+        drain_timeout_secs: p.drain_timeout_secs,
         metrics_listen: parse_metrics_listen("metrics.listen", &raw.metrics.listen)?,
         log_level: raw.log.level.trim().to_string(),
         log_format: parse_log_format("log.format", &raw.log.format)?,

@@ -2,8 +2,8 @@
 //! worker threads.
 
 use super::{
-    Config, ConfigError, Host, Transport, host_string, invalid, non_negative_usize, size_i64,
-    split_host_port,
+    Config, ConfigError, Host, MAX_TIMEOUT_SECS, Transport, host_string, int_i64, invalid,
+    non_negative, non_negative_usize, size_i64, split_host_port,
 };
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -46,6 +46,9 @@ const DEFAULT_RECORD_ROUTE_METHODS: [&str; 3] = ["INVITE", "SUBSCRIBE", "REFER"]
 pub const DEFAULT_SIP_PORT: u16 = 5060;
 /// Upper bound for `proxy.workers`.
 pub const MAX_WORKERS: usize = 1024;
+/// `proxy.drain_timeout_secs` default: how long SIGTERM lets existing
+/// connections and UDP exchanges finish.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +59,7 @@ pub(super) struct RawProxy {
     record_route: bool,
     record_route_methods: Vec<String>,
     workers: i64,
+    drain_timeout_secs: i64,
 }
 
 impl Default for RawProxy {
@@ -70,6 +74,7 @@ impl Default for RawProxy {
                 .map(|s| s.to_string())
                 .collect(),
             workers: 0,
+            drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS as i64,
         }
     }
 }
@@ -84,6 +89,7 @@ pub(super) struct Proxy {
     /// Still the raw number: [`workers_from_raw`] converts it after the
     /// `[tcp]` and `[nosip]` sections, the order errors were always reported in.
     pub workers: i64,
+    pub drain_timeout_secs: u64,
 }
 
 pub(super) fn from_raw(p: RawProxy) -> Result<Proxy, ConfigError> {
@@ -117,6 +123,7 @@ pub(super) fn from_raw(p: RawProxy) -> Result<Proxy, ConfigError> {
         record_route: p.record_route,
         record_route_methods: p.record_route_methods,
         workers: p.workers,
+        drain_timeout_secs: non_negative("proxy.drain_timeout_secs", p.drain_timeout_secs)?,
     })
 }
 
@@ -137,6 +144,7 @@ pub(super) fn to_raw(c: &Config) -> RawProxy {
         record_route: c.record_route,
         record_route_methods: c.record_route_methods.clone(),
         workers: size_i64(c.workers),
+        drain_timeout_secs: int_i64(c.drain_timeout_secs),
     }
 }
 
@@ -222,6 +230,13 @@ impl Config {
         }
         for (i, m) in self.record_route_methods.iter().enumerate() {
             check_method(&format!("proxy.record_route_methods[{i}]"), m)?;
+        }
+        if self.drain_timeout_secs > MAX_TIMEOUT_SECS {
+            return Err(invalid(
+                "proxy.drain_timeout_secs",
+                self.drain_timeout_secs,
+                format!("must be between 0 (= stop at once) and {MAX_TIMEOUT_SECS} seconds"),
+            ));
         }
         if self.workers > MAX_WORKERS {
             return Err(invalid(
@@ -670,6 +685,21 @@ mod tests {
             &proxy(r#"record_route_methods = [""]"#),
             "proxy.record_route_methods[0]",
         );
+    }
+
+    #[test]
+    fn drain_timeout_range() {
+        assert_eq!(Config::default_config().drain_timeout_secs, 10);
+        err_for(
+            &proxy("drain_timeout_secs = -1"),
+            "proxy.drain_timeout_secs",
+        );
+        err_for(
+            &proxy("drain_timeout_secs = 99999999999"),
+            "proxy.drain_timeout_secs",
+        );
+        let c = Config::from_toml(&proxy("drain_timeout_secs = 0")).unwrap();
+        assert_eq!(c.drain_timeout_secs, 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The transport-independent core: `receive_msg` (SPEC A.1), routing, the
 //! nosip hook. Synchronous, no I/O: bytes + receive info in, one outcome out.
 
+pub mod live;
 pub mod nosip;
 
 /// Why the core dropped a message (each counted as `sipedge_dropped_total{reason}`).

@@ -3,6 +3,7 @@
 //! the bytes to send are left in [`Scratch::out`]. No I/O, no clock.
 
 use super::DropReason;
+use super::live::Live;
 use super::nosip::{NosipCtx, NosipHook, NosipVerdict};
 use crate::config::{Config, ListenSpec, Selection, Transport, UpstreamSpec};
 use crate::metrics::Metrics;
@@ -11,6 +12,7 @@ use crate::sip::msg::{
     HeaderKind, HeaderSpan, NameAddr, SipMsg, Span, StartLine, UriParts, Via, header_param,
     parse_cseq, parse_name_addr, parse_sip_uri, parse_u32, parse_via, uri_scheme,
 };
+use arc_swap::ArcSwap;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -132,13 +134,12 @@ pub type ParseErrorHook = Box<dyn Fn(&[u8], &RcvInfo) + Send + Sync>;
 /// The proxy core, shared by all workers.
 pub struct Core {
     locals: Vec<Local>,
-    upstreams: Vec<UpstreamSpec>,
-    selection: Selection,
+    /// Upstreams, selection, nosip hook, TCP limits: replaced by reloads.
+    live: ArcSwap<Live>,
     record_route: bool,
     rr_methods: Vec<Vec<u8>>,
     secret: u64,
     next_upstream: AtomicUsize,
-    hook: Box<dyn NosipHook>,
     parse_error_hook: Option<ParseErrorHook>,
     pub metrics: Arc<Metrics>,
     log_window: AtomicU64,
@@ -172,8 +173,7 @@ impl Core {
         };
         Core {
             locals,
-            upstreams: cfg.upstreams.clone(),
-            selection: cfg.selection,
+            live: ArcSwap::from_pointee(Live::new(cfg, Arc::from(hook))),
             record_route: cfg.record_route,
             rr_methods: cfg
                 .record_route_methods
@@ -182,7 +182,6 @@ impl Core {
                 .collect(),
             secret,
             next_upstream: AtomicUsize::new(0),
-            hook,
             parse_error_hook: None,
             metrics,
             log_window: AtomicU64::new(0),
@@ -193,6 +192,17 @@ impl Core {
     pub fn with_secret(mut self, secret: u64) -> Core {
         self.secret = secret;
         self
+    }
+
+    /// The reloadable settings now (one lock-free load; hold it for one message).
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// Replace the reloadable settings (SIGHUP); messages being processed
+    /// finish with the ones they loaded.
+    pub fn set_live(&self, live: Live) {
+        self.live.store(Arc::new(live));
     }
 
     /// Register a parse-error hook.
@@ -299,7 +309,7 @@ impl Core {
             transport: rcv.transport,
             reply: &mut sc.out,
         };
-        let verdict = self.hook.on_nosip(buf, &mut ctx);
+        let verdict = self.live.load().nosip.on_nosip(buf, &mut ctx);
         self.metrics.nosip(verdict);
         if verdict == NosipVerdict::Drop {
             if sc.out.is_empty() {
@@ -389,12 +399,12 @@ impl Core {
             .unwrap_or(rcv.local)
     }
 
-    fn pick_upstream(&self, msg: &SipMsg<'_>) -> Option<&UpstreamSpec> {
-        let n = self.upstreams.len();
+    fn pick_upstream<'l>(&self, live: &'l Live, msg: &SipMsg<'_>) -> Option<&'l UpstreamSpec> {
+        let n = live.upstreams.len();
         if n == 0 {
             return None;
         }
-        let i = match self.selection {
+        let i = match live.selection {
             Selection::RoundRobin => self.next_upstream.fetch_add(1, Ordering::Relaxed) % n,
             Selection::CallIdHash => {
                 let cid = msg
@@ -405,7 +415,7 @@ impl Core {
                 (h.finish() % n as u64) as usize
             }
         };
-        self.upstreams.get(i)
+        live.upstreams.get(i)
     }
 
     /// RFC 3261 §16.11: a branch that is the same for a retransmission, and for
@@ -656,7 +666,8 @@ impl Core {
                 name,
             });
         }
-        if self.is_from_upstream(rcv) && !ruri_ours {
+        let live = self.live.load();
+        if self.is_from_upstream(&live, rcv) && !ruri_ours {
             // towards a client: follow the (possibly strict-route-rewritten) Request-URI
             let target = match pre.new_ruri {
                 Some(s) => parse_sip_uri(buf, s),
@@ -675,7 +686,7 @@ impl Core {
             });
         }
         let up = self
-            .pick_upstream(msg)
+            .pick_upstream(&live, msg)
             .ok_or(Refuse::Drop(DropReason::NoRoute))?;
         Ok(NextHop {
             transport: up.transport.unwrap_or(rcv.transport),
@@ -816,8 +827,8 @@ impl Core {
         }
     }
 
-    fn is_from_upstream(&self, rcv: &RcvInfo) -> bool {
-        self.upstreams
+    fn is_from_upstream(&self, live: &Live, rcv: &RcvInfo) -> bool {
+        live.upstreams
             .iter()
             .any(|u| u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip()))
     }

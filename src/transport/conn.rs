@@ -61,7 +61,7 @@ use bytes::{Buf, Bytes};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -124,6 +124,8 @@ pub struct Conn {
     backlog: AtomicBool,
     /// Seconds since the table's epoch of the last byte sent (idle lifetime).
     last_tx: AtomicU64,
+    /// Same clock: the last bytes received (the drain closes idle connections).
+    last_rx: AtomicU64,
     pub notify: Notify,
     write: Mutex<WriteState>,
     write_limit: usize,
@@ -146,6 +148,7 @@ impl Conn {
             kill: AtomicU8::new(NO_KILL),
             backlog: AtomicBool::new(false),
             last_tx: AtomicU64::new(0),
+            last_rx: AtomicU64::new(0),
             notify: Notify::new(),
             write: Mutex::new(WriteState::default()),
             write_limit,
@@ -197,6 +200,18 @@ impl Conn {
 
     pub fn last_tx(&self) -> u64 {
         self.last_tx.load(Ordering::Relaxed)
+    }
+
+    /// Bytes arrived at `now_s` (the reader task; a store only when the second changed).
+    pub fn touch_rx(&self, now_s: u64) {
+        if self.last_rx.load(Ordering::Relaxed) != now_s {
+            self.last_rx.store(now_s, Ordering::Relaxed);
+        }
+    }
+
+    /// The last second anything was sent or received.
+    pub fn last_active(&self) -> u64 {
+        self.last_tx().max(self.last_rx.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WriteState> {
@@ -325,7 +340,10 @@ struct Inner {
 #[derive(Debug)]
 pub struct ConnTable {
     inner: RwLock<Inner>,
-    limits: TableLimits,
+    /// [`TableLimits`], replaceable by a reload (read once per admission).
+    max_connections: AtomicUsize,
+    max_per_ip: AtomicUsize,
+    write_queue_bytes: AtomicUsize,
 }
 
 impl ConnTable {
@@ -335,8 +353,29 @@ impl ConnTable {
                 next_id: 1,
                 ..Inner::default()
             }),
-            limits,
+            max_connections: AtomicUsize::new(limits.max_connections),
+            max_per_ip: AtomicUsize::new(limits.max_per_ip),
+            write_queue_bytes: AtomicUsize::new(limits.write_queue_bytes),
         }
+    }
+
+    /// The limits now.
+    pub fn limits(&self) -> TableLimits {
+        TableLimits {
+            max_connections: self.max_connections.load(Ordering::Relaxed),
+            max_per_ip: self.max_per_ip.load(Ordering::Relaxed),
+            write_queue_bytes: self.write_queue_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// New limits (reload): they apply to the next admissions and new
+    /// connections; open connections keep theirs and are not evicted.
+    pub fn set_limits(&self, l: TableLimits) {
+        self.max_connections
+            .store(l.max_connections, Ordering::Relaxed);
+        self.max_per_ip.store(l.max_per_ip, Ordering::Relaxed);
+        self.write_queue_bytes
+            .store(l.write_queue_bytes, Ordering::Relaxed);
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -363,12 +402,13 @@ impl ConnTable {
         peer: SocketAddr,
         local: usize,
     ) -> Result<(Arc<Conn>, Option<Arc<Conn>>), Refused> {
+        let lim = self.limits();
         let mut t = self.write();
-        if t.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.limits.max_per_ip {
+        if t.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= lim.max_per_ip {
             return Err(Refused::PerIp);
         }
         let mut evicted = None;
-        if t.by_id.len() >= self.limits.max_connections {
+        if t.by_id.len() >= lim.max_connections {
             while let Some(id) = t.init_fifo.pop_front() {
                 let victim = t.by_id.get(&id).cloned();
                 if let Some(v) = victim
@@ -384,9 +424,9 @@ impl ConnTable {
                 return Err(Refused::TableFull);
             }
         }
-        let conn = Self::insert_locked(&mut t, peer, local, false, self.limits.write_queue_bytes);
+        let conn = Self::insert_locked(&mut t, peer, local, false, lim.write_queue_bytes);
         t.init_fifo.push_back(conn.id);
-        if t.init_fifo.len() > 2 * self.limits.max_connections.max(16) {
+        if t.init_fifo.len() > 2 * lim.max_connections.max(16) {
             let Inner {
                 init_fifo, by_id, ..
             } = &mut *t;
@@ -428,10 +468,11 @@ impl ConnTable {
         {
             return Some((c.clone(), false));
         }
-        if t.by_id.len() >= self.limits.max_connections {
+        let lim = self.limits();
+        if t.by_id.len() >= lim.max_connections {
             return None;
         }
-        let c = Self::insert_locked(&mut t, peer, local, true, self.limits.write_queue_bytes);
+        let c = Self::insert_locked(&mut t, peer, local, true, lim.write_queue_bytes);
         Some((c, true))
     }
 
@@ -527,6 +568,24 @@ impl ConnCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a4_reloaded_limits_apply_to_new_admissions() {
+        let t = ConnTable::new(limits(10, 1));
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.1:1001".parse().unwrap();
+        let c: SocketAddr = "192.0.2.1:1002".parse().unwrap();
+        let (first, _) = t.admit(a, 0).unwrap();
+        assert_eq!(t.admit(b, 0).unwrap_err(), Refused::PerIp);
+        t.set_limits(limits(10, 2));
+        assert_eq!(t.limits().max_per_ip, 2);
+        t.admit(b, 0).unwrap();
+        assert_eq!(t.admit(c, 0).unwrap_err(), Refused::PerIp);
+        // lowering a limit closes nothing that is open
+        t.set_limits(limits(1, 1));
+        assert_eq!(t.len(), 2);
+        assert!(first.is_alive());
+    }
 
     fn limits(max: usize, per_ip: usize) -> TableLimits {
         TableLimits {

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod kernel;
+pub mod lifecycle;
 pub mod tcp;
 pub mod udp;
 pub mod userspace;
@@ -17,19 +18,20 @@ use crate::config::{Config, Transport};
 use crate::core::nosip::NosipHook;
 use crate::core::{Core, Dest, DropReason, Outcome, Scratch, SendKind};
 use crate::metrics::Metrics;
-use conn::{ConnCache, ConnTable, ReleaseReason, TableLimits};
+use conn::{ConnCache, ConnTable, ReleaseReason};
+pub use lifecycle::{Control, RunOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 /// Everything the I/O tasks share.
 pub struct Ctx {
-    pub core: Core,
+    /// `core.live()` holds the reloadable settings, `[tcp]` among them.
+    pub core: Arc<Core>,
     pub metrics: Arc<Metrics>,
     pub conns: ConnTable,
     /// Per listen index: a UDP socket to send from (for tasks that do not own one).
     pub udp: Vec<Option<Arc<UdpSocket>>>,
-    pub tcp: crate::config::TcpLimits,
     /// Time base of the coarse clock used for idle timers.
     pub epoch: Instant,
     /// Host names of next hops (Route / Request-URI) resolved recently.
@@ -83,7 +85,8 @@ pub struct Hooks {
     pub parse_error: Option<crate::core::ParseErrorHook>,
 }
 
-/// Run the proxy until SIGINT/SIGTERM. `hook` overrides the configured nosip hook.
+/// Run the proxy until SIGINT/SIGTERM (drain, see [`lifecycle`]). `hook`
+/// overrides the configured nosip hook.
 pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> {
     run_with_hooks(
         cfg,
@@ -96,8 +99,14 @@ pub fn run(cfg: Config, hook: Option<Box<dyn NosipHook>>) -> anyhow::Result<()> 
 
 /// [`run`] with every hook point.
 pub fn run_with_hooks(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
+    run_with_opts(cfg, hooks, RunOpts::default())
+}
+
+/// [`run_with_hooks`] with what the command line adds: the configuration
+/// source re-read on SIGHUP and the log filter it may change.
+pub fn run_with_opts(cfg: Config, hooks: Hooks, opts: RunOpts) -> anyhow::Result<()> {
     if cfg.stack.mode == crate::config::StackMode::Afpacket {
-        return userspace::run(cfg, hooks);
+        return userspace::run(cfg, hooks, opts);
     }
     let workers = cfg.effective_workers();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +114,10 @@ pub fn run_with_hooks(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
         .thread_name("sipedge-worker")
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, hooks, workers, shutdown_signal()))
+    rt.block_on(async {
+        let control = lifecycle::signals();
+        serve(cfg, hooks, workers, control, opts).await
+    })
 }
 
 /// The core with the configured (or embedder's) hooks.
@@ -126,32 +138,20 @@ pub(crate) fn build_core(
     Ok(core)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Bind everything, serve until `shutdown` completes, then release every
-/// connection (reason `shutdown`).
+/// Bind everything and serve; `control` events reload (SIGHUP) and stop:
+/// the first stop drains ([`lifecycle::drain`]), then every connection is
+/// released (reason `shutdown`).
 pub async fn serve(
     cfg: Config,
     hooks: Hooks,
     workers: usize,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut control: tokio::sync::mpsc::UnboundedReceiver<Control>,
+    opts: RunOpts,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let metrics = Arc::new(Metrics::new());
-    let core = build_core(&cfg, hooks, metrics.clone())?;
+    let custom_nosip = hooks.nosip.is_some();
+    let core = Arc::new(build_core(&cfg, hooks, metrics.clone())?);
     let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
@@ -175,15 +175,10 @@ pub async fn serve(
         }
     }
     let ctx = Arc::new(Ctx {
-        core,
+        core: core.clone(),
         metrics: metrics.clone(),
-        conns: ConnTable::new(TableLimits {
-            max_connections: cfg.tcp.max_connections,
-            max_per_ip: cfg.tcp.max_connections_per_ip,
-            write_queue_bytes: cfg.tcp.write_queue_bytes,
-        }),
+        conns: ConnTable::new(lifecycle::table_limits(&cfg.tcp)),
         udp: udp_socks.iter().map(|v| v.first().cloned()).collect(),
-        tcp: cfg.tcp.clone(),
         epoch: Instant::now(),
         dns: DnsCache::default(),
     });
@@ -193,8 +188,10 @@ pub async fn serve(
             tasks.spawn(udp::udp_worker(ctx.clone(), s, i));
         }
     }
+    // aborting an accept task drops (closes) its listener: the drain's first step
+    let mut accepting = Vec::new();
     for (i, l) in tcp_listeners.into_iter().flatten() {
-        tasks.spawn(tcp::accept_loop(ctx.clone(), l, i));
+        accepting.push(tasks.spawn(tcp::accept_loop(ctx.clone(), l, i)));
     }
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -214,7 +211,26 @@ pub async fn serve(
         workers,
         "sipedge running"
     );
-    shutdown.await;
+    let table = {
+        let ctx = ctx.clone();
+        Arc::new(move |l| ctx.conns.set_limits(l)) as Arc<dyn Fn(_) + Send + Sync>
+    };
+    let mut reloader =
+        lifecycle::Reloader::new(cfg, opts, custom_nosip, core.clone(), metrics, Some(table));
+    lifecycle::until_stop(&mut control, &mut reloader).await;
+    metrics_ready_off(&ctx);
+    for a in &accepting {
+        a.abort();
+    }
+    let now_s = || ctx.now_s();
+    let graceful = lifecycle::drain(
+        &ctx.metrics,
+        Some((&ctx.conns, &now_s)),
+        ctx.core.live().drain_timeout,
+        &mut control,
+    )
+    .await;
+    lifecycle::close_all(&ctx.conns, graceful).await;
     tracing::info!("shutting down");
     tasks.abort_all();
     for c in ctx.conns.all() {
@@ -222,6 +238,11 @@ pub async fn serve(
         ctx.metrics.tcp_released(ReleaseReason::Shutdown);
     }
     Ok(())
+}
+
+/// `/ready` answers 503 from now on.
+fn metrics_ready_off(ctx: &Ctx) {
+    ctx.metrics.readiness().set_draining();
 }
 
 /// Send what the core produced (`sc.out`). `own_udp`: the calling UDP

@@ -67,7 +67,7 @@ pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, local: usize) {
 /// Open an outbound connection (to an upstream or a client's Via address),
 /// then run its reader loop. Data queued while connecting is sent first.
 pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn>) {
-    let timeout = Duration::from_secs(ctx.tcp.connect_timeout_secs.max(1));
+    let timeout = Duration::from_secs(ctx.core.live().tcp.connect_timeout_secs.max(1));
     match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -97,27 +97,31 @@ struct Reader {
     /// When the message being framed began (its deadline is not extended by trickled bytes).
     msg_started: Option<Instant>,
     last_rx: Instant,
+    /// `[tcp]` as it was when the connection opened (a reload changes new connections only).
+    tcp: crate::config::TcpLimits,
 }
 
 /// `handle_io`: wait for readiness, a kill request or a timer; on error
 /// release the connection (state Bad unless the cause is EOF).
 pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn>, stream: Arc<TcpStream>) {
     let created = Instant::now();
+    let tcp = ctx.core.live().tcp.clone();
     let mut r = Reader {
         buf: vec![0; READ_BUF_MIN],
         len: 0,
         framer: Framer::new(FramerConfig {
-            max_msg_size: ctx.tcp.max_message_size,
-            require_content_length: !ctx.tcp.accept_no_content_length,
+            max_msg_size: tcp.max_message_size,
+            require_content_length: !tcp.accept_no_content_length,
         }),
         sc: Scratch::new(),
         cache: ConnCache::default(),
         msg_started: None,
         last_rx: created,
+        tcp,
     };
-    let idle = Duration::from_secs(ctx.tcp.idle_lifetime_secs);
-    let msg_timeout = Duration::from_secs(ctx.tcp.message_timeout_secs);
-    let first_timeout = Duration::from_secs(ctx.tcp.first_message_timeout_secs);
+    let idle = Duration::from_secs(r.tcp.idle_lifetime_secs);
+    let msg_timeout = Duration::from_secs(r.tcp.message_timeout_secs);
+    let first_timeout = Duration::from_secs(r.tcp.first_message_timeout_secs);
     let reason = loop {
         if let Some(reason) = conn.kill_reason() {
             break reason;
@@ -207,7 +211,7 @@ async fn read_req(
     for _ in 0..READS_PER_WAKEUP {
         // room for one chunk, never more than the size cap plus one chunk
         if r.buf.len() - r.len < READ_CHUNK {
-            let want = (r.len + READ_CHUNK).min(ctx.tcp.max_message_size + READ_CHUNK);
+            let want = (r.len + READ_CHUNK).min(r.tcp.max_message_size + READ_CHUNK);
             if want > r.buf.len() {
                 r.buf.resize(want, 0);
             }
@@ -221,6 +225,7 @@ async fn read_req(
         };
         let now = Instant::now();
         r.last_rx = now;
+        conn.touch_rx(now.saturating_duration_since(ctx.epoch).as_secs());
         r.len += n;
         ctx.metrics.bytes_in(Transport::Tcp, n);
         let consumed = frame_all(ctx, conn, r, now).await?;
@@ -263,7 +268,7 @@ async fn frame_all(
             Frame::Ping => {
                 pos += 4;
                 ctx.metrics.keepalive_ping();
-                if ctx.tcp.crlf_pong && conn.send(b"\r\n", ctx.now_s()).is_ok() {
+                if r.tcp.crlf_pong && conn.send(b"\r\n", ctx.now_s()).is_ok() {
                     ctx.metrics.keepalive_pong();
                 }
             }

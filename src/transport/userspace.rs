@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
 
@@ -38,10 +38,12 @@ struct Pending {
     received_at: StdInstant,
 }
 
-/// Run the proxy on the embedded stack until SIGINT/SIGTERM.
-pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
+/// Run the proxy on the embedded stack until SIGINT/SIGTERM (after a drain
+/// of the UDP exchanges); SIGHUP reloads.
+pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let core = super::build_core(&cfg, hooks, metrics.clone())?;
+    let custom_nosip = hooks.nosip.is_some();
+    let core = Arc::new(super::build_core(&cfg, hooks, metrics.clone())?);
     let st = &cfg.stack;
     let mut dev = AfPacket::open(&st.interface)
         .with_context(|| format!("stack.interface = {:?}", st.interface))?;
@@ -84,12 +86,13 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
         .spawn(move || resolver_loop(req_rx, res_tx))?;
     let stack_thread = {
         let stop = stop.clone();
+        let stack_core = core.clone();
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("sipedge-stack".into())
             .spawn(move || -> std::io::Result<()> {
                 let mut app = App {
-                    core,
+                    core: stack_core,
                     metrics,
                     handles,
                     sc: Scratch::new(),
@@ -122,7 +125,14 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
             });
         }
         metrics.readiness().set_started();
-        super::shutdown_signal().await;
+        use super::lifecycle;
+        let mut control = lifecycle::signals();
+        let mut reloader =
+            lifecycle::Reloader::new(cfg, opts, custom_nosip, core, metrics.clone(), None);
+        lifecycle::until_stop(&mut control, &mut reloader).await;
+        metrics.readiness().set_draining();
+        let timeout = reloader.current().drain_timeout_secs;
+        lifecycle::drain(&metrics, None, Duration::from_secs(timeout), &mut control).await;
         Ok(())
     });
     tracing::info!("shutting down");
@@ -154,7 +164,7 @@ fn resolver_loop(rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<(Pending, Option<
 
 /// The SIP application on the stack thread.
 struct App {
-    core: Core,
+    core: Arc<Core>,
     metrics: Arc<Metrics>,
     /// Per listen index: its socket and address.
     handles: Vec<(UdpHandle, SocketAddr)>,
