@@ -48,3 +48,69 @@ impl std::fmt::Debug for Live {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Transport, parse_upstream};
+    use crate::core::nosip::{MatchHook, NoneHook};
+    use crate::core::{Core, Outcome, RcvInfo, Scratch};
+    use crate::metrics::Metrics;
+
+    const INVITE: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-live\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:alice@example.com>;tag=a\r\n\
+        To: <sip:bob@example.com>\r\n\
+        Call-ID: live@198.51.100.7\r\n\
+        CSeq: 1 INVITE\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    fn rcv() -> RcvInfo {
+        RcvInfo {
+            src: "198.51.100.7:5062".parse().unwrap(),
+            local: 0,
+            transport: Transport::Udp,
+            conn: None,
+            outbound: false,
+        }
+    }
+
+    fn dest(core: &Core) -> std::net::SocketAddr {
+        let mut sc = Scratch::new();
+        match core.receive_datagram(INVITE, &rcv(), &mut sc) {
+            Outcome::Send { dest, .. } => dest.addr,
+            o => panic!("not forwarded: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn set_live_moves_the_next_request_to_the_new_upstream() {
+        let cfg = Config::default_config();
+        let core = Core::new(&cfg, Box::new(NoneHook), Arc::new(Metrics::new()));
+        assert_eq!(dest(&core), cfg.upstreams[0].addr);
+        let mut new = cfg.clone();
+        new.upstreams = vec![parse_upstream("t", "sip:127.0.0.1:5090").unwrap()];
+        let hook = core.live().nosip.clone();
+        core.set_live(Live::new(&new, hook));
+        assert_eq!(dest(&core), "127.0.0.1:5090".parse().unwrap());
+        assert_eq!(core.live().upstreams, new.upstreams);
+    }
+
+    #[test]
+    fn set_live_replaces_the_nosip_hook() {
+        let cfg = Config::default_config();
+        let core = Core::new(&cfg, Box::new(NoneHook), Arc::new(Metrics::new()));
+        let mut sc = Scratch::new();
+        assert_eq!(
+            core.receive_datagram(b"ping\r\n", &rcv(), &mut sc),
+            Outcome::ParseError
+        );
+        let hook: Arc<dyn NosipHook> = Arc::new(MatchHook::new("^ping").unwrap());
+        core.set_live(Live::new(&cfg, hook));
+        assert_eq!(
+            core.receive_datagram(b"ping\r\n", &rcv(), &mut sc),
+            Outcome::Consumed
+        );
+    }
+}

@@ -7,8 +7,9 @@ use crate::config::{Config, TcpLimits, plan_reload};
 use crate::core::Core;
 use crate::core::live::Live;
 use crate::metrics::{Metrics, ReloadResult};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// What the operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,5 +295,213 @@ impl Reloader {
         };
         self.current = plan.config;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Transport, parse_upstream};
+    use crate::core::nosip::NoneHook;
+    use std::sync::{Arc, Mutex};
+
+    fn core(cfg: &Config, metrics: &Arc<Metrics>) -> Arc<Core> {
+        Arc::new(Core::new(cfg, Box::new(NoneHook), metrics.clone()))
+    }
+
+    /// A reloader whose "file" is `text` (TOML), and the limits it set.
+    struct Rig {
+        text: Arc<Mutex<String>>,
+        limits: Arc<Mutex<Option<TableLimits>>>,
+        core: Arc<Core>,
+        metrics: Arc<Metrics>,
+        r: Reloader,
+    }
+
+    fn rig(custom_nosip: bool) -> Rig {
+        let cfg = Config::default_config();
+        let metrics = Arc::new(Metrics::new());
+        let core = core(&cfg, &metrics);
+        let text = Arc::new(Mutex::new(String::new()));
+        let limits = Arc::new(Mutex::new(None));
+        let t = text.clone();
+        let opts = RunOpts {
+            reload: Some(Box::new(move || {
+                let text = t.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+                Ok(Config::from_toml(&text)?)
+            })),
+            set_log_level: None,
+        };
+        let l = limits.clone();
+        let set: Arc<dyn Fn(TableLimits) + Send + Sync> = Arc::new(move |x| {
+            if let Ok(mut g) = l.lock() {
+                *g = Some(x);
+            }
+        });
+        let r = Reloader::new(
+            cfg,
+            opts,
+            custom_nosip,
+            core.clone(),
+            metrics.clone(),
+            Some(set),
+        );
+        Rig {
+            text,
+            limits,
+            core,
+            metrics,
+            r,
+        }
+    }
+
+    impl Rig {
+        fn file(&self, t: &str) {
+            *self.text.lock().unwrap() = t.to_string();
+        }
+        fn count(&self, result: &str) -> bool {
+            self.metrics.encode().contains(&format!(
+                "sipedge_config_reloads_total{{result=\"{result}\"}} 1"
+            ))
+        }
+    }
+
+    #[test]
+    fn reload_applies_upstreams_and_tcp_limits() {
+        let mut g = rig(false);
+        g.file("[proxy]\nupstreams = [\"sip:127.0.0.1:5090\"]\n[tcp]\nmax_connections = 7\n");
+        assert_eq!(g.r.reload(), ReloadResult::Ok);
+        assert!(g.count("ok"));
+        let live = g.core.live();
+        assert_eq!(
+            live.upstreams,
+            [parse_upstream("t", "sip:127.0.0.1:5090").unwrap()]
+        );
+        assert_eq!(live.tcp.max_connections, 7);
+        assert_eq!(g.limits.lock().unwrap().unwrap().max_connections, 7);
+        assert_eq!(g.r.current().tcp.max_connections, 7);
+    }
+
+    #[test]
+    fn invalid_file_keeps_everything() {
+        let mut g = rig(false);
+        g.file("[proxy]\nupstreams = [\"sip:127.0.0.1:5060\"]\n"); // our own address
+        assert_eq!(g.r.reload(), ReloadResult::Error);
+        g.file("[proxy\n");
+        assert_eq!(g.r.reload(), ReloadResult::Error);
+        assert!(
+            g.metrics
+                .encode()
+                .contains("sipedge_config_reloads_total{result=\"error\"} 2")
+        );
+        assert_eq!(g.r.current(), &Config::default_config());
+        assert_eq!(g.core.live().upstreams, Config::default_config().upstreams);
+        assert!(g.limits.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn restart_only_keys_refused_rest_applied() {
+        let mut g = rig(false);
+        g.file(
+            "[proxy]\nlisten = [\"udp:127.0.0.1:5070\"]\nupstreams = [\"sip:127.0.0.1:5090;transport=tcp\"]\n",
+        );
+        assert_eq!(g.r.reload(), ReloadResult::Partial);
+        assert!(g.count("partial"));
+        assert_eq!(g.r.current().listen, Config::default_config().listen);
+        assert_eq!(g.core.live().upstreams[0].transport, Some(Transport::Tcp));
+        // the refused key stays refused on the next reload of the same file
+        assert_eq!(g.r.reload(), ReloadResult::Partial);
+    }
+
+    #[test]
+    fn nosip_reload_builds_a_new_hook_unless_the_embedder_set_one() {
+        for custom in [false, true] {
+            let mut g = rig(custom);
+            let before = Arc::as_ptr(&g.core.live().nosip) as *const u8;
+            g.file("[nosip]\nhook = \"http-health\"\n");
+            assert_eq!(g.r.reload(), ReloadResult::Ok);
+            let after = Arc::as_ptr(&g.core.live().nosip) as *const u8;
+            assert_eq!(before == after, custom, "custom={custom}");
+        }
+    }
+
+    #[test]
+    fn without_a_source_sighup_is_an_error() {
+        let cfg = Config::default_config();
+        let metrics = Arc::new(Metrics::new());
+        let mut r = Reloader::new(
+            cfg.clone(),
+            RunOpts::default(),
+            false,
+            core(&cfg, &metrics),
+            metrics,
+            None,
+        );
+        assert_eq!(r.reload(), ReloadResult::Error);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_ends_when_idle_at_timeout_or_on_second_signal() {
+        let metrics = Metrics::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // nothing open, UDP quiet: over after DRAIN_IDLE
+        let t0 = Instant::now();
+        assert!(drain(&metrics, None, Duration::from_secs(30), &mut rx).await);
+        let took = t0.elapsed();
+        assert!(took >= DRAIN_IDLE && took < DRAIN_IDLE + Duration::from_millis(200));
+
+        // UDP keeps arriving: over at the timeout
+        let t0 = Instant::now();
+        let traffic = async {
+            for _ in 0..100 {
+                metrics.bytes_in(Transport::Udp, 100);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        tokio::select! {
+            done = drain(&metrics, None, Duration::from_secs(5), &mut rx) => assert!(done),
+            _ = traffic => panic!("traffic ran out first"),
+        }
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_secs(5) && took < Duration::from_millis(5200));
+
+        // a SIGHUP is ignored, a second stop ends it at once
+        tx.send(Control::Reload).unwrap();
+        tx.send(Control::Stop).unwrap();
+        let t0 = Instant::now();
+        assert!(!drain(&metrics, None, Duration::from_secs(30), &mut rx).await);
+        assert!(t0.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_closes_idle_connections_only() {
+        let metrics = Metrics::new();
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let table = ConnTable::new(TableLimits {
+            max_connections: 10,
+            max_per_ip: 10,
+            write_queue_bytes: 1 << 16,
+        });
+        let (idle, _) = table.admit("192.0.2.1:1".parse().unwrap(), 0).unwrap();
+        let (busy, _) = table.admit("192.0.2.1:2".parse().unwrap(), 0).unwrap();
+        let t0 = Instant::now();
+        let now_s = move || 100 + t0.elapsed().as_secs();
+        idle.touch_rx(90);
+        busy.touch_rx(100);
+        let keep_busy = async {
+            for _ in 0..100 {
+                busy.touch_rx(now_s());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            // no reader tasks here: the killed connection stays in the table
+            _ = drain(&metrics, Some((&table, &now_s)), Duration::from_secs(3), &mut rx) => {}
+            _ = keep_busy => panic!("keep_busy ran out first"),
+        }
+        assert_eq!(idle.kill_reason(), Some(ReleaseReason::Shutdown));
+        assert_eq!(busy.kill_reason(), None);
+        close_all(&table, false).await;
+        assert_eq!(busy.kill_reason(), Some(ReleaseReason::Shutdown));
     }
 }
