@@ -683,3 +683,38 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn rfc4475_malformed_ack_is_dropped_not_answered() {
+    let c = core();
+    let m = invite("")
+        .replacen("INVITE sip:bob", "ACK  sip:bob", 1)
+        .replace("314159 INVITE", "314159 ACK");
+    let (o, _) = run(&c, &m, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::BadAck));
+}
+
+#[test]
+fn rfc4475_request_without_via_cannot_be_answered() {
+    let c = core();
+    let m = invite("").replace(
+        "Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc;rport\r\n",
+        "",
+    );
+    let (o, _) = run(&c, &m, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::BadRequest));
+    let m = invite("X\x7fY: 1\r\n").replace(
+        "Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc;rport\r\n",
+        "",
+    );
+    let (o, _) = run(&c, &m, &tcp(3));
+    assert_eq!(o, Outcome::Dropped(DropReason::BadRequest));
+}
+
+#[test]
+fn rfc4475_bad_header_name_answered_naming_it() {
+    let c = core();
+    let (o, out) = run(&c, &invite("Sub ject: x\r\n"), &tcp(3));
+    assert_eq!(local_reply(&o), 400);
+    assert_eq!(status(&out), "SIP/2.0 400 Bad header Sub?ject");
+}

@@ -1157,4 +1157,123 @@ abcd";
         let b = b"garbage";
         assert!(parse_via(b, Span::new(0, b.len())).is_err());
     }
+
+    #[test]
+    fn rfc4475_via_lws_and_folding_everywhere() {
+        let b = b"SIP  /   2.0\r\n /UDP\r\n    192.0.2.2 ;\r\n branch =\r\n z9hG4bK30239 ; rport";
+        let v = parse_via(b, Span::new(0, b.len())).unwrap();
+        assert_eq!(v.transport.get(b), b"UDP");
+        assert_eq!(v.host.get(b), b"192.0.2.2");
+        assert_eq!(v.branch.unwrap().get(b), b"z9hG4bK30239");
+        assert_eq!(v.rport, Some(None));
+        // empty params / separators (RFC 4475 §3.1.2.1) are not a via-parm
+        let b = b"SIP/2.0/UDP 192.0.2.15;;,;,,";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+        assert_eq!(via_sent_by_port(b, Span::new(0, b.len())), Some(None));
+        let b = b"SIP/2.0/UDP h:5070;;";
+        assert_eq!(via_sent_by_port(b, Span::new(0, b.len())), Some(Some(5070)));
+        let b = b"SIP/2.0 UDP h";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+    }
+
+    #[test]
+    fn rfc4475_cseq_folded() {
+        assert_eq!(parse_cseq(b"0009\r\n  INVITE"), Some((9, &b"INVITE"[..])));
+        assert_eq!(parse_cseq(b"36893488147419103232 REGISTER"), None);
+    }
+
+    #[test]
+    fn rfc4475_addr_values() {
+        let ok = |v: &[u8], list: bool| check_addr_value(v, Span::new(0, v.len()), list);
+        // valid (§3.1.1 and §3.3.4)
+        assert!(ok(
+            b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n",
+            false
+        ));
+        assert!(ok(
+            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+            false
+        ));
+        assert!(ok(b"\"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f\" <sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com>", false));
+        assert!(ok(b"token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;fromParam''~+*_!.-%=\"\xd1\x80\";tag=_token~1'+`*%!-.", false));
+        assert!(ok(b"caller<sip:caller@example.com>;tag=323", false));
+        assert!(ok(b"isbn:2983792873", false));
+        assert!(ok(b"<http://www.example.com>;tag=3234233", false));
+        assert!(ok(b"sip:+16505552222@ss1.example.net;user=phone", false));
+        assert!(ok(b"*", true));
+        assert!(ok(
+            b"<sip:a@b>;expires=3600, \"x\" <sip:c@d>;+sip.instance=\"<urn:uuid:1>\"",
+            true
+        ));
+        assert!(ok(
+            b"\r\n <sip:services.example.com;lr;unknownwith=value;unknown-no-value>",
+            true
+        ));
+        assert!(ok(
+            b"<sip:user@example.com?Route=%3Csip:sip.example.com%3E>",
+            true
+        ));
+        // invalid (§3.1.2.6, .13, .14, .15)
+        assert!(!ok(b"\"Mr. J. User <sip:j.user@example.com>", false));
+        assert!(!ok(
+            b"sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            true
+        ));
+        assert!(!ok(
+            b"\"Watson, Thomas\" < sip:t.watson@example.org >",
+            false
+        ));
+        assert!(!ok(
+            b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            false
+        ));
+        assert!(!ok(b"<sip:a@b>, <sip:c@d>", false));
+        assert!(!ok(b"<sip:a@b>;;", false));
+        assert!(!ok(b"Bob", false));
+        assert!(!ok(b"", false));
+    }
+
+    #[test]
+    fn rfc4475_sip_uri_userinfo_with_separators() {
+        let u = b"sip:user;par=u%40example.net@example.com";
+        let p = parse_sip_uri(u, Span::new(0, u.len())).unwrap();
+        assert!(p.user && !p.headers);
+        assert_eq!(p.host.get(u), b"example.com");
+        let u = b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com";
+        let p = parse_sip_uri(u, Span::new(0, u.len())).unwrap();
+        assert_eq!(p.host.get(u), b"example.com");
+        assert!(!p.headers);
+        let u = b"sip:user@example.com?Route=%3Csip:example.com%3E";
+        let p = parse_sip_uri(u, Span::new(0, u.len())).unwrap();
+        assert!(p.headers);
+        assert_eq!(p.host.get(u), b"example.com");
+    }
+
+    #[test]
+    fn rfc4475_lenient_parse_reports_the_defect() {
+        let mut h = Vec::new();
+        let m = b"INVITE  sip:user@example.com  SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n";
+        assert!(SipMsg::parse(m, m.len(), &mut h).is_err());
+        let (p, d) = SipMsg::parse_lenient(m, m.len(), &mut h).unwrap();
+        assert_eq!(d, Defect::RequestLine);
+        assert_eq!(p.method(), b"INVITE");
+        assert_eq!(p.uri(), b"sip:user@example.com");
+        let m =
+            b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nX-B\x01d: 1\r\nTo: <sip:a>\r\n\r\n";
+        assert_eq!(
+            SipMsg::parse(m, m.len(), &mut h).unwrap_err(),
+            ParseError::HeaderLine
+        );
+        let (p, d) = SipMsg::parse_lenient(m, m.len(), &mut h).unwrap();
+        match d {
+            Defect::HeaderLine(l) => assert_eq!(l.get(m), b"X-B\x01d: 1\r\n"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.headers.len(), 2);
+        // not SIP at all: still an error
+        let m = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(SipMsg::parse_lenient(m, m.len(), &mut h).is_err());
+        let m = b"SIP/2.0 4294967301 x\r\n\r\n";
+        assert!(SipMsg::parse_lenient(m, m.len(), &mut h).is_err());
+    }
 }
