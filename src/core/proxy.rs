@@ -10,7 +10,7 @@ use crate::sip::framer::{FrameError, find_header_end, frame_datagram};
 use crate::sip::msg::{
     Defect, HeaderKind, HeaderSpan, NameAddr, ParseError, SipMsg, Span, StartLine, UriParts, Via,
     check_addr_value, header_param, parse_cseq, parse_name_addr, parse_sip_uri, parse_u32,
-    parse_via, uri_scheme, via_sent_by_port,
+    parse_via, sip_uri_valid, uri_scheme, via_sent_by_port,
 };
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
@@ -562,11 +562,8 @@ impl Core {
                 if parts.headers {
                     return Err((400, "Bad Request-URI"));
                 }
-                // rsip's typed model validates the URI; it does not know IPv6
-                // references, whose host our own parser has already checked
-                let v6 = parts.host.get(msg.buf).starts_with(b"[");
-                let text = std::str::from_utf8(uri).map_err(|_| (400, "Bad Request-URI"))?;
-                if !v6 && rsip::Uri::try_from(text).is_err() {
+                // URI characters and host (allocation-free; was an rsip parse)
+                if !sip_uri_valid(msg.buf, span, &parts) {
                     return Err((400, "Bad Request-URI"));
                 }
             }

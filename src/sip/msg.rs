@@ -942,6 +942,40 @@ pub fn parse_sip_uri(buf: &[u8], uri: Span) -> Option<UriParts> {
     Some(parts)
 }
 
+/// RFC 3261 §19.1.1 / §25.1 rules for a SIP URI that [`parse_sip_uri`] has
+/// split: only URI characters (unreserved, reserved, `%HH` escapes, the
+/// brackets of an IPv6 reference), and a host that is an IPv6 reference or a
+/// host name / IPv4 address (letters, digits, `-`, `.`, `_`). No allocation.
+pub fn sip_uri_valid(buf: &[u8], uri: Span, parts: &UriParts) -> bool {
+    let u = uri.get(buf);
+    let mut i = 0;
+    while i < u.len() {
+        let c = u[i];
+        if c == b'%' {
+            if i + 2 >= u.len() || !u[i + 1].is_ascii_hexdigit() || !u[i + 2].is_ascii_hexdigit() {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !(c.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,[]".contains(&c)) {
+            return false;
+        }
+        i += 1;
+    }
+    let host = parts.host.get(buf);
+    if let Some(v6) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
+        return std::str::from_utf8(v6)
+            .ok()
+            .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+            .is_some();
+    }
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
+}
+
 /// `CSeq` value: (number, method); LWS, folded lines included, separates them.
 pub fn parse_cseq(v: &[u8]) -> Option<(u32, &[u8])> {
     let mut it = v.split(|&b| is_lws(b)).filter(|p| !p.is_empty());
@@ -1275,5 +1309,22 @@ abcd";
         assert!(SipMsg::parse_lenient(m, m.len(), &mut h).is_err());
         let m = b"SIP/2.0 4294967301 x\r\n\r\n";
         assert!(SipMsg::parse_lenient(m, m.len(), &mut h).is_err());
+    }
+
+    #[test]
+    fn rfc3261_19_1_1_request_uri_characters_and_host() {
+        let ok = |u: &[u8]| {
+            let span = Span::new(0, u.len());
+            parse_sip_uri(u, span).is_some_and(|p| sip_uri_valid(u, span, &p))
+        };
+        assert!(ok(b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com"));
+        assert!(ok(b"sip:sips%3Auser%40example.com@example.net"));
+        assert!(ok(b"sip:[2001:db8::1]:5060;transport=tcp"));
+        assert!(ok(b"sip:vivekg@chair-dnrc.example.com;unknownparam"));
+        assert!(!ok(b"sip:user@exa mple.com"));
+        assert!(!ok(b"sip:user@example.com%4"));
+        assert!(!ok(b"sip:user@[2001:db8::zz]"));
+        assert!(!ok(b"sip:user@ex<ample.com"));
+        assert!(!ok(b"sip:us\"er@example.com"));
     }
 }
