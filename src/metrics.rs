@@ -47,9 +47,9 @@ pub const METHODS: [&str; 15] = [
 pub const REPLY_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
 
 /// Codes of `sipedge_local_replies_total` with their own label; the rest is `other`.
-pub const LOCAL_REPLY_CODES: [u16; 8] = [200, 400, 403, 416, 483, 500, 503, 505];
-const LOCAL_REPLY_LABELS: [&str; 9] = [
-    "200", "400", "403", "416", "483", "500", "503", "505", "other",
+pub const LOCAL_REPLY_CODES: [u16; 9] = [200, 400, 403, 416, 420, 483, 500, 503, 505];
+const LOCAL_REPLY_LABELS: [&str; 10] = [
+    "200", "400", "403", "416", "420", "483", "500", "503", "505", "other",
 ];
 
 /// Transport labels, indexed by [`transport_index`].

@@ -23,10 +23,16 @@ pub enum DropReason {
     Keepalive,
     /// A request that would loop back to ourselves.
     Loop,
+    /// A malformed request that cannot be answered: no Via to send a reply by.
+    BadRequest,
+    /// A malformed reply (RFC 4475 §3.1.2.5: CSeq out of range, …), or one
+    /// whose next Via is a broadcast, multicast or unspecified address
+    /// (§3.3.10): never forwarded.
+    BadReply,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::ParseFailure,
         DropReason::BadAck,
         DropReason::ReplyNotOurs,
@@ -35,6 +41,8 @@ impl DropReason {
         DropReason::SendFailed,
         DropReason::Keepalive,
         DropReason::Loop,
+        DropReason::BadRequest,
+        DropReason::BadReply,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +54,8 @@ impl DropReason {
             DropReason::SendFailed => "send_failed",
             DropReason::Keepalive => "keepalive",
             DropReason::Loop => "loop",
+            DropReason::BadRequest => "bad_request",
+            DropReason::BadReply => "bad_reply",
         }
     }
 }

@@ -9,8 +9,9 @@ use crate::config::{Config, ListenSpec, Selection, Transport, UpstreamSpec};
 use crate::metrics::Metrics;
 use crate::sip::framer::{FrameError, find_header_end, frame_datagram};
 use crate::sip::msg::{
-    HeaderKind, HeaderSpan, NameAddr, SipMsg, Span, StartLine, UriParts, Via, header_param,
-    parse_cseq, parse_name_addr, parse_sip_uri, parse_u32, parse_via, uri_scheme,
+    Defect, HeaderKind, HeaderSpan, NameAddr, ParseError, SipMsg, Span, StartLine, UriParts, Via,
+    check_addr_value, header_param, parse_cseq, parse_name_addr, parse_sip_uri, parse_u32,
+    parse_via, sip_uri_valid, uri_scheme, via_sent_by_port,
 };
 use arc_swap::ArcSwap;
 use std::hash::{Hash, Hasher};
@@ -278,6 +279,9 @@ impl Core {
         } = sc;
         let msg = match SipMsg::parse(buf, body_offset, headers) {
             Ok(m) => m,
+            Err(ParseError::StartLine | ParseError::HeaderLine) => {
+                return self.malformed_request(buf, body_offset, rcv, sc);
+            }
             Err(_) => return self.parse_failure(buf, rcv, sc),
         };
         out.clear();
@@ -297,6 +301,47 @@ impl Core {
                 self.route_request(&msg, version_ok, add_content_length, rcv, &mut b, routes)
             }
         }
+    }
+
+    /// A message that does not parse strictly but may be a request that can
+    /// be answered: a recognisable request line with bad white space (RFC 4475
+    /// §3.1.2.8–3.1.2.10) or a malformed header line (a control byte or
+    /// separator in a header name, no colon). Such a request is answered
+    /// `400` with a reason phrase naming the problem (`Bad Request-Line`,
+    /// `Bad header NAME`), on UDP and TCP alike (the message was framed, so
+    /// a TCP stream stays in step); an ACK is dropped as `bad_ack`. Anything
+    /// else takes the parse-failure path. Cold path.
+    fn malformed_request(
+        &self,
+        buf: &[u8],
+        body_offset: usize,
+        rcv: &RcvInfo,
+        sc: &mut Scratch,
+    ) -> Outcome {
+        let Scratch { headers, out, .. } = sc;
+        let (msg, defect) = match SipMsg::parse_lenient(buf, body_offset, headers) {
+            Ok((m, d)) if m.is_request() && d != Defect::None => (m, d),
+            _ => return self.parse_failure(buf, rcv, sc),
+        };
+        self.metrics.request(msg.method());
+        if msg.method() == b"ACK" {
+            self.metrics.dropped(DropReason::BadAck);
+            return Outcome::Dropped(DropReason::BadAck);
+        }
+        let mut reason = String::new();
+        match defect {
+            Defect::HeaderLine(line) => {
+                let l = line.get(buf);
+                let name_end = l
+                    .iter()
+                    .position(|&b| b == b':' || b == b'\r' || b == b'\n')
+                    .unwrap_or(l.len());
+                reason.push_str("Bad header ");
+                push_reason_text(&mut reason, crate::sip::msg::trim_bytes(&l[..name_end]));
+            }
+            _ => reason.push_str("Bad Request-Line"),
+        }
+        self.local_reply(&msg, rcv, 400, &reason, out)
     }
 
     /// Parse failure (seed 000): offer the bytes to the nosip hook; if it does
@@ -460,14 +505,43 @@ impl Core {
                 return Err((400, why));
             }
         }
+        if msg.count(HeaderKind::MaxForwards) > 1 {
+            return Err((400, "Duplicate Max-Forwards"));
+        }
         let top = msg.first(HeaderKind::Via).ok_or((400, "Missing Via"))?;
-        parse_via(msg.buf, top.value).map_err(|_| (400, "Bad Via"))?;
-        if msg
-            .headers
-            .iter()
-            .any(|h| h.kind == HeaderKind::CallId && msg.value(h).is_empty())
-        {
-            return Err((400, "Bad Call-ID"));
+        let via = parse_via(msg.buf, top.value).map_err(|_| (400, "Bad Via"))?;
+        // RFC 4475 §3.2.1: the magic cookie without an identifier cannot be
+        // told apart from other such requests; reject it statelessly
+        if via.branch.is_some_and(|b| b.get(msg.buf) == b"z9hG4bK") {
+            return Err((400, "Bad Via branch"));
+        }
+        // the other headers the proxy reads or copies into its replies, in
+        // every form RFC 3261 allows (folding, quoting, unknown schemes)
+        for h in msg.headers {
+            let bad = match h.kind {
+                HeaderKind::From => {
+                    (!check_addr_value(msg.buf, h.value, false)).then_some("Bad From")
+                }
+                HeaderKind::To => (!check_addr_value(msg.buf, h.value, false)).then_some("Bad To"),
+                HeaderKind::Contact => {
+                    (!check_addr_value(msg.buf, h.value, true)).then_some("Bad Contact")
+                }
+                HeaderKind::Route => {
+                    (!check_addr_value(msg.buf, h.value, true)).then_some("Bad Route")
+                }
+                HeaderKind::RecordRoute => {
+                    (!check_addr_value(msg.buf, h.value, true)).then_some("Bad Record-Route")
+                }
+                HeaderKind::CallId => {
+                    let v = msg.value(h);
+                    (v.is_empty() || v.iter().any(|&b| b <= b' ' || b == 0x7f))
+                        .then_some("Bad Call-ID")
+                }
+                _ => None,
+            };
+            if let Some(why) = bad {
+                return Err((400, why));
+            }
         }
         let cseq = msg
             .first(HeaderKind::CSeq)
@@ -493,17 +567,24 @@ impl Core {
                 let Some(parts) = parse_sip_uri(msg.buf, span) else {
                     return Err((400, "Bad Request-URI"));
                 };
-                // rsip's typed model validates the URI; it does not know IPv6
-                // references, whose host our own parser has already checked
-                let v6 = parts.host.get(msg.buf).starts_with(b"[");
-                let text = std::str::from_utf8(uri).map_err(|_| (400, "Bad Request-URI"))?;
-                if !v6 && rsip::Uri::try_from(text).is_err() {
+                // RFC 3261 §19.1.1: headers are not allowed in a Request-URI
+                // (RFC 4475 §3.1.2.11)
+                if parts.headers {
+                    return Err((400, "Bad Request-URI"));
+                }
+                // URI characters and host (allocation-free; was an rsip parse)
+                if !sip_uri_valid(msg.buf, span, &parts) {
                     return Err((400, "Bad Request-URI"));
                 }
             }
             Some(s) if s.eq_ignore_ascii_case(b"tel") => {}
             Some(_) => return Err((416, "Unsupported URI Scheme")),
             None => return Err((400, "Bad Request-URI")),
+        }
+        // §16.3 step 5: this proxy supports no extensions; the reply lists
+        // the option tags in Unsupported (see `local_reply`)
+        if msg.headers.iter().any(|h| is_proxy_require(msg, h)) {
+            return Err((420, "Bad Extension"));
         }
         Ok(())
     }
@@ -877,6 +958,9 @@ impl Core {
             self.metrics.dropped(r);
             Outcome::Dropped(r)
         };
+        if !reply_sane(msg) {
+            return drop(DropReason::BadReply);
+        }
         let Some((vi, top_h)) = msg
             .headers
             .iter()
@@ -920,6 +1004,9 @@ impl Core {
         let Some(ip) = ip else {
             return drop(DropReason::NoRoute);
         };
+        if !is_unicast(ip) {
+            return drop(DropReason::BadReply);
+        }
         let port = match next.rport {
             Some(Some(p)) => p,
             _ => next.port.unwrap_or(5060),
@@ -960,12 +1047,19 @@ impl Core {
         out: &mut Vec<u8>,
     ) -> Outcome {
         let buf = msg.buf;
-        let Some(top) = msg
+        // RFC 3261 §18.2.2 / RFC 3581 §4: where a UDP reply goes. A Via whose
+        // parameters are malformed (RFC 4475 §3.1.2.1) is still answered to
+        // its sent-by port; without a usable Via there is nothing to answer.
+        let udp_port = msg
             .first(HeaderKind::Via)
-            .and_then(|h| parse_via(buf, h.value).ok())
-        else {
-            self.metrics.dropped(DropReason::ParseFailure);
-            return Outcome::Dropped(DropReason::ParseFailure);
+            .and_then(|h| match parse_via(buf, h.value) {
+                Ok(top) if top.rport.is_some() => Some(None),
+                Ok(top) => Some(Some(top.port.unwrap_or(5060))),
+                Err(_) => via_sent_by_port(buf, h.value).map(|p| Some(p.unwrap_or(5060))),
+            });
+        let Some(udp_port) = udp_port else {
+            self.metrics.dropped(DropReason::BadRequest);
+            return Outcome::Dropped(DropReason::BadRequest);
         };
         let text = |h: &HeaderSpan| String::from_utf8_lossy(msg.value(h)).into_owned();
         let mut headers = rsip::Headers::default();
@@ -996,6 +1090,18 @@ impl Core {
         if let Some(h) = msg.first(HeaderKind::CSeq) {
             headers.push(rsip::Header::CSeq(rsip::headers::CSeq::from(text(h))));
         }
+        if code == 420 {
+            let mut tags = String::new();
+            for h in msg.headers.iter().filter(|h| is_proxy_require(msg, h)) {
+                if !tags.is_empty() {
+                    tags.push_str(", ");
+                }
+                tags.push_str(&text(h));
+            }
+            headers.push(rsip::Header::Unsupported(rsip::headers::Unsupported::from(
+                tags,
+            )));
+        }
         headers.push(rsip::Header::Server(rsip::headers::Server::from(format!(
             "sipedge/{}",
             env!("CARGO_PKG_VERSION")
@@ -1018,13 +1124,10 @@ impl Core {
         let _ = write!(out, "{resp}");
         let addr = match rcv.transport {
             Transport::Tcp => rcv.src,
-            Transport::Udp => {
-                if top.rport.is_some() {
-                    rcv.src
-                } else {
-                    SocketAddr::new(rcv.src.ip(), top.port.unwrap_or(5060))
-                }
-            }
+            Transport::Udp => match udp_port {
+                None => rcv.src,
+                Some(port) => SocketAddr::new(rcv.src.ip(), port),
+            },
         };
         self.metrics.local_reply(code);
         Outcome::Send {
@@ -1036,6 +1139,37 @@ impl Core {
             },
             kind: SendKind::LocalReply(code),
         }
+    }
+}
+
+/// A reply worth forwarding: exactly one CSeq, whose number fits 32 bits
+/// (RFC 4475 §3.1.2.5: a reply with overlarge scalars is discarded).
+fn reply_sane(msg: &SipMsg<'_>) -> bool {
+    let mut cseqs = msg.headers.iter().filter(|h| h.kind == HeaderKind::CSeq);
+    matches!((cseqs.next(), cseqs.next()), (Some(h), None) if parse_cseq(msg.value(h)).is_some())
+}
+
+/// An address a reply may be sent to: not broadcast, multicast or
+/// unspecified (RFC 4475 §3.3.10: a proxy drops a reply whose next Via is
+/// 255.255.255.255 rather than broadcast it).
+fn is_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !(v4.is_broadcast() || v4.is_multicast() || v4.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+    }
+}
+
+/// A `Proxy-Require` header (RFC 3261 §20.29; it has no compact form).
+fn is_proxy_require(msg: &SipMsg<'_>, h: &HeaderSpan) -> bool {
+    h.kind == HeaderKind::Other && h.name.get(msg.buf).eq_ignore_ascii_case(b"proxy-require")
+}
+
+/// Append message bytes to a reason phrase (RFC 3261 §25.1 Reason-Phrase):
+/// at most 32 of them, anything but unreserved / reserved characters shown as `?`.
+fn push_reason_text(reason: &mut String, bytes: &[u8]) {
+    for &b in bytes.iter().take(32) {
+        let ok = b.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,%".contains(&b);
+        reason.push(if ok { b as char } else { '?' });
     }
 }
 

@@ -683,3 +683,81 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn rfc4475_malformed_ack_is_dropped_not_answered() {
+    let c = core();
+    let m = invite("")
+        .replacen("INVITE sip:bob", "ACK  sip:bob", 1)
+        .replace("314159 INVITE", "314159 ACK");
+    let (o, _) = run(&c, &m, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::BadAck));
+}
+
+#[test]
+fn rfc4475_request_without_via_cannot_be_answered() {
+    let c = core();
+    let m = invite("").replace(
+        "Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc;rport\r\n",
+        "",
+    );
+    let (o, _) = run(&c, &m, &udp());
+    assert_eq!(o, Outcome::Dropped(DropReason::BadRequest));
+    let m = invite("X\x7fY: 1\r\n").replace(
+        "Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK-abc;rport\r\n",
+        "",
+    );
+    let (o, _) = run(&c, &m, &tcp(3));
+    assert_eq!(o, Outcome::Dropped(DropReason::BadRequest));
+}
+
+#[test]
+fn rfc4475_bad_header_name_answered_naming_it() {
+    let c = core();
+    let (o, out) = run(&c, &invite("Sub ject: x\r\n"), &tcp(3));
+    assert_eq!(local_reply(&o), 400);
+    assert_eq!(status(&out), "SIP/2.0 400 Bad header Sub?ject");
+}
+
+/// Every header the proxy reads, folded (CRLF + WSP) and spaced as RFC 3261
+/// §7.3.1 allows: the request is forwarded, only our edits applied.
+#[test]
+fn rfc4475_folding_in_every_header_the_proxy_reads() {
+    let msg = "INVITE sip:bob@example.com SIP/2.0\r\n\
+Via :\r\n SIP / 2.0 /\r\n UDP 198.51.100.7:5062 ;\r\n branch =\r\n z9hG4bK-fold ;\r\n rport\r\n\
+Max-Forwards :\r\n 70\r\n\
+From :\r\n \"Alice \\\"A\\\"\"\r\n <sip:alice@example.com> ;\r\n tag = 1928\r\n\
+To:\r\n Bob\r\n <sip:bob@example.com>\r\n\
+Call-ID :\r\n fold@pc33\r\n\
+CSeq :\r\n 314159\r\n INVITE\r\n\
+Route :\r\n <sip:192.0.2.10:5060;lr> ,\r\n <sip:192.0.2.30;lr>\r\n\
+Record-Route :\r\n <sip:rr.example.com;lr>\r\n\
+Contact :\r\n <sip:alice@198.51.100.7:5062>\r\n\
+Content-Length :\r\n 4\r\n\
+\r\n\
+v=0\n";
+    let (o, out) = run(&core(), msg, &udp());
+    let d = forwarded(&o);
+    assert_eq!(
+        d.addr,
+        "192.0.2.30:5060".parse().unwrap(),
+        "the second Route"
+    );
+    let want = msg
+        .replace("Max-Forwards :\r\n 70", "Max-Forwards :\r\n 69")
+        .replace("rport\r\nMax", "rport=5062;received=198.51.100.7\r\nMax")
+        .replace(
+            "Route :\r\n <sip:192.0.2.10:5060;lr> ,\r\n <sip:192.0.2.30;lr>",
+            "Route :\r\n <sip:192.0.2.30;lr>",
+        );
+    let (head, rest) = out.split_once("\r\n").unwrap();
+    assert_eq!(head, "INVITE sip:bob@example.com SIP/2.0");
+    let (via, rest) = rest.split_once("\r\n").unwrap();
+    assert!(
+        via.starts_with("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKsE"),
+        "{via}"
+    );
+    let (rr, rest) = rest.split_once("\r\n").unwrap();
+    assert_eq!(rr, "Record-Route: <sip:192.0.2.10:5060;lr>");
+    assert_eq!(rest, want.split_once("\r\n").unwrap().1);
+}

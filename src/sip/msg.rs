@@ -192,6 +192,20 @@ fn content_end(buf: &[u8], s: usize, e: usize) -> usize {
     e
 }
 
+/// What a lenient parse ([`SipMsg::parse_lenient`]) had to skip: enough to
+/// answer a request `400` naming the problem instead of dropping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    /// Nothing: the message parses strictly.
+    None,
+    /// The request line is malformed but recognisable: a method token, then
+    /// (with extra, missing or embedded whitespace) a URI and `SIP/x.y`.
+    RequestLine,
+    /// The first header line that is not `token *WSP ":" value` (control
+    /// bytes or separators in the name, no colon); that line is not indexed.
+    HeaderLine(Span),
+}
+
 impl<'a> SipMsg<'a> {
     /// Index `buf` (one framed message, its body starting at `body_offset`)
     /// into `headers` (cleared first; reused across messages).
@@ -200,6 +214,26 @@ impl<'a> SipMsg<'a> {
         body_offset: usize,
         headers: &'a mut Vec<HeaderSpan>,
     ) -> Result<SipMsg<'a>, ParseError> {
+        Self::parse_inner(buf, body_offset, headers, false).map(|(m, _)| m)
+    }
+
+    /// Like [`Self::parse`], but a malformed request line or header line is
+    /// reported as a [`Defect`] instead of failing the parse (the cold
+    /// parse-failure path uses it to answer such a request `400`).
+    pub fn parse_lenient(
+        buf: &'a [u8],
+        body_offset: usize,
+        headers: &'a mut Vec<HeaderSpan>,
+    ) -> Result<(SipMsg<'a>, Defect), ParseError> {
+        Self::parse_inner(buf, body_offset, headers, true)
+    }
+
+    fn parse_inner(
+        buf: &'a [u8],
+        body_offset: usize,
+        headers: &'a mut Vec<HeaderSpan>,
+        lenient: bool,
+    ) -> Result<(SipMsg<'a>, Defect), ParseError> {
         headers.clear();
         let body_offset = body_offset.min(buf.len());
         // the empty line before the body: the last line break(s) of the head
@@ -211,7 +245,16 @@ impl<'a> SipMsg<'a> {
             }
         }
         let sl_end = line_end(buf, 0, headers_end.max(1).min(buf.len()));
-        let start = parse_start_line(buf, 0, content_end(buf, 0, sl_end))?;
+        let sl_content = content_end(buf, 0, sl_end);
+        let mut defect = Defect::None;
+        let start = match parse_start_line(buf, 0, sl_content) {
+            Ok(s) => s,
+            Err(ParseError::StartLine) if lenient => {
+                defect = Defect::RequestLine;
+                parse_request_line_lenient(buf, sl_content).ok_or(ParseError::StartLine)?
+            }
+            Err(e) => return Err(e),
+        };
         let mut pos = sl_end;
         while pos < headers_end {
             let mut e = line_end(buf, pos, headers_end);
@@ -219,13 +262,20 @@ impl<'a> SipMsg<'a> {
             while e < headers_end && is_ws(buf[e]) {
                 e = line_end(buf, e, headers_end);
             }
-            let colon = memchr::memchr(b':', &buf[pos..e])
-                .map(|i| pos + i)
-                .ok_or(ParseError::HeaderLine)?;
-            let (ns, ne) = trim(buf, pos, colon);
-            if ns != pos || ns == ne || !buf[ns..ne].iter().all(|&b| is_token_char(b)) {
-                return Err(ParseError::HeaderLine);
-            }
+            let colon = memchr::memchr(b':', &buf[pos..e]).map(|i| pos + i);
+            let name = colon.map(|c| trim(buf, pos, c)).filter(|&(ns, ne)| {
+                ns == pos && ns < ne && buf[ns..ne].iter().all(|&b| is_token_char(b))
+            });
+            let (Some(colon), Some((ns, ne))) = (colon, name) else {
+                if !lenient {
+                    return Err(ParseError::HeaderLine);
+                }
+                if defect == Defect::None {
+                    defect = Defect::HeaderLine(Span::new(pos, e));
+                }
+                pos = e;
+                continue;
+            };
             let (vs, ve) = trim(buf, colon + 1, e);
             if headers.len() >= MAX_HEADERS {
                 return Err(ParseError::TooManyHeaders);
@@ -238,14 +288,17 @@ impl<'a> SipMsg<'a> {
             });
             pos = e;
         }
-        Ok(SipMsg {
-            buf,
-            start,
-            start_line: Span::new(0, sl_end),
-            headers,
-            headers_end,
-            body_offset,
-        })
+        Ok((
+            SipMsg {
+                buf,
+                start,
+                start_line: Span::new(0, sl_end),
+                headers,
+                headers_end,
+                body_offset,
+            },
+            defect,
+        ))
     }
 
     pub fn is_request(&self) -> bool {
@@ -339,6 +392,34 @@ fn parse_start_line(buf: &[u8], s: usize, e: usize) -> Result<StartLine, ParseEr
     })
 }
 
+/// A request line with whitespace where RFC 3261 §7.1 allows exactly one SP
+/// (RFC 4475 §3.1.2.8–3.1.2.10: `lwsruri`, `lwsstart`, `trws`): a method
+/// token, whitespace, a URI (possibly with embedded whitespace), whitespace
+/// and `SIP/x.y`, then optional trailing whitespace. `None` when it is not
+/// recognisably a SIP request line at all.
+fn parse_request_line_lenient(buf: &[u8], e: usize) -> Option<StartLine> {
+    let line = &buf[..e];
+    let m_end = line.iter().position(|&b| !is_token_char(b))?;
+    if m_end == 0 || !is_ws(line[m_end]) || line.iter().any(|&b| b < b' ' && b != b'\t') {
+        return None;
+    }
+    let (us, le) = trim(buf, m_end, e);
+    let v_start = line[us..le].iter().rposition(|&b| is_ws(b))? + us + 1;
+    let version = &line[v_start..le];
+    if version.len() <= 4 || !version[..4].eq_ignore_ascii_case(b"SIP/") {
+        return None;
+    }
+    let (us, ue) = trim(buf, us, v_start);
+    if us >= ue {
+        return None;
+    }
+    Some(StartLine::Request {
+        method: Span::new(0, m_end),
+        uri: Span::new(us, ue),
+        version_ok: version == b"SIP/2.0",
+    })
+}
+
 /// A parsed via-parm (RFC 3261 §20.42): the first one of a Via header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Via {
@@ -408,7 +489,59 @@ pub fn split_host_port(buf: &[u8], s: usize, e: usize) -> Result<(Span, Option<u
     }
 }
 
-/// Parse the first via-parm of the Via value at `value` in `buf`.
+/// `SIP / 2.0 / UDP` (RFC 3261 §20.42 sent-protocol, LWS allowed around
+/// each `/`) at the start of `parm`: the index just past the transport token,
+/// and the transport's range in `parm`.
+fn sent_protocol(parm: &[u8]) -> Option<(usize, usize)> {
+    let name = token_end(parm, 0);
+    if !parm[..name].eq_ignore_ascii_case(b"SIP") {
+        return None;
+    }
+    let mut i = name;
+    let mut field = (0, 0);
+    for _ in 0..2 {
+        i = skip_lws(parm, i);
+        if parm.get(i) != Some(&b'/') {
+            return None;
+        }
+        i = skip_lws(parm, i + 1);
+        let t = token_end(parm, i);
+        if t == i {
+            return None;
+        }
+        field = (i, t);
+        i = t;
+    }
+    Some((i, field.0))
+}
+
+/// End of the token starting at `i` in `b`.
+fn token_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_token_char(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Skip linear white space (SP, HTAB, and the CRLF of a folded line).
+fn skip_lws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_lws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// SP, HTAB, CR, LF: the bytes of RFC 3261 LWS (a folded line keeps its CRLF
+/// inside a header value).
+#[inline]
+fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Parse the first via-parm of the Via value at `value` in `buf`. Linear
+/// white space, folded lines included, is accepted wherever RFC 3261 §20.42
+/// allows it: around the `/` of the sent-protocol, before the sent-by, and
+/// around `;` and `=` of the parameters.
 pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
     let (s, e) = (value.start as usize, value.end as usize);
     // the via-parm ends at the first comma outside a quoted string
@@ -420,10 +553,7 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
             quoted = !quoted;
         } else if !quoted {
             end = s + i;
-            let mut n = s + i + 1;
-            while n < e && matches!(buf[n], b' ' | b'\t' | b'\r' | b'\n') {
-                n += 1;
-            }
+            let n = skip_lws(&buf[..e], s + i + 1);
             if n < e {
                 next = Some(n as u32);
             }
@@ -432,34 +562,14 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
     }
     let (ps, pe) = trim(buf, s, end);
     let parm = &buf[ps..pe];
-    // sent-protocol: SIP / 2.0 / transport (LWS allowed around '/')
-    let mut i = 0;
-    let mut slash = 0;
-    while i < parm.len() && slash < 2 {
-        if parm[i] == b'/' {
-            slash += 1;
-        }
-        i += 1;
-    }
-    if slash < 2 || !parm[..3.min(parm.len())].eq_ignore_ascii_case(b"SIP") {
-        return Err(ViaError);
-    }
-    while i < parm.len() && is_ws(parm[i]) {
-        i += 1;
-    }
-    let ts = i;
-    while i < parm.len() && is_token_char(parm[i]) {
-        i += 1;
-    }
-    if ts == i {
-        return Err(ViaError);
-    }
+    let (mut i, ts) = sent_protocol(parm).ok_or(ViaError)?;
     let transport = Span::new(ps + ts, ps + i);
-    while i < parm.len() && matches!(parm[i], b' ' | b'\t' | b'\r' | b'\n') {
-        i += 1;
+    if i >= parm.len() || !is_lws(parm[i]) {
+        return Err(ViaError);
     }
+    i = skip_lws(parm, i);
     let hs = i;
-    while i < parm.len() && !matches!(parm[i], b';' | b' ' | b'\t' | b'\r' | b'\n') {
+    while i < parm.len() && !matches!(parm[i], b';') && !is_lws(parm[i]) {
         i += 1;
     }
     let sent_by = Span::new(ps + hs, ps + i);
@@ -478,50 +588,37 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
         next,
     };
     // params: *( SEMI via-params ), LWS tolerated around ';' and '='
-    while i < parm.len() {
-        while i < parm.len() && matches!(parm[i], b' ' | b'\t' | b'\r' | b'\n') {
-            i += 1;
-        }
+    loop {
+        i = skip_lws(parm, i);
         if i >= parm.len() {
             break;
         }
         if parm[i] != b';' {
             return Err(ViaError);
         }
-        i += 1;
-        while i < parm.len() && is_ws(parm[i]) {
-            i += 1;
-        }
-        let ns = i;
-        while i < parm.len() && is_token_char(parm[i]) {
-            i += 1;
-        }
-        let ne = i;
+        let ns = skip_lws(parm, i + 1);
+        let ne = token_end(parm, ns);
         if ns == ne {
             return Err(ViaError);
         }
-        while i < parm.len() && is_ws(parm[i]) {
-            i += 1;
-        }
+        i = skip_lws(parm, ne);
         let mut val = None;
         if i < parm.len() && parm[i] == b'=' {
-            i += 1;
-            while i < parm.len() && is_ws(parm[i]) {
-                i += 1;
-            }
+            i = skip_lws(parm, i + 1);
             let vs = i;
             if i < parm.len() && parm[i] == b'"' {
-                i += 1;
-                while i < parm.len() && parm[i] != b'"' {
-                    i += 1;
-                }
-                i = (i + 1).min(parm.len());
+                i = quoted_end(parm, i).ok_or(ViaError)?;
             } else {
-                while i < parm.len() && !matches!(parm[i], b';' | b' ' | b'\t' | b'\r' | b'\n') {
+                while i < parm.len() && parm[i] != b';' && !is_lws(parm[i]) {
                     i += 1;
                 }
             }
+            if i == vs {
+                return Err(ViaError);
+            }
             val = Some(Span::new(ps + vs, ps + i));
+        } else {
+            i = ne;
         }
         let name = &parm[ns..ne];
         if name.eq_ignore_ascii_case(b"branch") {
@@ -542,6 +639,138 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
         }
     }
     Ok(via)
+}
+
+/// The sent-by port of a Via value whose parameters may be malformed (the
+/// cold path that still answers such a request): `Some(port)` when the
+/// sent-protocol and sent-by parse.
+pub fn via_sent_by_port(buf: &[u8], value: Span) -> Option<Option<u16>> {
+    let (ps, pe) = trim(buf, value.start as usize, value.end as usize);
+    let parm = &buf[ps..pe];
+    let (i, _) = sent_protocol(parm)?;
+    let hs = skip_lws(parm, i);
+    let mut he = hs;
+    while he < parm.len() && !matches!(parm[he], b';' | b',') && !is_lws(parm[he]) {
+        he += 1;
+    }
+    split_host_port(buf, ps + hs, ps + he).ok().map(|(_, p)| p)
+}
+
+/// Index just past the quoted string starting at `b[i] == '"'`
+/// (quoted-pair escapes honoured), `None` when it is not terminated or holds
+/// a control byte that is neither escaped nor LWS (RFC 3261 §25.1 qdtext).
+fn quoted_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Some(j + 1),
+            b'\\' => {
+                if matches!(b.get(j + 1), None | Some(b'\r' | b'\n')) {
+                    return None;
+                }
+                j += 2;
+            }
+            c if (c < b' ' && !is_lws(c)) || c == 0x7f => return None,
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// Is the value at `value` a well-formed From / To (`list == false`) or
+/// Contact / Route / Record-Route (`list == true`) value (RFC 3261 §20.10,
+/// §20.20, §20.39, §25.1)? `( name-addr / addr-spec ) *( ";" param )`,
+/// comma-separated when `list` (Contact may also be `*`). A display name is
+/// tokens and LWS or a terminated quoted string; the URI has a scheme (any:
+/// unknown schemes are valid in headers, RFC 4475 §3.3.4) and no white
+/// space or control bytes; an addr-spec without `<>` holds no `?` or `,`
+/// (§20: such a URI must be in angle brackets). LWS, folded lines included,
+/// is accepted between all elements. No allocation.
+pub fn check_addr_value(buf: &[u8], value: Span, list: bool) -> bool {
+    let v = value.get(buf);
+    if list && v == b"*" {
+        return true;
+    }
+    let mut i = 0;
+    loop {
+        i = skip_lws(v, i);
+        let Some(after) = addr_entry(v, i, list) else {
+            return false;
+        };
+        i = skip_lws(v, after);
+        // header parameters
+        while i < v.len() && v[i] == b';' {
+            let ns = skip_lws(v, i + 1);
+            let ne = token_end(v, ns);
+            if ns == ne {
+                return false;
+            }
+            i = skip_lws(v, ne);
+            if i < v.len() && v[i] == b'=' {
+                let vs = skip_lws(v, i + 1);
+                if vs < v.len() && v[vs] == b'"' {
+                    let Some(q) = quoted_end(v, vs) else {
+                        return false;
+                    };
+                    i = q;
+                } else {
+                    i = vs;
+                    while i < v.len() && !is_lws(v[i]) && !b";,\"<>".contains(&v[i]) {
+                        if v[i] < b' ' || v[i] == 0x7f {
+                            return false;
+                        }
+                        i += 1;
+                    }
+                    if i == vs {
+                        return false;
+                    }
+                }
+                i = skip_lws(v, i);
+            }
+        }
+        if i >= v.len() {
+            return true;
+        }
+        if !(list && v[i] == b',') {
+            return false;
+        }
+        i += 1;
+    }
+}
+
+/// One name-addr or addr-spec starting at `v[i]`; the index after it.
+fn addr_entry(v: &[u8], i: usize, list: bool) -> Option<usize> {
+    let uri_ok = |u: &[u8]| {
+        uri_scheme(u).is_some() && !u.iter().any(|&c| c <= b' ' || b"<>\"\x7f".contains(&c))
+    };
+    let laquot = if v.get(i) == Some(&b'"') {
+        // quoted display name, then optional LWS and '<'
+        let j = skip_lws(v, quoted_end(v, i)?);
+        (v.get(j) == Some(&b'<')).then_some(j)?
+    } else {
+        // *(token LWS) display name before '<', or the addr-spec itself
+        let mut j = i;
+        while j < v.len() && (is_token_char(v[j]) || is_lws(v[j])) {
+            j += 1;
+        }
+        if v.get(j) == Some(&b'<') {
+            j
+        } else {
+            // addr-spec: the URI runs to the first ';' (header params) or ','
+            let mut k = i;
+            while k < v.len() && v[k] != b';' && !(list && v[k] == b',') {
+                k += 1;
+            }
+            let mut ue = k;
+            while ue > i && is_lws(v[ue - 1]) {
+                ue -= 1;
+            }
+            let uri = &v[i..ue];
+            return (uri_ok(uri) && !uri.contains(&b'?') && !uri.contains(&b',')).then_some(k);
+        }
+    };
+    let close = memchr::memchr(b'>', &v[laquot..])? + laquot;
+    uri_ok(&v[laquot + 1..close]).then_some(close + 1)
 }
 
 /// A name-addr or addr-spec (RFC 3261 §25.1) as found in Route / Record-Route:
@@ -625,6 +854,8 @@ pub struct UriParts {
     pub lr: bool,
     /// `maddr=` parameter present.
     pub maddr: Option<Span>,
+    /// A `?headers` part is present (not allowed in a Request-URI).
+    pub headers: bool,
 }
 
 /// Scheme of a URI, lower-cased check; `None` when there is no `scheme:`.
@@ -653,18 +884,21 @@ pub fn parse_sip_uri(buf: &[u8], uri: Span) -> Option<UriParts> {
     } else {
         return None;
     };
-    // userinfo ends at '@' (which cannot appear unescaped in the host part)
-    let hp_end = u[i..]
-        .iter()
-        .position(|&b| b == b';' || b == b'?')
-        .map_or(u.len(), |p| i + p);
-    let user = match memchr::memrchr(b'@', &u[i..hp_end]) {
+    // the userinfo ends at the last '@': it cannot appear unescaped in the
+    // host, the parameters or the headers, while the user part may hold
+    // ';', '?', '/', ... (RFC 3261 §25.1 user-unreserved; RFC 4475 §3.1.1.2,
+    // §3.1.1.9)
+    let user = match memchr::memrchr(b'@', &u[i..]) {
         Some(at) => {
             i += at + 1;
             true
         }
         None => false,
     };
+    let hp_end = u[i..]
+        .iter()
+        .position(|&b| b == b';' || b == b'?')
+        .map_or(u.len(), |p| i + p);
     let (host, port) = split_host_port(buf, s + i, s + hp_end).ok()?;
     if host.is_empty() {
         return None;
@@ -677,11 +911,13 @@ pub fn parse_sip_uri(buf: &[u8], uri: Span) -> Option<UriParts> {
         transport: None,
         lr: false,
         maddr: None,
+        headers: false,
     };
     let params_end = u[hp_end..]
         .iter()
         .position(|&b| b == b'?')
         .map_or(u.len(), |p| hp_end + p);
+    parts.headers = params_end < u.len();
     let mut j = hp_end;
     while j < params_end && u[j] == b';' {
         let ps = j + 1;
@@ -706,9 +942,43 @@ pub fn parse_sip_uri(buf: &[u8], uri: Span) -> Option<UriParts> {
     Some(parts)
 }
 
-/// `CSeq` value: (number, method).
+/// RFC 3261 §19.1.1 / §25.1 rules for a SIP URI that [`parse_sip_uri`] has
+/// split: only URI characters (unreserved, reserved, `%HH` escapes, the
+/// brackets of an IPv6 reference), and a host that is an IPv6 reference or a
+/// host name / IPv4 address (letters, digits, `-`, `.`, `_`). No allocation.
+pub fn sip_uri_valid(buf: &[u8], uri: Span, parts: &UriParts) -> bool {
+    let u = uri.get(buf);
+    let mut i = 0;
+    while i < u.len() {
+        let c = u[i];
+        if c == b'%' {
+            if i + 2 >= u.len() || !u[i + 1].is_ascii_hexdigit() || !u[i + 2].is_ascii_hexdigit() {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        if !(c.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,[]".contains(&c)) {
+            return false;
+        }
+        i += 1;
+    }
+    let host = parts.host.get(buf);
+    if let Some(v6) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
+        return std::str::from_utf8(v6)
+            .ok()
+            .and_then(|s| s.parse::<std::net::Ipv6Addr>().ok())
+            .is_some();
+    }
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
+}
+
+/// `CSeq` value: (number, method); LWS, folded lines included, separates them.
 pub fn parse_cseq(v: &[u8]) -> Option<(u32, &[u8])> {
-    let mut it = v.split(|&b| is_ws(b)).filter(|p| !p.is_empty());
+    let mut it = v.split(|&b| is_lws(b)).filter(|p| !p.is_empty());
     let num = parse_u32(it.next()?)?;
     let method = it.next()?;
     if it.next().is_some() || !method.iter().all(|&b| is_token_char(b)) {
@@ -920,5 +1190,141 @@ abcd";
         assert!(parse_via(b, Span::new(0, b.len())).is_err());
         let b = b"garbage";
         assert!(parse_via(b, Span::new(0, b.len())).is_err());
+    }
+
+    #[test]
+    fn rfc4475_via_lws_and_folding_everywhere() {
+        let b = b"SIP  /   2.0\r\n /UDP\r\n    192.0.2.2 ;\r\n branch =\r\n z9hG4bK30239 ; rport";
+        let v = parse_via(b, Span::new(0, b.len())).unwrap();
+        assert_eq!(v.transport.get(b), b"UDP");
+        assert_eq!(v.host.get(b), b"192.0.2.2");
+        assert_eq!(v.branch.unwrap().get(b), b"z9hG4bK30239");
+        assert_eq!(v.rport, Some(None));
+        // empty params / separators (RFC 4475 §3.1.2.1) are not a via-parm
+        let b = b"SIP/2.0/UDP 192.0.2.15;;,;,,";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+        assert_eq!(via_sent_by_port(b, Span::new(0, b.len())), Some(None));
+        let b = b"SIP/2.0/UDP h:5070;;";
+        assert_eq!(via_sent_by_port(b, Span::new(0, b.len())), Some(Some(5070)));
+        let b = b"SIP/2.0 UDP h";
+        assert!(parse_via(b, Span::new(0, b.len())).is_err());
+    }
+
+    #[test]
+    fn rfc4475_cseq_folded() {
+        assert_eq!(parse_cseq(b"0009\r\n  INVITE"), Some((9, &b"INVITE"[..])));
+        assert_eq!(parse_cseq(b"36893488147419103232 REGISTER"), None);
+    }
+
+    #[test]
+    fn rfc4475_addr_values() {
+        let ok = |v: &[u8], list: bool| check_addr_value(v, Span::new(0, v.len()), list);
+        // valid (§3.1.1 and §3.3.4)
+        assert!(ok(
+            b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n",
+            false
+        ));
+        assert!(ok(
+            b"\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>\r\n  ;\r\n  tag = 98asjd8",
+            false
+        ));
+        assert!(ok(b"\"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f\" <sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com>", false));
+        assert!(ok(b"token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;fromParam''~+*_!.-%=\"\xd1\x80\";tag=_token~1'+`*%!-.", false));
+        assert!(ok(b"caller<sip:caller@example.com>;tag=323", false));
+        assert!(ok(b"isbn:2983792873", false));
+        assert!(ok(b"<http://www.example.com>;tag=3234233", false));
+        assert!(ok(b"sip:+16505552222@ss1.example.net;user=phone", false));
+        assert!(ok(b"*", true));
+        assert!(ok(
+            b"<sip:a@b>;expires=3600, \"x\" <sip:c@d>;+sip.instance=\"<urn:uuid:1>\"",
+            true
+        ));
+        assert!(ok(
+            b"\r\n <sip:services.example.com;lr;unknownwith=value;unknown-no-value>",
+            true
+        ));
+        assert!(ok(
+            b"<sip:user@example.com?Route=%3Csip:sip.example.com%3E>",
+            true
+        ));
+        // invalid (§3.1.2.6, .13, .14, .15)
+        assert!(!ok(b"\"Mr. J. User <sip:j.user@example.com>", false));
+        assert!(!ok(
+            b"sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            true
+        ));
+        assert!(!ok(
+            b"\"Watson, Thomas\" < sip:t.watson@example.org >",
+            false
+        ));
+        assert!(!ok(
+            b"Bell, Alexander <sip:a.g.bell@example.com>;tag=43",
+            false
+        ));
+        assert!(!ok(b"<sip:a@b>, <sip:c@d>", false));
+        assert!(!ok(b"<sip:a@b>;;", false));
+        assert!(!ok(b"Bob", false));
+        assert!(!ok(b"", false));
+    }
+
+    #[test]
+    fn rfc4475_sip_uri_userinfo_with_separators() {
+        let u = b"sip:user;par=u%40example.net@example.com";
+        let p = parse_sip_uri(u, Span::new(0, u.len())).unwrap();
+        assert!(p.user && !p.headers);
+        assert_eq!(p.host.get(u), b"example.com");
+        let u = b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com";
+        let p = parse_sip_uri(u, Span::new(0, u.len())).unwrap();
+        assert_eq!(p.host.get(u), b"example.com");
+        assert!(!p.headers);
+        let u = b"sip:user@example.com?Route=%3Csip:example.com%3E";
+        let p = parse_sip_uri(u, Span::new(0, u.len())).unwrap();
+        assert!(p.headers);
+        assert_eq!(p.host.get(u), b"example.com");
+    }
+
+    #[test]
+    fn rfc4475_lenient_parse_reports_the_defect() {
+        let mut h = Vec::new();
+        let m = b"INVITE  sip:user@example.com  SIP/2.0\r\nVia: SIP/2.0/UDP h\r\n\r\n";
+        assert!(SipMsg::parse(m, m.len(), &mut h).is_err());
+        let (p, d) = SipMsg::parse_lenient(m, m.len(), &mut h).unwrap();
+        assert_eq!(d, Defect::RequestLine);
+        assert_eq!(p.method(), b"INVITE");
+        assert_eq!(p.uri(), b"sip:user@example.com");
+        let m =
+            b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h\r\nX-B\x01d: 1\r\nTo: <sip:a>\r\n\r\n";
+        assert_eq!(
+            SipMsg::parse(m, m.len(), &mut h).unwrap_err(),
+            ParseError::HeaderLine
+        );
+        let (p, d) = SipMsg::parse_lenient(m, m.len(), &mut h).unwrap();
+        match d {
+            Defect::HeaderLine(l) => assert_eq!(l.get(m), b"X-B\x01d: 1\r\n"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.headers.len(), 2);
+        // not SIP at all: still an error
+        let m = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(SipMsg::parse_lenient(m, m.len(), &mut h).is_err());
+        let m = b"SIP/2.0 4294967301 x\r\n\r\n";
+        assert!(SipMsg::parse_lenient(m, m.len(), &mut h).is_err());
+    }
+
+    #[test]
+    fn rfc3261_19_1_1_request_uri_characters_and_host() {
+        let ok = |u: &[u8]| {
+            let span = Span::new(0, u.len());
+            parse_sip_uri(u, span).is_some_and(|p| sip_uri_valid(u, span, &p))
+        };
+        assert!(ok(b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com"));
+        assert!(ok(b"sip:sips%3Auser%40example.com@example.net"));
+        assert!(ok(b"sip:[2001:db8::1]:5060;transport=tcp"));
+        assert!(ok(b"sip:vivekg@chair-dnrc.example.com;unknownparam"));
+        assert!(!ok(b"sip:user@exa mple.com"));
+        assert!(!ok(b"sip:user@example.com%4"));
+        assert!(!ok(b"sip:user@[2001:db8::zz]"));
+        assert!(!ok(b"sip:user@ex<ample.com"));
+        assert!(!ok(b"sip:us\"er@example.com"));
     }
 }
