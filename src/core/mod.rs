@@ -50,6 +50,7 @@ impl DropReason {
 }
 
 pub mod proxy;
+pub mod upstream;
 
 pub use proxy::{
     ConnId, Core, Dest, Outcome, ParseErrorHook, RcvInfo, Scratch, SendKind, fuzz_receive_msg,
