@@ -4,7 +4,8 @@
 
 use super::DropReason;
 use super::nosip::{NosipCtx, NosipHook, NosipVerdict};
-use crate::config::{Config, ListenSpec, Selection, Transport, UpstreamSpec};
+use super::upstream::{self, ProbeDue, ProbeReply, SetId, UpstreamSets};
+use crate::config::{Config, ListenSpec, Transport};
 use crate::metrics::Metrics;
 use crate::sip::framer::{FrameError, find_header_end, frame_datagram};
 use crate::sip::msg::{
@@ -15,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Connection identifier (Kamailio's `;i=` Via parameter carries it).
 pub type ConnId = u64;
@@ -129,15 +130,25 @@ struct Local {
 /// `event_route[core:receive-parse-error]`).
 pub type ParseErrorHook = Box<dyn Fn(&[u8], &RcvInfo) + Send + Sync>;
 
+/// Receives the replies to our OPTIONS probes (recognised by their Via
+/// branch, consumed instead of routed); the backend hands them to its
+/// [`upstream::Prober`].
+pub type ProbeSink = Box<dyn Fn(ProbeReply) + Send + Sync>;
+
 /// The proxy core, shared by all workers.
 pub struct Core {
     locals: Vec<Local>,
-    upstreams: Vec<UpstreamSpec>,
-    selection: Selection,
+    /// Upstream sets and their health (shared with the probe driver and the
+    /// transaction layer).
+    upstream: Arc<UpstreamSets>,
+    /// The set requests without a Route go to (the first).
+    default_set: SetId,
+    /// When health moves are stamped ([`Self::now_ms`]).
+    epoch: std::time::Instant,
+    probe_sink: Option<ProbeSink>,
     record_route: bool,
     rr_methods: Vec<Vec<u8>>,
     secret: u64,
-    next_upstream: AtomicUsize,
     hook: Box<dyn NosipHook>,
     parse_error_hook: Option<ParseErrorHook>,
     pub metrics: Arc<Metrics>,
@@ -170,10 +181,16 @@ impl Core {
             std::process::id().hash(&mut h);
             h.finish()
         };
+        let upstream = Arc::new(UpstreamSets::new(
+            &upstream::set_specs(cfg),
+            Some(&metrics.registry),
+        ));
         Core {
             locals,
-            upstreams: cfg.upstreams.clone(),
-            selection: cfg.selection,
+            upstream,
+            default_set: SetId(0),
+            epoch: std::time::Instant::now(),
+            probe_sink: None,
             record_route: cfg.record_route,
             rr_methods: cfg
                 .record_route_methods
@@ -181,7 +198,6 @@ impl Core {
                 .map(|m| m.as_bytes().to_vec())
                 .collect(),
             secret,
-            next_upstream: AtomicUsize::new(0),
             hook,
             parse_error_hook: None,
             metrics,
@@ -199,6 +215,78 @@ impl Core {
     pub fn with_parse_error_hook(mut self, f: ParseErrorHook) -> Core {
         self.parse_error_hook = Some(f);
         self
+    }
+
+    /// Replace the upstream sets (embedders, tests; the config's sets are
+    /// built by [`Self::new`]).
+    pub fn with_upstreams(mut self, sets: Arc<UpstreamSets>) -> Core {
+        self.upstream = sets;
+        self
+    }
+
+    /// Register where probe replies go (the backend's prober).
+    pub fn with_probe_sink(mut self, f: ProbeSink) -> Core {
+        self.probe_sink = Some(f);
+        self
+    }
+
+    /// The upstream sets: selection and health (for the probe driver, the
+    /// transaction layer, passive signals from the transports).
+    pub fn upstreams(&self) -> &Arc<UpstreamSets> {
+        &self.upstream
+    }
+
+    /// Milliseconds since the core was built: the clock of health changes
+    /// the core and the backends report ([`upstream::Millis`]).
+    pub fn now_ms(&self) -> upstream::Millis {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Write the OPTIONS probe `p` into `out` (RFC 3261 §11; Max-Forwards 0
+    /// would make a proxy answer for the target, so 70) and say where it goes:
+    /// the target's address over its transport (UDP when it has none), from
+    /// the listen socket of that transport and family. `None`: unknown target.
+    pub fn write_probe(&self, p: ProbeDue, out: &mut Vec<u8>) -> Option<Dest> {
+        let t = self.upstream.target(p.target)?;
+        let transport = t.transport().unwrap_or(Transport::Udp);
+        let addr = t.addr();
+        let local = self.probe_local(transport, addr)?;
+        let l = &self.locals[local];
+        let host = String::from_utf8_lossy(&l.host);
+        out.clear();
+        let _ = write!(out, "OPTIONS {} SIP/2.0\r\n", t.uri());
+        out.extend_from_slice(&l.via_prefix);
+        upstream::write_probe_branch(out, self.secret, p);
+        let tag = (self.secret ^ u64::from(p.target.0)) as u32;
+        let _ = write!(
+            out,
+            "\r\nMax-Forwards: {DEFAULT_MAX_FORWARDS}\r\n\
+             From: <sip:sipedge@{host}>;tag=sEp{tag:08x}\r\n\
+             To: <{uri}>\r\n\
+             Call-ID: sEp{tag:08x}-{t:x}-{seq:x}@{host}\r\n\
+             CSeq: {seq} OPTIONS\r\n\
+             Accept: application/sdp\r\n\
+             User-Agent: sipedge/{ver}\r\n\
+             Content-Length: 0\r\n\r\n",
+            uri = t.uri(),
+            t = p.target.0,
+            seq = p.seq,
+            ver = env!("CARGO_PKG_VERSION"),
+        );
+        Some(Dest {
+            transport,
+            addr,
+            conn: None,
+            local,
+        })
+    }
+
+    /// The listen socket probes to `addr` over `t` go from: same transport
+    /// and family, else none.
+    fn probe_local(&self, t: Transport, addr: SocketAddr) -> Option<usize> {
+        self.locals
+            .iter()
+            .position(|l| l.transport == t && l.ip.is_ipv4() == addr.is_ipv4())
     }
 
     /// Number of listen sockets (indices for [`RcvInfo::local`]).
@@ -389,23 +477,16 @@ impl Core {
             .unwrap_or(rcv.local)
     }
 
-    fn pick_upstream(&self, msg: &SipMsg<'_>) -> Option<&UpstreamSpec> {
-        let n = self.upstreams.len();
-        if n == 0 {
-            return None;
-        }
-        let i = match self.selection {
-            Selection::RoundRobin => self.next_upstream.fetch_add(1, Ordering::Relaxed) % n,
-            Selection::CallIdHash => {
-                let cid = msg
-                    .first(HeaderKind::CallId)
-                    .map_or(&b""[..], |h| msg.value(h));
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                cid.hash(&mut h);
-                (h.finish() % n as u64) as usize
-            }
-        };
-        self.upstreams.get(i)
+    /// A target of the default set for a request without a Route
+    /// (round-robin, Call-ID hash, weighted, priority: the set's algorithm),
+    /// among the targets that are up.
+    fn pick_upstream(&self, msg: &SipMsg<'_>) -> Option<&upstream::Target> {
+        let cid = msg
+            .first(HeaderKind::CallId)
+            .map_or(&b""[..], |h| msg.value(h));
+        self.upstream
+            .pick(self.default_set, cid, &[])
+            .map(|(_, t)| t)
     }
 
     /// RFC 3261 §16.11: a branch that is the same for a retransmission, and for
@@ -674,12 +755,16 @@ impl Core {
                 name,
             });
         }
-        let up = self
-            .pick_upstream(msg)
-            .ok_or(Refuse::Drop(DropReason::NoRoute))?;
+        // no target up: 503 (RFC 3261 §16.7 step 6 / §21.5.4), an ACK is dropped
+        let Some(up) = self.pick_upstream(msg) else {
+            return Err(match msg.method() {
+                b"ACK" => Refuse::Drop(DropReason::NoRoute),
+                _ => Refuse::Reply(503, "Service Unavailable"),
+            });
+        };
         Ok(NextHop {
-            transport: up.transport.unwrap_or(rcv.transport),
-            addr: up.addr,
+            transport: up.transport().unwrap_or(rcv.transport),
+            addr: up.addr(),
             name: None,
         })
     }
@@ -817,9 +902,7 @@ impl Core {
     }
 
     fn is_from_upstream(&self, rcv: &RcvInfo) -> bool {
-        self.upstreams
-            .iter()
-            .any(|u| u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip()))
+        self.upstream.is_target_addr(rcv.src, rcv.outbound)
     }
 
     /// Address of a SIP URI's host (maddr ignored): an IP literal, or a host
@@ -882,6 +965,28 @@ impl Core {
             .is_none()
         {
             return drop(DropReason::ReplyNotOurs);
+        }
+        // a reply to one of our OPTIONS probes: to the prober, not routed
+        if let Some(br) = top.branch.map(|b| b.get(buf))
+            && br.starts_with(upstream::PROBE_BRANCH)
+        {
+            let Some(p) = upstream::parse_probe_branch(br, self.secret) else {
+                return drop(DropReason::ReplyNotOurs);
+            };
+            if let Some(sink) = &self.probe_sink {
+                sink(ProbeReply {
+                    target: p.target,
+                    seq: p.seq,
+                    code,
+                });
+            }
+            return Outcome::Consumed;
+        }
+        // passive health: a final reply from a target (503 counts as a failure)
+        if code >= 200 && self.upstream.health_on() {
+            for id in self.upstream.targets_at(rcv.src, Some(rcv.transport)) {
+                self.upstream.mark_reply(id, code, self.now_ms());
+            }
         }
         // the next Via: in the same header after a comma, or the next Via header
         let next = match top.next {
