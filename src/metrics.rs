@@ -89,6 +89,17 @@ pub struct Metrics {
     bytes_in: [IntCounter; TRANSPORTS.len()],
     bytes_out: [IntCounter; TRANSPORTS.len()],
     forward_latency: Histogram,
+    txn: TxnMetrics,
+}
+
+/// The stateful mode's transaction counters (`proxy.mode = "stateful"`).
+struct TxnMetrics {
+    active: IntGauge,
+    created: IntCounter,
+    timeouts: IntCounter,
+    failovers: IntCounter,
+    cap_rejects: IntCounter,
+    absorbed: IntCounter,
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -278,8 +289,50 @@ impl Metrics {
                 transports,
             )?,
             forward_latency,
+            txn: TxnMetrics {
+                active: {
+                    let g = IntGauge::new(
+                        "sipedge_transactions",
+                        "Transactions alive (stateful mode).",
+                    )?;
+                    registry.register(Box::new(g.clone()))?;
+                    g
+                },
+                created: r.counter(
+                    "sipedge_transactions_created_total",
+                    "Transactions created (stateful mode).",
+                )?,
+                timeouts: r.counter(
+                    "sipedge_transaction_timeouts_total",
+                    "Client transactions that timed out (Timers B, F, C).",
+                )?,
+                failovers: r.counter(
+                    "sipedge_transaction_failovers_total",
+                    "Requests sent to the next target after a timeout, transport error or failover code.",
+                )?,
+                cap_rejects: r.counter(
+                    "sipedge_transactions_refused_total",
+                    "Requests answered 503 because the transaction table was full.",
+                )?,
+                absorbed: r.counter(
+                    "sipedge_transaction_retransmissions_absorbed_total",
+                    "Retransmitted requests answered from their transaction instead of forwarded.",
+                )?,
+            },
             registry,
         })
+    }
+
+    /// Transaction-table changes since the last call: counter deltas and
+    /// the change of the number of live transactions.
+    pub fn transactions(&self, d: &crate::core::transaction::Stats, active_delta: i64) {
+        let t = &self.txn;
+        t.active.add(active_delta);
+        t.created.inc_by(d.created);
+        t.timeouts.inc_by(d.timeouts);
+        t.failovers.inc_by(d.failovers);
+        t.cap_rejects.inc_by(d.cap_rejects);
+        t.absorbed.inc_by(d.absorbed);
     }
 
     /// `sipedge_requests_received_total{method}`; unknown methods count as `other`.
@@ -575,7 +628,7 @@ mod tests {
     fn naming_conventions() {
         let m = Metrics::new();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 17);
+        assert_eq!(families.len(), 23);
         for f in &families {
             let name = f.name();
             assert!(name.starts_with("sipedge_"), "{name}");

@@ -4,6 +4,7 @@
 
 use super::DropReason;
 use super::nosip::{NosipCtx, NosipHook, NosipVerdict};
+use super::transaction::stateful::Pre;
 use super::upstream::{self, ProbeDue, ProbeReply, SetId, UpstreamSets};
 use crate::config::{Config, ListenSpec, Transport};
 use crate::metrics::Metrics;
@@ -74,6 +75,9 @@ pub enum Outcome {
     Dropped(DropReason),
     /// Unparseable and not consumed: on TCP the connection must be released.
     ParseError,
+    /// The transaction layer took it (stateful mode): send
+    /// [`Scratch::txn`]'s messages (none for an absorbed retransmission).
+    Txn,
 }
 
 /// Per-worker reusable buffers (no per-message allocation in steady state).
@@ -87,6 +91,8 @@ pub struct Scratch {
     edits: Vec<Edit>,
     tmp: Vec<u8>,
     routes: Vec<(usize, NameAddr)>,
+    /// Messages of the transaction layer for [`Outcome::Txn`] (stateful mode).
+    pub txn: super::transaction::Out,
 }
 
 impl Scratch {
@@ -98,6 +104,7 @@ impl Scratch {
             edits: Vec::with_capacity(16),
             tmp: Vec::with_capacity(512),
             routes: Vec::with_capacity(8),
+            txn: super::transaction::Out::default(),
         }
     }
 }
@@ -153,6 +160,8 @@ pub struct Core {
     parse_error_hook: Option<ParseErrorHook>,
     pub metrics: Arc<Metrics>,
     log_window: AtomicU64,
+    /// The stateful mode's transaction tables (`None`: stateless).
+    stateful: Option<super::transaction::Stateful>,
 }
 
 /// Magic cookie + our marker; the rest of the branch is a hash.
@@ -202,6 +211,7 @@ impl Core {
             parse_error_hook: None,
             metrics,
             log_window: AtomicU64::new(0),
+            stateful: None,
         }
     }
 
@@ -353,6 +363,7 @@ impl Core {
             edits,
             tmp,
             routes,
+            txn,
         } = sc;
         let msg = match SipMsg::parse(buf, body_offset, headers) {
             Ok(m) => m,
@@ -369,12 +380,76 @@ impl Core {
             tmp,
             resolve,
         };
+        if let Some(st) = &self.stateful {
+            // stateful mode: the transaction layer first (RFC 3261 §16 / §17)
+            txn.clear();
+            match msg.start {
+                StartLine::Response { code, .. } => {
+                    if st.on_reply(self, &msg, code, rcv, txn) {
+                        return Outcome::Txn;
+                    }
+                }
+                StartLine::Request { version_ok, .. } => {
+                    match st.before_request(self, &msg, rcv, txn) {
+                        Pre::Done => return Outcome::Txn,
+                        Pre::Stateless => {}
+                        Pre::Route { hash, caller } => {
+                            let o = self.route_request(
+                                &msg,
+                                version_ok,
+                                add_content_length,
+                                rcv,
+                                &mut b,
+                                routes,
+                            );
+                            return st.after_route(self, o, b.out, hash, caller, txn);
+                        }
+                    }
+                }
+            }
+        }
         match msg.start {
             StartLine::Response { code, .. } => self.route_reply(&msg, code, rcv, &mut b),
             StartLine::Request { version_ok, .. } => {
                 self.route_request(&msg, version_ok, add_content_length, rcv, &mut b, routes)
             }
         }
+    }
+
+    /// Stateful mode: run transaction shard `shard`'s timers; the messages
+    /// to send are left in `out`. Nothing in stateless mode.
+    pub fn poll_transactions(&self, shard: usize, out: &mut super::transaction::Out) {
+        if let Some(st) = &self.stateful {
+            st.poll(self, shard, out);
+        }
+    }
+
+    /// Stateful mode: sending a try failed; fail over (messages in `out`).
+    pub fn transaction_send_failed(
+        &self,
+        r: super::transaction::TxnRef,
+        out: &mut super::transaction::Out,
+    ) {
+        if let Some(st) = &self.stateful {
+            st.send_failed(self, r, out);
+        }
+    }
+
+    /// The stateful mode's tables (`None`: stateless mode).
+    pub fn stateful(&self) -> Option<&super::transaction::Stateful> {
+        self.stateful.as_ref()
+    }
+
+    /// Switch to the stateful mode with these transaction settings and
+    /// `shards` tables (one per worker is plenty).
+    pub fn with_stateful(mut self, cfg: &super::transaction::TxnConfig, shards: usize) -> Core {
+        self.stateful = Some(super::transaction::Stateful::new(
+            cfg,
+            shards,
+            self.metrics.clone(),
+            self.now_ms(),
+        ));
+        self
     }
 
     /// Parse failure (seed 000): offer the bytes to the nosip hook; if it does
@@ -492,7 +567,7 @@ impl Core {
     /// RFC 3261 §16.11: a branch that is the same for a retransmission, and for
     /// the CANCEL / non-2xx ACK of an INVITE (they carry the INVITE's branch,
     /// or, from RFC 2543 clients, the same Call-ID / tags / CSeq number / R-URI).
-    fn branch_hash(&self, msg: &SipMsg<'_>, via: &Via) -> u64 {
+    pub(crate) fn branch_hash(&self, msg: &SipMsg<'_>, via: &Via) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.secret.hash(&mut h);
         via.sent_by.get(msg.buf).hash(&mut h);
@@ -1110,6 +1185,17 @@ impl Core {
         };
         out.clear();
         let _ = write!(out, "{resp}");
+        self.metrics.local_reply(code);
+        Outcome::Send {
+            dest: self.reply_dest(rcv, &top),
+            kind: SendKind::LocalReply(code),
+        }
+    }
+
+    /// Where a reply to a request that came in with `rcv` goes (RFC 3261
+    /// §18.2.2, RFC 3581 §4): the same connection on TCP; on UDP the source
+    /// address (with rport) or the source IP and the sent-by port.
+    pub(crate) fn reply_dest(&self, rcv: &RcvInfo, top: &Via) -> Dest {
         let addr = match rcv.transport {
             Transport::Tcp => rcv.src,
             Transport::Udp => {
@@ -1120,15 +1206,11 @@ impl Core {
                 }
             }
         };
-        self.metrics.local_reply(code);
-        Outcome::Send {
-            dest: Dest {
-                transport: rcv.transport,
-                addr,
-                conn: rcv.conn,
-                local: rcv.local,
-            },
-            kind: SendKind::LocalReply(code),
+        Dest {
+            transport: rcv.transport,
+            addr,
+            conn: rcv.conn,
+            local: rcv.local,
         }
     }
 }

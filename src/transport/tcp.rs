@@ -306,7 +306,9 @@ async fn receive_tcp_msg(
             kind: SendKind::NosipReply,
             ..
         } => {}
-        Outcome::Send { .. } | Outcome::Resolve { .. } | Outcome::Dropped(_) => conn.mark_ok(),
+        Outcome::Send { .. } | Outcome::Resolve { .. } | Outcome::Dropped(_) | Outcome::Txn => {
+            conn.mark_ok()
+        }
     }
     // the connection we read from is the first candidate for replies
     if !r.cache.contains(conn.id) {

@@ -96,6 +96,7 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
                     dns: DnsCache::default(),
                     req_tx,
                     res_rx,
+                    txn_timers: Default::default(),
                 };
                 driver::run(
                     &mut dev,
@@ -163,6 +164,8 @@ struct App {
     dns: DnsCache,
     req_tx: mpsc::SyncSender<Pending>,
     res_rx: mpsc::Receiver<(Pending, Option<IpAddr>)>,
+    /// Messages of the transaction timers (stateful mode; reused).
+    txn_timers: crate::core::transaction::Out,
 }
 
 impl App {
@@ -170,6 +173,19 @@ impl App {
     fn step(&mut self, s: &mut Stack, now: Instant) {
         while let Ok((p, ip)) = self.res_rx.try_recv() {
             self.resolved(s, now, p, ip);
+        }
+        // stateful mode: the transaction timers (the driver comes back at
+        // least every driver::MAX_WAIT)
+        if let Some(n) = self.core.stateful().map(|st| st.shard_count()) {
+            let mut out = std::mem::take(&mut self.txn_timers);
+            for shard in 0..n {
+                out.clear();
+                self.core.poll_transactions(shard, &mut out);
+                if !out.sends.is_empty() {
+                    self.deliver_txn(s, now, &out, StdInstant::now());
+                }
+            }
+            self.txn_timers = out;
         }
         while let Some(ev) = s.poll_event() {
             match ev {
@@ -203,6 +219,11 @@ impl App {
             let outcome = self.core.receive_datagram(&d.data, &rcv, &mut self.sc);
             s.recycle(d.data);
             match outcome {
+                Outcome::Txn => {
+                    let out = std::mem::take(&mut self.sc.txn);
+                    self.deliver_txn(s, now, &out, received_at);
+                    self.sc.txn = out;
+                }
                 Outcome::Send { dest, kind } => {
                     let out = std::mem::take(&mut self.sc.out);
                     self.deliver(s, now, &dest, kind, &out, received_at, false);
@@ -252,8 +273,44 @@ impl App {
         self.deliver(s, now, &d, p.kind, &p.out, p.received_at, true);
     }
 
+    /// Send the transaction layer's messages; a try that cannot be sent
+    /// fails over at once (bounded: each round uses up a try).
+    fn deliver_txn(
+        &mut self,
+        s: &mut Stack,
+        now: Instant,
+        out: &crate::core::transaction::Out,
+        at: StdInstant,
+    ) {
+        let mut failed = Vec::new();
+        for m in &out.sends {
+            if !self.deliver(s, now, &m.dest, m.kind, out.bytes(m), at, false)
+                && let Some(r) = m.txn
+            {
+                failed.push(r);
+            }
+        }
+        let mut next = crate::core::transaction::Out::default();
+        for _ in 0..crate::core::transaction::MAX_TRIES {
+            if failed.is_empty() {
+                break;
+            }
+            next.clear();
+            for r in failed.drain(..) {
+                self.core.transaction_send_failed(r, &mut next);
+            }
+            for m in &next.sends {
+                if !self.deliver(s, now, &m.dest, m.kind, next.bytes(m), at, false)
+                    && let Some(r) = m.txn
+                {
+                    failed.push(r);
+                }
+            }
+        }
+    }
+
     /// Send `out` to `dest` over the stack and count it (the kernel
-    /// backend's `deliver`, for one UDP-only stack thread).
+    /// backend's `deliver`, for one UDP-only stack thread). `false`: not sent.
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
@@ -264,14 +321,14 @@ impl App {
         out: &[u8],
         received_at: StdInstant,
         resolved: bool,
-    ) {
+    ) -> bool {
         if resolved_to_self(&self.core, &self.metrics, dest, resolved) {
-            return;
+            return false;
         }
         if dest.transport != Transport::Udp {
             tracing::debug!(dest = %dest.addr, "TCP next hop: not available on the userspace stack yet");
             count_send(&self.metrics, dest, kind, out.len(), received_at, false);
-            return;
+            return false;
         }
         let family = dest.addr.is_ipv4();
         let h = match self.handles.get(dest.local) {
@@ -284,5 +341,6 @@ impl App {
         };
         let ok = h.is_some_and(|h| s.udp_send_to(now, h, dest.addr, out).is_ok());
         count_send(&self.metrics, dest, kind, out.len(), received_at, ok);
+        ok
     }
 }

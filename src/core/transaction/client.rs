@@ -49,7 +49,7 @@ impl TxnTable {
         s.req_len = fwd.len() as u32;
         s.sent_end = s.req_len;
         s.branch_at = at as u32;
-        write_branch(&mut s.buf, at, key, i, s.generation, 0);
+        write_branch(&mut s.buf, at, key, self.shard << 16 | i, s.generation, 0);
         s.invite = invite;
         s.caller = caller;
         s.up = dest;
@@ -73,7 +73,7 @@ impl TxnTable {
             }
         }
         Self::start_try(s, now, t1, tb);
-        let r = s.txn_ref(i);
+        let r = s.txn_ref(self.shard << 16 | i);
         out.push(s.up, s.request(), SendKind::Request, Some(r));
         self.arm(i);
         Some(r)
@@ -113,11 +113,15 @@ impl TxnTable {
         let Ok(via) = parse_via(msg.buf, vh.value) else {
             return false;
         };
-        let Some((k32, i, generation, attempt)) =
+        let Some((k32, field, generation, attempt)) =
             via.branch.and_then(|b| decode_branch(b.get(msg.buf)))
         else {
             return false;
         };
+        if field >> 16 != self.shard {
+            return false;
+        }
+        let i = field & 0xFFFF;
         let Some(s) = self.slots.get(i as usize) else {
             return false;
         };
@@ -294,23 +298,30 @@ impl TxnTable {
                 return false;
             };
             let cid = m.first(HeaderKind::CallId).map_or(&b""[..], |h| m.value(h));
-            up.pick(cid, &s.tried[..s.ntried as usize])
+            up.pick(cid, &s.tried[..s.ntried as usize], &s.up)
         };
         let Some((t, dest)) = picked else {
             return false;
         };
-        // our Via names the first try's transport: the next must match
-        if dest.transport != s.up.transport {
+        // our Via names the first try's transport and address family
+        if dest.transport != s.up.transport || dest.addr.is_ipv4() != s.up.addr.is_ipv4() {
             return false;
         }
         s.tried[s.ntried as usize] = t;
         s.ntried += 1;
         s.attempt += 1;
         let (key, generation, attempt, at) = (s.key, s.generation, s.attempt, s.branch_at as usize);
-        write_branch(&mut s.buf, at, key, i, generation, attempt);
+        write_branch(
+            &mut s.buf,
+            at,
+            key,
+            self.shard << 16 | i,
+            generation,
+            attempt,
+        );
         s.up = dest;
         Self::start_try(s, now, t1, tb);
-        let r = s.txn_ref(i);
+        let r = s.txn_ref(self.shard << 16 | i);
         out.push(s.up, s.request(), SendKind::Request, Some(r));
         self.stats.failovers += 1;
         self.arm(i);
@@ -335,7 +346,11 @@ impl TxnTable {
         }
         s.cli = Cli::Done;
         if s.from_set {
-            up.failure(s.tried[s.ntried as usize - 1], Signal::Timeout, now);
+            up.failure(
+                s.tried[s.ntried as usize - 1],
+                Signal::TransactionTimeout,
+                now,
+            );
         }
         if super::better(408, s.best_code) {
             s.best_code = 408;
@@ -356,7 +371,11 @@ impl TxnTable {
     /// A transport error sending try `r` (connection refused / reset, no
     /// route): fail over at once, or answer with the best answer (408).
     pub fn transport_error(&mut self, now: u64, r: TxnRef, out: &mut Out, up: &mut dyn Upstreams) {
-        let Some(s) = self.slots.get_mut(r.slot as usize) else {
+        if r.slot >> 16 != self.shard {
+            return;
+        }
+        let i = r.slot & 0xFFFF;
+        let Some(s) = self.slots.get_mut(i as usize) else {
             return;
         };
         if s.key == 0
@@ -372,19 +391,19 @@ impl TxnTable {
             s.retx = Retx::None;
         }
         if s.from_set {
-            up.failure(s.tried[s.ntried as usize - 1], Signal::TransportError, now);
+            up.failure(s.tried[s.ntried as usize - 1], Signal::SendFailed, now);
         }
         if super::better(408, s.best_code) {
             s.best_code = 408;
             s.best_local = true;
             s.set_best(&[]);
         }
-        if !self.failover(now, r.slot, out, up) {
-            self.send_best(now, r.slot, out);
+        if !self.failover(now, i, out, up) {
+            self.send_best(now, i, out);
         }
-        let s = &mut self.slots[r.slot as usize];
+        let s = &mut self.slots[i as usize];
         s.end_at = s.end_at.max(now).max(1);
-        self.arm(r.slot);
+        self.arm(i);
     }
 
     /// Send the CANCEL for the current try (§9.1) and retransmit it on UDP.
@@ -410,7 +429,7 @@ impl TxnTable {
         };
         let start = out.buf.len();
         build_hop_request(&m, b"CANCEL", None, None, &mut out.buf);
-        let r = s.txn_ref(i);
+        let r = s.txn_ref(self.shard << 16 | i);
         out.push_built(start, s.up, SendKind::Request, Some(r));
     }
 

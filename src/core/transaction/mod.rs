@@ -14,7 +14,8 @@
 //!   the caller][best final response held back]`. A freed slot keeps the
 //!   buffer's capacity, so steady-state traffic does not allocate.
 //! - Our client branch is `z9hG4bKsT` + 16 hex digits: 8 of the server key,
-//!   5 of the slot index, 2 of its generation and 1 of the try. A reply finds
+//!   1 of the shard (table), 4 of the slot index, 2 of its generation and 1
+//!   of the try. A reply finds
 //!   its transaction without a lookup (§17.1.3: branch + CSeq method); the
 //!   try digit tells a late reply of an earlier try.
 //! - Server transactions are keyed by the core's branch hash (the client's
@@ -25,8 +26,11 @@
 
 mod client;
 mod server;
+pub mod stateful;
 pub mod wheel;
 
+#[cfg(test)]
+mod core_tests;
 #[cfg(test)]
 mod tests;
 
@@ -38,13 +42,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write as _;
 use wheel::{Entry, Wheel};
 
-/// An upstream target (index in its set; the upstream module's id).
-pub type TargetId = u16;
+pub use super::upstream::{Signal, TargetId};
+pub use stateful::Stateful;
 
 /// Tries per request at most (the try is one hex digit of the branch).
 pub const MAX_TRIES: usize = 8;
-/// Slots at most (the slot index has 5 hex digits in the branch).
-pub const MAX_SLOTS: u32 = 0xF_FFFF;
+/// Slots per table at most; the branch's 5 slot digits are the shard (1)
+/// and the slot (4).
+pub const MAX_SLOTS: u32 = 0xFFFF;
+/// Shards (tables) at most.
+pub const MAX_SHARDS: usize = 16;
 /// Timer wheel: 10 ms ticks, 4096 buckets (a 41 s turn).
 const WHEEL_TICK_MS: u64 = 10;
 const WHEEL_BUCKETS: usize = 4096;
@@ -53,22 +60,18 @@ pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKsT";
 const STATELESS_PREFIX: &[u8] = b"z9hG4bKsE";
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Why a try failed (reported to the upstream set's health).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// Timer B / F (or C) fired.
-    Timeout,
-    /// The request could not be sent (connection refused, reset, ...).
-    TransportError,
-    /// A final reply whose code is configured as a failover code (503 ...).
-    Reply(u16),
-}
-
 /// The upstream sets as the transaction layer sees them (implemented over
 /// `UpstreamSets` by the integration; by fakes in tests).
 pub trait Upstreams {
-    /// The next target for a request of this Call-ID, skipping `exclude`.
-    fn pick(&mut self, call_id: &[u8], exclude: &[TargetId]) -> Option<(TargetId, Dest)>;
+    /// The next target for a request of this Call-ID, skipping `exclude`
+    /// (the targets tried; the first one names the set). `like`: where the
+    /// first try went (its transport and listen socket).
+    fn pick(
+        &mut self,
+        call_id: &[u8],
+        exclude: &[TargetId],
+        like: &Dest,
+    ) -> Option<(TargetId, Dest)>;
     fn failure(&mut self, target: TargetId, signal: Signal, now_ms: u64);
     fn success(&mut self, target: TargetId, now_ms: u64);
 }
@@ -77,7 +80,7 @@ pub trait Upstreams {
 pub struct NoUpstreams;
 
 impl Upstreams for NoUpstreams {
-    fn pick(&mut self, _: &[u8], _: &[TargetId]) -> Option<(TargetId, Dest)> {
+    fn pick(&mut self, _: &[u8], _: &[TargetId], _: &Dest) -> Option<(TargetId, Dest)> {
         None
     }
     fn failure(&mut self, _: TargetId, _: Signal, _: u64) {}
@@ -150,6 +153,7 @@ pub struct Stats {
 /// Where a try was sent (to report a transport error back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnRef {
+    /// Shard << 16 | slot.
     pub slot: u32,
     pub generation: u8,
     pub attempt: u8,
@@ -376,7 +380,7 @@ impl Slot {
             cli: Cli::Calling,
             attempt: 0,
             ntried: 0,
-            tried: [0; MAX_TRIES],
+            tried: [TargetId(0); MAX_TRIES],
             from_set: false,
             cancelled: false,
             cancel_sent: false,
@@ -449,6 +453,8 @@ pub struct TxnTable {
     due: Vec<Entry>,
     hdrs: Vec<HeaderSpan>,
     cap: u32,
+    /// This table's shard number (written into our branches).
+    shard: u32,
     pub stats: Stats,
 }
 
@@ -459,6 +465,11 @@ impl TxnTable {
     /// A table for `cfg.max_transactions` transactions (slots are created
     /// on first use; the map is sized up front).
     pub fn new(cfg: TxnConfig, now: u64) -> TxnTable {
+        TxnTable::shard(cfg, 0, now)
+    }
+
+    /// Table number `shard` (< [`MAX_SHARDS`]) of a sharded set.
+    pub fn shard(cfg: TxnConfig, shard: usize, now: u64) -> TxnTable {
         let cap = cfg.max_transactions.clamp(1, MAX_SLOTS);
         let mut cfg = cfg;
         cfg.max_tries = cfg.max_tries.clamp(1, MAX_TRIES as u8);
@@ -471,8 +482,14 @@ impl TxnTable {
             due: Vec::new(),
             hdrs: Vec::with_capacity(32),
             cap,
+            shard: (shard % MAX_SHARDS) as u32,
             stats: Stats::default(),
         }
+    }
+
+    /// The shard a [`TxnRef`] belongs to.
+    pub fn ref_shard(r: TxnRef) -> usize {
+        (r.slot >> 16) as usize
     }
 
     pub fn config(&self) -> &TxnConfig {
@@ -598,7 +615,7 @@ impl TxnTable {
         let s = &mut self.slots[i as usize];
         match s.retx {
             Retx::Request => {
-                let r = s.txn_ref(i);
+                let r = s.txn_ref(self.shard << 16 | i);
                 out.push(s.up, s.request(), SendKind::Request, Some(r));
                 // Timer A doubles without bound; Timer E is capped at T2
                 s.retx_iv = if s.invite {
@@ -779,7 +796,7 @@ fn find_branch(msg: &SipMsg<'_>) -> Option<usize> {
 /// Write our stateful branch (prefix + 16 hex digits) at `at`.
 fn write_branch(buf: &mut [u8], at: usize, key: u64, slot: u32, generation: u8, attempt: u8) {
     let v = (u64::from(key as u32) << 32)
-        | (u64::from(slot & MAX_SLOTS) << 12)
+        | (u64::from(slot & 0xF_FFFF) << 12)
         | (u64::from(generation) << 4)
         | u64::from(attempt & 0xf);
     buf[at..at + BRANCH_PREFIX.len()].copy_from_slice(BRANCH_PREFIX);
@@ -789,7 +806,8 @@ fn write_branch(buf: &mut [u8], at: usize, key: u64, slot: u32, generation: u8, 
     }
 }
 
-/// Decode our stateful branch: (key low 32 bits, slot, generation, try).
+/// Decode our stateful branch: (key low 32 bits, shard << 16 | slot,
+/// generation, try).
 fn decode_branch(b: &[u8]) -> Option<(u32, u32, u8, u8)> {
     let h = b.strip_prefix(BRANCH_PREFIX)?;
     if h.len() != 16 {
@@ -806,7 +824,7 @@ fn decode_branch(b: &[u8]) -> Option<(u32, u32, u8, u8)> {
     }
     Some((
         (v >> 32) as u32,
-        ((v >> 12) as u32) & MAX_SLOTS,
+        ((v >> 12) as u32) & 0xF_FFFF,
         (v >> 4) as u8,
         (v & 0xf) as u8,
     ))
@@ -838,4 +856,10 @@ fn source_dest(rcv: &RcvInfo) -> Dest {
         conn: rcv.conn,
         local: rcv.local,
     }
+}
+
+/// The shard a reply's top-Via branch names, if it is one of our stateful
+/// branches.
+pub fn branch_shard(branch: &[u8]) -> Option<usize> {
+    decode_branch(branch).map(|(_, f, _, _)| (f >> 16) as usize)
 }

@@ -120,14 +120,16 @@ struct Set {
 impl Set {
     fn new(n: u16, t: Transport) -> Set {
         Set {
-            targets: (0..n).map(|i| (i, dest(t, 5080 + i))).collect(),
+            targets: (0..n)
+                .map(|i| (TargetId(u32::from(i)), dest(t, 5080 + i)))
+                .collect(),
             ..Set::default()
         }
     }
 }
 
 impl Upstreams for Set {
-    fn pick(&mut self, _: &[u8], exclude: &[TargetId]) -> Option<(TargetId, Dest)> {
+    fn pick(&mut self, _: &[u8], exclude: &[TargetId], _: &Dest) -> Option<(TargetId, Dest)> {
         self.targets
             .iter()
             .find(|(id, _)| !exclude.contains(id))
@@ -296,7 +298,10 @@ fn timer_b_invite_timeout_answers_408_s16_8() {
     let t = String::from_utf8_lossy(h.out.bytes(&h.out.sends[0])).into_owned();
     assert!(t.contains(";tag=sE"), "{t}");
     assert_eq!(h.tab.stats.timeouts, 1);
-    assert_eq!(h.set.failures, vec![(0, Signal::Timeout)]);
+    assert_eq!(
+        h.set.failures,
+        vec![(TargetId(0), Signal::TransactionTimeout)]
+    );
 }
 
 #[test]
@@ -458,7 +463,7 @@ fn timer_j_zero_and_timer_k_t4_for_tcp_caller_udp_upstream() {
         &fwd,
         h.hash,
         caller(Transport::Tcp),
-        Some(0),
+        Some(TargetId(0)),
         d,
         &mut h.out,
     );
@@ -630,8 +635,8 @@ fn failover_on_503_caller_sees_only_the_final_answer() {
     h.reply(&r1, 180, dest(Transport::Udp, 5081));
     h.reply(&r1, 200, dest(Transport::Udp, 5081));
     assert_eq!(h.sent(), sends(&[(5062, "200")]));
-    assert_eq!(h.set.failures, vec![(0, Signal::Reply(503))]);
-    assert_eq!(h.set.successes, vec![1]);
+    assert_eq!(h.set.failures, vec![(TargetId(0), Signal::Reply(503))]);
+    assert_eq!(h.set.successes, vec![TargetId(1)]);
 }
 
 #[test]
@@ -643,7 +648,10 @@ fn failover_on_timeout_then_success() {
     let r1 = h.last_request_up();
     h.reply(&r1, 200, dest(Transport::Udp, 5081));
     assert_eq!(h.sent(), sends(&[(5062, "200")]));
-    assert_eq!(h.set.failures, vec![(0, Signal::Timeout)]);
+    assert_eq!(
+        h.set.failures,
+        vec![(TargetId(0), Signal::TransactionTimeout)]
+    );
 }
 
 #[test]
@@ -653,7 +661,7 @@ fn failover_on_transport_error() {
     h.out.clear();
     h.tab.transport_error(5, r, &mut h.out, &mut h.set);
     assert_eq!(h.sent(), sends(&[(5081, "INVITE")]));
-    assert_eq!(h.set.failures, vec![(0, Signal::TransportError)]);
+    assert_eq!(h.set.failures, vec![(TargetId(0), Signal::SendFailed)]);
     // a stale report (old try) changes nothing
     h.out.clear();
     h.tab.transport_error(6, r, &mut h.out, &mut h.set);
@@ -682,7 +690,7 @@ fn no_failover_for_other_codes() {
     let r0 = h.last_request_up();
     h.reply(&r0, 486, dest(Transport::Udp, 5080));
     assert_eq!(h.sent(), sends(&[(5080, "ACK"), (5062, "486")]));
-    assert_eq!(h.set.successes, vec![0]);
+    assert_eq!(h.set.successes, vec![TargetId(0)]);
 }
 
 #[test]
@@ -763,6 +771,7 @@ fn branch_round_trip() {
     let mut b = b"z9hG4bKsE0123456789abcdef".to_vec();
     write_branch(&mut b, 0, 0xdead_beef_1234_5678, 0xABCDE, 0x7f, 3);
     assert_eq!(decode_branch(&b), Some((0x1234_5678, 0xABCDE, 0x7f, 3)));
+    assert_eq!(branch_shard(&b), Some(0xA));
     assert_eq!(decode_branch(b"z9hG4bKsE0123456789abcdef"), None);
 }
 
