@@ -122,6 +122,7 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
                 }
             });
         }
+        metrics.readiness().set_started();
         super::shutdown_signal().await;
         Ok(())
     });
