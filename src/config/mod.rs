@@ -17,12 +17,13 @@ mod nosip;
 mod proxy;
 mod stack;
 mod tcp;
+mod transaction;
 
 pub use log::{LogFormat, check_log_level, parse_log_format};
 pub use metrics::parse_metrics_listen;
 pub use nosip::{NosipConfig, NosipKind};
 pub use proxy::{
-    DEFAULT_SIP_PORT, ListenSpec, MAX_WORKERS, Selection, UpstreamSpec, parse_listen,
+    DEFAULT_SIP_PORT, ListenSpec, MAX_WORKERS, ProxyMode, Selection, UpstreamSpec, parse_listen,
     parse_upstream,
 };
 pub use stack::{StackLimits, StackMode, StackSettings};
@@ -92,6 +93,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `[stack]`: kernel sockets or the embedded userspace stack.
     pub stack: StackSettings,
+    /// `proxy.mode`: stateless (default) or stateful.
+    pub mode: ProxyMode,
+    /// `[transaction]`: timers, cap and failover of the stateful mode.
+    pub transaction: crate::core::transaction::TxnConfig,
 }
 
 /// Upper bound for every timeout (one year): keeps `Instant + Duration` far
@@ -108,6 +113,7 @@ struct RawConfig {
     metrics: metrics::RawMetrics,
     log: log::RawLog,
     stack: stack::RawStack,
+    transaction: transaction::RawTransaction,
 }
 
 // ---------------------------------------------------------------------------
@@ -186,6 +192,7 @@ impl Config {
         self.nosip.validate()?;
         self.stack.validate(&self.listen)?;
         metrics::validate(self.metrics_listen, &self.listen)?;
+        transaction::validate(&self.transaction)?;
         check_log_level("log.level", &self.log_level)?;
         Ok(())
     }
@@ -274,6 +281,8 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         log_level: raw.log.level.trim().to_string(),
         log_format: parse_log_format("log.format", &raw.log.format)?,
         stack: stack::from_raw(&raw.stack)?,
+        mode: p.mode,
+        transaction: transaction::from_raw(&raw.transaction)?,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -287,6 +296,7 @@ fn to_raw(c: &Config) -> RawConfig {
         metrics: metrics::to_raw(c.metrics_listen),
         log: log::to_raw(c),
         stack: stack::to_raw(&c.stack),
+        transaction: transaction::to_raw(&c.transaction),
     }
 }
 

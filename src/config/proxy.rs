@@ -56,6 +56,7 @@ pub(super) struct RawProxy {
     record_route: bool,
     record_route_methods: Vec<String>,
     workers: i64,
+    mode: String,
 }
 
 impl Default for RawProxy {
@@ -70,6 +71,25 @@ impl Default for RawProxy {
                 .map(|s| s.to_string())
                 .collect(),
             workers: 0,
+            mode: "stateless".into(),
+        }
+    }
+}
+
+/// `proxy.mode`: forward statelessly (RFC 3261 §16.11, the default) or
+/// keep transactions (§16 with §17: retransmissions, CANCEL, failover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    #[default]
+    Stateless,
+    Stateful,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Stateless => "stateless",
+            ProxyMode::Stateful => "stateful",
         }
     }
 }
@@ -84,6 +104,7 @@ pub(super) struct Proxy {
     /// Still the raw number: [`workers_from_raw`] converts it after the
     /// `[tcp]` and `[nosip]` sections, the order errors were always reported in.
     pub workers: i64,
+    pub mode: ProxyMode,
 }
 
 pub(super) fn from_raw(p: RawProxy) -> Result<Proxy, ConfigError> {
@@ -110,7 +131,19 @@ pub(super) fn from_raw(p: RawProxy) -> Result<Proxy, ConfigError> {
             ));
         }
     };
+    let mode = match p.mode.as_str() {
+        "stateless" => ProxyMode::Stateless,
+        "stateful" => ProxyMode::Stateful,
+        other => {
+            return Err(invalid(
+                "proxy.mode",
+                other,
+                "must be \"stateless\" or \"stateful\"",
+            ));
+        }
+    };
     Ok(Proxy {
+        mode,
         listen,
         upstreams,
         selection,
@@ -137,6 +170,7 @@ pub(super) fn to_raw(c: &Config) -> RawProxy {
         record_route: c.record_route,
         record_route_methods: c.record_route_methods.clone(),
         workers: size_i64(c.workers),
+        mode: c.mode.as_str().into(),
     }
 }
 

@@ -123,6 +123,14 @@ pub(crate) fn build_core(
     if let Some(h) = hooks.parse_error {
         core = core.with_parse_error_hook(h);
     }
+    if cfg.mode == crate::config::ProxyMode::Stateful {
+        // one table per worker (the stack thread in afpacket mode)
+        let shards = match cfg.stack.mode {
+            crate::config::StackMode::Afpacket => 1,
+            crate::config::StackMode::Kernel => cfg.effective_workers(),
+        };
+        core = core.with_stateful(&cfg.transaction, shards);
+    }
     Ok(core)
 }
 
