@@ -1426,3 +1426,7 @@ pub fn fuzz_receive_msg(data: &[u8]) {
 #[cfg(test)]
 #[path = "proxy_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "upstream_core_tests.rs"]
+mod upstream_core_tests;
