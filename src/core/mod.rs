@@ -53,5 +53,6 @@ pub mod proxy;
 pub mod upstream;
 
 pub use proxy::{
-    ConnId, Core, Dest, Outcome, ParseErrorHook, RcvInfo, Scratch, SendKind, fuzz_receive_msg,
+    ConnId, Core, Dest, Outcome, ParseErrorHook, ProbeSink, RcvInfo, Scratch, SendKind,
+    fuzz_receive_msg,
 };

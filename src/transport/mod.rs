@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod kernel;
+pub mod probe;
 pub mod tcp;
 pub mod udp;
 pub mod userspace;
@@ -151,7 +152,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let metrics = Arc::new(Metrics::new());
-    let core = build_core(&cfg, hooks, metrics.clone())?;
+    let (probe_sink, probe_rx) = probe::channel();
+    let core = build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink);
     let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
@@ -195,6 +197,9 @@ pub async fn serve(
     }
     for (i, l) in tcp_listeners.into_iter().flatten() {
         tasks.spawn(tcp::accept_loop(ctx.clone(), l, i));
+    }
+    if ctx.core.upstreams().health_on() {
+        tasks.spawn(probe::run(ctx.clone(), probe_rx));
     }
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -376,7 +381,7 @@ async fn resolve_and_send(
     deliver(&ctx, &dest, kind, &out, received_at, true, None, &mut cache).await;
 }
 
-async fn send_udp(
+pub(crate) async fn send_udp(
     ctx: &Arc<Ctx>,
     dest: &Dest,
     out: &[u8],
@@ -405,7 +410,7 @@ async fn send_udp(
     }
 }
 
-fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
+pub(crate) fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
     let now = ctx.now_s();
     // RFC 3261 §18.2.2: the connection the request came on, if still open
     if let Some(id) = dest.conn
