@@ -37,6 +37,15 @@ impl Counts {
             .lock()
             .map_or(0, |m| m.get(method).copied().unwrap_or(0))
     }
+    /// Requests of calls: everything but OPTIONS (the probes).
+    pub fn calls(&self) -> u64 {
+        self.0.lock().map_or(0, |m| {
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "OPTIONS")
+                .map(|(_, v)| v)
+                .sum()
+        })
+    }
     fn add(&self, method: &str) {
         if let Ok(mut m) = self.0.lock() {
             *m.entry(method.to_string()).or_insert(0) += 1;
