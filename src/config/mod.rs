@@ -18,6 +18,7 @@ mod proxy;
 mod stack;
 mod tcp;
 mod transaction;
+mod upstream;
 
 pub use log::{LogFormat, check_log_level, parse_log_format};
 pub use metrics::parse_metrics_listen;
@@ -28,6 +29,7 @@ pub use proxy::{
 };
 pub use stack::{StackLimits, StackMode, StackSettings};
 pub use tcp::{MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TcpLimits};
+pub use upstream::{MAX_THRESHOLD, MAX_WEIGHT, MIN_PING_INTERVAL_MS};
 
 /// A config error: which key, which value, why.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,9 @@ pub struct Config {
     pub listen: Vec<ListenSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub selection: Selection,
+    /// `[[upstream_set]]`; empty: `upstreams` / `selection` are the one set
+    /// ([`Config::upstream_set_specs`]).
+    pub upstream_sets: Vec<crate::core::upstream::SetSpec>,
     pub record_route: bool,
     /// Methods that get Record-Route on dialog-creating requests.
     pub record_route_methods: Vec<String>,
@@ -114,6 +119,8 @@ struct RawConfig {
     log: log::RawLog,
     stack: stack::RawStack,
     transaction: transaction::RawTransaction,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    upstream_set: Vec<upstream::RawUpstreamSet>,
 }
 
 // ---------------------------------------------------------------------------
@@ -188,6 +195,7 @@ impl Config {
     /// it too. Errors name the config key (`proxy.listen[1]`, `tcp.max_connections`…).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_proxy()?;
+        self.validate_upstream_sets()?;
         self.tcp.validate()?;
         self.nosip.validate()?;
         self.stack.validate(&self.listen)?;
@@ -272,6 +280,7 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         listen: p.listen,
         upstreams: p.upstreams,
         selection: p.selection,
+        upstream_sets: upstream::from_raw(&raw.upstream_set)?,
         record_route: p.record_route,
         record_route_methods: p.record_route_methods,
         tcp: tcp::from_raw(raw.tcp)?,
@@ -291,6 +300,7 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
 fn to_raw(c: &Config) -> RawConfig {
     RawConfig {
         proxy: proxy::to_raw(c),
+        upstream_set: upstream::to_raw(&c.upstream_sets),
         tcp: tcp::to_raw(&c.tcp),
         nosip: nosip::to_raw(&c.nosip),
         metrics: metrics::to_raw(c.metrics_listen),

@@ -176,6 +176,49 @@ pub(super) fn to_raw(c: &Config) -> RawProxy {
 
 impl Config {
     /// `[proxy]` rules (they also look at each other: upstreams vs listen).
+    /// An upstream (`proxy.upstreams`, an `[[upstream_set]]` target) against
+    /// `proxy.listen`: a port; when it is reached over UDP (`udp`), a UDP
+    /// listen socket of its family to send from; not one of our own sockets.
+    pub(super) fn check_upstream(
+        &self,
+        key: &str,
+        u: &UpstreamSpec,
+        udp: bool,
+    ) -> Result<(), ConfigError> {
+        if u.addr.port() == 0 {
+            return Err(invalid(key, &u.uri, "port must be between 1 and 65535"));
+        }
+        if udp {
+            let family_ok = self
+                .listen
+                .iter()
+                .any(|l| l.transport == Transport::Udp && l.addr.is_ipv4() == u.addr.is_ipv4());
+            if !family_ok {
+                let fam = if u.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(invalid(
+                    key,
+                    &u.uri,
+                    format!(
+                        "transport=udp needs a UDP listen address of the same family ({fam}) in \
+                         proxy.listen: UDP is sent from the UDP listen socket"
+                    ),
+                ));
+            }
+        }
+        if let Some(j) = self
+            .listen
+            .iter()
+            .position(|l| l.addr == u.addr && u.transport.is_none_or(|t| t == l.transport))
+        {
+            return Err(invalid(
+                key,
+                &u.uri,
+                format!("points at our own listen address proxy.listen[{j}] (forwarding loop)"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate_proxy(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(invalid(
@@ -222,37 +265,8 @@ impl Config {
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = format!("proxy.upstreams[{i}]");
-            if u.addr.port() == 0 {
-                return Err(invalid(&key, &u.uri, "port must be between 1 and 65535"));
-            }
-            if u.transport == Some(Transport::Udp) {
-                let family_ok = self
-                    .listen
-                    .iter()
-                    .any(|l| l.transport == Transport::Udp && l.addr.is_ipv4() == u.addr.is_ipv4());
-                if !family_ok {
-                    let fam = if u.addr.is_ipv4() { "IPv4" } else { "IPv6" };
-                    return Err(invalid(
-                        &key,
-                        &u.uri,
-                        format!(
-                            "transport=udp needs a UDP listen address of the same family ({fam}) in \
-                             proxy.listen: UDP is sent from the UDP listen socket"
-                        ),
-                    ));
-                }
-            }
-            if let Some(j) = self
-                .listen
-                .iter()
-                .position(|l| l.addr == u.addr && u.transport.is_none_or(|t| t == l.transport))
-            {
-                return Err(invalid(
-                    &key,
-                    &u.uri,
-                    format!("points at our own listen address proxy.listen[{j}] (forwarding loop)"),
-                ));
-            }
+            let udp = u.transport == Some(Transport::Udp);
+            self.check_upstream(&key, u, udp)?;
         }
         for (i, m) in self.record_route_methods.iter().enumerate() {
             check_method(&format!("proxy.record_route_methods[{i}]"), m)?;

@@ -54,5 +54,6 @@ pub mod transaction;
 pub mod upstream;
 
 pub use proxy::{
-    ConnId, Core, Dest, Outcome, ParseErrorHook, RcvInfo, Scratch, SendKind, fuzz_receive_msg,
+    ConnId, Core, Dest, Outcome, ParseErrorHook, ProbeSink, RcvInfo, Scratch, SendKind,
+    fuzz_receive_msg,
 };

@@ -191,9 +191,12 @@ impl Core {
             h.finish()
         };
         let upstream = Arc::new(UpstreamSets::new(
-            &upstream::set_specs(cfg),
+            &cfg.upstream_set_specs(),
             Some(&metrics.registry),
         ));
+        // every target down: not ready (`/ready` 503) until one is back
+        let m = metrics.clone();
+        upstream.set_readiness_hook(Box::new(move |up| m.readiness().set_upstreams_up(up)));
         Core {
             locals,
             upstream,
@@ -1508,3 +1511,7 @@ pub fn fuzz_receive_msg(data: &[u8]) {
 #[cfg(test)]
 #[path = "proxy_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "upstream_core_tests.rs"]
+mod upstream_core_tests;

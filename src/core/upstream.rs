@@ -655,8 +655,7 @@ impl UpstreamSets {
         }
     }
 
-    /// TODO(integrator): wire `set_upstreams_up` of the readiness state
-    /// (config-ops) with [`Self::set_readiness_hook`].
+    /// Tell the readiness hook (the core wires `Readiness::set_upstreams_up`).
     fn readiness(&self, up: bool) {
         if let Some(f) = self.readiness.get() {
             f(up);
@@ -724,31 +723,6 @@ impl TargetMetrics {
             _ => unreachable!("constant metric options are valid"),
         }
     }
-}
-
-/// The sets of a configuration: the `[[upstream_set]]` tables, else the
-/// `proxy.upstreams` list as one set named `default` (algorithm
-/// `proxy.selection`, weight 1, priority 0, health off).
-pub fn set_specs(cfg: &crate::config::Config) -> Vec<SetSpec> {
-    vec![SetSpec {
-        name: "default".into(),
-        algorithm: match cfg.selection {
-            crate::config::Selection::RoundRobin => Algorithm::RoundRobin,
-            crate::config::Selection::CallIdHash => Algorithm::CallIdHash,
-        },
-        targets: cfg
-            .upstreams
-            .iter()
-            .map(|u| TargetSpec {
-                uri: u.uri.clone(),
-                addr: u.addr,
-                transport: u.transport,
-                weight: 1,
-                priority: 0,
-            })
-            .collect(),
-        health: HealthSpec::default(),
-    }]
 }
 
 // ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod kernel;
+pub mod probe;
 pub mod tcp;
 pub mod udp;
 pub mod userspace;
@@ -159,7 +160,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let metrics = Arc::new(Metrics::new());
-    let core = build_core(&cfg, hooks, metrics.clone())?;
+    let (probe_sink, probe_rx) = probe::channel();
+    let core = build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink);
     let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
@@ -208,6 +210,9 @@ pub async fn serve(
         for shard in 0..st.shard_count() {
             tasks.spawn(transaction_timers(ctx.clone(), shard));
         }
+    }
+    if ctx.core.upstreams().health_on() {
+        tasks.spawn(probe::run(ctx.clone(), probe_rx));
     }
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -470,7 +475,7 @@ async fn resolve_and_send(
     deliver(&ctx, &dest, kind, &out, received_at, true, None, &mut cache).await;
 }
 
-async fn send_udp(
+pub(crate) async fn send_udp(
     ctx: &Arc<Ctx>,
     dest: &Dest,
     out: &[u8],
@@ -499,7 +504,7 @@ async fn send_udp(
     }
 }
 
-fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
+pub(crate) fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
     let now = ctx.now_s();
     // RFC 3261 §18.2.2: the connection the request came on, if still open
     if let Some(id) = dest.conn

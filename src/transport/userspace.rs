@@ -18,11 +18,12 @@ use anyhow::Context as _;
 
 use super::{DnsCache, Hooks, count_send, pick_addr, resolved_to_self};
 use crate::config::{Config, Transport};
+use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober, Signal};
 use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
-use crate::netstack::{Instant, SocketEvent, Stack, UdpHandle, driver};
+use crate::netstack::{Instant, SocketErrorKind, SocketEvent, Stack, UdpHandle, driver};
 
 /// Datagrams handled per readable event before other sockets get a turn.
 const BATCH: usize = 64;
@@ -41,7 +42,8 @@ struct Pending {
 /// Run the proxy on the embedded stack until SIGINT/SIGTERM.
 pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let core = super::build_core(&cfg, hooks, metrics.clone())?;
+    let (probe_sink, probe_rx) = super::probe::channel();
+    let core = super::build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink);
     let st = &cfg.stack;
     let mut dev = AfPacket::open(&st.interface)
         .with_context(|| format!("stack.interface = {:?}", st.interface))?;
@@ -88,7 +90,15 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("sipedge-stack".into())
             .spawn(move || -> std::io::Result<()> {
+                let prober = Prober::new(core.upstreams().clone(), core.now_ms());
                 let mut app = App {
+                    probes: Probes {
+                        next: prober.active().then_some(0),
+                        prober,
+                        rx: probe_rx,
+                        due: Vec::new(),
+                        out: Vec::with_capacity(512),
+                    },
                     core,
                     metrics,
                     handles,
@@ -167,6 +177,19 @@ struct App {
     res_rx: mpsc::Receiver<(Pending, Option<IpAddr>)>,
     /// Messages of the transaction timers (stateful mode; reused).
     txn_timers: crate::core::transaction::Out,
+    probes: Probes,
+}
+
+/// Upstream health probes driven on the stack thread (the sans-IO
+/// [`Prober`]; kernel mode drives it from a task, `probe.rs`).
+struct Probes {
+    prober: Prober,
+    /// Replies the core recognised by their Via branch.
+    rx: tokio::sync::mpsc::Receiver<ProbeReply>,
+    /// When the prober wants to run next (`None`: health off).
+    next: Option<Millis>,
+    due: Vec<ProbeDue>,
+    out: Vec<u8>,
 }
 
 impl App {
@@ -194,10 +217,53 @@ impl App {
                 SocketEvent::UdpError(h) => {
                     if let Some(e) = s.udp_take_error(h) {
                         tracing::debug!(remote = %e.remote, kind = ?e.kind, "ICMP error for a datagram we sent");
+                        if e.kind != SocketErrorKind::MessageTooLong {
+                            let ups = self.core.upstreams();
+                            let now_ms = self.core.now_ms();
+                            ups.mark_failure_at(
+                                e.remote,
+                                Some(Transport::Udp),
+                                Signal::Unreachable,
+                                now_ms,
+                            );
+                        }
                     }
                 }
             }
         }
+        self.probe(s, now);
+    }
+
+    /// Hand probe replies to the prober; send the probes that are due.
+    fn probe(&mut self, s: &mut Stack, now: Instant) {
+        let p = &mut self.probes;
+        let Some(next) = p.next else {
+            return;
+        };
+        let now_ms = self.core.now_ms();
+        let mut answered = false;
+        while let Ok(r) = p.rx.try_recv() {
+            answered |= p.prober.on_reply(r, now_ms);
+        }
+        if now_ms < next && !answered {
+            return;
+        }
+        p.prober.poll(now_ms, &mut p.due);
+        for d in p.due.drain(..) {
+            let sent = self.core.write_probe(d, &mut p.out).is_some_and(|dest| {
+                dest.transport == Transport::Udp
+                    && self
+                        .handles
+                        .get(dest.local)
+                        .is_some_and(|(h, _)| s.udp_send_to(now, *h, dest.addr, &p.out).is_ok())
+            });
+            if sent {
+                self.metrics.bytes_out(Transport::Udp, p.out.len());
+            } else {
+                p.prober.send_failed(d, now_ms);
+            }
+        }
+        p.next = p.prober.next_wakeup();
     }
 
     fn readable(&mut self, s: &mut Stack, now: Instant, h: UdpHandle) {

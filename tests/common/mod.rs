@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod uas;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
