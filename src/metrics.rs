@@ -90,6 +90,7 @@ pub struct Metrics {
     bytes_in: [IntCounter; TRANSPORTS.len()],
     bytes_out: [IntCounter; TRANSPORTS.len()],
     forward_latency: Histogram,
+    txn: TxnMetrics,
     config_reloads: [IntCounter; RELOAD_RESULTS.len()],
     /// `/ready` state: set by the transport and health checks, read by the endpoint.
     readiness: crate::readiness::Readiness,
@@ -107,6 +108,16 @@ pub enum ReloadResult {
     Partial = 1,
     /// The new file is invalid: the old configuration stays.
     Error = 2,
+}
+
+/// The stateful mode's transaction counters (`proxy.mode = "stateful"`).
+struct TxnMetrics {
+    active: IntGauge,
+    created: IntCounter,
+    timeouts: IntCounter,
+    failovers: IntCounter,
+    cap_rejects: IntCounter,
+    absorbed: IntCounter,
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -296,6 +307,36 @@ impl Metrics {
                 transports,
             )?,
             forward_latency,
+            txn: TxnMetrics {
+                active: {
+                    let g = IntGauge::new(
+                        "sipedge_transactions",
+                        "Transactions alive (stateful mode).",
+                    )?;
+                    registry.register(Box::new(g.clone()))?;
+                    g
+                },
+                created: r.counter(
+                    "sipedge_transactions_created_total",
+                    "Transactions created (stateful mode).",
+                )?,
+                timeouts: r.counter(
+                    "sipedge_transaction_timeouts_total",
+                    "Client transactions that timed out (Timers B, F, C).",
+                )?,
+                failovers: r.counter(
+                    "sipedge_transaction_failovers_total",
+                    "Requests sent to the next target after a timeout, transport error or failover code.",
+                )?,
+                cap_rejects: r.counter(
+                    "sipedge_transactions_refused_total",
+                    "Requests answered 503 because the transaction table was full.",
+                )?,
+                absorbed: r.counter(
+                    "sipedge_transaction_retransmissions_absorbed_total",
+                    "Retransmitted requests answered from their transaction instead of forwarded.",
+                )?,
+            },
             config_reloads: r.counters(
                 "sipedge_config_reloads_total",
                 "Configuration reloads (SIGHUP), by result: ok, partial (some keys need a restart), error (invalid file, old configuration kept).",
@@ -305,6 +346,18 @@ impl Metrics {
             readiness: crate::readiness::Readiness::new(),
             registry,
         })
+    }
+
+    /// Transaction-table changes since the last call: counter deltas and
+    /// the change of the number of live transactions.
+    pub fn transactions(&self, d: &crate::core::transaction::Stats, active_delta: i64) {
+        let t = &self.txn;
+        t.active.add(active_delta);
+        t.created.inc_by(d.created);
+        t.timeouts.inc_by(d.timeouts);
+        t.failovers.inc_by(d.failovers);
+        t.cap_rejects.inc_by(d.cap_rejects);
+        t.absorbed.inc_by(d.absorbed);
     }
 
     /// `sipedge_requests_received_total{method}`; unknown methods count as `other`.
@@ -642,7 +695,7 @@ mod tests {
     fn naming_conventions() {
         let m = Metrics::new();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 18);
+        assert_eq!(families.len(), 24);
         for f in &families {
             let name = f.name();
             assert!(name.starts_with("sipedge_"), "{name}");

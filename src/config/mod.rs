@@ -18,17 +18,20 @@ mod proxy;
 mod reload;
 mod stack;
 mod tcp;
+mod transaction;
+mod upstream;
 
 pub use log::{LogFormat, check_log_level, parse_log_format};
 pub use metrics::parse_metrics_listen;
 pub use nosip::{NosipConfig, NosipKind};
 pub use proxy::{
-    DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_SIP_PORT, ListenSpec, MAX_WORKERS, Selection, UpstreamSpec,
-    parse_listen, parse_upstream,
+    DEFAULT_DRAIN_TIMEOUT_SECS, DEFAULT_SIP_PORT, ListenSpec, MAX_WORKERS, ProxyMode, Selection,
+    UpstreamSpec, parse_listen, parse_upstream,
 };
 pub use reload::{RELOADABLE, ReloadPlan, changed_keys, is_reloadable, plan_reload};
 pub use stack::{StackLimits, StackMode, StackSettings};
 pub use tcp::{MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TcpLimits};
+pub use upstream::{MAX_THRESHOLD, MAX_WEIGHT, MIN_PING_INTERVAL_MS};
 
 /// A config error: which key, which value, why.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,9 @@ pub struct Config {
     pub listen: Vec<ListenSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub selection: Selection,
+    /// `[[upstream_set]]`; empty: `upstreams` / `selection` are the one set
+    /// ([`Config::upstream_set_specs`]).
+    pub upstream_sets: Vec<crate::core::upstream::SetSpec>,
     pub record_route: bool,
     /// Methods that get Record-Route on dialog-creating requests.
     pub record_route_methods: Vec<String>,
@@ -97,6 +103,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `[stack]`: kernel sockets or the embedded userspace stack.
     pub stack: StackSettings,
+    /// `proxy.mode`: stateless (default) or stateful.
+    pub mode: ProxyMode,
+    /// `[transaction]`: timers, cap and failover of the stateful mode.
+    pub transaction: crate::core::transaction::TxnConfig,
 }
 
 /// Upper bound for every timeout (one year): keeps `Instant + Duration` far
@@ -113,6 +123,9 @@ struct RawConfig {
     metrics: metrics::RawMetrics,
     log: log::RawLog,
     stack: stack::RawStack,
+    transaction: transaction::RawTransaction,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    upstream_set: Vec<upstream::RawUpstreamSet>,
 }
 
 // ---------------------------------------------------------------------------
@@ -189,10 +202,12 @@ impl Config {
     /// it too. Errors name the config key (`proxy.listen[1]`, `tcp.max_connections`…).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_proxy()?;
+        self.validate_upstream_sets()?;
         self.tcp.validate()?;
         self.nosip.validate()?;
         self.stack.validate(&self.listen)?;
         metrics::validate(self.metrics_listen, &self.listen)?;
+        transaction::validate(&self.transaction)?;
         check_log_level("log.level", &self.log_level)?;
         Ok(())
     }
@@ -282,6 +297,7 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         listen: p.listen,
         upstreams: p.upstreams,
         selection: p.selection,
+        upstream_sets: upstream::from_raw(&raw.upstream_set)?,
         record_route: p.record_route,
         record_route_methods: p.record_route_methods,
         tcp: tcp::from_raw(raw.tcp)?,
@@ -292,6 +308,8 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         log_level: raw.log.level.trim().to_string(),
         log_format: parse_log_format("log.format", &raw.log.format)?,
         stack: stack::from_raw(&raw.stack)?,
+        mode: p.mode,
+        transaction: transaction::from_raw(&raw.transaction)?,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -300,11 +318,13 @@ fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
 fn to_raw(c: &Config) -> RawConfig {
     RawConfig {
         proxy: proxy::to_raw(c),
+        upstream_set: upstream::to_raw(&c.upstream_sets),
         tcp: tcp::to_raw(&c.tcp),
         nosip: nosip::to_raw(&c.nosip),
         metrics: metrics::to_raw(c.metrics_listen),
         log: log::to_raw(c),
         stack: stack::to_raw(&c.stack),
+        transaction: transaction::to_raw(&c.transaction),
     }
 }
 

@@ -60,6 +60,7 @@ pub(super) struct RawProxy {
     record_route_methods: Vec<String>,
     workers: i64,
     drain_timeout_secs: i64,
+    mode: String,
 }
 
 impl Default for RawProxy {
@@ -75,6 +76,25 @@ impl Default for RawProxy {
                 .collect(),
             workers: 0,
             drain_timeout_secs: DEFAULT_DRAIN_TIMEOUT_SECS as i64,
+            mode: "stateless".into(),
+        }
+    }
+}
+
+/// `proxy.mode`: forward statelessly (RFC 3261 §16.11, the default) or
+/// keep transactions (§16 with §17: retransmissions, CANCEL, failover).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    #[default]
+    Stateless,
+    Stateful,
+}
+
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Stateless => "stateless",
+            ProxyMode::Stateful => "stateful",
         }
     }
 }
@@ -90,6 +110,7 @@ pub(super) struct Proxy {
     /// `[tcp]` and `[nosip]` sections, the order errors were always reported in.
     pub workers: i64,
     pub drain_timeout_secs: u64,
+    pub mode: ProxyMode,
 }
 
 pub(super) fn from_raw(p: RawProxy) -> Result<Proxy, ConfigError> {
@@ -116,7 +137,19 @@ pub(super) fn from_raw(p: RawProxy) -> Result<Proxy, ConfigError> {
             ));
         }
     };
+    let mode = match p.mode.as_str() {
+        "stateless" => ProxyMode::Stateless,
+        "stateful" => ProxyMode::Stateful,
+        other => {
+            return Err(invalid(
+                "proxy.mode",
+                other,
+                "must be \"stateless\" or \"stateful\"",
+            ));
+        }
+    };
     Ok(Proxy {
+        mode,
         listen,
         upstreams,
         selection,
@@ -145,11 +178,55 @@ pub(super) fn to_raw(c: &Config) -> RawProxy {
         record_route_methods: c.record_route_methods.clone(),
         workers: size_i64(c.workers),
         drain_timeout_secs: int_i64(c.drain_timeout_secs),
+        mode: c.mode.as_str().into(),
     }
 }
 
 impl Config {
     /// `[proxy]` rules (they also look at each other: upstreams vs listen).
+    /// An upstream (`proxy.upstreams`, an `[[upstream_set]]` target) against
+    /// `proxy.listen`: a port; when it is reached over UDP (`udp`), a UDP
+    /// listen socket of its family to send from; not one of our own sockets.
+    pub(super) fn check_upstream(
+        &self,
+        key: &str,
+        u: &UpstreamSpec,
+        udp: bool,
+    ) -> Result<(), ConfigError> {
+        if u.addr.port() == 0 {
+            return Err(invalid(key, &u.uri, "port must be between 1 and 65535"));
+        }
+        if udp {
+            let family_ok = self
+                .listen
+                .iter()
+                .any(|l| l.transport == Transport::Udp && l.addr.is_ipv4() == u.addr.is_ipv4());
+            if !family_ok {
+                let fam = if u.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(invalid(
+                    key,
+                    &u.uri,
+                    format!(
+                        "transport=udp needs a UDP listen address of the same family ({fam}) in \
+                         proxy.listen: UDP is sent from the UDP listen socket"
+                    ),
+                ));
+            }
+        }
+        if let Some(j) = self
+            .listen
+            .iter()
+            .position(|l| l.addr == u.addr && u.transport.is_none_or(|t| t == l.transport))
+        {
+            return Err(invalid(
+                key,
+                &u.uri,
+                format!("points at our own listen address proxy.listen[{j}] (forwarding loop)"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn validate_proxy(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(invalid(
@@ -196,37 +273,8 @@ impl Config {
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = format!("proxy.upstreams[{i}]");
-            if u.addr.port() == 0 {
-                return Err(invalid(&key, &u.uri, "port must be between 1 and 65535"));
-            }
-            if u.transport == Some(Transport::Udp) {
-                let family_ok = self
-                    .listen
-                    .iter()
-                    .any(|l| l.transport == Transport::Udp && l.addr.is_ipv4() == u.addr.is_ipv4());
-                if !family_ok {
-                    let fam = if u.addr.is_ipv4() { "IPv4" } else { "IPv6" };
-                    return Err(invalid(
-                        &key,
-                        &u.uri,
-                        format!(
-                            "transport=udp needs a UDP listen address of the same family ({fam}) in \
-                             proxy.listen: UDP is sent from the UDP listen socket"
-                        ),
-                    ));
-                }
-            }
-            if let Some(j) = self
-                .listen
-                .iter()
-                .position(|l| l.addr == u.addr && u.transport.is_none_or(|t| t == l.transport))
-            {
-                return Err(invalid(
-                    &key,
-                    &u.uri,
-                    format!("points at our own listen address proxy.listen[{j}] (forwarding loop)"),
-                ));
-            }
+            let udp = u.transport == Some(Transport::Udp);
+            self.check_upstream(&key, u, udp)?;
         }
         for (i, m) in self.record_route_methods.iter().enumerate() {
             check_method(&format!("proxy.record_route_methods[{i}]"), m)?;

@@ -11,6 +11,7 @@ use super::{Config, ConfigError, to_raw};
 pub const RELOADABLE: &[&str] = &[
     "proxy.upstreams",
     "proxy.selection",
+    "upstream_set",
     "proxy.drain_timeout_secs",
     "nosip",
     "log.level",
@@ -99,6 +100,7 @@ pub fn merge_reloadable(old: &Config, new: &Config) -> Config {
     let mut c = old.clone();
     c.upstreams = new.upstreams.clone();
     c.selection = new.selection;
+    c.upstream_sets = new.upstream_sets.clone();
     c.drain_timeout_secs = new.drain_timeout_secs;
     c.nosip = new.nosip.clone();
     c.log_level = new.log_level.clone();

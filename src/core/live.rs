@@ -8,16 +8,18 @@
 //! [`crate::config::RELOADABLE`].
 
 use super::nosip::NosipHook;
-use crate::config::{Config, Selection, TcpLimits, UpstreamSpec};
+use super::upstream::UpstreamSets;
+use crate::config::{Config, TcpLimits};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// See the module doc.
 pub struct Live {
-    /// `proxy.upstreams`.
-    pub upstreams: Vec<UpstreamSpec>,
-    /// `proxy.selection`.
-    pub selection: Selection,
+    /// `[[upstream_set]]` (or `proxy.upstreams` + `proxy.selection`, the
+    /// one-set shorthand): the targets, their selection and their health.
+    /// Shared with the probe drivers and the transaction layer, which
+    /// notice a reload by comparing the `Arc`.
+    pub upstream: Arc<UpstreamSets>,
     /// `nosip.*`: the hook in use (an embedder's own hook survives reloads).
     pub nosip: Arc<dyn NosipHook>,
     /// `[tcp]`: taken by each connection when it opens (and by accept).
@@ -27,10 +29,9 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(cfg: &Config, nosip: Arc<dyn NosipHook>) -> Live {
+    pub fn new(cfg: &Config, nosip: Arc<dyn NosipHook>, upstream: Arc<UpstreamSets>) -> Live {
         Live {
-            upstreams: cfg.upstreams.clone(),
-            selection: cfg.selection,
+            upstream,
             nosip,
             tcp: cfg.tcp.clone(),
             drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
@@ -38,11 +39,35 @@ impl Live {
     }
 }
 
+impl Live {
+    /// The settings of a reload to `cfg`: the upstream sets are rebuilt
+    /// only when they changed (then keeping the health of the targets that
+    /// stay, [`UpstreamSets::rebuild`]); otherwise the same sets go on.
+    pub fn reload(&self, cfg: &Config, nosip: Arc<dyn NosipHook>) -> Live {
+        let specs = cfg.upstream_set_specs();
+        let upstream = if self.upstream.specs() == specs.as_slice() {
+            self.upstream.clone()
+        } else {
+            Arc::new(self.upstream.rebuild(&specs))
+        };
+        Live::new(cfg, nosip, upstream)
+    }
+
+    /// The same settings with other upstream sets.
+    pub fn with_upstream(&self, upstream: Arc<UpstreamSets>) -> Live {
+        Live {
+            upstream,
+            nosip: self.nosip.clone(),
+            tcp: self.tcp.clone(),
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
-            .field("upstreams", &self.upstreams)
-            .field("selection", &self.selection)
+            .field("upstream", &self.upstream)
             .field("tcp", &self.tcp)
             .field("drain_timeout", &self.drain_timeout)
             .finish_non_exhaustive()
@@ -92,9 +117,16 @@ mod tests {
         let mut new = cfg.clone();
         new.upstreams = vec![parse_upstream("t", "sip:127.0.0.1:5090").unwrap()];
         let hook = core.live().nosip.clone();
-        core.set_live(Live::new(&new, hook));
+        let old = core.upstreams();
+        core.set_live(core.live().reload(&new, hook));
         assert_eq!(dest(&core), "127.0.0.1:5090".parse().unwrap());
-        assert_eq!(core.live().upstreams, new.upstreams);
+        assert_eq!(core.live().upstream.specs(), new.upstream_set_specs().as_slice());
+        assert!(!Arc::ptr_eq(&old, &core.upstreams()));
+        // unchanged upstreams: the same sets (health and probes go on)
+        let hook = core.live().nosip.clone();
+        let now = core.upstreams();
+        core.set_live(core.live().reload(&new, hook));
+        assert!(Arc::ptr_eq(&now, &core.upstreams()));
     }
 
     #[test]
@@ -107,7 +139,7 @@ mod tests {
             Outcome::ParseError
         );
         let hook: Arc<dyn NosipHook> = Arc::new(MatchHook::new("^ping").unwrap());
-        core.set_live(Live::new(&cfg, hook));
+        core.set_live(core.live().reload(&cfg, hook));
         assert_eq!(
             core.receive_datagram(b"ping\r\n", &rcv(), &mut sc),
             Outcome::Consumed

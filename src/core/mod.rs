@@ -61,7 +61,10 @@ impl DropReason {
 }
 
 pub mod proxy;
+pub mod transaction;
+pub mod upstream;
 
 pub use proxy::{
-    ConnId, Core, Dest, Outcome, ParseErrorHook, RcvInfo, Scratch, SendKind, fuzz_receive_msg,
+    ConnId, Core, Dest, Outcome, ParseErrorHook, ProbeSink, RcvInfo, Scratch, SendKind,
+    fuzz_receive_msg,
 };

@@ -5,7 +5,9 @@
 use super::DropReason;
 use super::live::Live;
 use super::nosip::{NosipCtx, NosipHook, NosipVerdict};
-use crate::config::{Config, ListenSpec, Selection, Transport, UpstreamSpec};
+use super::transaction::stateful::Pre;
+use super::upstream::{self, ProbeDue, ProbeReply, SetId, UpstreamSets};
+use crate::config::{Config, ListenSpec, Transport};
 use crate::metrics::Metrics;
 use crate::sip::framer::{FrameError, find_header_end, frame_datagram};
 use crate::sip::msg::{
@@ -18,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Connection identifier (Kamailio's `;i=` Via parameter carries it).
 pub type ConnId = u64;
@@ -76,6 +78,9 @@ pub enum Outcome {
     Dropped(DropReason),
     /// Unparseable and not consumed: on TCP the connection must be released.
     ParseError,
+    /// The transaction layer took it (stateful mode): send
+    /// [`Scratch::txn`]'s messages (none for an absorbed retransmission).
+    Txn,
 }
 
 /// Per-worker reusable buffers (no per-message allocation in steady state).
@@ -89,6 +94,8 @@ pub struct Scratch {
     edits: Vec<Edit>,
     tmp: Vec<u8>,
     routes: Vec<(usize, NameAddr)>,
+    /// Messages of the transaction layer for [`Outcome::Txn`] (stateful mode).
+    pub txn: super::transaction::Out,
 }
 
 impl Scratch {
@@ -100,6 +107,7 @@ impl Scratch {
             edits: Vec::with_capacity(16),
             tmp: Vec::with_capacity(512),
             routes: Vec::with_capacity(8),
+            txn: super::transaction::Out::default(),
         }
     }
 }
@@ -132,18 +140,30 @@ struct Local {
 /// `event_route[core:receive-parse-error]`).
 pub type ParseErrorHook = Box<dyn Fn(&[u8], &RcvInfo) + Send + Sync>;
 
+/// Receives the replies to our OPTIONS probes (recognised by their Via
+/// branch, consumed instead of routed); the backend hands them to its
+/// [`upstream::Prober`].
+pub type ProbeSink = Box<dyn Fn(ProbeReply) + Send + Sync>;
+
 /// The proxy core, shared by all workers.
 pub struct Core {
     locals: Vec<Local>,
-    /// Upstreams, selection, nosip hook, TCP limits: replaced by reloads.
+    /// Upstream sets (with their health), selection, nosip hook, TCP
+    /// limits: replaced by reloads.
     live: ArcSwap<Live>,
+    /// The set requests without a Route go to (the first).
+    default_set: SetId,
+    /// When health moves are stamped ([`Self::now_ms`]).
+    epoch: std::time::Instant,
+    probe_sink: Option<ProbeSink>,
     record_route: bool,
     rr_methods: Vec<Vec<u8>>,
     secret: u64,
-    next_upstream: AtomicUsize,
     parse_error_hook: Option<ParseErrorHook>,
     pub metrics: Arc<Metrics>,
     log_window: AtomicU64,
+    /// The stateful mode's transaction tables (`None`: stateless).
+    stateful: Option<super::transaction::Stateful>,
 }
 
 /// Magic cookie + our marker; the rest of the branch is a hash.
@@ -172,9 +192,19 @@ impl Core {
             std::process::id().hash(&mut h);
             h.finish()
         };
+        let upstream = Arc::new(UpstreamSets::new(
+            &cfg.upstream_set_specs(),
+            Some(&metrics.registry),
+        ));
+        // every target down: not ready (`/ready` 503) until one is back
+        let m = metrics.clone();
+        upstream.set_readiness_hook(Box::new(move |up| m.readiness().set_upstreams_up(up)));
         Core {
             locals,
-            live: ArcSwap::from_pointee(Live::new(cfg, Arc::from(hook))),
+            live: ArcSwap::from_pointee(Live::new(cfg, Arc::from(hook), upstream)),
+            default_set: SetId(0),
+            epoch: std::time::Instant::now(),
+            probe_sink: None,
             record_route: cfg.record_route,
             rr_methods: cfg
                 .record_route_methods
@@ -182,10 +212,10 @@ impl Core {
                 .map(|m| m.as_bytes().to_vec())
                 .collect(),
             secret,
-            next_upstream: AtomicUsize::new(0),
             parse_error_hook: None,
             metrics,
             log_window: AtomicU64::new(0),
+            stateful: None,
         }
     }
 
@@ -210,6 +240,82 @@ impl Core {
     pub fn with_parse_error_hook(mut self, f: ParseErrorHook) -> Core {
         self.parse_error_hook = Some(f);
         self
+    }
+
+    /// Replace the upstream sets (embedders, tests; the config's sets are
+    /// built by [`Self::new`]).
+    pub fn with_upstreams(self, sets: Arc<UpstreamSets>) -> Core {
+        let live = self.live.load().with_upstream(sets);
+        self.live.store(Arc::new(live));
+        self
+    }
+
+    /// Register where probe replies go (the backend's prober).
+    pub fn with_probe_sink(mut self, f: ProbeSink) -> Core {
+        self.probe_sink = Some(f);
+        self
+    }
+
+    /// The upstream sets: selection and health (for the probe driver, the
+    /// transaction layer, passive signals from the transports): the ones in
+    /// force now (a reload replaces them; a driver holding an older `Arc`
+    /// compares with [`Arc::ptr_eq`] to notice).
+    pub fn upstreams(&self) -> Arc<UpstreamSets> {
+        self.live.load().upstream.clone()
+    }
+
+    /// Milliseconds since the core was built: the clock of health changes
+    /// the core and the backends report ([`upstream::Millis`]).
+    pub fn now_ms(&self) -> upstream::Millis {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Write the OPTIONS probe `p` into `out` (RFC 3261 §11; Max-Forwards 0
+    /// would make a proxy answer for the target, so 70) and say where it goes:
+    /// the target's address over its transport (UDP when it has none), from
+    /// the listen socket of that transport and family. `None`: unknown target.
+    pub fn write_probe(&self, p: ProbeDue, out: &mut Vec<u8>) -> Option<Dest> {
+        let ups = self.upstreams();
+        let t = ups.target(p.target)?;
+        let transport = t.transport().unwrap_or(Transport::Udp);
+        let addr = t.addr();
+        let local = self.probe_local(transport, addr)?;
+        let l = &self.locals[local];
+        let host = String::from_utf8_lossy(&l.host);
+        out.clear();
+        let _ = write!(out, "OPTIONS {} SIP/2.0\r\n", t.uri());
+        out.extend_from_slice(&l.via_prefix);
+        upstream::write_probe_branch(out, self.secret, p);
+        let tag = (self.secret ^ u64::from(p.target.0)) as u32;
+        let _ = write!(
+            out,
+            "\r\nMax-Forwards: {DEFAULT_MAX_FORWARDS}\r\n\
+             From: <sip:sipedge@{host}>;tag=sEp{tag:08x}\r\n\
+             To: <{uri}>\r\n\
+             Call-ID: sEp{tag:08x}-{t:x}-{seq:x}@{host}\r\n\
+             CSeq: {seq} OPTIONS\r\n\
+             Accept: application/sdp\r\n\
+             User-Agent: sipedge/{ver}\r\n\
+             Content-Length: 0\r\n\r\n",
+            uri = t.uri(),
+            t = p.target.0,
+            seq = p.seq,
+            ver = env!("CARGO_PKG_VERSION"),
+        );
+        Some(Dest {
+            transport,
+            addr,
+            conn: None,
+            local,
+        })
+    }
+
+    /// The listen socket probes to `addr` over `t` go from: same transport
+    /// and family, else none.
+    fn probe_local(&self, t: Transport, addr: SocketAddr) -> Option<usize> {
+        self.locals
+            .iter()
+            .position(|l| l.transport == t && l.ip.is_ipv4() == addr.is_ipv4())
     }
 
     /// Number of listen sockets (indices for [`RcvInfo::local`]).
@@ -276,6 +382,7 @@ impl Core {
             edits,
             tmp,
             routes,
+            txn,
         } = sc;
         let msg = match SipMsg::parse(buf, body_offset, headers) {
             Ok(m) => m,
@@ -295,6 +402,34 @@ impl Core {
             tmp,
             resolve,
         };
+        if let Some(st) = &self.stateful {
+            // stateful mode: the transaction layer first (RFC 3261 §16 / §17)
+            txn.clear();
+            match msg.start {
+                StartLine::Response { code, .. } => {
+                    if st.on_reply(self, &msg, code, rcv, txn) {
+                        return Outcome::Txn;
+                    }
+                }
+                StartLine::Request { version_ok, .. } => {
+                    match st.before_request(self, &msg, rcv, txn) {
+                        Pre::Done => return Outcome::Txn,
+                        Pre::Stateless => {}
+                        Pre::Route { hash, caller } => {
+                            let o = self.route_request(
+                                &msg,
+                                version_ok,
+                                add_content_length,
+                                rcv,
+                                &mut b,
+                                routes,
+                            );
+                            return st.after_route(self, o, b.out, hash, caller, txn);
+                        }
+                    }
+                }
+            }
+        }
         match msg.start {
             StartLine::Response { code, .. } => self.route_reply(&msg, code, rcv, &mut b),
             StartLine::Request { version_ok, .. } => {
@@ -342,6 +477,42 @@ impl Core {
             _ => reason.push_str("Bad Request-Line"),
         }
         self.local_reply(&msg, rcv, 400, &reason, out)
+    }
+
+    /// Stateful mode: run transaction shard `shard`'s timers; the messages
+    /// to send are left in `out`. Nothing in stateless mode.
+    pub fn poll_transactions(&self, shard: usize, out: &mut super::transaction::Out) {
+        if let Some(st) = &self.stateful {
+            st.poll(self, shard, out);
+        }
+    }
+
+    /// Stateful mode: sending a try failed; fail over (messages in `out`).
+    pub fn transaction_send_failed(
+        &self,
+        r: super::transaction::TxnRef,
+        out: &mut super::transaction::Out,
+    ) {
+        if let Some(st) = &self.stateful {
+            st.send_failed(self, r, out);
+        }
+    }
+
+    /// The stateful mode's tables (`None`: stateless mode).
+    pub fn stateful(&self) -> Option<&super::transaction::Stateful> {
+        self.stateful.as_ref()
+    }
+
+    /// Switch to the stateful mode with these transaction settings and
+    /// `shards` tables (one per worker is plenty).
+    pub fn with_stateful(mut self, cfg: &super::transaction::TxnConfig, shards: usize) -> Core {
+        self.stateful = Some(super::transaction::Stateful::new(
+            cfg,
+            shards,
+            self.metrics.clone(),
+            self.now_ms(),
+        ));
+        self
     }
 
     /// Parse failure (seed 000): offer the bytes to the nosip hook; if it does
@@ -444,29 +615,22 @@ impl Core {
             .unwrap_or(rcv.local)
     }
 
-    fn pick_upstream<'l>(&self, live: &'l Live, msg: &SipMsg<'_>) -> Option<&'l UpstreamSpec> {
-        let n = live.upstreams.len();
-        if n == 0 {
-            return None;
-        }
-        let i = match live.selection {
-            Selection::RoundRobin => self.next_upstream.fetch_add(1, Ordering::Relaxed) % n,
-            Selection::CallIdHash => {
-                let cid = msg
-                    .first(HeaderKind::CallId)
-                    .map_or(&b""[..], |h| msg.value(h));
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                cid.hash(&mut h);
-                (h.finish() % n as u64) as usize
-            }
-        };
-        live.upstreams.get(i)
+    /// A target of the default set for a request without a Route
+    /// (round-robin, Call-ID hash, weighted, priority: the set's algorithm),
+    /// among the targets that are up.
+    fn pick_upstream<'l>(&self, live: &'l Live, msg: &SipMsg<'_>) -> Option<&'l upstream::Target> {
+        let cid = msg
+            .first(HeaderKind::CallId)
+            .map_or(&b""[..], |h| msg.value(h));
+        live.upstream
+            .pick(self.default_set, cid, &[])
+            .map(|(_, t)| t)
     }
 
     /// RFC 3261 §16.11: a branch that is the same for a retransmission, and for
     /// the CANCEL / non-2xx ACK of an INVITE (they carry the INVITE's branch,
     /// or, from RFC 2543 clients, the same Call-ID / tags / CSeq number / R-URI).
-    fn branch_hash(&self, msg: &SipMsg<'_>, via: &Via) -> u64 {
+    pub(crate) fn branch_hash(&self, msg: &SipMsg<'_>, via: &Via) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.secret.hash(&mut h);
         via.sent_by.get(msg.buf).hash(&mut h);
@@ -766,12 +930,16 @@ impl Core {
                 name,
             });
         }
-        let up = self
-            .pick_upstream(&live, msg)
-            .ok_or(Refuse::Drop(DropReason::NoRoute))?;
+        // no target up: 503 (RFC 3261 §16.7 step 6 / §21.5.4), an ACK is dropped
+        let Some(up) = self.pick_upstream(&live, msg) else {
+            return Err(match msg.method() {
+                b"ACK" => Refuse::Drop(DropReason::NoRoute),
+                _ => Refuse::Reply(503, "Service Unavailable"),
+            });
+        };
         Ok(NextHop {
-            transport: up.transport.unwrap_or(rcv.transport),
-            addr: up.addr,
+            transport: up.transport().unwrap_or(rcv.transport),
+            addr: up.addr(),
             name: None,
         })
     }
@@ -909,9 +1077,7 @@ impl Core {
     }
 
     fn is_from_upstream(&self, live: &Live, rcv: &RcvInfo) -> bool {
-        live.upstreams
-            .iter()
-            .any(|u| u.addr == rcv.src || (rcv.outbound && u.addr.ip() == rcv.src.ip()))
+        live.upstream.is_target_addr(rcv.src, rcv.outbound)
     }
 
     /// Address of a SIP URI's host (maddr ignored): an IP literal, or a host
@@ -977,6 +1143,31 @@ impl Core {
             .is_none()
         {
             return drop(DropReason::ReplyNotOurs);
+        }
+        // a reply to one of our OPTIONS probes: to the prober, not routed
+        if let Some(br) = top.branch.map(|b| b.get(buf))
+            && br.starts_with(upstream::PROBE_BRANCH)
+        {
+            let Some(p) = upstream::parse_probe_branch(br, self.secret) else {
+                return drop(DropReason::ReplyNotOurs);
+            };
+            if let Some(sink) = &self.probe_sink {
+                sink(ProbeReply {
+                    target: p.target,
+                    seq: p.seq,
+                    code,
+                });
+            }
+            return Outcome::Consumed;
+        }
+        // passive health: a final reply from a target (503 counts as a failure)
+        if code >= 200 {
+            let live = self.live.load();
+            if live.upstream.health_on() {
+                for id in live.upstream.targets_at(rcv.src, Some(rcv.transport)) {
+                    live.upstream.mark_reply(id, code, self.now_ms());
+                }
+            }
         }
         // the next Via: in the same header after a comma, or the next Via header
         let next = match top.next {
@@ -1122,6 +1313,18 @@ impl Core {
         };
         out.clear();
         let _ = write!(out, "{resp}");
+        self.metrics.local_reply(code);
+        Outcome::Send {
+            dest: self.reply_dest(rcv, udp_port),
+            kind: SendKind::LocalReply(code),
+        }
+    }
+
+    /// Where a reply to a request that came in with `rcv` goes (RFC 3261
+    /// §18.2.2, RFC 3581 §4): the same connection on TCP; on UDP the source
+    /// address (`udp_port` None: the Via asked for rport) or the source IP
+    /// and the sent-by port.
+    pub(crate) fn reply_dest(&self, rcv: &RcvInfo, udp_port: Option<u16>) -> Dest {
         let addr = match rcv.transport {
             Transport::Tcp => rcv.src,
             Transport::Udp => match udp_port {
@@ -1129,15 +1332,11 @@ impl Core {
                 Some(port) => SocketAddr::new(rcv.src.ip(), port),
             },
         };
-        self.metrics.local_reply(code);
-        Outcome::Send {
-            dest: Dest {
-                transport: rcv.transport,
-                addr,
-                conn: rcv.conn,
-                local: rcv.local,
-            },
-            kind: SendKind::LocalReply(code),
+        Dest {
+            transport: rcv.transport,
+            addr,
+            conn: rcv.conn,
+            local: rcv.local,
         }
     }
 }
@@ -1466,3 +1665,7 @@ pub fn fuzz_receive_msg(data: &[u8]) {
 #[cfg(test)]
 #[path = "proxy_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "upstream_core_tests.rs"]
+mod upstream_core_tests;

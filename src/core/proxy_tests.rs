@@ -1,7 +1,7 @@
 //! SPEC A.1 rules, one test each, byte arrays in, bytes out.
 
 use super::*;
-use crate::config::{parse_listen, parse_upstream};
+use crate::config::{Selection, UpstreamSpec, parse_listen, parse_upstream};
 
 fn parse_listen_unchecked(t: Transport, a: SocketAddr) -> crate::config::ListenSpec {
     parse_listen("test", &format!("{}:{a}", t.as_str())).unwrap()

@@ -5,7 +5,6 @@
 use super::conn::{ConnTable, ReleaseReason, TableLimits};
 use crate::config::{Config, TcpLimits, plan_reload};
 use crate::core::Core;
-use crate::core::live::Live;
 use crate::metrics::{Metrics, ReloadResult};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -275,7 +274,7 @@ impl Reloader {
                 None => tracing::warn!("log.level not applied: RUST_LOG sets the log filter"),
             }
         }
-        self.core.set_live(Live::new(&plan.config, hook));
+        self.core.set_live(self.core.live().reload(&plan.config, hook));
         if let Some(set) = &self.conns {
             set(table_limits(&plan.config.tcp));
         }
@@ -373,10 +372,9 @@ mod tests {
         assert_eq!(g.r.reload(), ReloadResult::Ok);
         assert!(g.count("ok"));
         let live = g.core.live();
-        assert_eq!(
-            live.upstreams,
-            [parse_upstream("t", "sip:127.0.0.1:5090").unwrap()]
-        );
+        let t = &live.upstream.specs()[0].targets;
+        let want = parse_upstream("t", "sip:127.0.0.1:5090").unwrap();
+        assert_eq!((t.len(), t[0].addr, t[0].transport), (1, want.addr, want.transport));
         assert_eq!(live.tcp.max_connections, 7);
         assert_eq!(g.limits.lock().unwrap().unwrap().max_connections, 7);
         assert_eq!(g.r.current().tcp.max_connections, 7);
@@ -395,7 +393,10 @@ mod tests {
                 .contains("sipedge_config_reloads_total{result=\"error\"} 2")
         );
         assert_eq!(g.r.current(), &Config::default_config());
-        assert_eq!(g.core.live().upstreams, Config::default_config().upstreams);
+        assert_eq!(
+            g.core.live().upstream.specs(),
+            Config::default_config().upstream_set_specs().as_slice()
+        );
         assert!(g.limits.lock().unwrap().is_none());
     }
 
@@ -408,7 +409,10 @@ mod tests {
         assert_eq!(g.r.reload(), ReloadResult::Partial);
         assert!(g.count("partial"));
         assert_eq!(g.r.current().listen, Config::default_config().listen);
-        assert_eq!(g.core.live().upstreams[0].transport, Some(Transport::Tcp));
+        assert_eq!(
+            g.core.live().upstream.specs()[0].targets[0].transport,
+            Some(Transport::Tcp)
+        );
         // the refused key stays refused on the next reload of the same file
         assert_eq!(g.r.reload(), ReloadResult::Partial);
     }

@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod kernel;
 pub mod lifecycle;
+pub mod probe;
 pub mod tcp;
 pub mod udp;
 pub mod userspace;
@@ -135,6 +136,14 @@ pub(crate) fn build_core(
     if let Some(h) = hooks.parse_error {
         core = core.with_parse_error_hook(h);
     }
+    if cfg.mode == crate::config::ProxyMode::Stateful {
+        // one table per worker (the stack thread in afpacket mode)
+        let shards = match cfg.stack.mode {
+            crate::config::StackMode::Afpacket => 1,
+            crate::config::StackMode::Kernel => cfg.effective_workers(),
+        };
+        core = core.with_stateful(&cfg.transaction, shards);
+    }
     Ok(core)
 }
 
@@ -151,7 +160,8 @@ pub async fn serve(
     use anyhow::Context as _;
     let metrics = Arc::new(Metrics::new());
     let custom_nosip = hooks.nosip.is_some();
-    let core = Arc::new(build_core(&cfg, hooks, metrics.clone())?);
+    let (probe_sink, probe_rx) = probe::channel();
+    let core = Arc::new(build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
     let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
@@ -193,6 +203,13 @@ pub async fn serve(
     for (i, l) in tcp_listeners.into_iter().flatten() {
         accepting.push(tasks.spawn(tcp::accept_loop(ctx.clone(), l, i)));
     }
+    if let Some(st) = ctx.core.stateful() {
+        for shard in 0..st.shard_count() {
+            tasks.spawn(transaction_timers(ctx.clone(), shard));
+        }
+    }
+    // always: a reload (SIGHUP) may turn health checks on
+    tasks.spawn(probe::run(ctx.clone(), probe_rx));
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -258,6 +275,10 @@ pub async fn dispatch(
     cache: &mut ConnCache,
 ) {
     let (dest, kind) = match outcome {
+        Outcome::Txn => {
+            deliver_txn(ctx, &sc.txn, received_at, own_udp, cache).await;
+            return;
+        }
         Outcome::Send { dest, kind } => (dest, kind),
         Outcome::Resolve { dest, kind } => match ctx.dns.get(&sc.resolve) {
             Some(ip) => {
@@ -294,7 +315,8 @@ pub async fn dispatch(
 }
 
 /// Send to `dest` and count it. `resolved`: the address came from a host
-/// name, so it may turn out to be our own (dropped as a loop).
+/// name, so it may turn out to be our own (dropped as a loop). `false`:
+/// not sent.
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     ctx: &Arc<Ctx>,
@@ -305,16 +327,91 @@ async fn deliver(
     resolved: bool,
     own_udp: Option<(&UdpSocket, usize)>,
     cache: &mut ConnCache,
-) {
+) -> bool {
     if resolved_to_self(&ctx.core, &ctx.metrics, dest, resolved) {
-        return;
+        return false;
     }
     let ok = match dest.transport {
         Transport::Udp => send_udp(ctx, dest, out, own_udp).await,
         Transport::Tcp => send_tcp(ctx, dest, out, cache),
     };
     count_send(&ctx.metrics, dest, kind, out.len(), received_at, ok);
+    ok
 }
+
+/// Send the transaction layer's messages (stateful mode). A try that
+/// cannot be sent fails over at once (bounded: each round uses up a try).
+async fn deliver_txn(
+    ctx: &Arc<Ctx>,
+    out: &crate::core::transaction::Out,
+    received_at: Instant,
+    own_udp: Option<(&UdpSocket, usize)>,
+    cache: &mut ConnCache,
+) {
+    let mut failed = Vec::new();
+    for s in &out.sends {
+        let ok = deliver(
+            ctx,
+            &s.dest,
+            s.kind,
+            out.bytes(s),
+            received_at,
+            false,
+            own_udp,
+            cache,
+        )
+        .await;
+        if !ok && let Some(r) = s.txn {
+            failed.push(r);
+        }
+    }
+    let mut next = crate::core::transaction::Out::default();
+    for _ in 0..crate::core::transaction::MAX_TRIES {
+        if failed.is_empty() {
+            break;
+        }
+        next.clear();
+        for r in failed.drain(..) {
+            ctx.core.transaction_send_failed(r, &mut next);
+        }
+        for s in &next.sends {
+            let ok = deliver(
+                ctx,
+                &s.dest,
+                s.kind,
+                next.bytes(s),
+                received_at,
+                false,
+                own_udp,
+                cache,
+            )
+            .await;
+            if !ok && let Some(r) = s.txn {
+                failed.push(r);
+            }
+        }
+    }
+}
+
+/// Stateful mode: run transaction shard `shard`'s timers every
+/// [`TXN_TICK`] and send what they produce.
+async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
+    let mut tick = tokio::time::interval(TXN_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = crate::core::transaction::Out::default();
+    let mut cache = ConnCache::default();
+    loop {
+        tick.tick().await;
+        out.clear();
+        ctx.core.poll_transactions(shard, &mut out);
+        if !out.sends.is_empty() {
+            deliver_txn(&ctx, &out, Instant::now(), None, &mut cache).await;
+        }
+    }
+}
+
+/// Period of the transaction timers (the timer wheel's tick).
+const TXN_TICK: Duration = Duration::from_millis(10);
 
 /// A next hop that came from a host name (`resolved`) and turned out to be
 /// this proxy: a loop, dropped and counted. Both backends check it.
@@ -398,7 +495,7 @@ async fn resolve_and_send(
     deliver(&ctx, &dest, kind, &out, received_at, true, None, &mut cache).await;
 }
 
-async fn send_udp(
+pub(crate) async fn send_udp(
     ctx: &Arc<Ctx>,
     dest: &Dest,
     out: &[u8],
@@ -427,7 +524,7 @@ async fn send_udp(
     }
 }
 
-fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
+pub(crate) fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
     let now = ctx.now_s();
     // RFC 3261 §18.2.2: the connection the request came on, if still open
     if let Some(id) = dest.conn

@@ -15,6 +15,7 @@
 use super::conn::{Conn, ConnCache, ConnState, ReleaseReason};
 use super::{Ctx, dispatch};
 use crate::config::Transport;
+use crate::core::upstream::Signal;
 use crate::core::{Outcome, RcvInfo, Scratch, SendKind};
 use crate::sip::framer::{Frame, FrameError, Framer, FramerConfig};
 use std::io;
@@ -77,10 +78,12 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn>) {
         }
         Ok(Err(e)) => {
             tracing::warn!(peer = %conn.peer, "connect failed: {e}");
+            upstream_signal(&ctx, &conn, Signal::ConnectFailed);
             release_conn(&ctx, &conn, ReleaseReason::ConnectFailed);
         }
         Err(_) => {
             tracing::warn!(peer = %conn.peer, "connect timed out");
+            upstream_signal(&ctx, &conn, Signal::ConnectFailed);
             release_conn(&ctx, &conn, ReleaseReason::ConnectFailed);
         }
     }
@@ -167,12 +170,24 @@ pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn>, stream: Arc<TcpStream>) {
             }
         }
     };
+    if reason == ReleaseReason::Reset {
+        upstream_signal(&ctx, &conn, Signal::Reset);
+    }
     if reason != ReleaseReason::Eof {
         conn.set_state(ConnState::Bad);
     } else {
         conn.set_state(ConnState::Eof);
     }
     release_conn(&ctx, &conn, reason);
+}
+
+/// Passive upstream health: a connection we opened to an upstream target
+/// failed (connect refused / timed out, reset).
+fn upstream_signal(ctx: &Ctx, conn: &Conn, signal: Signal) {
+    if conn.outbound {
+        let ups = ctx.core.upstreams();
+        ups.mark_failure_at(conn.peer, Some(Transport::Tcp), signal, ctx.core.now_ms());
+    }
 }
 
 /// `release_conn`: remove the connection from the table, drop its write
@@ -311,7 +326,9 @@ async fn receive_tcp_msg(
             kind: SendKind::NosipReply,
             ..
         } => {}
-        Outcome::Send { .. } | Outcome::Resolve { .. } | Outcome::Dropped(_) => conn.mark_ok(),
+        Outcome::Send { .. } | Outcome::Resolve { .. } | Outcome::Dropped(_) | Outcome::Txn => {
+            conn.mark_ok()
+        }
     }
     // the connection we read from is the first candidate for replies
     if !r.cache.contains(conn.id) {

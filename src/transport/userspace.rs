@@ -18,11 +18,12 @@ use anyhow::Context as _;
 
 use super::{DnsCache, Hooks, count_send, pick_addr, resolved_to_self};
 use crate::config::{Config, Transport};
+use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober, Signal};
 use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
-use crate::netstack::{Instant, SocketEvent, Stack, UdpHandle, driver};
+use crate::netstack::{Instant, SocketErrorKind, SocketEvent, Stack, UdpHandle, driver};
 
 /// Datagrams handled per readable event before other sockets get a turn.
 const BATCH: usize = 64;
@@ -43,7 +44,8 @@ struct Pending {
 pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let custom_nosip = hooks.nosip.is_some();
-    let core = Arc::new(super::build_core(&cfg, hooks, metrics.clone())?);
+    let (probe_sink, probe_rx) = super::probe::channel();
+    let core = Arc::new(super::build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
     let st = &cfg.stack;
     let mut dev = AfPacket::open(&st.interface)
         .with_context(|| format!("stack.interface = {:?}", st.interface))?;
@@ -91,7 +93,15 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         std::thread::Builder::new()
             .name("sipedge-stack".into())
             .spawn(move || -> std::io::Result<()> {
+                let prober = Prober::new(stack_core.upstreams(), stack_core.now_ms());
                 let mut app = App {
+                    probes: Probes {
+                        next: prober.active().then_some(0),
+                        prober,
+                        rx: probe_rx,
+                        due: Vec::new(),
+                        out: Vec::with_capacity(512),
+                    },
                     core: stack_core,
                     metrics,
                     handles,
@@ -99,6 +109,7 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
                     dns: DnsCache::default(),
                     req_tx,
                     res_rx,
+                    txn_timers: Default::default(),
                 };
                 driver::run(
                     &mut dev,
@@ -174,6 +185,21 @@ struct App {
     dns: DnsCache,
     req_tx: mpsc::SyncSender<Pending>,
     res_rx: mpsc::Receiver<(Pending, Option<IpAddr>)>,
+    /// Messages of the transaction timers (stateful mode; reused).
+    txn_timers: crate::core::transaction::Out,
+    probes: Probes,
+}
+
+/// Upstream health probes driven on the stack thread (the sans-IO
+/// [`Prober`]; kernel mode drives it from a task, `probe.rs`).
+struct Probes {
+    prober: Prober,
+    /// Replies the core recognised by their Via branch.
+    rx: tokio::sync::mpsc::Receiver<ProbeReply>,
+    /// When the prober wants to run next (`None`: health off).
+    next: Option<Millis>,
+    due: Vec<ProbeDue>,
+    out: Vec<u8>,
 }
 
 impl App {
@@ -182,16 +208,76 @@ impl App {
         while let Ok((p, ip)) = self.res_rx.try_recv() {
             self.resolved(s, now, p, ip);
         }
+        // stateful mode: the transaction timers (the driver comes back at
+        // least every driver::MAX_WAIT)
+        if let Some(n) = self.core.stateful().map(|st| st.shard_count()) {
+            let mut out = std::mem::take(&mut self.txn_timers);
+            for shard in 0..n {
+                out.clear();
+                self.core.poll_transactions(shard, &mut out);
+                if !out.sends.is_empty() {
+                    self.deliver_txn(s, now, &out, StdInstant::now());
+                }
+            }
+            self.txn_timers = out;
+        }
         while let Some(ev) = s.poll_event() {
             match ev {
                 SocketEvent::UdpReadable(h) => self.readable(s, now, h),
                 SocketEvent::UdpError(h) => {
                     if let Some(e) = s.udp_take_error(h) {
                         tracing::debug!(remote = %e.remote, kind = ?e.kind, "ICMP error for a datagram we sent");
+                        if e.kind != SocketErrorKind::MessageTooLong {
+                            let ups = self.core.upstreams();
+                            let now_ms = self.core.now_ms();
+                            ups.mark_failure_at(
+                                e.remote,
+                                Some(Transport::Udp),
+                                Signal::Unreachable,
+                                now_ms,
+                            );
+                        }
                     }
                 }
             }
         }
+        self.probe(s, now);
+    }
+
+    /// Hand probe replies to the prober; send the probes that are due.
+    fn probe(&mut self, s: &mut Stack, now: Instant) {
+        let p = &mut self.probes;
+        let now_ms = self.core.now_ms();
+        // a reload (SIGHUP) may have replaced the sets
+        if p.prober.follow(&self.core.upstreams(), now_ms) {
+            p.next = p.prober.active().then_some(now_ms);
+        }
+        let Some(next) = p.next else {
+            return;
+        };
+        let mut answered = false;
+        while let Ok(r) = p.rx.try_recv() {
+            answered |= p.prober.on_reply(r, now_ms);
+        }
+        if now_ms < next && !answered {
+            return;
+        }
+        p.prober.poll(now_ms, &mut p.due);
+        for d in p.due.drain(..) {
+            let sent = self.core.write_probe(d, &mut p.out).is_some_and(|dest| {
+                dest.transport == Transport::Udp
+                    && self
+                        .handles
+                        .get(dest.local)
+                        .is_some_and(|(h, _)| s.udp_send_to(now, *h, dest.addr, &p.out).is_ok())
+            });
+            if sent {
+                self.metrics.bytes_out(Transport::Udp, p.out.len());
+            } else {
+                p.prober.send_failed(d, now_ms);
+            }
+        }
+        p.next = p.prober.next_wakeup();
     }
 
     fn readable(&mut self, s: &mut Stack, now: Instant, h: UdpHandle) {
@@ -214,6 +300,11 @@ impl App {
             let outcome = self.core.receive_datagram(&d.data, &rcv, &mut self.sc);
             s.recycle(d.data);
             match outcome {
+                Outcome::Txn => {
+                    let out = std::mem::take(&mut self.sc.txn);
+                    self.deliver_txn(s, now, &out, received_at);
+                    self.sc.txn = out;
+                }
                 Outcome::Send { dest, kind } => {
                     let out = std::mem::take(&mut self.sc.out);
                     self.deliver(s, now, &dest, kind, &out, received_at, false);
@@ -263,8 +354,44 @@ impl App {
         self.deliver(s, now, &d, p.kind, &p.out, p.received_at, true);
     }
 
+    /// Send the transaction layer's messages; a try that cannot be sent
+    /// fails over at once (bounded: each round uses up a try).
+    fn deliver_txn(
+        &mut self,
+        s: &mut Stack,
+        now: Instant,
+        out: &crate::core::transaction::Out,
+        at: StdInstant,
+    ) {
+        let mut failed = Vec::new();
+        for m in &out.sends {
+            if !self.deliver(s, now, &m.dest, m.kind, out.bytes(m), at, false)
+                && let Some(r) = m.txn
+            {
+                failed.push(r);
+            }
+        }
+        let mut next = crate::core::transaction::Out::default();
+        for _ in 0..crate::core::transaction::MAX_TRIES {
+            if failed.is_empty() {
+                break;
+            }
+            next.clear();
+            for r in failed.drain(..) {
+                self.core.transaction_send_failed(r, &mut next);
+            }
+            for m in &next.sends {
+                if !self.deliver(s, now, &m.dest, m.kind, next.bytes(m), at, false)
+                    && let Some(r) = m.txn
+                {
+                    failed.push(r);
+                }
+            }
+        }
+    }
+
     /// Send `out` to `dest` over the stack and count it (the kernel
-    /// backend's `deliver`, for one UDP-only stack thread).
+    /// backend's `deliver`, for one UDP-only stack thread). `false`: not sent.
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
@@ -275,14 +402,14 @@ impl App {
         out: &[u8],
         received_at: StdInstant,
         resolved: bool,
-    ) {
+    ) -> bool {
         if resolved_to_self(&self.core, &self.metrics, dest, resolved) {
-            return;
+            return false;
         }
         if dest.transport != Transport::Udp {
             tracing::debug!(dest = %dest.addr, "TCP next hop: not available on the userspace stack yet");
             count_send(&self.metrics, dest, kind, out.len(), received_at, false);
-            return;
+            return false;
         }
         let family = dest.addr.is_ipv4();
         let h = match self.handles.get(dest.local) {
@@ -295,5 +422,6 @@ impl App {
         };
         let ok = h.is_some_and(|h| s.udp_send_to(now, h, dest.addr, out).is_ok());
         count_send(&self.metrics, dest, kind, out.len(), received_at, ok);
+        ok
     }
 }

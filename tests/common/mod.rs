@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod uas;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -223,6 +224,8 @@ pub struct ProxyOpts {
     /// `[proxy]` and `[metrics]` sections are generated from the ports
     /// (they match the CLI flags, which are passed as well).
     pub config: Option<String>,
+    /// More `[proxy]` keys (TOML lines) for the generated `[proxy]` section.
+    pub proxy_keys: String,
     pub extra_args: Vec<String>,
     pub ready_timeout: Duration,
 }
@@ -233,12 +236,18 @@ impl ProxyOpts {
         ProxyOpts {
             upstream: format!("sip:{LOCALHOST}:{upstream_port}"),
             config: None,
+            proxy_keys: String::new(),
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(10),
         }
     }
     pub fn config(mut self, toml: &str) -> ProxyOpts {
         self.config = Some(toml.to_string());
+        self
+    }
+    /// `[proxy]` keys besides listen / upstreams (needs [`Self::config`]).
+    pub fn proxy_keys(mut self, toml: &str) -> ProxyOpts {
+        self.proxy_keys = toml.to_string();
         self
     }
 }
@@ -292,8 +301,8 @@ impl Proxy {
             let path = dir.join("sipedge.toml");
             let text = format!(
                 "{cfg}\n\n[proxy]\nlisten = [\"{listen_udp}\", \"{listen_tcp}\"]\n\
-                 upstreams = [\"{}\"]\n\n[metrics]\nlisten = \"{metrics}\"\n",
-                opts.upstream
+                 upstreams = [\"{}\"]\n{}\n\n[metrics]\nlisten = \"{metrics}\"\n",
+                opts.upstream, opts.proxy_keys
             );
             fs::write(&path, text).map_err(|e| format!("write {path:?}: {e}"))?;
             args.push("--config".into());

@@ -1,0 +1,78 @@
+//! A small hashed timer wheel keyed by transaction slot (virtual time in
+//! milliseconds). Each bucket keeps its capacity, so arming a timer does not
+//! allocate in steady state. Entries are `(slot, generation, deadline)`; the
+//! table ignores an entry whose slot was re-armed or reused since (lazy
+//! cancellation: nothing is ever removed except by expiry).
+//!
+//! Written here because the netstack's timer wheel had not landed on main
+//! when the transaction layer was written; it is 60 lines and has no other user.
+
+/// One armed timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub slot: u32,
+    pub generation: u8,
+    pub at: u64,
+}
+
+#[derive(Debug)]
+pub struct Wheel {
+    buckets: Vec<Vec<Entry>>,
+    tick_ms: u64,
+    /// First tick not yet wholly expired.
+    cur: u64,
+}
+
+impl Wheel {
+    /// `buckets` (a power of two) of `tick_ms` each; deadlines past the
+    /// horizon stay in their bucket until a later turn reaches them.
+    pub fn new(buckets: usize, tick_ms: u64, now: u64) -> Wheel {
+        let n = buckets.next_power_of_two().max(2);
+        let tick_ms = tick_ms.max(1);
+        Wheel {
+            buckets: (0..n).map(|_| Vec::new()).collect(),
+            tick_ms,
+            cur: now / tick_ms,
+        }
+    }
+
+    pub fn insert(&mut self, e: Entry) {
+        let t = (e.at / self.tick_ms).max(self.cur);
+        let mask = self.buckets.len() as u64 - 1;
+        self.buckets[(t & mask) as usize].push(e);
+    }
+
+    /// Move every entry due at `now` into `due` (cleared first).
+    pub fn expire(&mut self, now: u64, due: &mut Vec<Entry>) {
+        due.clear();
+        let end = now / self.tick_ms;
+        if end < self.cur {
+            return;
+        }
+        let n = self.buckets.len() as u64;
+        // a long gap visits each bucket once
+        let first = if end - self.cur >= n {
+            end + 1 - n
+        } else {
+            self.cur
+        };
+        for t in first..=end {
+            let b = &mut self.buckets[(t & (n - 1)) as usize];
+            let mut i = 0;
+            while i < b.len() {
+                if b[i].at <= now {
+                    due.push(b.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        // the last tick may be only partly over: visit it again next time
+        self.cur = end;
+    }
+
+    /// Entries held (armed and stale).
+    pub fn entries(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,188 @@
+//! Upstream sets and health with the real binary (issue #10): sipp calls
+//! through sipedge to three upstreams (tests/common/uas.rs, which answers
+//! OPTIONS as a real server does): one answers everything 503, one is
+//! stopped in the middle of a sipp run. Probes mark the 503 one and the
+//! stopped one down within the configured time; while down they get no new
+//! requests (stateless mode) and every call succeeds on the remaining
+//! target; the stopped one comes back up after it returns and gets calls
+//! again. Over UDP and over TCP.
+
+mod common;
+
+use common::uas::{TestUas, UasMode};
+use common::*;
+use std::time::{Duration, Instant};
+
+const PING_MS: u64 = 300;
+const TIMEOUT_MS: u64 = 250;
+const DOWN_AFTER: u64 = 2;
+const UP_AFTER: u64 = 2;
+
+/// Longest time to notice a change: the thresholds' probes plus a probe
+/// timeout, plus a second of slack for a loaded machine.
+fn bound(n: u64) -> Duration {
+    Duration::from_millis(n * PING_MS + TIMEOUT_MS + 1000)
+}
+
+fn config(transport: &str, algorithm: &str, ports: &[u16]) -> String {
+    let mut s = format!(
+        "[[upstream_set]]\nname = \"core\"\nalgorithm = \"{algorithm}\"\n\
+         ping_interval_ms = {PING_MS}\nping_timeout_ms = {TIMEOUT_MS}\n\
+         down_after = {DOWN_AFTER}\nup_after = {UP_AFTER}\n"
+    );
+    for p in ports {
+        s.push_str(&format!(
+            "[[upstream_set.target]]\nuri = \"sip:127.0.0.1:{p};transport={transport}\"\n"
+        ));
+    }
+    s
+}
+
+/// `sipedge_upstream_up` (or another per-target family) of the target on `port`.
+fn target_metric(proxy: &Proxy, name: &str, port: u16, extra: Option<(&str, &str)>) -> Option<f64> {
+    let text = proxy.metrics();
+    let needle = format!(":{port};");
+    samples(&text)
+        .into_iter()
+        .filter(|s| s.name == name)
+        .filter(|s| s.labels.get("target").is_some_and(|t| t.contains(&needle)))
+        .filter(|s| extra.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v)))
+        .map(|s| s.value)
+        .reduce(|a, b| a + b)
+}
+
+/// Poll (bounded) until the target's `sipedge_upstream_up` is `want`;
+/// returns how long it took.
+fn wait_up(proxy: &Proxy, port: u16, want: f64, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let v = target_metric(proxy, "sipedge_upstream_up", port, None);
+        if v == Some(want) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "target :{port} not {} within {limit:?} (now {v:?})\n{}",
+            if want == 1.0 { "up" } else { "down" },
+            proxy.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn calls(proxy: &Proxy, transport: SippTransport, n: u32, rate: u32) -> SippResult {
+    run_uac(&UacOpts {
+        target: proxy.sip_addr(),
+        transport,
+        calls: n,
+        rate,
+        netns: None,
+        local: None,
+    })
+}
+
+/// `algorithm`: with `round-robin` the ACK and BYE of a call may go to
+/// another target than its INVITE (the proxy picks for every request
+/// without a Route left), so requests are counted per call, all methods but
+/// OPTIONS.
+fn health_scenario(transport: SippTransport, algorithm: &str) {
+    if skip_unless_sipp() {
+        return;
+    }
+    let _load = load_lock();
+    let t = if transport.is_tcp() { "tcp" } else { "udp" };
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = TestUas::restart(pa, UasMode::Normal);
+    let b = TestUas::restart(pb, UasMode::Normal);
+    let c = TestUas::restart(pc, UasMode::Unavailable);
+    let proxy = Proxy::start_with(ProxyOpts::new(pa).config(&config(t, algorithm, &[pa, pb, pc])));
+
+    // the 503 target: its probes are answered 503 (a failure code) → down
+    wait_up(&proxy, pc, 0.0, bound(DOWN_AFTER));
+    assert_eq!(
+        target_metric(&proxy, "sipedge_upstream_up", pa, None),
+        Some(1.0)
+    );
+    assert!(
+        c.counts.get("OPTIONS") >= DOWN_AFTER,
+        "probes reach the 503 target"
+    );
+    assert!(
+        a.counts.get("OPTIONS") >= 1,
+        "probes reach the healthy target"
+    );
+
+    // a sipp run; B is stopped in the middle of it
+    let run = std::thread::scope(|s| {
+        let h = s.spawn(|| calls(&proxy, transport, 60, 20));
+        std::thread::sleep(Duration::from_millis(1500));
+        let b_calls = b.counts.calls();
+        drop(b);
+        let took = wait_up(&proxy, pb, 0.0, bound(DOWN_AFTER));
+        eprintln!("stopped target marked down after {took:?} (it had {b_calls} call requests)");
+        assert!(b_calls > 0, "B took calls before it stopped");
+        h.join().expect("sipp thread")
+    });
+    assert!(
+        run.successful >= 30,
+        "most calls of the interrupted run succeed\n{}",
+        run.report()
+    );
+
+    // B and C down: every call goes to A; C gets no new requests
+    let c_calls = c.counts.calls();
+    let a_invites = a.counts.get("INVITE");
+    let run = calls(&proxy, transport, 40, 40);
+    assert!(run.all_ok(40), "{}\n{}", run.report(), proxy.log_tail());
+    assert_eq!(c.counts.calls(), c_calls, "a down target got new requests");
+    assert!(a.counts.get("INVITE") >= a_invites + 40);
+
+    // B returns on its port: up again after up_after probes, gets calls
+    let b = TestUas::restart(pb, UasMode::Normal);
+    let took = wait_up(&proxy, pb, 1.0, bound(UP_AFTER) + Duration::from_secs(1));
+    eprintln!("returned target marked up after {took:?}");
+    let run = calls(&proxy, transport, 40, 40);
+    assert!(run.all_ok(40), "{}\n{}", run.report(), proxy.log_tail());
+    assert!(
+        b.counts.calls() >= 10,
+        "B back in rotation: {:?} (A {:?})",
+        b.counts,
+        a.counts
+    );
+    assert_eq!(c.counts.calls(), c_calls, "the 503 target stays down");
+
+    let down = target_metric(
+        &proxy,
+        "sipedge_upstream_transitions_total",
+        pb,
+        Some(("to", "down")),
+    );
+    let up = target_metric(
+        &proxy,
+        "sipedge_upstream_transitions_total",
+        pb,
+        Some(("to", "up")),
+    );
+    assert!(
+        down >= Some(1.0) && up >= Some(1.0),
+        "transitions down {down:?} up {up:?}"
+    );
+    let probes = target_metric(&proxy, "sipedge_upstream_probe_seconds_count", pa, None);
+    assert!(probes >= Some(3.0), "probe latency histogram: {probes:?}");
+    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        log.contains("upstream target down") && log.contains("upstream target up"),
+        "transitions are logged\n{}",
+        proxy.log_tail()
+    );
+}
+
+#[test]
+fn udp_probes_mark_stopped_and_503_targets_down_and_back_up() {
+    health_scenario(SippTransport::U1, "call-id-hash");
+}
+
+#[test]
+fn tcp_probes_mark_stopped_and_503_targets_down_and_back_up() {
+    health_scenario(SippTransport::T1, "round-robin");
+}
