@@ -423,7 +423,7 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
     const CALLS: u32 = 400;
     const RATE: u32 = 50;
     let uas = SharedUas::start();
-    let mut p = Sipedge::start(uas.port, "");
+    let p = Sipedge::start(uas.port, "");
     let target = p.sip_addr();
     let uac = std::thread::spawn(move || {
         run_uac(&UacOpts {
@@ -508,7 +508,6 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
     } else {
         eprintln!("ss gave no byte counters: the per-connection split is not checked");
     }
-    let _ = &mut p;
 }
 
 /// `bytes_sent` of the established TCP connection to `dst` (ss -ti), if any.
@@ -517,11 +516,9 @@ fn bytes_sent_to(dst: &str) -> Option<u64> {
         .args(["-tinH", "state", "established", "dst", dst])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("bytes_sent:")?.parse().ok());
-    v
+        .find_map(|w| w.strip_prefix("bytes_sent:")?.parse().ok())
 }
 
 #[test]
