@@ -365,8 +365,55 @@ fn drain_under_sipp_tcp_load_loses_no_call() {
     );
 }
 
+/// `sipp -sn uas` over TCP bound to 0.0.0.0: reachable as 127.0.0.1:port
+/// and 127.0.0.2:port, two upstream addresses sharing one dialog state (as
+/// a cluster behind a virtual address would). Stopped by PID on drop.
+struct SharedUas {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl SharedUas {
+    fn start() -> SharedUas {
+        let port = free_port();
+        let dir = unique_temp_dir("uas");
+        let out = fs::File::create(dir.join("uas.out")).expect("create uas.out");
+        let child = Command::new("sipp")
+            .args(["-sn", "uas", "-i", "0.0.0.0", "-p", &port.to_string()])
+            .args(["-t", "t1", "-nostdin", "-buff_size", "4194304"])
+            .args(["-trace_err", "-error_file"])
+            .arg(dir.join("uas_err.log"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn sipp UAS");
+        let mut uas = SharedUas { child, port, dir };
+        if !wait_listening(port, true, Duration::from_secs(10)) {
+            let st = uas.child.try_wait();
+            panic!("sipp UAS did not listen on {port} within 10 s (status {st:?})");
+        }
+        uas
+    }
+}
+
+impl Drop for SharedUas {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, "INT", Duration::from_secs(5));
+        if std::thread::panicking() {
+            eprintln!("sipp UAS files kept in {:?}", self.dir);
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// SIGHUP with a new upstream while sipp calls run over TCP: new calls go
-/// to the new upstream, none fails, no connection is closed.
+/// to the new upstream (a new connection), none fails, no connection is
+/// closed. The two upstream addresses reach one UAS: sipedge is stateless
+/// and routes a dialog's ACK and BYE by the upstream selection too, so a
+/// dialog that straddles the reload must find its state at the new one.
 #[test]
 fn reload_moves_calls_to_new_upstream_under_tcp_load() {
     if skip_unless_sipp() {
@@ -375,9 +422,8 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
     let _load = load_lock();
     const CALLS: u32 = 400;
     const RATE: u32 = 50;
-    let uas_a = SippUas::start(SippTransport::T1);
-    let uas_b = SippUas::start(SippTransport::T1);
-    let p = Sipedge::start(uas_a.port, "");
+    let uas = SharedUas::start();
+    let p = Sipedge::start(uas.port, "");
     let target = p.sip_addr();
     let uac = std::thread::spawn(move || {
         run_uac(&UacOpts {
@@ -401,7 +447,10 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
         "{}",
         p.log_tail()
     );
-    p.rewrite(uas_b.port, "");
+    let new_upstream = format!("sip:127.0.0.2:{}", uas.port);
+    let text = fs::read_to_string(p.dir.join("sipedge.toml")).expect("config");
+    let text = text.replace(&format!("sip:127.0.0.1:{}", uas.port), &new_upstream);
+    fs::write(p.dir.join("sipedge.toml"), text).expect("rewrite");
     p.signal("HUP");
     let ok = p.wait_metric(
         "sipedge_config_reloads_total{result=\"ok\"}",
@@ -409,6 +458,7 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
         Duration::from_secs(5),
     );
     assert_eq!(ok, 1.0, "{}", p.log_tail());
+    let fwd_at_reload = p.metric("sipedge_forwarded_total{kind=\"request\"}");
     let res = uac.join().expect("uac thread");
     assert!(
         res.all_ok(CALLS),
@@ -416,8 +466,13 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
         res.report(),
         p.log_tail()
     );
-    // the second upstream got its own connection; sipedge closed nothing
-    // (the one `eof` is sipp closing its own connection when done)
+    assert!(
+        fwd_at_reload < f64::from(CALLS) * 3.0 - 30.0,
+        "the load was over before the reload took effect"
+    );
+    // the new upstream got its own connection and the calls after the
+    // reload; sipedge closed nothing (the one `eof` is sipp closing its
+    // own connection when done)
     assert_eq!(
         p.metric("sipedge_tcp_connected_total"),
         2.0,
@@ -436,12 +491,34 @@ fn reload_moves_calls_to_new_upstream_under_tcp_load() {
         closed_by_us, 0.0,
         "connections closed during the reload\n{text}"
     );
-    assert!(
-        p.log_text()
-            .contains(&format!("sip:127.0.0.1:{}", uas_b.port)),
-        "{}",
-        p.log_tail()
-    );
+    let log = p.log_text();
+    assert!(log.contains(&new_upstream), "{}", p.log_tail());
+    // the requests after the reload left on the new connection: bytes each
+    // of sipedge's two upstream connections sent (kernel counters, `ss`)
+    let sent = |ip: &str| bytes_sent_to(&format!("{ip}:{}", uas.port));
+    let (old_b, new_b) = (sent("127.0.0.1"), sent("127.0.0.2"));
+    eprintln!("bytes to upstreams: old {old_b:?} new {new_b:?} at reload {fwd_at_reload}");
+    if let (Some(old_b), Some(new_b)) = (old_b, new_b) {
+        let share = new_b as f64 / (old_b + new_b) as f64;
+        let expected = 1.0 - fwd_at_reload / (f64::from(CALLS) * 3.0);
+        assert!(
+            old_b > 0 && new_b > 0 && (share - expected).abs() < 0.2,
+            "bytes to the old upstream {old_b}, to the new {new_b}: share {share:.2}, expected about {expected:.2}"
+        );
+    } else {
+        eprintln!("ss gave no byte counters: the per-connection split is not checked");
+    }
+}
+
+/// `bytes_sent` of the established TCP connection to `dst` (ss -ti), if any.
+fn bytes_sent_to(dst: &str) -> Option<u64> {
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established", "dst", dst])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes_sent:")?.parse().ok())
 }
 
 #[test]
