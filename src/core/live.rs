@@ -120,7 +120,10 @@ mod tests {
         let old = core.upstreams();
         core.set_live(core.live().reload(&new, hook));
         assert_eq!(dest(&core), "127.0.0.1:5090".parse().unwrap());
-        assert_eq!(core.live().upstream.specs(), new.upstream_set_specs().as_slice());
+        assert_eq!(
+            core.live().upstream.specs(),
+            new.upstream_set_specs().as_slice()
+        );
         assert!(!Arc::ptr_eq(&old, &core.upstreams()));
         // unchanged upstreams: the same sets (health and probes go on)
         let hook = core.live().nosip.clone();

@@ -389,8 +389,10 @@ impl UpstreamSets {
                 let (a, b) = (&o.health, &t.health);
                 let up = a.up.load(Ordering::Relaxed);
                 b.up.store(up, Ordering::Relaxed);
-                b.fails.store(a.fails.load(Ordering::Relaxed), Ordering::Relaxed);
-                b.oks.store(a.oks.load(Ordering::Relaxed), Ordering::Relaxed);
+                b.fails
+                    .store(a.fails.load(Ordering::Relaxed), Ordering::Relaxed);
+                b.oks
+                    .store(a.oks.load(Ordering::Relaxed), Ordering::Relaxed);
                 b.changed_at
                     .store(a.changed_at.load(Ordering::Relaxed), Ordering::Relaxed);
                 t.metrics.up.set(i64::from(up));
@@ -402,10 +404,9 @@ impl UpstreamSets {
         if let Some((up, probe, trans)) = &self.vecs {
             for o in &self.targets {
                 let set = &self.sets[usize::from(o.set.0)].name;
-                let stays = new
-                    .targets
-                    .iter()
-                    .any(|t| t.spec.uri == o.spec.uri && new.sets[usize::from(t.set.0)].name == *set);
+                let stays = new.targets.iter().any(|t| {
+                    t.spec.uri == o.spec.uri && new.sets[usize::from(t.set.0)].name == *set
+                });
                 if !stays {
                     let l = [set.as_str(), o.spec.uri.as_str()];
                     let _ = up.remove_label_values(&l);

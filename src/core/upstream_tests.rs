@@ -432,3 +432,60 @@ fn probe_branch_round_trip_and_forgery() {
     assert_eq!(parse_probe_branch(b"z9hG4bKsEp1.2", 42), None);
     assert_eq!(parse_probe_branch(b"z9hG4bKsEp.2.3", 42), None);
 }
+
+#[test]
+fn reload_rebuild_keeps_health_of_targets_that_stay_and_retires_old_ids() {
+    let u = sets(
+        Algorithm::RoundRobin,
+        vec![target(1, 1, 0), target(2, 1, 0)],
+    );
+    down(&u, 1); // 127.0.0.2 down
+    let spec = SetSpec {
+        name: "s".into(),
+        algorithm: Algorithm::RoundRobin,
+        // 127.0.0.2 stays (now first), 127.0.0.1 goes, 127.0.0.3 is new
+        targets: vec![target(2, 1, 0), target(3, 1, 0)],
+        health: health(),
+    };
+    let n = u.rebuild(std::slice::from_ref(&spec));
+    assert_eq!(n.specs(), std::slice::from_ref(&spec));
+    let ids: Vec<TargetId> = n.targets().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 2);
+    // the target that stayed is still down, the new one is up
+    let by_uri = |uri: &str| n.targets().find(|(_, t)| t.uri() == uri).map(|(id, _)| id);
+    let stayed = by_uri("sip:127.0.0.2:5060").expect("stayed");
+    let new = by_uri("sip:127.0.0.3:5060").expect("new");
+    assert!(!n.is_up(stayed) && n.is_up(new));
+    // ids of the old sets name nothing in the new ones
+    for old in [TargetId(0), TargetId(1)] {
+        assert!(n.target(old).is_none() && !n.is_up(old));
+        n.mark_failure(old, Signal::Unreachable, 2); // no effect, no panic
+    }
+    assert!(n.is_up(new));
+    assert_eq!(n.pick(S, b"c", &[]).map(|(id, _)| id), Some(new));
+    // a prober follows the new sets (and only once)
+    let mut p = Prober::new(Arc::new(u), 0);
+    let n = Arc::new(n);
+    assert!(p.follow(&n, 5));
+    assert!(!p.follow(&n, 6));
+}
+
+#[test]
+fn reload_readiness_follows_the_new_sets() {
+    let u = sets(Algorithm::RoundRobin, vec![target(1, 1, 0)]);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    u.set_readiness_hook(Box::new(move |up| s2.lock().unwrap().push(up)));
+    down(&u, 0);
+    assert_eq!(*seen.lock().unwrap(), [false]);
+    // a reload to a new target: one is up again → ready
+    let spec = SetSpec {
+        name: "s".into(),
+        algorithm: Algorithm::RoundRobin,
+        targets: vec![target(9, 1, 0)],
+        health: health(),
+    };
+    let n = u.rebuild(&[spec]);
+    assert!(!n.all_down());
+    assert_eq!(*seen.lock().unwrap(), [false, true]);
+}

@@ -274,7 +274,8 @@ impl Reloader {
                 None => tracing::warn!("log.level not applied: RUST_LOG sets the log filter"),
             }
         }
-        self.core.set_live(self.core.live().reload(&plan.config, hook));
+        self.core
+            .set_live(self.core.live().reload(&plan.config, hook));
         if let Some(set) = &self.conns {
             set(table_limits(&plan.config.tcp));
         }
@@ -374,7 +375,10 @@ mod tests {
         let live = g.core.live();
         let t = &live.upstream.specs()[0].targets;
         let want = parse_upstream("t", "sip:127.0.0.1:5090").unwrap();
-        assert_eq!((t.len(), t[0].addr, t[0].transport), (1, want.addr, want.transport));
+        assert_eq!(
+            (t.len(), t[0].addr, t[0].transport),
+            (1, want.addr, want.transport)
+        );
         assert_eq!(live.tcp.max_connections, 7);
         assert_eq!(g.limits.lock().unwrap().unwrap().max_connections, 7);
         assert_eq!(g.r.current().tcp.max_connections, 7);

@@ -45,7 +45,8 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     let metrics = Arc::new(Metrics::new());
     let custom_nosip = hooks.nosip.is_some();
     let (probe_sink, probe_rx) = super::probe::channel();
-    let core = Arc::new(super::build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
+    let core =
+        Arc::new(super::build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
     let st = &cfg.stack;
     let mut dev = AfPacket::open(&st.interface)
         .with_context(|| format!("stack.interface = {:?}", st.interface))?;
