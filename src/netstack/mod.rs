@@ -32,6 +32,7 @@ pub mod mib;
 pub mod mld;
 pub mod ndp;
 pub mod neigh;
+pub mod tcp;
 pub mod udp;
 
 #[cfg(test)]
