@@ -3,3 +3,5 @@
 // `allow(dead_code)`: the users of these modules live on branch `tcp`.
 #[allow(dead_code)]
 pub(crate) mod buffer;
+#[allow(dead_code)]
+pub(crate) mod rtt;
