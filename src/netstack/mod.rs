@@ -33,6 +33,7 @@ pub mod mld;
 pub mod ndp;
 pub mod neigh;
 pub mod tcp;
+pub mod timer_wheel;
 pub mod udp;
 
 #[cfg(test)]
