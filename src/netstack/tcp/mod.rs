@@ -4,4 +4,6 @@
 #[allow(dead_code)]
 pub(crate) mod buffer;
 #[allow(dead_code)]
+pub(crate) mod congestion;
+#[allow(dead_code)]
 pub(crate) mod rtt;
