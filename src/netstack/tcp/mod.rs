@@ -7,3 +7,5 @@ pub(crate) mod buffer;
 pub(crate) mod congestion;
 #[allow(dead_code)]
 pub(crate) mod rtt;
+#[allow(dead_code)]
+pub(crate) mod sack;
