@@ -9,3 +9,5 @@ pub(crate) mod congestion;
 pub(crate) mod rtt;
 #[allow(dead_code)]
 pub(crate) mod sack;
+#[allow(dead_code)]
+pub(crate) mod syncookies;
