@@ -275,8 +275,12 @@ impl Congestion {
         if let Algo::Cubic(c) = &mut self.algo
             && let Some(e) = c.epoch_start
         {
-            let moved = e + idle;
-            c.epoch_start = Some(if moved > now { now } else { moved });
+            // Moved by the idle time, but never past now.
+            c.epoch_start = Some(if now > e && idle < now - e {
+                e + idle
+            } else {
+                now
+            });
         }
         if idle <= rto || rto == Duration::from_micros(0) {
             return;
