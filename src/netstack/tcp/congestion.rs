@@ -643,4 +643,61 @@ mod tests {
         c.on_rto(t0(), 0);
         assert!(c.cwnd() >= 1);
     }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Ack(u32, u32, Option<u64>),
+        Enter(u32),
+        Exit,
+        Rto(u32),
+        Idle(u64, u64),
+        Mss(u32),
+        Wait(u64),
+    }
+
+    fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u32..100_000, 0u32..2_000_000, proptest::option::of(0u64..2_000_000))
+                .prop_map(|(a, f, r)| Ev::Ack(a, f, r)),
+            1 => (0u32..2_000_000).prop_map(Ev::Enter),
+            1 => Just(Ev::Exit),
+            1 => (0u32..2_000_000).prop_map(Ev::Rto),
+            1 => (0u64..10_000_000, 0u64..3_000_000).prop_map(|(i, r)| Ev::Idle(i, r)),
+            1 => (0u32..9000).prop_map(Ev::Mss),
+            2 => (0u64..5_000_000).prop_map(Ev::Wait),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any event sequence, both algorithms: no panic; cwnd at least one
+        /// segment and bounded; ssthresh at least 2 segments once reduced.
+        #[test]
+        fn any_events_keep_windows_sane(
+            cubic in proptest::bool::ANY,
+            evs in proptest::collection::vec(ev(), 0..300),
+        ) {
+            let kind = if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno };
+            let mut now = t0();
+            let mut c = Congestion::new(kind, MSS, now);
+            for e in evs {
+                match e {
+                    Ev::Ack(a, f, r) => c.on_ack(now, a, f, r.map(Duration::from_micros)),
+                    Ev::Enter(f) => c.on_enter_recovery(now, f),
+                    Ev::Exit => c.on_exit_recovery(now),
+                    Ev::Rto(f) => c.on_rto(now, f),
+                    Ev::Idle(i, r) => {
+                        c.on_idle(now, Duration::from_micros(i), Duration::from_micros(r))
+                    }
+                    Ev::Mss(m) => c.set_mss(m),
+                    Ev::Wait(d) => now += Duration::from_micros(d),
+                }
+                proptest::prop_assert!(c.cwnd() >= c.mss());
+                proptest::prop_assert!(c.cwnd() <= INFINITE_SSTHRESH);
+                if c.ssthresh() != INFINITE_SSTHRESH {
+                    proptest::prop_assert!(c.ssthresh() >= 2 * c.mss());
+                }
+            }
+        }
+    }
 }

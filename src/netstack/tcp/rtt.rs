@@ -218,4 +218,26 @@ mod tests {
         e.reset_backoff();
         assert_eq!(e.rto(), ms(300));
     }
+
+    proptest::proptest! {
+        /// Any samples and backoffs: RTO stays within [min, max] and never
+        /// shrinks on a backoff.
+        #[test]
+        fn rto_always_within_bounds(
+            ops in proptest::collection::vec(proptest::option::of(0u64..400_000_000), 0..200),
+        ) {
+            let mut e = RttEstimator::default();
+            for o in ops {
+                let before = e.rto();
+                match o {
+                    Some(us) => e.sample(Duration::from_micros(us)),
+                    None => {
+                        e.backoff();
+                        proptest::prop_assert!(e.rto() >= before);
+                    }
+                }
+                proptest::prop_assert!(e.rto() >= MIN_RTO && e.rto() <= MAX_RTO);
+            }
+        }
+    }
 }
