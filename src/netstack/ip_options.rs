@@ -203,15 +203,19 @@ impl Stack {
     /// for us: validate them; a malformed option → ICMP Parameter Problem
     /// pointing at it, InHdrErrors, drop; a source route → drop (host).
     /// Returns whether the datagram goes on. `pkt` passed `ip_rcv`'s
-    /// header checks.
-    pub(crate) fn ip_rcv_options(&mut self, now: Instant, pkt: &[u8]) -> bool {
+    /// header checks; `bcast`: it came as a link-layer broadcast/multicast
+    /// or to a broadcast address, and then gets no ICMP error (Linux
+    /// `__icmp_send`: "no replies to physical multicast/broadcast").
+    pub(crate) fn ip_rcv_options(&mut self, now: Instant, pkt: &[u8], bcast: bool) -> bool {
         let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
         let Some(hdr) = pkt.get(..ihl) else {
             return true;
         };
         match ip_options_compile(hdr) {
             Err(e) => {
-                self.icmp_send(now, pkt, ICMP_PARAMETERPROB, 0, u32::from(e.pointer));
+                if !bcast {
+                    self.icmp_send(now, pkt, ICMP_PARAMETERPROB, 0, u32::from(e.pointer));
+                }
                 self.drop_pkt(DropReason::Ipv4BadOptions, Some(Mib::IpInHdrErrors));
                 false
             }
@@ -466,6 +470,20 @@ mod tests {
         fix_csum(&mut p);
         s.receive_frame(t0(), super::super::RxMeta::HOST, &eth4(&p));
         assert_eq!(s.counters.get(Mib::IpInHdrErrors), 1);
+        assert_eq!(s.counters.drops(DropReason::Ipv4BadOptions), 1);
+        assert!(drain(&mut s).is_empty());
+        // To our address but in a link-layer broadcast frame: no ICMP
+        // either (Linux checks the packet type).
+        let mut s = ready_stack();
+        let mut f = eth4(&udp_with_options(&[0x99, 1, 0, 0]));
+        f[..6].copy_from_slice(&[0xff; 6]);
+        s.receive_frame(t0(), super::super::RxMeta::HOST, &f);
+        assert_eq!(
+            s.counters.get(Mib::IpInHdrErrors),
+            1,
+            "{:?}",
+            s.counters.nonzero()
+        );
         assert_eq!(s.counters.drops(DropReason::Ipv4BadOptions), 1);
         assert!(drain(&mut s).is_empty());
     }

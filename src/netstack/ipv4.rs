@@ -122,7 +122,7 @@ impl Stack {
             return;
         };
         let bcast = link_bcast || matches!(route, Route::LocalBroadcast);
-        if p.header_len() > 20 && !self.ip_rcv_options(now, pkt) {
+        if p.header_len() > 20 && !self.ip_rcv_options(now, pkt, bcast) {
             return;
         }
         self.ip_local_deliver(now, meta, pkt, bcast);
