@@ -297,6 +297,15 @@ impl Congestion {
         self.cwnd_cnt = 0.0;
     }
 
+    /// The SYN or SYN-ACK was retransmitted: RFC 5681 §3.1 / RFC 6928 §2
+    /// "the initial window used by a sender after a correctly transmitted
+    /// SYN MUST be one segment" (Linux `tcp_init_transfer` sets cwnd 1
+    /// when the handshake needed a retransmission). Call before any data.
+    pub fn syn_retransmitted(&mut self) {
+        self.cwnd = self.mss;
+        self.cwnd_cnt = 0.0;
+    }
+
     /// The MSS changed (e.g. path MTU): windows keep their size in
     /// segments, as Linux keeps them in packets.
     pub fn set_mss(&mut self, mss: u32) {
@@ -625,6 +634,16 @@ mod tests {
         c.on_idle(now + ms(500), ms(500), ms(1000));
         let Algo::Cubic(cu) = &c.algo else { panic!() };
         assert_eq!(cu.epoch_start, Some(e + ms(500)));
+    }
+
+    #[test]
+    fn rfc6928_s2_one_segment_after_a_lost_syn() {
+        let mut c = Congestion::new(CongestionKind::Cubic, MSS, t0());
+        c.syn_retransmitted();
+        assert_eq!(c.cwnd(), MSS);
+        assert!(c.in_slow_start());
+        c.on_ack(t0(), MSS, MSS, None);
+        assert_eq!(c.cwnd(), 2 * MSS);
     }
 
     #[test]
