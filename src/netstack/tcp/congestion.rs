@@ -704,7 +704,7 @@ mod tests {
         assert_eq!(c.cwnd(), 2 * MSS);
     }
 
-    /// RFC 6937 §4 example: 20 segments in flight, one lost, Reno halves
+    /// As in RFC 6937's examples: 20 segments in flight, one lost, Reno halves
     /// ssthresh: PRR sends one segment for every two delivered while pipe
     /// is above ssthresh, and ends with pipe = ssthresh.
     #[test]
