@@ -26,12 +26,15 @@ pub mod frag;
 pub mod hooks;
 pub mod icmp;
 pub mod icmpv6;
+pub mod ip_options;
 pub mod ipv4;
 pub mod ipv6;
 pub mod mib;
 pub mod mld;
 pub mod ndp;
 pub mod neigh;
+pub mod tcp;
+pub mod timer_wheel;
 pub mod udp;
 
 #[cfg(test)]
