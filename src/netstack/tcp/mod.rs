@@ -45,6 +45,8 @@ pub(crate) mod tcp_output;
 pub(crate) mod tcp_timer;
 
 #[cfg(test)]
+mod tests;
+#[cfg(test)]
 mod tests_pair;
 
 use std::collections::{HashMap, VecDeque};
