@@ -381,7 +381,7 @@ fn pair_many_connections_echo_o1_demux() {
         clients.push(p.a.tcp_connect(p.now, None, server).expect("connect"));
     }
     let msg = |i: usize| format!("OPTIONS sip:{i}@x SIP/2.0\r\n\r\n").into_bytes();
-    let mut sent = vec![false; N];
+    let mut sent = [false; N];
     let mut got: Vec<Vec<u8>> = vec![Vec::new(); N];
     let mut servers: Vec<TcpHandle> = Vec::new();
     let mut buf = [0u8; 2048];
