@@ -896,13 +896,11 @@ impl TcpSocketMut<'_> {
                 _ => Err(TcpError::WouldBlock),
             };
         }
-        let before = t.rcv_window();
         let n = t.rcvbuf.read(buf);
         let after = t.rcvbuf.window() as u32;
         let mss = t.mss as u32;
         let adv = t.rcv_wnd_adv;
         let sync = t.state.is_synchronized() && !t.rcv_fin;
-        let _ = before;
         // Linux tcp_cleanup_rbuf: announce a window that opened by two
         // segments, or reopened from below one segment.
         if sync && (after >= adv + 2 * mss || (adv < mss && after >= mss)) {
