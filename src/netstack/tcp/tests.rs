@@ -1302,3 +1302,19 @@ fn stale_handles_are_rejected() {
     assert!(h.s.tcp(c).is_none());
     assert!(h.s.tcp(d).is_some());
 }
+
+#[test]
+fn a_view_used_after_close_answers_closed_without_panicking() {
+    let mut h = H::new();
+    let c = h.establish();
+    let mut s = h.s.tcp(c.h).expect("c");
+    s.close();
+    assert_eq!(s.state(), TcpState::Closed);
+    assert_eq!(s.send(b"x"), Err(TcpError::InvalidHandle));
+    let mut b = [0u8; 4];
+    assert_eq!(s.recv(&mut b), Err(TcpError::InvalidHandle));
+    s.close();
+    s.abort();
+    assert_eq!(s.peer_addr(), peer(PP));
+    assert_eq!(h.one().flags(), "FA", "one FIN, nothing else");
+}
