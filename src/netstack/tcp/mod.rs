@@ -262,6 +262,9 @@ pub(crate) struct Tcb {
     pub rd_shut: bool,
     /// A send returned WouldBlock: report TcpWritable when space frees.
     pub want_writable: bool,
+    /// Our SYN or SYN-ACK had to be retransmitted (RFC 6298 §5.7 RTO of
+    /// 3 s and RFC 6928 §2 initial window of one segment afterwards).
+    pub syn_rexmit: bool,
     /// RFC 7323 TS.Recent and when it was set (PAWS).
     pub ts_recent: u32,
     pub ts_recent_at: Instant,
@@ -540,6 +543,7 @@ impl TcpTable {
             rcv_fin: false,
             rd_shut: false,
             want_writable: false,
+            syn_rexmit: false,
             ts_recent: 0,
             ts_recent_at: now,
             ts_off: self.ts_off(local, remote),
@@ -809,12 +813,20 @@ impl Stack {
 
     /// Linux `tcp_set_state`: the state change with its counters
     /// (CurrEstab, EstabResets are counted by the callers that reset).
+    /// Entering ESTABLISHED after a retransmitted SYN / SYN-ACK starts
+    /// with an initial window of one segment and an RTO of 3 s (Linux
+    /// `tcp_init_transfer`).
     pub(crate) fn tcp_set_state(&mut self, slot: u32, new: TcpState) {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
         let old = t.state;
         t.state = new;
+        if new == TcpState::Established && t.syn_rexmit {
+            t.syn_rexmit = false;
+            t.rtt.syn_retransmitted();
+            t.cc.syn_retransmitted();
+        }
         let estab = |s: TcpState| matches!(s, TcpState::Established | TcpState::CloseWait);
         if estab(new) && !estab(old) {
             self.counters.inc(Mib::TcpCurrEstab);

@@ -108,6 +108,7 @@ impl Stack {
                     return;
                 }
                 t.retries += 1;
+                t.syn_rexmit = true;
                 t.rtt.backoff();
                 self.counters.inc(Mib::TcpExtTCPTimeouts);
                 if t.state == TcpState::SynSent {

@@ -1395,3 +1395,21 @@ fn v6_handshake_data_and_time_wait() {
     assert_eq!(h.one().ack, Some(54));
     assert_eq!(h.s.tcp_table().time_wait_len(), 1);
 }
+
+#[test]
+fn rfc6928_one_segment_initial_window_after_a_lost_syn() {
+    let mut h = H::new();
+    let c = h.s.tcp_connect(h.now, None, peer(5070)).expect("connect");
+    let syn = h.one();
+    h.after(Duration::from_secs(1));
+    assert_eq!(h.one().flags(), "S", "SYN retransmitted");
+    let me = syn.sport;
+    h.rx(S::new(9000)
+        .syn()
+        .ack(syn.seq.wrapping_add(1))
+        .ports(5070, me));
+    h.out();
+    h.s.tcp(c).expect("c").send(&[1u8; 5000]).expect("send");
+    let o = h.out();
+    assert_eq!(o.len(), 1, "IW = 1 segment after a lost SYN: {o:?}");
+}
