@@ -240,6 +240,8 @@ impl App {
                         }
                     }
                 }
+                // TCP events: the TCP transport (issue 7) drives those.
+                _ => {}
             }
         }
         self.probe(s, now);
