@@ -50,6 +50,18 @@ pub struct StackLimits {
     pub icmp_ratelimit_ms: u32,
     pub udp_rx_queue: usize,
     pub tx_queue: usize,
+    /// TCP (the netstack's `Limits` documents each; Linux sysctl names).
+    pub tcp_max_conns: usize,
+    pub tcp_syn_backlog_max: usize,
+    pub tcp_max_tw_buckets: usize,
+    pub tcp_rmem: usize,
+    pub tcp_wmem: usize,
+    pub tcp_fin_timeout_secs: u64,
+    pub tcp_time_wait_secs: u64,
+    pub tcp_syncookies: bool,
+    pub tcp_challenge_ack_limit: u32,
+    pub tcp_retries2: u8,
+    pub tcp_syn_retries: u8,
 }
 
 impl Default for StackSettings {
@@ -84,6 +96,17 @@ impl Default for StackLimits {
             icmp_ratelimit_ms: n.icmp_ratelimit_ms,
             udp_rx_queue: n.udp_rx_queue,
             tx_queue: n.tx_queue,
+            tcp_max_conns: n.tcp_max_conns,
+            tcp_syn_backlog_max: n.tcp_syn_backlog_max,
+            tcp_max_tw_buckets: n.tcp_max_tw_buckets,
+            tcp_rmem: n.tcp_rmem,
+            tcp_wmem: n.tcp_wmem,
+            tcp_fin_timeout_secs: n.tcp_fin_timeout.secs(),
+            tcp_time_wait_secs: n.tcp_time_wait.secs(),
+            tcp_syncookies: n.tcp_syncookies,
+            tcp_challenge_ack_limit: n.tcp_challenge_ack_limit,
+            tcp_retries2: n.tcp_retries2,
+            tcp_syn_retries: n.tcp_syn_retries,
         }
     }
 }
@@ -105,6 +128,17 @@ impl StackSettings {
             icmp_ratelimit_ms: l.icmp_ratelimit_ms,
             udp_rx_queue: l.udp_rx_queue,
             tx_queue: l.tx_queue,
+            tcp_max_conns: l.tcp_max_conns,
+            tcp_syn_backlog_max: l.tcp_syn_backlog_max,
+            tcp_max_tw_buckets: l.tcp_max_tw_buckets,
+            tcp_rmem: l.tcp_rmem,
+            tcp_wmem: l.tcp_wmem,
+            tcp_fin_timeout: Duration::from_secs(l.tcp_fin_timeout_secs),
+            tcp_time_wait: Duration::from_secs(l.tcp_time_wait_secs),
+            tcp_syncookies: l.tcp_syncookies,
+            tcp_challenge_ack_limit: l.tcp_challenge_ack_limit,
+            tcp_retries2: l.tcp_retries2,
+            tcp_syn_retries: l.tcp_syn_retries,
             ..crate::netstack::Limits::default()
         }
     }
@@ -169,6 +203,17 @@ struct RawStackLimits {
     icmp_ratelimit_ms: i64,
     udp_rx_queue: i64,
     tx_queue: i64,
+    tcp_max_conns: i64,
+    tcp_syn_backlog_max: i64,
+    tcp_max_tw_buckets: i64,
+    tcp_rmem: i64,
+    tcp_wmem: i64,
+    tcp_fin_timeout_secs: i64,
+    tcp_time_wait_secs: i64,
+    tcp_syncookies: bool,
+    tcp_challenge_ack_limit: i64,
+    tcp_retries2: i64,
+    tcp_syn_retries: i64,
 }
 
 impl Default for RawStackLimits {
@@ -211,6 +256,17 @@ pub(super) fn to_raw(s: &StackSettings) -> RawStack {
             icmp_ratelimit_ms: i64::from(l.icmp_ratelimit_ms),
             udp_rx_queue: size(l.udp_rx_queue),
             tx_queue: size(l.tx_queue),
+            tcp_max_conns: size(l.tcp_max_conns),
+            tcp_syn_backlog_max: size(l.tcp_syn_backlog_max),
+            tcp_max_tw_buckets: size(l.tcp_max_tw_buckets),
+            tcp_rmem: size(l.tcp_rmem),
+            tcp_wmem: size(l.tcp_wmem),
+            tcp_fin_timeout_secs: int(l.tcp_fin_timeout_secs),
+            tcp_time_wait_secs: int(l.tcp_time_wait_secs),
+            tcp_syncookies: l.tcp_syncookies,
+            tcp_challenge_ack_limit: i64::from(l.tcp_challenge_ack_limit),
+            tcp_retries2: i64::from(l.tcp_retries2),
+            tcp_syn_retries: i64::from(l.tcp_syn_retries),
         },
     }
 }
@@ -334,6 +390,43 @@ pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
         )? as u32,
         udp_rx_queue: in_range_usize("stack.limits.udp_rx_queue", l.udp_rx_queue, 1, 1 << 20)?,
         tx_queue: in_range_usize("stack.limits.tx_queue", l.tx_queue, 16, 1 << 20)?,
+        tcp_max_conns: in_range_usize("stack.limits.tcp_max_conns", l.tcp_max_conns, 1, 1 << 24)?,
+        tcp_syn_backlog_max: in_range_usize(
+            "stack.limits.tcp_syn_backlog_max",
+            l.tcp_syn_backlog_max,
+            1,
+            1 << 20,
+        )?,
+        tcp_max_tw_buckets: in_range_usize(
+            "stack.limits.tcp_max_tw_buckets",
+            l.tcp_max_tw_buckets,
+            0,
+            1 << 24,
+        )?,
+        tcp_rmem: in_range_usize("stack.limits.tcp_rmem", l.tcp_rmem, 4096, 1 << 30)?,
+        tcp_wmem: in_range_usize("stack.limits.tcp_wmem", l.tcp_wmem, 4096, 1 << 30)?,
+        tcp_fin_timeout_secs: in_range_usize(
+            "stack.limits.tcp_fin_timeout_secs",
+            l.tcp_fin_timeout_secs,
+            1,
+            3600,
+        )? as u64,
+        tcp_time_wait_secs: in_range_usize(
+            "stack.limits.tcp_time_wait_secs",
+            l.tcp_time_wait_secs,
+            1,
+            3600,
+        )? as u64,
+        tcp_syncookies: l.tcp_syncookies,
+        tcp_challenge_ack_limit: in_range_usize(
+            "stack.limits.tcp_challenge_ack_limit",
+            l.tcp_challenge_ack_limit,
+            1,
+            1_000_000,
+        )? as u32,
+        tcp_retries2: in_range_usize("stack.limits.tcp_retries2", l.tcp_retries2, 1, 255)? as u8,
+        tcp_syn_retries: in_range_usize("stack.limits.tcp_syn_retries", l.tcp_syn_retries, 1, 127)?
+            as u8,
     };
     Ok(StackSettings {
         mode,
@@ -489,6 +582,34 @@ mod tests {
         assert_eq!(n.mac.0, [2, 0, 0, 0, 0, 1]);
         assert_eq!(n.mtu, 1500);
         assert_eq!(n.limits.frag4_mem, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn tcp_limits_reach_the_netstack_and_errors_name_the_key() {
+        let c = Config::from_toml(&af(
+            "interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n[stack.limits]\ntcp_max_conns = 10\ntcp_rmem = 8192\ntcp_time_wait_secs = 5\ntcp_syncookies = false",
+        ))
+        .expect("valid");
+        let n = c.stack.netstack_limits();
+        assert_eq!(n.tcp_max_conns, 10);
+        assert_eq!(n.tcp_rmem, 8192);
+        assert_eq!(n.tcp_time_wait, crate::netstack::Duration::from_secs(5));
+        assert!(!n.tcp_syncookies);
+        for (k, v) in [
+            ("tcp_max_conns", "0"),
+            ("tcp_rmem", "100"),
+            ("tcp_wmem", "-1"),
+            ("tcp_fin_timeout_secs", "0"),
+            ("tcp_retries2", "256"),
+            ("tcp_syn_retries", "0"),
+        ] {
+            err_for(
+                &af(&format!(
+                    "interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n[stack.limits]\n{k} = {v}"
+                )),
+                &format!("stack.limits.{k}"),
+            );
+        }
     }
 
     #[test]
