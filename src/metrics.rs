@@ -845,6 +845,9 @@ struct NetstackCollector {
     drops: IntCounterVec,
     mib_children: Vec<IntCounter>,
     drop_children: Vec<IntCounter>,
+    /// Tcp CurrEstab is a gauge (it goes down): exported apart, not as a
+    /// counter of the mib family.
+    curr_estab: IntGauge,
 }
 
 impl NetstackCollector {
@@ -864,8 +867,13 @@ impl NetstackCollector {
             ),
             &["reason"],
         )?;
+        let curr_estab = IntGauge::new(
+            "sipedge_netstack_tcp_curr_estab",
+            "Embedded stack TCP connections in ESTABLISHED or CLOSE_WAIT (Linux Tcp CurrEstab).",
+        )?;
         let mib_children = Mib::ALL
             .iter()
+            .filter(|m| !m.is_gauge())
             .map(|m| {
                 let (g, c) = m.names();
                 mib.with_label_values(&[g, c])
@@ -881,12 +889,19 @@ impl NetstackCollector {
             drops,
             mib_children,
             drop_children,
+            curr_estab,
         })
     }
 
     fn sync(&self) {
         use crate::netstack::{DropReason as NsDrop, Mib};
-        for (m, c) in Mib::ALL.iter().zip(&self.mib_children) {
+        self.curr_estab
+            .set(self.counters.get(Mib::TcpCurrEstab) as i64);
+        for (m, c) in Mib::ALL
+            .iter()
+            .filter(|m| !m.is_gauge())
+            .zip(&self.mib_children)
+        {
             let (cur, seen) = (self.counters.get(*m), c.get());
             if cur > seen {
                 c.inc_by(cur - seen);
@@ -905,6 +920,7 @@ impl prometheus::core::Collector for NetstackCollector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         let mut d = self.mib.desc();
         d.extend(self.drops.desc());
+        d.extend(self.curr_estab.desc());
         d
     }
 
@@ -912,6 +928,7 @@ impl prometheus::core::Collector for NetstackCollector {
         self.sync();
         let mut v = self.mib.collect();
         v.extend(self.drops.collect());
+        v.extend(self.curr_estab.collect());
         v
     }
 }
@@ -940,5 +957,20 @@ mod netstack_metrics_tests {
             m.encode()
                 .contains("sipedge_netstack_mib_total{counter=\"InReceives\",group=\"Ip\"} 7")
         );
+    }
+
+    #[test]
+    fn c_tcp_curr_estab_is_a_gauge_that_goes_down() {
+        let m = Metrics::new();
+        let c = Arc::new(Counters::new());
+        m.register_netstack(c.clone()).unwrap();
+        c.inc(Mib::TcpCurrEstab);
+        c.inc(Mib::TcpCurrEstab);
+        assert!(m.encode().contains("sipedge_netstack_tcp_curr_estab 2"));
+        c.dec(Mib::TcpCurrEstab);
+        let t = m.encode();
+        assert!(t.contains("# TYPE sipedge_netstack_tcp_curr_estab gauge"), "{t}");
+        assert!(t.contains("sipedge_netstack_tcp_curr_estab 1"), "{t}");
+        assert!(!t.contains("counter=\"CurrEstab\""), "{t}");
     }
 }

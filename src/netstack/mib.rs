@@ -264,6 +264,14 @@ counter_enum! {
     }
 }
 
+impl Mib {
+    /// A level that goes down as well as up (Linux's Tcp CurrEstab), not a
+    /// counter: exported as a gauge.
+    pub const fn is_gauge(self) -> bool {
+        matches!(self, Mib::TcpCurrEstab)
+    }
+}
+
 /// The stack's counters. Shared with the metrics exporter through an `Arc`;
 /// written by the stack thread only.
 pub struct Counters {
