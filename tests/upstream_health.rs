@@ -105,7 +105,8 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
     );
     assert!(
         c.counts.get("OPTIONS") >= DOWN_AFTER,
-        "probes reach the 503 target"
+        "probes reach the 503 target: {:?}",
+        c.counts
     );
     assert!(
         a.counts.get("OPTIONS") >= 1,
@@ -173,6 +174,20 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
     assert!(
         log.contains("upstream target down") && log.contains("upstream target up"),
         "transitions are logged\n{}",
+        proxy.log_tail()
+    );
+    // the passive signal that saw B stop: ICMP port unreachable for a UDP
+    // probe (its connected socket), a refused / reset TCP connection
+    let signal = if transport.is_tcp() {
+        ["signal=\"connect_failed\"", "signal=\"reset\""]
+    } else {
+        ["signal=\"unreachable\""; 2]
+    };
+    assert!(
+        log.lines().any(|l| l.contains(&format!(":{pb}"))
+            && l.contains("upstream target down")
+            && signal.iter().any(|s| l.contains(s))),
+        "B's down transition names a passive signal {signal:?}\n{}",
         proxy.log_tail()
     );
 }
