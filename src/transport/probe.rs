@@ -18,6 +18,7 @@ use crate::config::Transport;
 use crate::core::upstream::{ProbeReply, Prober, TargetId};
 use crate::core::{ProbeSink, RcvInfo, Scratch};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -116,7 +117,7 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ProbeReply>) {
             let ok = match dest.transport {
                 Transport::Tcp => send_tcp(&ctx, &dest, &out, &mut cache),
                 Transport::Udp => {
-                    if !socks.contains_key(&p.target) {
+                    if let Entry::Vacant(slot) = socks.entry(p.target) {
                         let ip = ctx
                             .udp
                             .get(dest.local)
@@ -130,7 +131,7 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ProbeReply>) {
                         };
                         match made {
                             Ok(s) => {
-                                socks.insert(p.target, s);
+                                slot.insert(s);
                             }
                             Err(e) => tracing::debug!(target = %dest.addr, "probe socket: {e}"),
                         }
