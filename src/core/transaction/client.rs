@@ -408,8 +408,6 @@ impl TxnTable {
         if !self.failover(now, i, out, up) {
             self.send_best(now, i, out);
         }
-        let s = &mut self.slots[i as usize];
-        s.end_at = s.end_at.max(now).max(1);
         self.arm(i);
     }
 
