@@ -304,6 +304,68 @@ fn afpacket_udp_calls_pass_through_the_userspace_stack() {
     );
 }
 
+/// Stateful mode on the userspace stack (issue #10): the transaction
+/// timers run on the stack thread. Two upstreams in round-robin, the first
+/// silent (nobody on 198.18.N.1:5081): its tries time out after
+/// `fr_timeout_ms` and fail over to the sipp UAS; every call succeeds.
+#[test]
+fn afpacket_stateful_calls_fail_over_from_a_dead_upstream() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    let _load = load_lock();
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let up = pair.peer_v4();
+    let cfg = afpacket_config(&pair).replace(
+        &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]\n"),
+        &format!(
+            "upstreams = [\"sip:{up}:5081\", \"sip:{up}:{UPSTREAM_PORT}\"]\n\
+             mode = \"stateful\"\n\n[transaction]\nfr_timeout_ms = 1000\n"
+        ),
+    );
+    assert!(cfg.contains("stateful"), "{cfg}");
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let uas = SippUas::start_in(&pair.peer_ns, up.into(), UPSTREAM_PORT);
+    const CALLS: u32 = 60;
+    let run = run_uac_in(
+        &pair.peer_ns,
+        up.into(),
+        SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
+        CALLS,
+        20,
+    );
+    let m = proxy.metrics();
+    let report = format!(
+        "{}\nfailovers {} timeouts {} created {}\n{}",
+        run.report(),
+        metric(&m, "sipedge_transaction_failovers_total"),
+        metric(&m, "sipedge_transaction_timeouts_total"),
+        metric(&m, "sipedge_transactions_created_total"),
+        proxy.log_tail()
+    );
+    assert!(run.all_ok(CALLS), "every call succeeds\n{report}");
+    assert!(
+        metric(&m, "sipedge_transaction_failovers_total") >= 1.0,
+        "{report}"
+    );
+    assert!(
+        metric(&m, "sipedge_transaction_timeouts_total") >= 1.0,
+        "{report}"
+    );
+    assert!(
+        metric(&m, "sipedge_transactions_created_total") >= f64::from(2 * CALLS),
+        "{report}"
+    );
+    eprintln!("{}", report.lines().take(2).collect::<Vec<_>>().join("\n"));
+    drop(uas);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 #[test]
 fn afpacket_upstream_down_is_reported_by_icmp() {
     if skip_unless_root() {

@@ -18,6 +18,7 @@ pub(super) struct RawTransaction {
     failover_codes: Vec<i64>,
     max_tries: i64,
     retry_after_secs: i64,
+    linger_ms: i64,
 }
 
 impl Default for RawTransaction {
@@ -57,6 +58,7 @@ pub(super) fn from_raw(t: &RawTransaction) -> Result<TxnConfig, ConfigError> {
             0,
             86_400,
         )? as u32,
+        linger_ms: ms("transaction.linger_ms", t.linger_ms)?,
     })
 }
 
@@ -71,6 +73,7 @@ pub(super) fn to_raw(t: &TxnConfig) -> RawTransaction {
         failover_codes: t.failover_codes.iter().map(|&c| i64::from(c)).collect(),
         max_tries: i64::from(t.max_tries),
         retry_after_secs: i64::from(t.retry_after_s),
+        linger_ms: int_i64(t.linger_ms),
     }
 }
 
@@ -95,6 +98,13 @@ pub(super) fn validate(t: &TxnConfig) -> Result<(), ConfigError> {
             "transaction.t4_ms",
             t.t4_ms,
             "must be at most 600000",
+        ));
+    }
+    if t.linger_ms > 600_000 {
+        return Err(invalid(
+            "transaction.linger_ms",
+            t.linger_ms,
+            "must be at most 600000 (0 = the RFC 3261 timers)",
         ));
     }
     if t.fr_timeout_ms > 3_600_000 {

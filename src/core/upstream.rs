@@ -929,7 +929,7 @@ impl Prober {
     pub fn on_unreachable(&mut self, addr: SocketAddr, transport: Option<Transport>, now: Millis) {
         let ids: Vec<TargetId> = self.sets.targets_at(addr, transport).collect();
         for id in ids {
-            if let Some(st) = self.st.get_mut(id.0 as usize) {
+            if let Some(st) = self.sets.idx(id).and_then(|i| self.st.get_mut(i)) {
                 st.outstanding = None;
             }
             self.sets.mark_failure(id, Signal::Unreachable, now);

@@ -4,9 +4,9 @@
 //! §16.10) and failover to the next target of the set.
 
 use super::{
-    Cli, MAX_TRIES, Out, Retx, Signal, Slot, Srv, TargetId, Tmo, TxnRef, TxnTable, Upstreams,
-    build_hop_request, build_reply, decode_branch, find_branch, server_key, source_dest,
-    write_branch,
+    Cli, KEY_MASK, MAX_SLOTS, MAX_TRIES, Out, Retx, SLOT_BITS, Signal, Slot, Srv, TargetId, Tmo,
+    TxnRef, TxnTable, Upstreams, build_hop_request, build_reply, decode_branch, find_branch,
+    server_key, source_dest, write_branch,
 };
 use crate::config::Transport;
 use crate::core::proxy::{Dest, RcvInfo, SendKind};
@@ -49,7 +49,14 @@ impl TxnTable {
         s.req_len = fwd.len() as u32;
         s.sent_end = s.req_len;
         s.branch_at = at as u32;
-        write_branch(&mut s.buf, at, key, self.shard << 16 | i, s.generation, 0);
+        write_branch(
+            &mut s.buf,
+            at,
+            key,
+            self.shard << SLOT_BITS | i,
+            s.generation,
+            0,
+        );
         s.invite = invite;
         s.caller = caller;
         s.up = dest;
@@ -73,7 +80,7 @@ impl TxnTable {
             }
         }
         Self::start_try(s, now, t1, tb);
-        let r = s.txn_ref(self.shard << 16 | i);
+        let r = s.txn_ref(self.shard << SLOT_BITS | i);
         out.push(s.up, s.request(), SendKind::Request, Some(r));
         self.arm(i);
         Some(r)
@@ -118,14 +125,14 @@ impl TxnTable {
         else {
             return false;
         };
-        if field >> 16 != self.shard {
+        if field >> SLOT_BITS != self.shard {
             return false;
         }
-        let i = field & 0xFFFF;
+        let i = field & MAX_SLOTS;
         let Some(s) = self.slots.get(i as usize) else {
             return false;
         };
-        if s.key == 0 || s.generation != generation || s.key as u32 != k32 {
+        if s.key == 0 || s.generation != generation || (s.key & KEY_MASK) as u32 != k32 {
             return false;
         }
         let cseq_method = msg
@@ -238,7 +245,7 @@ impl TxnTable {
         out: &mut Out,
         up: &mut dyn Upstreams,
     ) {
-        let (t1, t4) = (self.cfg.t1_ms, self.cfg.t4_ms);
+        let (d_wait, t4) = (self.cfg.timer_d(), self.cfg.wait_t4());
         let failover_code = self.cfg.failover_codes.contains(&code);
         let s = &mut self.slots[i as usize];
         s.cli = Cli::Done;
@@ -250,7 +257,7 @@ impl TxnTable {
         // Timer D (INVITE: ≥ 32 s on UDP) / K (non-INVITE: T4 on UDP): the
         // slot stays to absorb retransmissions of this final
         let d = match (s.invite, udp) {
-            (true, true) => 32_000.max(64 * t1),
+            (true, true) => d_wait,
             (false, true) => t4,
             _ => 0,
         };
@@ -315,13 +322,13 @@ impl TxnTable {
             &mut s.buf,
             at,
             key,
-            self.shard << 16 | i,
+            self.shard << SLOT_BITS | i,
             generation,
             attempt,
         );
         s.up = dest;
         Self::start_try(s, now, t1, tb);
-        let r = s.txn_ref(self.shard << 16 | i);
+        let r = s.txn_ref(self.shard << SLOT_BITS | i);
         out.push(s.up, s.request(), SendKind::Request, Some(r));
         self.stats.failovers += 1;
         self.arm(i);
@@ -371,10 +378,10 @@ impl TxnTable {
     /// A transport error sending try `r` (connection refused / reset, no
     /// route): fail over at once, or answer with the best answer (408).
     pub fn transport_error(&mut self, now: u64, r: TxnRef, out: &mut Out, up: &mut dyn Upstreams) {
-        if r.slot >> 16 != self.shard {
+        if r.slot >> SLOT_BITS != self.shard {
             return;
         }
-        let i = r.slot & 0xFFFF;
+        let i = r.slot & MAX_SLOTS;
         let Some(s) = self.slots.get_mut(i as usize) else {
             return;
         };
@@ -401,8 +408,6 @@ impl TxnTable {
         if !self.failover(now, i, out, up) {
             self.send_best(now, i, out);
         }
-        let s = &mut self.slots[i as usize];
-        s.end_at = s.end_at.max(now).max(1);
         self.arm(i);
     }
 
@@ -429,7 +434,7 @@ impl TxnTable {
         };
         let start = out.buf.len();
         build_hop_request(&m, b"CANCEL", None, None, &mut out.buf);
-        let r = s.txn_ref(self.shard << 16 | i);
+        let r = s.txn_ref(self.shard << SLOT_BITS | i);
         out.push_built(start, s.up, SendKind::Request, Some(r));
     }
 

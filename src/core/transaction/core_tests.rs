@@ -241,3 +241,39 @@ fn stateful_reply_of_no_transaction_is_routed_statelessly() {
     let o = c.receive_datagram(r.as_bytes(), &udp_from(UP1), &mut sc);
     assert!(matches!(o, Outcome::Send { .. }), "{o:?}");
 }
+
+#[test]
+fn stateful_cap_full_answers_503_retry_after_through_the_core() {
+    let mut c = Config::default_config();
+    c.listen = vec![parse_listen("t", "udp:192.0.2.10:5060").unwrap()];
+    c.upstreams = vec![parse_upstream("t", &format!("sip:{UP1}")).unwrap()];
+    let cfg = TxnConfig {
+        max_transactions: 1,
+        ..TxnConfig::default()
+    };
+    let core = Core::new(&c, Box::new(NoneHook), Arc::new(Metrics::new()))
+        .with_secret(42)
+        .with_stateful(&cfg, 1);
+    let mut sc = Scratch::new();
+    run(
+        &core,
+        &mut sc,
+        &request("INVITE", ";branch=z9hG4bKc1", ""),
+        CLIENT,
+    );
+    let s = run(
+        &core,
+        &mut sc,
+        &request("INVITE", ";branch=z9hG4bKc2", ""),
+        CLIENT,
+    );
+    assert_eq!(
+        lines(&s),
+        vec![pair(CLIENT, "SIP/2.0 503 Service Unavailable")]
+    );
+    let text = String::from_utf8_lossy(&s[0].2).into_owned();
+    assert!(text.contains("Retry-After: 5\r\n"), "{text}");
+    let m = core.metrics.encode();
+    assert!(m.contains("sipedge_transactions_refused_total 1"), "{m}");
+    assert!(m.contains("sipedge_transactions 1"), "{m}");
+}

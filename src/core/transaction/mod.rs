@@ -13,8 +13,8 @@
 //! - Each slot keeps one buffer: `[forwarded request][last response sent to
 //!   the caller][best final response held back]`. A freed slot keeps the
 //!   buffer's capacity, so steady-state traffic does not allocate.
-//! - Our client branch is `z9hG4bKsT` + 16 hex digits: 8 of the server key,
-//!   1 of the shard (table), 4 of the slot index, 2 of its generation and 1
+//! - Our client branch is `z9hG4bKsT` + 16 hex digits: 6 of the server key,
+//!   1 of the shard (table), 6 of the slot index, 2 of its generation and 1
 //!   of the try. A reply finds
 //!   its transaction without a lookup (§17.1.3: branch + CSeq method); the
 //!   try digit tells a late reply of an earlier try.
@@ -47,9 +47,12 @@ pub use stateful::Stateful;
 
 /// Tries per request at most (the try is one hex digit of the branch).
 pub const MAX_TRIES: usize = 8;
-/// Slots per table at most; the branch's 5 slot digits are the shard (1)
-/// and the slot (4).
-pub const MAX_SLOTS: u32 = 0xFFFF;
+/// Bits of the slot index in the branch (the shard's 4 bits above them).
+pub const SLOT_BITS: u32 = 24;
+/// Slots per table at most.
+pub const MAX_SLOTS: u32 = (1 << SLOT_BITS) - 1;
+/// Bits of the server key written into the branch (checked on replies).
+const KEY_MASK: u64 = 0xFF_FFFF;
 /// Shards (tables) at most.
 pub const MAX_SHARDS: usize = 16;
 /// Timer wheel: 10 ms ticks, 4096 buckets (a 41 s turn).
@@ -110,6 +113,11 @@ pub struct TxnConfig {
     pub max_tries: u8,
     /// `Retry-After` seconds of the cap's 503.
     pub retry_after_s: u32,
+    /// Longest stay of a finished transaction absorbing retransmissions
+    /// (Timers D, I, J, K, L; RFC 3261: up to 64·T1 = 32 s on UDP). 0: the
+    /// RFC values. Kamailio's `wait_timer` (5 s) is the usual shortcut: the
+    /// table then holds ~5 s of traffic instead of ~32 s.
+    pub linger_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -120,15 +128,35 @@ impl Default for TxnConfig {
             t4_ms: 5000,
             fr_timeout_ms: 0,
             timer_c_ms: 180_000,
-            max_transactions: 65536,
+            max_transactions: 262_144,
             failover_codes: vec![503],
             max_tries: 3,
             retry_after_s: 5,
+            linger_ms: 0,
         }
     }
 }
 
 impl TxnConfig {
+    fn linger(&self, rfc: u64) -> u64 {
+        if self.linger_ms > 0 {
+            rfc.min(self.linger_ms)
+        } else {
+            rfc
+        }
+    }
+    /// Timers J and L (64·T1), capped by `linger_ms`.
+    fn wait_long(&self) -> u64 {
+        self.linger(64 * self.t1_ms)
+    }
+    /// Timer D (at least 32 s, 64·T1), capped by `linger_ms`.
+    fn timer_d(&self) -> u64 {
+        self.linger(32_000u64.max(64 * self.t1_ms))
+    }
+    /// Timers I and K (T4), capped by `linger_ms`.
+    fn wait_t4(&self) -> u64 {
+        self.linger(self.t4_ms)
+    }
     fn timer_b(&self) -> u64 {
         if self.fr_timeout_ms > 0 {
             self.fr_timeout_ms
@@ -153,7 +181,7 @@ pub struct Stats {
 /// Where a try was sent (to report a transport error back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnRef {
-    /// Shard << 16 | slot.
+    /// Shard << [`SLOT_BITS`] | slot.
     pub slot: u32,
     pub generation: u8,
     pub attempt: u8,
@@ -477,7 +505,8 @@ impl TxnTable {
             cfg,
             slots: Vec::new(),
             free: Vec::new(),
-            map: HashMap::with_capacity_and_hasher(cap as usize, Default::default()),
+            // sized for the usual load; it grows (rarely) towards the cap
+            map: HashMap::with_capacity_and_hasher(cap.min(65536) as usize, Default::default()),
             wheel: Wheel::new(WHEEL_BUCKETS, WHEEL_TICK_MS, now),
             due: Vec::new(),
             hdrs: Vec::with_capacity(32),
@@ -489,7 +518,7 @@ impl TxnTable {
 
     /// The shard a [`TxnRef`] belongs to.
     pub fn ref_shard(r: TxnRef) -> usize {
-        (r.slot >> 16) as usize
+        (r.slot >> SLOT_BITS) as usize
     }
 
     pub fn config(&self) -> &TxnConfig {
@@ -615,7 +644,7 @@ impl TxnTable {
         let s = &mut self.slots[i as usize];
         match s.retx {
             Retx::Request => {
-                let r = s.txn_ref(self.shard << 16 | i);
+                let r = s.txn_ref(self.shard << SLOT_BITS | i);
                 out.push(s.up, s.request(), SendKind::Request, Some(r));
                 // Timer A doubles without bound; Timer E is capped at T2
                 s.retx_iv = if s.invite {
@@ -795,8 +824,9 @@ fn find_branch(msg: &SipMsg<'_>) -> Option<usize> {
 
 /// Write our stateful branch (prefix + 16 hex digits) at `at`.
 fn write_branch(buf: &mut [u8], at: usize, key: u64, slot: u32, generation: u8, attempt: u8) {
-    let v = (u64::from(key as u32) << 32)
-        | (u64::from(slot & 0xF_FFFF) << 12)
+    let field = u64::from(slot) & ((1 << (SLOT_BITS + 4)) - 1);
+    let v = ((key & KEY_MASK) << 40)
+        | (field << 12)
         | (u64::from(generation) << 4)
         | u64::from(attempt & 0xf);
     buf[at..at + BRANCH_PREFIX.len()].copy_from_slice(BRANCH_PREFIX);
@@ -806,8 +836,8 @@ fn write_branch(buf: &mut [u8], at: usize, key: u64, slot: u32, generation: u8, 
     }
 }
 
-/// Decode our stateful branch: (key low 32 bits, shard << 16 | slot,
-/// generation, try).
+/// Decode our stateful branch: (key's low 24 bits, shard << [`SLOT_BITS`] |
+/// slot, generation, try).
 fn decode_branch(b: &[u8]) -> Option<(u32, u32, u8, u8)> {
     let h = b.strip_prefix(BRANCH_PREFIX)?;
     if h.len() != 16 {
@@ -823,8 +853,8 @@ fn decode_branch(b: &[u8]) -> Option<(u32, u32, u8, u8)> {
         v = (v << 4) | u64::from(d);
     }
     Some((
-        (v >> 32) as u32,
-        ((v >> 12) as u32) & 0xF_FFFF,
+        (v >> 40) as u32,
+        ((v >> 12) as u32) & ((1 << (SLOT_BITS + 4)) - 1),
         (v >> 4) as u8,
         (v & 0xf) as u8,
     ))
@@ -861,5 +891,5 @@ fn source_dest(rcv: &RcvInfo) -> Dest {
 /// The shard a reply's top-Via branch names, if it is one of our stateful
 /// branches.
 pub fn branch_shard(branch: &[u8]) -> Option<usize> {
-    decode_branch(branch).map(|(_, f, _, _)| (f >> 16) as usize)
+    decode_branch(branch).map(|(_, f, _, _)| (f >> SLOT_BITS) as usize)
 }

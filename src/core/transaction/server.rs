@@ -26,7 +26,7 @@ impl TxnTable {
                 let Some(&i) = self.map.get(&key) else {
                     return ReqVerdict::Forward;
                 };
-                let t4 = self.cfg.t4_ms;
+                let t4 = self.cfg.wait_t4();
                 let s = &mut self.slots[i as usize];
                 match s.srv {
                     // §17.2.1: the ACK of our non-2xx final: Confirmed, Timer I
@@ -139,7 +139,7 @@ impl TxnTable {
     /// A final non-2xx went to the caller: INVITE → Completed with Timer G
     /// (unreliable caller) and H; non-INVITE → Completed with Timer J.
     pub(super) fn complete_server(&mut self, now: u64, i: u32) {
-        let (t1, t4) = (self.cfg.t1_ms, self.cfg.t4_ms);
+        let (t1, t4) = (self.cfg.t1_ms, self.cfg.wait_t4());
         let s = &mut self.slots[i as usize];
         s.srv = Srv::Completed;
         let udp = s.caller.transport == Transport::Udp;
@@ -158,7 +158,7 @@ impl TxnTable {
                 s.retx = Retx::None;
             }
             // Timer J: 64·T1 on UDP, 0 on TCP (K: T4 / 0 for the client side)
-            let j = if udp { 64 * t1 } else { 0 };
+            let j = if udp { self.cfg.wait_long() } else { 0 };
             let k = if s.up.transport == Transport::Udp {
                 t4
             } else {
@@ -182,15 +182,15 @@ impl TxnTable {
     /// A 2xx went through (RFC 6026 §7.1 Accepted, Timer L = 64·T1: a
     /// retransmitted INVITE is absorbed, further 2xx are forwarded).
     pub(super) fn accept_server(&mut self, now: u64, i: u32) {
-        let (t1, t4) = (self.cfg.t1_ms, self.cfg.t4_ms);
+        let (wl, t4) = (self.cfg.wait_long(), self.cfg.wait_t4());
         let s = &mut self.slots[i as usize];
         if s.invite {
             s.srv = Srv::Accepted;
-            s.end_at = s.end_at.max(now + 64 * t1).max(1);
+            s.end_at = s.end_at.max(now + wl).max(1);
         } else {
             s.srv = Srv::Completed;
             let j = if s.caller.transport == Transport::Udp {
-                64 * t1
+                wl
             } else {
                 0
             };

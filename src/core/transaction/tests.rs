@@ -769,8 +769,8 @@ fn slots_are_reused_and_memory_is_bounded() {
 #[test]
 fn branch_round_trip() {
     let mut b = b"z9hG4bKsE0123456789abcdef".to_vec();
-    write_branch(&mut b, 0, 0xdead_beef_1234_5678, 0xABCDE, 0x7f, 3);
-    assert_eq!(decode_branch(&b), Some((0x1234_5678, 0xABCDE, 0x7f, 3)));
+    write_branch(&mut b, 0, 0xdead_beef_1234_5678, 0xA12_3456, 0x7f, 3);
+    assert_eq!(decode_branch(&b), Some((0x34_5678, 0xA12_3456, 0x7f, 3)));
     assert_eq!(branch_shard(&b), Some(0xA));
     assert_eq!(decode_branch(b"z9hG4bKsE0123456789abcdef"), None);
 }
@@ -795,4 +795,24 @@ fn wheel_fires_each_entry_once_at_its_deadline() {
     w.expire(5000, &mut due);
     assert_eq!(due.iter().map(|e| e.slot).collect::<Vec<_>>(), vec![3]);
     assert_eq!(w.entries(), 0);
+}
+
+#[test]
+fn linger_caps_timers_j_and_l() {
+    let cfg = TxnConfig {
+        linger_ms: 5000,
+        ..TxnConfig::default()
+    };
+    let mut h = H::with_cfg(Transport::Udp, 1, cfg);
+    h.start("BYE");
+    let req = h.last_request_up();
+    h.reply(&req, 200, dest(Transport::Udp, 5080));
+    h.hash ^= 1;
+    h.start("INVITE");
+    let inv = h.last_request_up();
+    h.reply(&inv, 200, dest(Transport::Udp, 5080));
+    h.advance(4990);
+    assert_eq!(h.tab.active(), 2);
+    h.advance(5010);
+    assert_eq!(h.tab.active(), 0);
 }
