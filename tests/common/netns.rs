@@ -261,13 +261,25 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
 }
 
 /// The `netstack_echo` example binary, built next to this test binary, or
-/// `$NETSTACK_ECHO_BIN`. `cargo build --examples` leaves it at
-/// target/<profile>/examples/netstack_echo; `cargo test --all-targets`
-/// builds it only under a hashed name (`netstack_echo-<hash>`, next to the
-/// example's own unit-test harness). All are tried, newest first (so a stale
-/// copy loses), taking the first that answers `--version` like the example.
+/// `$NETSTACK_ECHO_BIN` (see [`example_bin`]).
 pub fn netstack_echo_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NETSTACK_ECHO_BIN") {
+    example_bin("netstack_echo", "NETSTACK_ECHO_BIN")
+}
+
+/// The `tcp_peer` example binary (the Linux-side TCP tool), or
+/// `$TCP_PEER_BIN` (see [`example_bin`]).
+pub fn tcp_peer_bin() -> PathBuf {
+    example_bin("tcp_peer", "TCP_PEER_BIN")
+}
+
+/// An example binary built next to this test binary, or `$env`.
+/// `cargo build --examples` leaves it at target/<profile>/examples/NAME;
+/// `cargo test --all-targets` builds it only under a hashed name
+/// (`NAME-<hash>`, next to the example's own unit-test harness). All are
+/// tried, newest first (so a stale copy loses), taking the first that
+/// answers `--version` with `NAME `.
+pub fn example_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
@@ -277,14 +289,14 @@ pub fn netstack_echo_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary under target/<profile>/deps")
         .join("examples");
-    let plain = dir.join("netstack_echo");
+    let plain = dir.join(name);
     let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let hash = name.strip_prefix("netstack_echo")?;
+            let file = e.file_name().into_string().ok()?;
+            let hash = file.strip_prefix(name)?;
             if !(hash.is_empty()
                 || hash
                     .strip_prefix('-')
@@ -298,7 +310,7 @@ pub fn netstack_echo_bin() -> PathBuf {
     candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (_, p) in candidates {
         let out = run_bounded(Command::new(&p).arg("--version"), Duration::from_secs(10));
-        if out.status.success() && out.stdout.starts_with(b"netstack_echo ") {
+        if out.status.success() && out.stdout.starts_with(format!("{name} ").as_bytes()) {
             return p;
         }
     }
@@ -309,7 +321,8 @@ pub fn netstack_echo_bin() -> PathBuf {
     );
 }
 
-/// A running `netstack_echo`, with its stderr collected line by line.
+/// A running `netstack_echo` (or another child: [`EchoProc::spawn`]), with
+/// its stderr collected line by line.
 pub struct EchoProc {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -332,13 +345,21 @@ impl EchoProc {
             .arg(&bin)
             .args(["--iface", &pair.stack_if, "--ipv4", &v4, "--ipv6", &v6])
             .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .env("RUST_LOG", "info");
+        Self::spawn(cmd, "netstack_echo ready")
+    }
+
+    /// Start `cmd` (stdout discarded, stderr collected) and wait (≤ 10 s)
+    /// for a stderr line containing `ready`. `cmd` must exec the program
+    /// (as `ip netns exec` does) so that the child's PID is the program's.
+    pub fn spawn(mut cmd: Command, ready: &str) -> EchoProc {
+        let desc = format!("{cmd:?}");
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
         let err = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -355,10 +376,10 @@ impl EchoProc {
             reader: Some(reader),
             stderr: String::new(),
         };
-        if !p.wait_for("netstack_echo ready", Duration::from_secs(10)) {
+        if !p.wait_for(ready, Duration::from_secs(10)) {
             let st = p.child.try_wait();
             panic!(
-                "netstack_echo did not become ready (exit: {st:?}); stderr:\n{}",
+                "{desc} did not become ready (exit: {st:?}); stderr:\n{}",
                 p.stderr
             );
         }
@@ -367,6 +388,30 @@ impl EchoProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Collect stderr until `count` lines (in all of stderr so far) contain
+    /// every one of `needles` (true) or `timeout` passes.
+    pub fn wait_for_lines(&mut self, needles: &[&str], count: usize, timeout: Duration) -> bool {
+        let matching = |s: &str| {
+            s.lines()
+                .filter(|l| needles.iter().all(|n| l.contains(n)))
+                .count()
+        };
+        let t0 = Instant::now();
+        while matching(&self.stderr) < count {
+            let Some(left) = timeout.checked_sub(t0.elapsed()) else {
+                return false;
+            };
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.stderr.push_str(&l);
+                    self.stderr.push('\n');
+                }
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Collect stderr until a line contains `needle` (true) or `timeout`.
@@ -468,4 +513,98 @@ pub fn udp_bound_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
             .skip(1)
             .any(|l| l.split_whitespace().nth(1) == Some(&want))
     })
+}
+
+impl NetnsPair {
+    /// Add 198.18.N.`host`/24 to the peer's veth (an extra Linux client
+    /// address); returns it.
+    pub fn add_peer_v4(&self, host: u8) -> Ipv4Addr {
+        let a = Ipv4Addr::new(198, 18, self.n, host);
+        self.ip_peer(&["addr", "add", &format!("{a}/24"), "dev", &self.peer_if]);
+        a
+    }
+
+    /// `tc ARGS…` inside the peer namespace (must succeed).
+    pub fn tc_peer(&self, args: &[&str]) -> String {
+        let mut a = vec!["netns", "exec", self.peer_ns.as_str(), "tc"];
+        a.extend_from_slice(args);
+        must("ip", &a)
+    }
+
+    /// `tcp_peer ARGS…` inside the peer namespace with `nofile` open files
+    /// allowed (prlimit), killed after `timeout`. Returns its JSON line
+    /// (the last stdout line), whether it exited 0, and its stderr.
+    pub fn tcp_peer(&self, args: &[&str], nofile: u32, timeout: Duration) -> PeerRun {
+        let lim = format!("--nofile={nofile}:{nofile}");
+        let mut cmd = netns_exec(&self.peer_ns, "prlimit");
+        cmd.arg(lim).arg(tcp_peer_bin()).args(args);
+        let out = run_bounded(&mut cmd, timeout);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        PeerRun {
+            json: stdout.lines().last().unwrap_or("").to_string(),
+            success: out.status.success(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `tcp_peer serve ARGS…` running in the peer namespace until dropped.
+    pub fn tcp_peer_server(&self, args: &[&str]) -> EchoProc {
+        let mut cmd = netns_exec(&self.peer_ns, tcp_peer_bin());
+        cmd.arg("serve").args(args);
+        EchoProc::spawn(cmd, "tcp_peer serving")
+    }
+}
+
+/// What one `tcp_peer` run printed.
+#[derive(Debug)]
+pub struct PeerRun {
+    pub json: String,
+    pub success: bool,
+    pub stderr: String,
+}
+
+impl PeerRun {
+    /// The run exited 0 and said `"ok":true`.
+    pub fn ok(&self) -> bool {
+        self.success && json_field(&self.json, "ok") == Some("true")
+    }
+
+    /// A numeric field of the JSON line.
+    pub fn num(&self, key: &str) -> Option<f64> {
+        json_field(&self.json, key)?.parse().ok()
+    }
+}
+
+/// The raw text of field `key` in a flat one-line JSON object (strings
+/// keep their quotes); enough for tcp_peer's output.
+pub fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":");
+    let start = json.find(&pat)? + pat.len();
+    let rest = &json[start..];
+    let end = if rest.starts_with('"') {
+        let mut esc = false;
+        rest.char_indices()
+            .skip(1)
+            .find(|&(_, c)| {
+                let stop = c == '"' && !esc;
+                esc = c == '\\' && !esc;
+                stop
+            })
+            .map(|(i, _)| i + 1)?
+    } else {
+        rest.find([',', '}']).unwrap_or(rest.len())
+    };
+    Some(&rest[..end])
+}
+
+/// `Group.Name=N` from the example's "counters at exit" line.
+pub fn exit_counter(stderr: &str, name: &str) -> Option<u64> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("counters at exit"))?;
+    let pat = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(pat.as_str()))
+        .and_then(|v| v.parse().ok())
 }
