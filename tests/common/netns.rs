@@ -905,10 +905,9 @@ fn pump(
         .held
         .as_ref()
         .is_some_and(|(_, t)| t.elapsed() >= HOLD_MAX)
+        && let Some((h, _)) = lane.held.take()
     {
-        if let Some((h, _)) = lane.held.take() {
-            send_counted(to, &h, stats);
-        }
+        send_counted(to, &h, stats);
     }
     n
 }
