@@ -176,6 +176,8 @@ fn app(stack: &mut Stack, now: Instant, st: &EchoStats) {
                     info!(?local, remote = %e.remote, kind = ?e.kind, "socket error");
                 }
             }
+            // TCP modes: branch tcp-tests.
+            _ => {}
         }
     }
 }

@@ -251,7 +251,10 @@ impl Stack {
                 self.udp_rcv(now, meta, &ip, payload);
                 self.counters.inc(Mib::IpInDelivers);
             }
-            6 => self.counters.drop_reason(DropReason::TcpNotImplemented),
+            6 => {
+                self.tcp_v4_rcv(now, meta, &ip, payload);
+                self.counters.inc(Mib::IpInDelivers);
+            }
             _ => {
                 self.drop_pkt(DropReason::Ipv4UnknownProto, Some(Mib::IpInUnknownProtos));
                 self.icmp_unreach_for(now, &ip, false);
@@ -760,7 +763,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn b1_in_delivers_counts_udp_and_icmp_not_tcp() {
+    fn b1_in_delivers_counts_udp_icmp_and_tcp() {
         let mut s = ready_stack();
         rx(&mut s, &udp4(PEER4, OUR4, 5070, 5999, b"x")); // closed port: still delivered to UDP
         drain(&mut s);
@@ -768,16 +771,19 @@ pub(crate) mod tests {
         rx(&mut s, &ip4(PEER4, OUR4, 1, 2, &echo));
         assert_eq!(s.counters.get(Mib::IpInDelivers), 2);
         rx(&mut s, &ip4(PEER4, OUR4, 6, 3, &[0; 20]));
-        assert_eq!(s.counters.get(Mib::IpInDelivers), 2);
-        assert_eq!(s.counters.drops(DropReason::TcpNotImplemented), 1);
+        assert_eq!(s.counters.get(Mib::IpInDelivers), 3);
         assert_eq!(s.counters.get(Mib::IpInReceives), 3);
     }
 
     #[test]
-    fn b1_tcp_is_only_counted_for_now() {
+    fn b1_tcp_is_delivered_to_tcp_v4_rcv() {
         let mut s = ready_stack();
+        // data offset 0: TCP's header check drops it (InErrs), silently
         rx(&mut s, &ip4(PEER4, OUR4, 6, 3, &[0; 20]));
-        assert_dropped(&mut s, DropReason::TcpNotImplemented, None);
+        assert_eq!(s.counters.drops(DropReason::TcpBadOffset), 1);
+        assert_eq!(s.counters.get(Mib::TcpInErrs), 1);
+        assert_eq!(s.counters.get(Mib::IpInDelivers), 1);
+        assert!(drain(&mut s).is_empty());
     }
 
     // ----- output -----

@@ -667,7 +667,10 @@ impl Stack {
                 self.counters.inc(Mib::Ip6InDelivers);
                 self.udp_rcv(now, &meta, &ip, l4);
             }
-            IpProtocol::Tcp => self.counters.drop_reason(DropReason::TcpNotImplemented),
+            IpProtocol::Tcp => {
+                self.counters.inc(Mib::Ip6InDelivers);
+                self.tcp_v4_rcv(now, &meta, &ip, l4);
+            }
             IpProtocol::Ipv6NoNxt => {
                 self.counters.inc(Mib::Ip6InDelivers);
                 self.counters.drop_reason(DropReason::Ipv6NoNextHeader);
@@ -1397,10 +1400,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn b5_tcp_counted_not_implemented() {
+    fn b5_tcp_is_delivered_to_tcp_v6_rcv() {
         let mut s = ready_stack();
         rx(&mut s, &ip6(PEER6, OUR6, 6, &[0u8; 20]));
-        assert_dropped(&mut s, DropReason::TcpNotImplemented, None);
+        assert_dropped(&mut s, DropReason::TcpBadOffset, Some(Mib::TcpInErrs));
+        assert_eq!(s.counters.get(Mib::Ip6InDelivers), 1);
     }
 
     /// A fragment: fixed header, Fragment header (`nh`, offset, M, id), data.

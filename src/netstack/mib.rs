@@ -134,6 +134,35 @@ counter_enum! {
         Udp6SndbufErrors => ("Udp6", "SndbufErrors"),
         Udp6InCsumErrors => ("Udp6", "InCsumErrors"),
 
+        TcpActiveOpens => ("Tcp", "ActiveOpens"),
+        TcpPassiveOpens => ("Tcp", "PassiveOpens"),
+        TcpAttemptFails => ("Tcp", "AttemptFails"),
+        TcpEstabResets => ("Tcp", "EstabResets"),
+        // CurrEstab is a gauge (ESTABLISHED + CLOSE_WAIT).
+        TcpCurrEstab => ("Tcp", "CurrEstab"),
+        TcpInSegs => ("Tcp", "InSegs"),
+        TcpOutSegs => ("Tcp", "OutSegs"),
+        TcpRetransSegs => ("Tcp", "RetransSegs"),
+        TcpInErrs => ("Tcp", "InErrs"),
+        TcpOutRsts => ("Tcp", "OutRsts"),
+        TcpInCsumErrors => ("Tcp", "InCsumErrors"),
+        TcpExtSyncookiesSent => ("TcpExt", "SyncookiesSent"),
+        TcpExtSyncookiesRecv => ("TcpExt", "SyncookiesRecv"),
+        TcpExtSyncookiesFailed => ("TcpExt", "SyncookiesFailed"),
+        TcpExtListenOverflows => ("TcpExt", "ListenOverflows"),
+        TcpExtListenDrops => ("TcpExt", "ListenDrops"),
+        TcpExtTCPChallengeACK => ("TcpExt", "TCPChallengeACK"),
+        TcpExtTCPSYNChallenge => ("TcpExt", "TCPSYNChallenge"),
+        TcpExtTCPAbortOnClose => ("TcpExt", "TCPAbortOnClose"),
+        TcpExtTCPAbortOnData => ("TcpExt", "TCPAbortOnData"),
+        TcpExtTCPAbortOnTimeout => ("TcpExt", "TCPAbortOnTimeout"),
+        TcpExtTCPTimeWaitOverflow => ("TcpExt", "TCPTimeWaitOverflow"),
+        TcpExtTW => ("TcpExt", "TW"),
+        TcpExtPAWSEstabRejected => ("TcpExt", "PAWSEstabRejected"),
+        TcpExtTCPTimeouts => ("TcpExt", "TCPTimeouts"),
+        TcpExtTCPFastRetrans => ("TcpExt", "TCPFastRetrans"),
+        TcpExtDelayedACKs => ("TcpExt", "DelayedACKs"),
+
         ArpInRequests => ("Arp", "InRequests"),
         ArpInReplies => ("Arp", "InReplies"),
         ArpOutRequests => ("Arp", "OutRequests"),
@@ -190,8 +219,28 @@ counter_enum! {
         UdpZeroChecksumV6 => ("drop", "udp6_zero_checksum"),
         UdpNoPort => ("drop", "udp_no_port"),
         UdpRcvbufFull => ("drop", "udp_rcvbuf_full"),
-        // TCP (issue 4 replaces this with the TCP state machines)
-        TcpNotImplemented => ("drop", "tcp_not_implemented"),
+        // TCP (B.3, B.4; Linux SKB_DROP_REASON_* where one exists)
+        TcpNotForUs => ("drop", "tcp_not_for_us"),
+        TcpTruncated => ("drop", "tcp_truncated"),
+        TcpBadOffset => ("drop", "tcp_bad_offset"),
+        TcpBadChecksum => ("drop", "tcp_bad_checksum"),
+        TcpBadHeader => ("drop", "tcp_bad_header"),
+        TcpNoSocket => ("drop", "tcp_no_socket"),
+        TcpListenRst => ("drop", "tcp_listen_rst"),
+        TcpListenAck => ("drop", "tcp_listen_ack"),
+        TcpListenOverflow => ("drop", "tcp_listen_overflow"),
+        TcpSynQueueFull => ("drop", "tcp_syn_queue_full"),
+        TcpFlags => ("drop", "tcp_flags"),
+        TcpSynSentBadAck => ("drop", "tcp_syn_sent_bad_ack"),
+        TcpResetUnacceptable => ("drop", "tcp_reset_unacceptable"),
+        TcpInvalidSequence => ("drop", "tcp_invalid_sequence"),
+        TcpInvalidSyn => ("drop", "tcp_invalid_syn"),
+        TcpPaws => ("drop", "tcp_rfc7323_paws"),
+        TcpAckUnsentData => ("drop", "tcp_ack_unsent_data"),
+        TcpTooOldAck => ("drop", "tcp_too_old_ack"),
+        TcpOldData => ("drop", "tcp_old_data"),
+        TcpRcvbufFull => ("drop", "tcp_rcvbuf_full"),
+        TcpClosed => ("drop", "tcp_closed"),
         // IPv6 (B.5)
         Ipv6TooShort => ("drop", "ipv6_too_short"),
         Ipv6BadVersion => ("drop", "ipv6_bad_version"),
@@ -245,6 +294,12 @@ impl Counters {
     pub fn add(&self, m: Mib, n: u64) {
         let c = &self.mib[m as usize];
         c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtract one (gauges such as Tcp CurrEstab).
+    #[inline]
+    pub fn dec(&self, m: Mib) {
+        self.add(m, u64::MAX);
     }
 
     /// Count one drop under its reason.

@@ -32,6 +32,9 @@ pub mod mib;
 pub mod mld;
 pub mod ndp;
 pub mod neigh;
+pub mod tcp;
+#[allow(dead_code)]
+pub(crate) mod timer_wheel;
 pub mod udp;
 
 #[cfg(test)]
@@ -51,6 +54,7 @@ pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
 
 pub use hooks::{HookPoint, PacketFilter, Verdict};
 pub use mib::{Counters, DropReason, Mib};
+pub use tcp::{Shutdown, TcpError, TcpHandle, TcpSocketMut, TcpState};
 pub use udp::{UdpDatagram, UdpHandle};
 
 /// Linux `sll_pkttype` of a received frame (`PACKET_HOST` …).
@@ -139,6 +143,43 @@ pub struct Limits {
     pub udp_rx_queue: usize,
     /// Frames waiting in the stack's transmit queue.
     pub tx_queue: usize,
+    /// TCP connections (listeners and half-open ones included; TIME_WAIT
+    /// buckets not). connect() fails with TooManyConnections and SYNs get
+    /// cookies (or are dropped) beyond it. `[stack.limits] tcp_max_conns`.
+    pub tcp_max_conns: usize,
+    /// Upper bound of every listener's SYN queue (Linux
+    /// `tcp_max_syn_backlog`; the queue is min(backlog, this)). Beyond it:
+    /// SYN cookies, or drops without them. `tcp_syn_backlog_max`.
+    pub tcp_syn_backlog_max: usize,
+    /// TIME_WAIT buckets (Linux `tcp_max_tw_buckets`); beyond it a closing
+    /// connection skips TIME_WAIT (TCPTimeWaitOverflow). `tcp_max_tw_buckets`.
+    pub tcp_max_tw_buckets: usize,
+    /// Receive buffer cap per connection, bytes (Linux `tcp_rmem` max); it
+    /// also sets the window scale we offer. Allocated on first data,
+    /// released when read. `tcp_rmem`.
+    pub tcp_rmem: usize,
+    /// Send buffer cap per connection, bytes (Linux `tcp_wmem` max); send()
+    /// returns WouldBlock beyond it. `tcp_wmem`.
+    pub tcp_wmem: usize,
+    /// How long an orphaned connection waits in FIN_WAIT_2 for the peer's
+    /// FIN (Linux `tcp_fin_timeout`, 60 s). `tcp_fin_timeout_secs`.
+    pub tcp_fin_timeout: Duration,
+    /// TIME_WAIT length, 2·MSL (Linux `TCP_TIMEWAIT_LEN`, 60 s).
+    /// `tcp_time_wait_secs`.
+    pub tcp_time_wait: Duration,
+    /// SYN cookies when a SYN queue overflows (Linux `tcp_syncookies = 1`).
+    /// `tcp_syncookies`.
+    pub tcp_syncookies: bool,
+    /// RFC 5961 challenge ACKs per second, stack-wide (Linux
+    /// `tcp_challenge_ack_limit`, 1000). `tcp_challenge_ack_limit`.
+    pub tcp_challenge_ack_limit: u32,
+    /// RTO retransmissions (and unanswered zero-window probes) before a
+    /// connection fails with ETIMEDOUT (Linux `tcp_retries2`, 15).
+    /// `tcp_retries2`.
+    pub tcp_retries2: u8,
+    /// SYN retransmissions of connect() before ETIMEDOUT (Linux
+    /// `tcp_syn_retries`, 6). `tcp_syn_retries`.
+    pub tcp_syn_retries: u8,
 }
 
 impl Default for Limits {
@@ -159,6 +200,17 @@ impl Default for Limits {
             udp_sockets: 1024,
             udp_rx_queue: 4096,
             tx_queue: 8192,
+            tcp_max_conns: 65536,
+            tcp_syn_backlog_max: 4096,
+            tcp_max_tw_buckets: 65536,
+            tcp_rmem: 256 * 1024,
+            tcp_wmem: 256 * 1024,
+            tcp_fin_timeout: Duration::from_secs(60),
+            tcp_time_wait: Duration::from_secs(60),
+            tcp_syncookies: true,
+            tcp_challenge_ack_limit: 1000,
+            tcp_retries2: 15,
+            tcp_syn_retries: 6,
         }
     }
 }
@@ -256,6 +308,19 @@ pub enum SocketEvent {
     UdpReadable(UdpHandle),
     /// A socket error is pending ([`Stack::udp_take_error`]).
     UdpError(UdpHandle),
+    /// A listener has a connection to accept ([`TcpSocketMut::accept`]).
+    TcpAcceptable(TcpHandle),
+    /// connect() completed: the connection is ESTABLISHED.
+    TcpConnected(TcpHandle),
+    /// Data arrived on an empty receive queue, or the peer's FIN (recv
+    /// then returns 0).
+    TcpReadable(TcpHandle),
+    /// Send space freed after a send returned WouldBlock.
+    TcpWritable(TcpHandle),
+    /// The connection is CLOSED: None after an orderly close, else why
+    /// (refused, reset, broken pipe, timed out, unreachable). The handle
+    /// stays valid until close().
+    TcpClosed(TcpHandle, Option<TcpError>),
 }
 
 /// A received IP datagram as the layers above IP see it: addresses, the
@@ -300,6 +365,7 @@ pub struct Stack {
     pub(crate) frag4: frag::Reassembler,
     pub(crate) frag6: frag::Reassembler,
     pub(crate) udp: udp::UdpTable,
+    pub(crate) tcp: tcp::TcpTable,
     tx: VecDeque<Vec<u8>>,
     pool: Vec<Vec<u8>>,
     /// The upper-layer bytes of a datagram being fragmented (reused).
@@ -327,6 +393,7 @@ impl Stack {
             frag4: frag::Reassembler::new(l.frag4_mem, l.frag4_timeout),
             frag6: frag::Reassembler::new(l.frag6_mem, l.frag6_timeout),
             udp: udp::UdpTable::new(&l),
+            tcp: tcp::TcpTable::new(&l, now),
             tx: VecDeque::new(),
             pool: Vec::new(),
             frag_scratch: Vec::new(),
@@ -364,17 +431,20 @@ impl Stack {
     }
 
     /// Run timers (reassembly expiry, neighbour retransmission, MLD report
-    /// retransmission). Returns when it next needs to run, if ever.
+    /// retransmission, the TCP timers). Returns when it next needs to run,
+    /// if ever.
     pub fn poll(&mut self, now: Instant) -> Option<Instant> {
         self.frag4_expire(now);
         self.frag6_expire(now);
         self.neigh_poll(now);
         self.mld_poll(now);
+        let tcp = self.tcp_poll(now);
         let mut next = self.neigh.next_deadline();
         for d in [
             self.frag4.next_deadline(),
             self.frag6.next_deadline(),
             self.mld.next_deadline(),
+            tcp,
         ] {
             next = match (next, d) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -573,7 +643,7 @@ impl Stack {
     /// An incoming ICMP/ICMPv6 error quoted a datagram of protocol `proto`
     /// from `src` to `dst` whose transport header starts at `l4`: report it
     /// on the socket that sent it (SPEC B.2), or count it unmatched. Shared
-    /// by both families; TCP joins here with the TCP issue.
+    /// by both families (UDP sockets, TCP connections: `tcp_v4_err`).
     pub(crate) fn icmp_err_deliver(
         &mut self,
         proto: u8,
@@ -586,14 +656,21 @@ impl Stack {
             IpAddr::V4(a) => self.is_our_v4(a),
             IpAddr::V6(a) => self.is_our_v6(a),
         };
-        let matched = proto == 17
-            && ours
-            && l4.len() >= 4
-            && self.udp_err(
+        let (s, d) = if l4.len() >= 4 {
+            (
                 SocketAddr::new(src, u16::from_be_bytes([l4[0], l4[1]])),
                 SocketAddr::new(dst, u16::from_be_bytes([l4[2], l4[3]])),
-                kind,
-            );
+            )
+        } else {
+            (SocketAddr::new(src, 0), SocketAddr::new(dst, 0))
+        };
+        let matched = ours
+            && l4.len() >= 4
+            && match proto {
+                17 => self.udp_err(s, d, kind),
+                6 => self.tcp_v4_err(s, d, l4, kind),
+                _ => false,
+            };
         if !matched {
             self.counters.drop_reason(DropReason::IcmpErrorUnmatched);
         }
@@ -667,6 +744,11 @@ pub struct Usage {
     pub neigh_entries: usize,
     pub tx_frames: usize,
     pub udp_sockets: usize,
+    /// TCP connections and listeners (TIME_WAIT not included).
+    pub tcp_conns: usize,
+    pub tcp_time_wait: usize,
+    /// Heap bytes in TCP send and receive buffers.
+    pub tcp_buffer_bytes: usize,
 }
 
 impl Stack {
@@ -678,6 +760,9 @@ impl Stack {
             neigh_entries: self.neigh.len(),
             tx_frames: self.tx.len(),
             udp_sockets: self.udp.open(),
+            tcp_conns: self.tcp.len(),
+            tcp_time_wait: self.tcp.time_wait_len(),
+            tcp_buffer_bytes: self.tcp.buffer_bytes(),
         }
     }
 }

@@ -179,6 +179,8 @@ impl App {
                         tracing::debug!(remote = %e.remote, kind = ?e.kind, "ICMP error for a datagram we sent");
                     }
                 }
+                // TCP events: the TCP transport (issue 7) drives those.
+                _ => {}
             }
         }
     }

@@ -1,0 +1,985 @@
+//! TCP for the embedded stack (SPEC B.3, B.4; seeds 003 and 004 give the
+//! Linux code paths; RFC 9293 with Linux behaviour, RFC 5961, RFC 6298,
+//! RFC 7323, RFC 2018, RFC 4987).
+//!
+//! Layout, named after Linux:
+//!
+//! ```text
+//! tcp_v4_rcv / tcp_v6_rcv (tcp_ipv4.rs): checksum, header checks, O(1) demux
+//!   ├─ 4-tuple hash → TCB slot ─→ tcp_rcv_state_process (tcp_input.rs,
+//!   │                              RFC 9293 §3.10.7 step by step)
+//!   ├─ 4-tuple hash → TIME_WAIT bucket → tcp_timewait_state_process (minisocks.rs)
+//!   ├─ (family, port) → listener → tcp_v4_do_rcv LISTEN (tcp_input.rs, SYN cookies)
+//!   └─ nothing → tcp_v4_send_reset (SPEC B.3)
+//! tcp_output.rs: tcp_transmit_skb, tcp_write_xmit, tcp_send_ack, resets
+//! tcp_timer.rs:  RTO, delayed ACK, zero-window probe, keep-alive,
+//!                FIN_WAIT_2 and TIME_WAIT; one deadline per TCB on the
+//!                stack's single timer wheel
+//! ```
+//!
+//! Connections live in a slab (`Vec<Option<Tcb>>` + a generation per slot,
+//! so a stale [`TcpHandle`] is detected) indexed by a `HashMap` keyed by the
+//! 4-tuple (std's SipHash with a per-process random key: an attacker cannot
+//! aim segments at one bucket). Listeners are keyed by (family, port).
+//! TIME_WAIT is a compact [`minisocks::TwBucket`], not a TCB. A TCB holds no
+//! heap memory while its buffers are empty.
+//!
+//! Congestion control: **CUBIC** by default (as Linux), NewReno available
+//! (`congestion.rs`). Nagle is off by default (SIP wants no delay).
+
+// The pure modules (branch tcp-parts) have API the core does not use yet.
+#[allow(dead_code)]
+pub(crate) mod buffer;
+#[allow(dead_code)]
+pub(crate) mod congestion;
+pub(crate) mod minisocks;
+#[allow(dead_code)]
+pub(crate) mod rtt;
+#[allow(dead_code)]
+pub(crate) mod sack;
+#[allow(dead_code)]
+pub(crate) mod syncookies;
+pub(crate) mod tcp_input;
+pub(crate) mod tcp_ipv4;
+pub(crate) mod tcp_output;
+pub(crate) mod tcp_timer;
+
+#[cfg(test)]
+mod tests_pair;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+
+use smoltcp::wire::TcpSeqNumber;
+
+use super::timer_wheel::TimerWheel;
+use super::{Duration, Instant, Limits, Mib, SocketEvent, Stack};
+use buffer::{RecvBuf, SendBuf};
+use congestion::{Congestion, CongestionKind};
+use rtt::RttEstimator;
+use sack::Scoreboard;
+
+pub(crate) type Seq = TcpSeqNumber;
+
+/// `a + n` in sequence space (never panics).
+#[inline]
+pub(crate) fn seq_add(a: Seq, n: u32) -> Seq {
+    TcpSeqNumber(a.0.wrapping_add(n as i32))
+}
+
+/// `a - b` in sequence space, signed.
+#[inline]
+pub(crate) fn seq_diff(a: Seq, b: Seq) -> i32 {
+    a.0.wrapping_sub(b.0)
+}
+
+#[inline]
+pub(crate) fn seq_lt(a: Seq, b: Seq) -> bool {
+    seq_diff(a, b) < 0
+}
+
+#[inline]
+pub(crate) fn seq_le(a: Seq, b: Seq) -> bool {
+    seq_diff(a, b) <= 0
+}
+
+/// A TCP socket of the stack: slot + generation (a handle of a closed
+/// socket never reaches the slot's next occupant).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TcpHandle {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+/// RFC 9293 §3.3.2 states (LISTEN included).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TcpState {
+    Closed,
+    Listen,
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+}
+
+impl TcpState {
+    /// Synchronized states (RFC 9293 §3.10.7.4: a connection that has
+    /// completed its handshake, for RST / SYN / ACK validation).
+    pub fn is_synchronized(self) -> bool {
+        !matches!(
+            self,
+            TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynReceived
+        )
+    }
+}
+
+/// Errors of the TCP socket API (the `errno` Linux would give).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum TcpError {
+    #[error("operation would block")]
+    WouldBlock,
+    #[error("not connected")]
+    NotConnected,
+    #[error("broken pipe")]
+    BrokenPipe,
+    #[error("connection refused")]
+    ConnectionRefused,
+    #[error("connection reset by peer")]
+    ConnectionReset,
+    #[error("connection timed out")]
+    TimedOut,
+    #[error("host unreachable")]
+    HostUnreachable,
+    #[error("address in use")]
+    AddrInUse,
+    #[error("address not available")]
+    AddrNotAvailable,
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("invalid socket handle")]
+    InvalidHandle,
+}
+
+impl TcpError {
+    pub fn io_kind(self) -> std::io::ErrorKind {
+        use std::io::ErrorKind as K;
+        match self {
+            TcpError::WouldBlock => K::WouldBlock,
+            TcpError::NotConnected => K::NotConnected,
+            TcpError::BrokenPipe => K::BrokenPipe,
+            TcpError::ConnectionRefused => K::ConnectionRefused,
+            TcpError::ConnectionReset => K::ConnectionReset,
+            TcpError::TimedOut => K::TimedOut,
+            TcpError::HostUnreachable => K::HostUnreachable,
+            TcpError::AddrInUse => K::AddrInUse,
+            TcpError::AddrNotAvailable => K::AddrNotAvailable,
+            TcpError::TooManyConnections => K::OutOfMemory,
+            TcpError::InvalidHandle => K::InvalidInput,
+        }
+    }
+}
+
+/// `shutdown(2)` directions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Shutdown {
+    Read,
+    Write,
+    Both,
+}
+
+/// Connection 4-tuple: (local, remote).
+pub(crate) type Tuple = (SocketAddr, SocketAddr);
+
+/// What the stack's timer wheel holds for TCP.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum TimerKey {
+    Conn(u32),
+    Tw(u32),
+}
+
+/// Keep-alive probe interval and count (Linux `tcp_keepalive_intvl` 75 s,
+/// `tcp_keepalive_probes` 9).
+pub(crate) const KEEPALIVE_INTVL: Duration = Duration::from_secs(75);
+pub(crate) const KEEPALIVE_PROBES: u8 = 9;
+/// Delayed-ACK timeout (Linux `TCP_DELACK_MIN` 40 ms; max 200 ms).
+pub(crate) const DELACK: Duration = Duration::from_millis(40);
+/// Segments ACKed at once after the start of a connection and after
+/// out-of-order data (Linux quick-ACK mode, `TCP_MAX_QUICKACKS` 16).
+pub(crate) const QUICKACKS: u8 = 16;
+/// SYN-ACK retransmissions (Linux `tcp_synack_retries`).
+pub(crate) const SYNACK_RETRIES: u8 = 5;
+/// Largest backlog (Linux `somaxconn`, 4096).
+pub(crate) const SOMAXCONN: usize = 4096;
+
+/// Per-listener queues (Linux `request_sock_queue` + accept queue).
+#[derive(Debug, Default)]
+pub(crate) struct ListenQ {
+    /// listen(backlog), capped at [`SOMAXCONN`]: the accept queue bound.
+    pub backlog: usize,
+    /// SYN queue bound: min(backlog, `tcp_syn_backlog_max`).
+    pub syn_max: usize,
+    /// SYN_RECEIVED children (slots).
+    pub syn: Vec<u32>,
+    /// Established children not yet accepted (slots), oldest first.
+    pub accept: VecDeque<u32>,
+    /// Last time the SYN queue overflowed (cookies are only checked
+    /// within 2 minutes of it: Linux `tcp_synq_no_recent_overflow`).
+    pub last_overflow: Option<Instant>,
+}
+
+/// One connection (transmission control block). Small on purpose: no heap
+/// while its buffers are empty; the listener queues are boxed.
+pub(crate) struct Tcb {
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    // send sequence space (RFC 9293 §3.3.1)
+    pub iss: Seq,
+    pub snd_una: Seq,
+    pub snd_nxt: Seq,
+    /// Highest sequence sent (snd_nxt goes back to snd_una after an RTO).
+    pub snd_max: Seq,
+    pub snd_wnd: u32,
+    pub max_wnd: u32,
+    pub snd_wl1: Seq,
+    pub snd_wl2: Seq,
+    // receive sequence space
+    pub irs: Seq,
+    pub rcv_nxt: Seq,
+    /// Window (bytes) in the last segment we sent.
+    pub rcv_wnd_adv: u32,
+    /// Effective send MSS (payload bytes per segment, options deducted).
+    pub mss: u16,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// Window scaling negotiated (both SYNs carried the option).
+    pub ws_ok: bool,
+    pub sack_ok: bool,
+    pub ts_ok: bool,
+    pub nodelay: bool,
+    pub linger0: bool,
+    /// close() was called: the handle is gone, no events are sent.
+    pub orphan: bool,
+    /// The application will send no more (close / shutdown(write)): a FIN
+    /// follows the queued data.
+    pub fin_queued: bool,
+    /// Our FIN was acknowledged.
+    pub fin_acked: bool,
+    /// The peer's FIN was received (recv returns 0 after the data).
+    pub rcv_fin: bool,
+    /// shutdown(read): reads return 0, data is still ACKed.
+    pub rd_shut: bool,
+    /// A send returned WouldBlock: report TcpWritable when space frees.
+    pub want_writable: bool,
+    /// RFC 7323 TS.Recent and when it was set (PAWS).
+    pub ts_recent: u32,
+    pub ts_recent_at: Instant,
+    pub ts_off: u32,
+    pub sndbuf: SendBuf,
+    pub rcvbuf: RecvBuf,
+    pub rtt: RttEstimator,
+    pub cc: Congestion,
+    pub sacks: Scoreboard,
+    /// Timing one segment for an RTT sample when there are no timestamps
+    /// (Karn: never a retransmitted one).
+    pub rtt_seq: Option<(Seq, Instant)>,
+    /// In fast recovery until snd_una passes this (RFC 6582 "recover").
+    pub recover: Option<Seq>,
+    /// Highest sequence retransmitted in this recovery.
+    pub high_rxt: Seq,
+    pub dupacks: u8,
+    /// Consecutive RTO expirations (reset by a new ACK).
+    pub retries: u8,
+    /// Unanswered zero-window or keep-alive probes.
+    pub probes: u8,
+    /// Full segments received and not yet ACKed.
+    pub ack_pending: u8,
+    pub quickack: u8,
+    pub keepalive: Option<Duration>,
+    pub last_rcv: Instant,
+    pub last_snd: Instant,
+    // timers (the wheel holds the earliest)
+    pub rto_at: Option<Instant>,
+    pub delack_at: Option<Instant>,
+    pub probe_at: Option<Instant>,
+    pub keep_at: Option<Instant>,
+    /// FIN_WAIT_2 orphan timeout.
+    pub fin_at: Option<Instant>,
+    pub armed: Option<Instant>,
+    pub err: Option<TcpError>,
+    /// The listener this child belongs to until accepted.
+    pub parent: Option<u32>,
+    pub listen: Option<Box<ListenQ>>,
+}
+
+/// TCP limits taken from [`Limits`].
+#[derive(Debug, Clone)]
+pub(crate) struct TcpLimits {
+    pub max_conns: usize,
+    pub syn_backlog_max: usize,
+    pub max_tw: usize,
+    pub rmem: usize,
+    pub wmem: usize,
+    pub fin_timeout: Duration,
+    pub time_wait: Duration,
+    pub syncookies: bool,
+    pub challenge_ack_limit: u32,
+    pub retries2: u8,
+    pub syn_retries: u8,
+}
+
+/// Every TCP connection, listener and TIME_WAIT bucket of a stack.
+pub struct TcpTable {
+    pub(crate) slots: Vec<Option<Tcb>>,
+    pub(crate) gens: Vec<u32>,
+    pub(crate) free: Vec<u32>,
+    pub(crate) count: usize,
+    pub(crate) conns: HashMap<Tuple, u32>,
+    pub(crate) listeners: HashMap<(bool, u16), u32>,
+    /// Local ports in use by connections and TIME_WAIT buckets (refcount),
+    /// so connect() picks a port nothing else uses.
+    pub(crate) ports: HashMap<(bool, u16), u32>,
+    pub(crate) tw: minisocks::TwTable,
+    pub(crate) wheel: TimerWheel<TimerKey>,
+    pub(crate) expired: Vec<TimerKey>,
+    /// Payload of the segment being built (taken out while in use).
+    pub(crate) scratch: Vec<u8>,
+    /// Keyed hash for ISNs and timestamp offsets (RFC 6528).
+    pub(crate) secret: std::collections::hash_map::RandomState,
+    pub(crate) cookie: syncookies::CookieSecret,
+    /// RFC 5961 §7 challenge-ACK limit: (second it counts, ACKs sent in it).
+    pub(crate) challenge: (i64, u32),
+    pub(crate) next_ephemeral: u16,
+    /// The stack's clock as last seen (socket calls without a time use it).
+    pub(crate) now: Instant,
+    pub(crate) lim: TcpLimits,
+    pub(crate) cc_kind: CongestionKind,
+}
+
+pub(crate) const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// A random u64 from std's per-process random hash keys.
+pub(crate) fn random_u64(rs: &std::collections::hash_map::RandomState, x: u64) -> u64 {
+    rs.hash_one(x)
+}
+
+impl TcpTable {
+    pub fn new(l: &Limits, now: Instant) -> Self {
+        let secret = std::collections::hash_map::RandomState::new();
+        let mut key = [0u8; 32];
+        for (i, c) in key.chunks_mut(8).enumerate() {
+            c.copy_from_slice(&random_u64(&secret, 0xc00c_1e00 + i as u64).to_le_bytes());
+        }
+        let span = (EPHEMERAL.end() - EPHEMERAL.start()) as u64 + 1;
+        TcpTable {
+            slots: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            count: 0,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            ports: HashMap::new(),
+            tw: minisocks::TwTable::default(),
+            wheel: TimerWheel::new(now, Duration::from_millis(1)),
+            expired: Vec::new(),
+            scratch: Vec::new(),
+            cookie: syncookies::CookieSecret::new(key),
+            next_ephemeral: EPHEMERAL.start() + (random_u64(&secret, 7) % span) as u16,
+            secret,
+            challenge: (0, 0),
+            now,
+            lim: TcpLimits {
+                max_conns: l.tcp_max_conns,
+                syn_backlog_max: l.tcp_syn_backlog_max,
+                max_tw: l.tcp_max_tw_buckets,
+                rmem: l.tcp_rmem,
+                wmem: l.tcp_wmem,
+                fin_timeout: l.tcp_fin_timeout,
+                time_wait: l.tcp_time_wait,
+                syncookies: l.tcp_syncookies,
+                challenge_ack_limit: l.tcp_challenge_ack_limit,
+                retries2: l.tcp_retries2,
+                syn_retries: l.tcp_syn_retries,
+            },
+            cc_kind: CongestionKind::Cubic,
+        }
+    }
+
+    /// Connections, listeners and half-open connections (TIME_WAIT not
+    /// included).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// TIME_WAIT buckets.
+    pub fn time_wait_len(&self) -> usize {
+        self.tw.len()
+    }
+
+    /// Heap bytes held by all send and receive buffers.
+    pub fn buffer_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|t| t.sndbuf.heap_bytes() + t.rcvbuf.heap_bytes())
+            .sum()
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, slot: u32) -> Option<&Tcb> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    #[inline]
+    pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut Tcb> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// The slot of a live handle.
+    pub(crate) fn slot_of(&self, h: TcpHandle) -> Option<u32> {
+        (self.gens.get(h.slot as usize) == Some(&h.generation)
+            && self.get(h.slot).is_some_and(|t| !t.orphan))
+        .then_some(h.slot)
+    }
+
+    pub(crate) fn handle(&self, slot: u32) -> TcpHandle {
+        TcpHandle {
+            slot,
+            generation: self.gens[slot as usize],
+        }
+    }
+
+    pub(crate) fn insert(&mut self, tcb: Tcb) -> u32 {
+        self.count += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(tcb);
+                i
+            }
+            None => {
+                self.slots.push(Some(tcb));
+                self.gens.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    pub(crate) fn port_ref(&mut self, a: SocketAddr) {
+        *self.ports.entry((a.is_ipv6(), a.port())).or_insert(0) += 1;
+    }
+
+    pub(crate) fn port_unref(&mut self, a: SocketAddr) {
+        let k = (a.is_ipv6(), a.port());
+        if let Some(n) = self.ports.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                self.ports.remove(&k);
+            }
+        }
+    }
+
+    /// RFC 6528 initial sequence number: a keyed hash of the 4-tuple plus
+    /// a 4 µs clock.
+    pub(crate) fn isn(&self, now: Instant, local: SocketAddr, remote: SocketAddr) -> Seq {
+        let clock = (now.total_micros() / 4) as u32;
+        TcpSeqNumber((self.secret.hash_one((local, remote)) as u32).wrapping_add(clock) as i32)
+    }
+
+    /// Per-connection timestamp offset (Linux `ts_off`: a keyed hash of
+    /// the addresses, so the clock is not exposed).
+    pub(crate) fn ts_off(&self, local: SocketAddr, remote: SocketAddr) -> u32 {
+        self.secret.hash_one((remote, local, 0x75u8)) as u32
+    }
+
+    /// Our timestamp clock (ms) for a connection.
+    #[inline]
+    pub(crate) fn tsval(now: Instant, off: u32) -> u32 {
+        (now.total_millis() as u32).wrapping_add(off)
+    }
+
+    /// Window scale we use: the smallest shift that lets `tcp_rmem` be
+    /// advertised (RFC 7323 §2.3, at most 14).
+    pub(crate) fn our_wscale(&self) -> u8 {
+        let mut s = 0u8;
+        while s < 14 && (self.lim.rmem >> s) > 65535 {
+            s += 1;
+        }
+        s
+    }
+
+    pub(crate) fn new_tcb(
+        &self,
+        now: Instant,
+        state: TcpState,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Tcb {
+        let zero = TcpSeqNumber(0);
+        let mss = default_mss(remote.is_ipv6());
+        Tcb {
+            state,
+            local,
+            remote,
+            iss: zero,
+            snd_una: zero,
+            snd_nxt: zero,
+            snd_max: zero,
+            snd_wnd: 0,
+            max_wnd: 0,
+            snd_wl1: zero,
+            snd_wl2: zero,
+            irs: zero,
+            rcv_nxt: zero,
+            rcv_wnd_adv: 0,
+            mss,
+            snd_wscale: 0,
+            rcv_wscale: 0,
+            ws_ok: false,
+            sack_ok: false,
+            ts_ok: false,
+            nodelay: true,
+            linger0: false,
+            orphan: false,
+            fin_queued: false,
+            fin_acked: false,
+            rcv_fin: false,
+            rd_shut: false,
+            want_writable: false,
+            ts_recent: 0,
+            ts_recent_at: now,
+            ts_off: self.ts_off(local, remote),
+            sndbuf: SendBuf::new(self.lim.wmem),
+            rcvbuf: RecvBuf::new(self.lim.rmem),
+            rtt: RttEstimator::new(
+                Duration::from_secs(1),
+                Duration::from_millis(200),
+                Duration::from_secs(120),
+            ),
+            cc: Congestion::new(self.cc_kind, mss as u32, now),
+            sacks: Scoreboard::new(),
+            rtt_seq: None,
+            recover: None,
+            high_rxt: zero,
+            dupacks: 0,
+            retries: 0,
+            probes: 0,
+            ack_pending: 0,
+            quickack: QUICKACKS,
+            keepalive: None,
+            last_rcv: now,
+            last_snd: now,
+            rto_at: None,
+            delack_at: None,
+            probe_at: None,
+            keep_at: None,
+            fin_at: None,
+            armed: None,
+            err: None,
+            parent: None,
+            listen: None,
+        }
+    }
+}
+
+/// RFC 9293 §3.7.1 default send MSS when the peer sends no option (536 for
+/// IPv4, 1220 for IPv6).
+pub(crate) fn default_mss(v6: bool) -> u16 {
+    if v6 { 1220 } else { 536 }
+}
+
+impl Tcb {
+    /// Bytes sent and not yet acknowledged (SYN and FIN included).
+    #[inline]
+    pub(crate) fn in_flight(&self) -> u32 {
+        seq_diff(self.snd_nxt, self.snd_una).max(0) as u32
+    }
+
+    /// The window to advertise (bytes): the free receive space (what the
+    /// receive buffer will take), at most what the scale can express.
+    pub(crate) fn rcv_window(&self) -> u32 {
+        (self.rcvbuf.window() as u32).min(65535u32 << self.rcv_wscale)
+    }
+}
+
+/// A TCP socket borrowed from the stack ([`Stack::tcp`]).
+pub struct TcpSocketMut<'a> {
+    pub(crate) stack: &'a mut Stack,
+    pub(crate) slot: u32,
+}
+
+impl Stack {
+    /// `listen(2)` on `addr` (unspecified or one of ours; port required).
+    /// One listener per (family, port). `backlog` bounds the accept queue
+    /// (capped at 4096 like `somaxconn`) and, with `tcp_syn_backlog_max`,
+    /// the SYN queue.
+    pub fn tcp_listen(&mut self, addr: SocketAddr, backlog: usize) -> Result<TcpHandle, TcpError> {
+        self.tcp_check_local(addr.ip())?;
+        if addr.port() == 0 {
+            return Err(TcpError::AddrNotAvailable);
+        }
+        let key = (addr.is_ipv6(), addr.port());
+        if self.tcp.listeners.contains_key(&key) {
+            return Err(TcpError::AddrInUse);
+        }
+        if self.tcp.count >= self.tcp.lim.max_conns {
+            return Err(TcpError::TooManyConnections);
+        }
+        let now = self.tcp.now;
+        let unspec = SocketAddr::new(
+            if addr.is_ipv6() {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            },
+            0,
+        );
+        let mut t = self.tcp.new_tcb(now, TcpState::Listen, addr, unspec);
+        let backlog = backlog.clamp(1, SOMAXCONN);
+        t.listen = Some(Box::new(ListenQ {
+            backlog,
+            syn_max: backlog.min(self.tcp.lim.syn_backlog_max).max(1),
+            ..ListenQ::default()
+        }));
+        let slot = self.tcp.insert(t);
+        self.tcp.listeners.insert(key, slot);
+        Ok(self.tcp.handle(slot))
+    }
+
+    /// `connect(2)`: sends the SYN now. `local` None (or port 0) picks
+    /// our address and an ephemeral port no other connection uses.
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        local: Option<SocketAddr>,
+        remote: SocketAddr,
+    ) -> Result<TcpHandle, TcpError> {
+        self.tcp.now = now;
+        if remote.port() == 0 || remote.ip().is_unspecified() || remote.ip().is_multicast() {
+            return Err(TcpError::AddrNotAvailable);
+        }
+        let ip = match local.map(|l| l.ip()) {
+            Some(ip) if !ip.is_unspecified() => {
+                self.tcp_check_local(ip)?;
+                if ip.is_ipv6() != remote.is_ipv6() {
+                    return Err(TcpError::AddrNotAvailable);
+                }
+                ip
+            }
+            _ => match remote.ip() {
+                IpAddr::V4(d) => IpAddr::V4(self.src_for_v4(d).ok_or(TcpError::HostUnreachable)?),
+                IpAddr::V6(d) => IpAddr::V6(self.src_for_v6(d).ok_or(TcpError::HostUnreachable)?),
+            },
+        };
+        if self.tcp.count >= self.tcp.lim.max_conns {
+            return Err(TcpError::TooManyConnections);
+        }
+        let port = match local.map(|l| l.port()).unwrap_or(0) {
+            0 => self.tcp_ephemeral(remote.is_ipv6())?,
+            p => {
+                let t = (SocketAddr::new(ip, p), remote);
+                if self.tcp.conns.contains_key(&t) || self.tcp.tw.lookup(&t).is_some() {
+                    return Err(TcpError::AddrInUse);
+                }
+                p
+            }
+        };
+        let local = SocketAddr::new(ip, port);
+        let mut t = self.tcp.new_tcb(now, TcpState::SynSent, local, remote);
+        t.iss = self.tcp.isn(now, local, remote);
+        t.snd_una = t.iss;
+        t.snd_nxt = t.iss;
+        t.snd_max = t.iss;
+        t.rcv_wscale = self.tcp.our_wscale();
+        t.mss = self.tcp_route_mss(remote.is_ipv6());
+        let slot = self.tcp.insert(t);
+        self.tcp.conns.insert((local, remote), slot);
+        self.tcp.port_ref(local);
+        self.counters.inc(Mib::TcpActiveOpens);
+        self.tcp_send_syn(now, slot);
+        self.tcp_arm(slot);
+        Ok(self.tcp.handle(slot))
+    }
+
+    /// The socket behind `h`, or None for a closed / stale handle.
+    pub fn tcp(&mut self, h: TcpHandle) -> Option<TcpSocketMut<'_>> {
+        let slot = self.tcp.slot_of(h)?;
+        Some(TcpSocketMut { stack: self, slot })
+    }
+
+    /// TCP connections, listeners and TIME_WAIT buckets (for tests and
+    /// metrics).
+    pub fn tcp_table(&self) -> &TcpTable {
+        &self.tcp
+    }
+
+    fn tcp_check_local(&self, ip: IpAddr) -> Result<(), TcpError> {
+        let ours = ip.is_unspecified()
+            || match ip {
+                IpAddr::V4(a) => self.is_our_v4(a),
+                IpAddr::V6(a) => self.is_our_v6(a),
+            };
+        if ours {
+            Ok(())
+        } else {
+            Err(TcpError::AddrNotAvailable)
+        }
+    }
+
+    /// An ephemeral port no connection, TIME_WAIT bucket or listener of the
+    /// family uses (Linux `inet_hash_connect` with a random start).
+    fn tcp_ephemeral(&mut self, v6: bool) -> Result<u16, TcpError> {
+        let span = (EPHEMERAL.end() - EPHEMERAL.start()) as u32 + 1;
+        for _ in 0..span {
+            let p = self.tcp.next_ephemeral;
+            self.tcp.next_ephemeral = if p >= *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                p + 1
+            };
+            if !self.tcp.ports.contains_key(&(v6, p)) && !self.tcp.listeners.contains_key(&(v6, p))
+            {
+                return Ok(p);
+            }
+        }
+        Err(TcpError::AddrNotAvailable)
+    }
+
+    /// The send MSS the route allows: link MTU − IP − TCP headers.
+    pub(crate) fn tcp_route_mss(&self, v6: bool) -> u16 {
+        let hdr = if v6 { 60 } else { 40 };
+        self.cfg.mtu.saturating_sub(hdr).clamp(88, 65495) as u16
+    }
+
+    /// Report an event for a connection the application still holds.
+    pub(crate) fn tcp_event(&mut self, slot: u32, f: fn(TcpHandle) -> SocketEvent) {
+        if self
+            .tcp
+            .get(slot)
+            .is_some_and(|t| !t.orphan && t.parent.is_none())
+        {
+            let h = self.tcp.handle(slot);
+            self.push_event(f(h));
+        }
+    }
+
+    /// Free a slot for good: out of the demux table and the wheel, buffers
+    /// released, the handle invalid.
+    pub(crate) fn tcp_free(&mut self, slot: u32) {
+        let Some(t) = self.tcp.slots.get_mut(slot as usize).and_then(|s| s.take()) else {
+            return;
+        };
+        self.tcp.count -= 1;
+        self.tcp.gens[slot as usize] = self.tcp.gens[slot as usize].wrapping_add(1);
+        self.tcp.free.push(slot);
+        self.tcp.wheel.cancel(TimerKey::Conn(slot));
+        if t.state == TcpState::Listen {
+            let k = (t.local.is_ipv6(), t.local.port());
+            if self.tcp.listeners.get(&k) == Some(&slot) {
+                self.tcp.listeners.remove(&k);
+            }
+        } else if self.tcp.conns.get(&(t.local, t.remote)) == Some(&slot) {
+            self.tcp.conns.remove(&(t.local, t.remote));
+            self.tcp.port_unref(t.local);
+        }
+        if let Some(p) = t.parent {
+            self.tcp_unlink_child(p, slot);
+        }
+    }
+
+    /// Remove `child` from its listener's queues.
+    pub(crate) fn tcp_unlink_child(&mut self, parent: u32, child: u32) {
+        if let Some(q) = self.tcp.get_mut(parent).and_then(|l| l.listen.as_mut()) {
+            if let Some(i) = q.syn.iter().position(|&c| c == child) {
+                q.syn.swap_remove(i);
+            }
+            if let Some(i) = q.accept.iter().position(|&c| c == child) {
+                q.accept.remove(i);
+            }
+        }
+    }
+
+    /// Linux `tcp_set_state`: the state change with its counters
+    /// (CurrEstab, EstabResets are counted by the callers that reset).
+    pub(crate) fn tcp_set_state(&mut self, slot: u32, new: TcpState) {
+        let Some(t) = self.tcp.get_mut(slot) else {
+            return;
+        };
+        let old = t.state;
+        t.state = new;
+        let estab = |s: TcpState| matches!(s, TcpState::Established | TcpState::CloseWait);
+        if estab(new) && !estab(old) {
+            self.counters.inc(Mib::TcpCurrEstab);
+        } else if estab(old) && !estab(new) {
+            self.counters.dec(Mib::TcpCurrEstab);
+        }
+    }
+}
+
+impl TcpSocketMut<'_> {
+    fn tcb(&self) -> &Tcb {
+        // The slot was checked when the view was made and the view holds
+        // the only borrow of the stack.
+        self.stack.tcp.slots[self.slot as usize]
+            .as_ref()
+            .expect("live TCP slot")
+    }
+
+    fn tcb_mut(&mut self) -> &mut Tcb {
+        self.stack.tcp.slots[self.slot as usize]
+            .as_mut()
+            .expect("live TCP slot")
+    }
+
+    pub fn handle(&self) -> TcpHandle {
+        self.stack.tcp.handle(self.slot)
+    }
+
+    /// Take the oldest established connection of a listener.
+    pub fn accept(&mut self) -> Option<(TcpHandle, SocketAddr)> {
+        let child = self.tcb_mut().listen.as_mut()?.accept.pop_front()?;
+        let t = self.stack.tcp.get_mut(child)?;
+        t.parent = None;
+        let remote = t.remote;
+        Some((self.stack.tcp.handle(child), remote))
+    }
+
+    /// Queue `data` for sending (sent at once as far as the windows allow).
+    /// WouldBlock when the send buffer is full; a TcpWritable event follows
+    /// when space frees.
+    pub fn send(&mut self, data: &[u8]) -> Result<usize, TcpError> {
+        let now = self.stack.tcp.now;
+        let t = self.tcb_mut();
+        if let Some(e) = t.err.take() {
+            return Err(e);
+        }
+        match t.state {
+            TcpState::Listen => return Err(TcpError::NotConnected),
+            TcpState::SynSent
+            | TcpState::SynReceived
+            | TcpState::Established
+            | TcpState::CloseWait
+                if !t.fin_queued => {}
+            _ => return Err(TcpError::BrokenPipe),
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let n = t.sndbuf.write(data);
+        if n == 0 {
+            t.want_writable = true;
+            return Err(TcpError::WouldBlock);
+        }
+        if t.state.is_synchronized() {
+            self.stack.tcp_write_xmit(now, self.slot);
+            self.stack.tcp_arm(self.slot);
+        }
+        Ok(n)
+    }
+
+    /// Read received bytes. Ok(0): the peer sent FIN (or shutdown(read)).
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
+        let t = self.tcb_mut();
+        if t.state == TcpState::Listen {
+            return Err(TcpError::NotConnected);
+        }
+        if t.rd_shut {
+            return Ok(0);
+        }
+        if t.rcvbuf.readable() == 0 {
+            if let Some(e) = t.err.take() {
+                return Err(e);
+            }
+            return match t.state {
+                _ if t.rcv_fin => Ok(0),
+                TcpState::Closed | TcpState::TimeWait => Ok(0),
+                _ => Err(TcpError::WouldBlock),
+            };
+        }
+        let before = t.rcv_window();
+        let n = t.rcvbuf.read(buf);
+        let after = t.rcvbuf.window() as u32;
+        let mss = t.mss as u32;
+        let adv = t.rcv_wnd_adv;
+        let sync = t.state.is_synchronized() && !t.rcv_fin;
+        let _ = before;
+        // Linux tcp_cleanup_rbuf: announce a window that opened by two
+        // segments, or reopened from below one segment.
+        if sync && (after >= adv + 2 * mss || (adv < mss && after >= mss)) {
+            let now = self.stack.tcp.now;
+            self.stack.tcp_send_ack(now, self.slot);
+            self.stack.tcp_arm(self.slot);
+        }
+        Ok(n)
+    }
+
+    /// `close(2)` (seed 004 `tcp_close`): unread data → RST; linger 0 →
+    /// RST; otherwise the FIN state table, the FIN after the queued data.
+    /// The handle is invalid afterwards.
+    pub fn close(&mut self) {
+        let now = self.stack.tcp.now;
+        self.stack.tcp_close(now, self.slot);
+    }
+
+    /// Abort: RST now (for synchronized states), free the connection.
+    pub fn abort(&mut self) {
+        let now = self.stack.tcp.now;
+        self.stack.tcp_abort(now, self.slot, true);
+    }
+
+    /// shutdown(write) sends FIN after the queued data; shutdown(read)
+    /// only stops reads (data still arriving is ACKed and dropped).
+    pub fn shutdown(&mut self, how: Shutdown) {
+        let now = self.stack.tcp.now;
+        if matches!(how, Shutdown::Read | Shutdown::Both) {
+            let t = self.tcb_mut();
+            t.rd_shut = true;
+            t.rcvbuf.clear();
+        }
+        if matches!(how, Shutdown::Write | Shutdown::Both) {
+            self.stack.tcp_shutdown_write(now, self.slot);
+        }
+    }
+
+    /// SO_LINGER with a zero timeout: close() aborts with RST.
+    pub fn set_linger_zero(&mut self, on: bool) {
+        self.tcb_mut().linger0 = on;
+    }
+
+    /// SO_KEEPALIVE with `TCP_KEEPIDLE` = idle (probes every 75 s, 9 of
+    /// them, then ETIMEDOUT).
+    pub fn set_keepalive(&mut self, idle: Option<Duration>) {
+        let now = self.stack.tcp.now;
+        let t = self.tcb_mut();
+        t.keepalive = idle;
+        t.probes = 0;
+        t.keep_at = idle.map(|d| now + d);
+        self.stack.tcp_arm(self.slot);
+    }
+
+    /// TCP_NODELAY (on by default).
+    pub fn set_nodelay(&mut self, on: bool) {
+        self.tcb_mut().nodelay = on;
+    }
+
+    pub fn state(&self) -> TcpState {
+        self.tcb().state
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcb().local
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.tcb().remote
+    }
+
+    /// Bytes queued for sending (unsent + unacknowledged).
+    pub fn send_queue(&self) -> usize {
+        self.tcb().sndbuf.len()
+    }
+
+    /// Bytes ready to read.
+    pub fn recv_queue(&self) -> usize {
+        self.tcb().rcvbuf.readable()
+    }
+
+    /// Free space in the send buffer.
+    pub fn send_capacity(&self) -> usize {
+        self.tcb().sndbuf.free()
+    }
+
+    /// Take the pending error (`SO_ERROR`).
+    pub fn take_error(&mut self) -> Option<TcpError> {
+        self.tcb_mut().err.take()
+    }
+}

@@ -1,0 +1,367 @@
+//! Stack-to-stack TCP over the in-memory device pair, in virtual time: when
+//! no frame is moving, the clock jumps to the earliest timer of either
+//! stack (as quinn-proto's test pair does), so RTOs, delayed ACKs,
+//! TIME_WAIT and keep-alive run at their real lengths without sleeping.
+//! The A side can go through the fault injector (drop / duplicate /
+//! reorder / corrupt).
+
+use std::net::SocketAddr;
+
+use super::super::device::{Device, FaultConfig, FaultInjector, FaultRates, MemoryDevice};
+use super::super::testutil::*;
+use super::super::{
+    Duration, EthernetAddress, Instant, Ipv4Cidr, Ipv6Cidr, Limits, Mib, SocketEvent, Stack,
+};
+use super::{Shutdown, TcpError, TcpHandle, TcpState};
+
+/// Stack A (our addresses, 198.18.0.2) and stack B (the peer's,
+/// 198.18.0.1), linked by a device pair; A's device may inject faults.
+pub(crate) struct Pair {
+    pub a: Stack,
+    pub b: Stack,
+    dev_a: FaultInjector<MemoryDevice>,
+    dev_b: MemoryDevice,
+    pub now: Instant,
+}
+
+impl Pair {
+    pub fn new(faults: FaultRates, seed: u64) -> Pair {
+        Self::with_limits(faults, seed, Limits::default())
+    }
+
+    pub fn with_limits(faults: FaultRates, seed: u64, l: Limits) -> Pair {
+        let (da, db) =
+            MemoryDevice::pair(EthernetAddress(OUR_MAC), EthernetAddress(PEER_MAC), 1500);
+        let mut ca = config();
+        ca.limits = l.clone();
+        let mut cb = config();
+        cb.limits = l;
+        cb.mac = EthernetAddress(PEER_MAC);
+        cb.ipv4 = Some(Ipv4Cidr::new(PEER4, 24));
+        cb.ipv6 = Some(Ipv6Cidr::new(PEER6, 64));
+        Pair {
+            a: Stack::new(ca, t0()),
+            b: Stack::new(cb, t0()),
+            dev_a: FaultInjector::new(
+                da,
+                FaultConfig {
+                    rx: faults,
+                    tx: faults,
+                    seed,
+                },
+            ),
+            dev_b: db,
+            now: t0(),
+        }
+    }
+
+    pub fn set_faults(&mut self, f: FaultRates) {
+        self.dev_a.set_config(f, f);
+    }
+
+    /// Move every queued frame once. Returns how many moved.
+    fn exchange(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(f) = self.a.pop_tx() {
+            let _ = self.dev_a.send(&f);
+            self.a.recycle(f);
+            n += 1;
+        }
+        while let Some(f) = self.b.pop_tx() {
+            let _ = self.dev_b.send(&f);
+            self.b.recycle(f);
+            n += 1;
+        }
+        let now = self.now;
+        let a = &mut self.a;
+        n += self
+            .dev_a
+            .recv_batch(4096, &mut |m, f| a.receive_frame(now, m, f))
+            .unwrap_or(0);
+        let b = &mut self.b;
+        n += self
+            .dev_b
+            .recv_batch(4096, &mut |m, f| b.receive_frame(now, m, f))
+            .unwrap_or(0);
+        n
+    }
+
+    /// Run until `app` returns true or `limit` of virtual time passed.
+    /// `app` runs once per round (drain events, read, write).
+    pub fn run(&mut self, limit: Duration, app: &mut dyn FnMut(&mut Pair) -> bool) -> bool {
+        let end = self.now + limit;
+        for _ in 0..2_000_000 {
+            if app(self) {
+                return true;
+            }
+            let moved = self.exchange();
+            let da = self.a.poll(self.now);
+            let db = self.b.poll(self.now);
+            let idle = moved == 0
+                && self.a.tx_pending() == 0
+                && self.b.tx_pending() == 0
+                && self.dev_a.get_ref().rx_len() == 0
+                && self.dev_b.rx_len() == 0;
+            if idle {
+                let _ = self.dev_a.flush_held();
+                let next = match (da, db) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                };
+                let next = next.unwrap_or(end).max(self.now + Duration::from_millis(1));
+                if self.now >= end {
+                    return app(self);
+                }
+                self.now = next.min(end);
+            }
+        }
+        false
+    }
+
+    /// Run with no application until `limit` passed (timers only).
+    pub fn idle(&mut self, limit: Duration) {
+        let mut f = |_: &mut Pair| false;
+        self.run(limit, &mut f);
+    }
+}
+
+/// Data byte `i` of a test stream: a pattern with a long period.
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// A transfer from `a` to `b`'s listener: `len` bytes, then close() on
+/// both sides. Returns (received bytes, virtual time it took).
+fn transfer(p: &mut Pair, server: SocketAddr, len: usize) -> (Vec<u8>, Duration) {
+    let lh = p.b.tcp_listen(server, 16).expect("listen");
+    let start = p.now;
+    let ch = p.a.tcp_connect(p.now, None, server).expect("connect");
+    let mut sent = 0usize;
+    let mut got = Vec::new();
+    let mut srv: Option<TcpHandle> = None;
+    let mut closed_a = false;
+    let mut closed_b = false;
+    let mut chunk = vec![0u8; 16384];
+    let mut buf = vec![0u8; 65536];
+    let done = p.run(Duration::from_secs(600), &mut |p| {
+        while let Some(ev) = p.b.poll_event() {
+            if let SocketEvent::TcpAcceptable(l) = ev {
+                assert_eq!(l, lh);
+                if let Some((h, _)) = p.b.tcp(lh).and_then(|mut l| l.accept()) {
+                    srv = Some(h);
+                }
+            }
+        }
+        while p.a.poll_event().is_some() {}
+        if !closed_a
+            && let Some(mut c) = p.a.tcp(ch)
+            && c.state() == TcpState::Established
+        {
+            while sent < len {
+                let n = (len - sent).min(chunk.len());
+                for (i, b) in chunk[..n].iter_mut().enumerate() {
+                    *b = pattern(sent + i);
+                }
+                match c.send(&chunk[..n]) {
+                    Ok(k) => sent += k,
+                    Err(TcpError::WouldBlock) => break,
+                    Err(e) => panic!("send: {e:?}"),
+                }
+            }
+            if sent == len {
+                c.close();
+                closed_a = true;
+            }
+        }
+        if let Some(h) = srv
+            && !closed_b
+            && let Some(mut s) = p.b.tcp(h)
+        {
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(0) => {
+                        s.close();
+                        closed_b = true;
+                        break;
+                    }
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(TcpError::WouldBlock) => break,
+                    Err(e) => panic!("recv: {e:?}"),
+                }
+            }
+        }
+        closed_a && closed_b && p.a.tcp_table().is_empty() && p.b.tcp_table().len() == 1
+    });
+    assert!(
+        done,
+        "transfer did not finish: {} of {len} bytes",
+        got.len()
+    );
+    let took = p.now - start;
+    (got, took)
+}
+
+fn check_stream(got: &[u8], len: usize) {
+    assert_eq!(got.len(), len, "length");
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(*b, pattern(i), "byte {i}");
+    }
+}
+
+#[test]
+fn pair_handshake_transfer_close_v4() {
+    let mut p = Pair::new(FaultRates::NONE, 1);
+    let server = SocketAddr::new(PEER4.into(), 5060);
+    let (got, _) = transfer(&mut p, server, 300_000);
+    check_stream(&got, 300_000);
+    let (ca, cb) = (p.a.counters(), p.b.counters());
+    assert_eq!(ca.get(Mib::TcpActiveOpens), 1);
+    assert_eq!(cb.get(Mib::TcpPassiveOpens), 1);
+    assert_eq!(ca.get(Mib::TcpCurrEstab), 0);
+    assert_eq!(cb.get(Mib::TcpCurrEstab), 0);
+    assert_eq!(ca.get(Mib::TcpOutRsts) + cb.get(Mib::TcpOutRsts), 0);
+    assert_eq!(ca.get(Mib::TcpRetransSegs), 0, "{:?}", ca.nonzero());
+    // A closed first: its side holds the TIME_WAIT bucket for 60 s.
+    assert_eq!(p.a.tcp_table().time_wait_len(), 1);
+    assert_eq!(p.b.tcp_table().time_wait_len(), 0);
+    p.idle(Duration::from_secs(61));
+    assert_eq!(p.a.tcp_table().time_wait_len(), 0);
+    assert_eq!(ca.get(Mib::TcpExtTW), 1);
+    assert_eq!(p.a.usage().tcp_buffer_bytes, 0);
+    assert_eq!(p.b.usage().tcp_buffer_bytes, 0);
+}
+
+#[test]
+fn pair_handshake_transfer_close_v6() {
+    let mut p = Pair::new(FaultRates::NONE, 2);
+    let server = SocketAddr::new(PEER6.into(), 5061);
+    let (got, _) = transfer(&mut p, server, 100_000);
+    check_stream(&got, 100_000);
+}
+
+#[test]
+fn pair_transfer_through_faults_is_byte_exact() {
+    for seed in 1..=4u64 {
+        let mut p = Pair::new(FaultRates::NONE, seed);
+        // Let ARP resolve cleanly, then turn the faults on.
+        p.idle(Duration::from_millis(10));
+        p.set_faults(FaultRates {
+            drop: 0.05,
+            duplicate: 0.03,
+            reorder: 0.05,
+            corrupt: 0.02,
+        });
+        let server = SocketAddr::new(PEER4.into(), 5060);
+        let (got, _) = transfer(&mut p, server, 200_000);
+        check_stream(&got, 200_000);
+        let c = p.a.counters();
+        assert!(
+            c.get(Mib::TcpRetransSegs) > 0,
+            "seed {seed}: {:?}",
+            c.nonzero()
+        );
+    }
+}
+
+#[test]
+fn pair_connect_to_closed_port_is_refused() {
+    let mut p = Pair::new(FaultRates::NONE, 3);
+    let h =
+        p.a.tcp_connect(p.now, None, SocketAddr::new(PEER4.into(), 9))
+            .expect("connect");
+    let mut ev = None;
+    p.run(Duration::from_secs(5), &mut |p| {
+        while let Some(e) = p.a.poll_event() {
+            if let SocketEvent::TcpClosed(x, err) = e {
+                assert_eq!(x, h);
+                ev = err;
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(ev, Some(TcpError::ConnectionRefused));
+    let mut s = p.a.tcp(h).expect("handle valid until close");
+    assert_eq!(s.state(), TcpState::Closed);
+    // The pending error first (SO_ERROR), then EPIPE.
+    assert_eq!(s.send(b"x"), Err(TcpError::ConnectionRefused));
+    assert_eq!(s.send(b"x"), Err(TcpError::BrokenPipe));
+    s.close();
+    assert!(p.a.tcp(h).is_none());
+    assert_eq!(p.a.counters().get(Mib::TcpAttemptFails), 1);
+    assert_eq!(p.b.counters().get(Mib::TcpOutRsts), 1);
+}
+
+#[test]
+fn pair_shutdown_write_then_echo_back() {
+    let mut p = Pair::new(FaultRates::NONE, 4);
+    let server = SocketAddr::new(PEER4.into(), 5062);
+    let lh = p.b.tcp_listen(server, 4).expect("listen");
+    let ch = p.a.tcp_connect(p.now, None, server).expect("connect");
+    let mut srv = None;
+    let mut phase = 0;
+    let mut echoed = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ok = p.run(Duration::from_secs(30), &mut |p| {
+        while let Some(ev) = p.b.poll_event() {
+            if let SocketEvent::TcpAcceptable(_) = ev {
+                srv = p.b.tcp(lh).and_then(|mut l| l.accept()).map(|x| x.0);
+            }
+        }
+        while p.a.poll_event().is_some() {}
+        if phase == 0
+            && p.a
+                .tcp(ch)
+                .is_some_and(|c| c.state() == TcpState::Established)
+        {
+            let mut c = p.a.tcp(ch).expect("client");
+            c.send(b"REGISTER sip:x SIP/2.0\r\n\r\n").expect("send");
+            c.shutdown(Shutdown::Write);
+            assert_eq!(c.state(), TcpState::FinWait1);
+            phase = 1;
+        }
+        if let Some(h) = srv
+            && let Some(mut s) = p.b.tcp(h)
+        {
+            let mut req = Vec::new();
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(0) => {
+                        // half-closed: still allowed to answer
+                        assert_eq!(s.state(), TcpState::CloseWait);
+                        s.send(b"SIP/2.0 200 OK\r\n\r\n")
+                            .expect("send in CLOSE_WAIT");
+                        s.close();
+                        srv = None;
+                        break;
+                    }
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+        }
+        if phase == 1
+            && let Some(mut c) = p.a.tcp(ch)
+        {
+            loop {
+                match c.recv(&mut buf) {
+                    Ok(0) => {
+                        phase = 2;
+                        break;
+                    }
+                    Ok(n) => echoed.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+        }
+        phase == 2
+    });
+    assert!(ok);
+    assert_eq!(echoed, b"SIP/2.0 200 OK\r\n\r\n");
+    // The client reached TIME_WAIT while still holding its handle: the
+    // TCB is CLOSED (TcpClosed without error), the bucket holds the rest.
+    p.idle(Duration::from_millis(100));
+    let c = p.a.tcp(ch).expect("handle");
+    assert_eq!(c.state(), TcpState::Closed);
+    assert_eq!(p.a.tcp_table().time_wait_len(), 1);
+}
