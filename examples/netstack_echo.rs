@@ -392,6 +392,11 @@ impl TcpApp {
     }
 
     fn closed(&mut self, stack: &mut Stack, h: TcpHandle, err: Option<TcpError>) {
+        if err.is_none() {
+            // A graceful end (e.g. TIME_WAIT reached): what was received
+            // is still readable; let the connection finish on it.
+            self.service(stack, h);
+        }
         if let Some(c) = self.conns.remove(&h) {
             if let Conn::Client { target, .. } = c {
                 bump(&self.stats.connects_failed);
@@ -616,10 +621,7 @@ fn client_tcp(
         s.close();
         false
     };
-    if !matches!(
-        s.state(),
-        TcpState::Established | TcpState::CloseWait | TcpState::FinWait1 | TcpState::FinWait2
-    ) {
+    if matches!(s.state(), TcpState::SynSent | TcpState::SynReceived) {
         return match s.take_error() {
             Some(e) => done(s, false, &e.to_string(), *recvd),
             None => true,
