@@ -312,10 +312,14 @@ fn tcp_close_with_unread_data_gives_econnreset() {
 }
 
 /// 50,000 SYNs from spoofed sources in 198.19.N.0/24 (off-link: the
-/// stack's SYN-ACKs go to the peer as gateway, which drops them) at 25,000
+/// stack's SYN-ACKs go to the peer as gateway, which drops them) at 5,000
 /// per second, while a real Linux client connects and echoes again and
 /// again: it must keep succeeding, and the stack must have answered with
-/// SYN cookies.
+/// SYN cookies (the SYN queue is full after the first few thousand).
+/// The rate is what a debug build absorbs: above it (13,000/s measured)
+/// the AF_PACKET socket buffer overflows and drops frames blindly, the
+/// legitimate client's ACKs and retransmissions with them — CPU
+/// exhaustion, which cookies do not address (they address the queue).
 #[test]
 fn tcp_syn_flood_does_not_stop_a_legitimate_client() {
     if skip_unless_root() {
@@ -337,7 +341,7 @@ fn tcp_syn_flood_does_not_stop_a_legitimate_client() {
             "--src-net",
             &src_net,
             "--pps",
-            "25000",
+            "5000",
         ],
         120,
     );
