@@ -60,7 +60,10 @@ NS_STK="nst-stk-$$"
 IF_PEER="vtp$$"
 IF_STK="vts$$"
 NPROC=$(nproc)
-NOFILE=250000
+# Open files per process: this VM's hard limit is 20000 and CAP_SYS_RESOURCE is not ours, so the
+# Linux server runs as several processes sharing the ports (SO_REUSEPORT) and hold-N as several clients.
+NOFILE=19500
+PER_PROC=15000
 BINDS=$(seq -s, -f "198.18.$SUB.%g" 11 42)
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -75,8 +78,9 @@ mkdir -p bench/results
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT="bench/results/netstack-tcp-$STAMP.jsonl"
 TMP=$(mktemp -d)
-SERVER_PID=""
-HOLD_PID=""
+SERVER_PID=""          # the netstack server, or the first Linux server process
+SERVER_PIDS=""         # every server process
+HOLD_PIDS=""
 
 # Stops a process this script started: SIGTERM, at most 5 s, then SIGKILL.
 stop_pid() {
@@ -92,8 +96,9 @@ stop_pid() {
 }
 
 teardown() {
-  stop_pid "$HOLD_PID"; HOLD_PID=""
-  stop_pid "$SERVER_PID"; SERVER_PID=""
+  local p
+  for p in $HOLD_PIDS; do stop_pid "$p"; done; HOLD_PIDS=""
+  for p in $SERVER_PIDS; do stop_pid "$p"; done; SERVER_PIDS=""; SERVER_PID=""
   ip netns del "$NS_PEER" 2>/dev/null || true
   ip netns del "$NS_STK" 2>/dev/null || true
 }
@@ -133,20 +138,26 @@ setup() {
   ip -n "$NS_STK" link set "$IF_STK" up
 }
 
-# start_server linux|netstack: SERVER_PID is the server itself (ip netns exec / prlimit exec it).
+# start_server linux|netstack: SERVER_PIDS are the servers themselves (ip netns exec / prlimit exec).
 start_server() {
-  local server=$1 log=$TMP/server.log
+  local server=$1 log=$TMP/server.log max=0 n k procs
   if [[ "$server" == linux ]]; then
-    ip netns exec "$NS_STK" prlimit --nofile=$NOFILE:$NOFILE "$PEER_BIN" --timeout-secs 3600 serve \
-      --echo "$STK4:$ECHO" --echo "[$STK6]:$ECHO" --sink "$STK4:$SINK" --source "$STK4:$SOURCE" \
-      2>"$log" &
-    SERVER_PID=$!
-    wait_line "$log" "tcp_peer serving" 10
+    for n in $CONNS; do ((n > max)) && max=$n; done
+    procs=$(((max + PER_PROC - 1) / PER_PROC + 1))
+    for k in $(seq "$procs"); do
+      ip netns exec "$NS_STK" prlimit --nofile=$NOFILE:$NOFILE "$PEER_BIN" --timeout-secs 3600 serve \
+        --reuseport --echo "$STK4:$ECHO" --echo "[$STK6]:$ECHO" --sink "$STK4:$SINK" \
+        --source "$STK4:$SOURCE" 2>"$TMP/server-$k.log" &
+      SERVER_PID=$!
+      SERVER_PIDS="$SERVER_PIDS $!"
+      wait_line "$TMP/server-$k.log" "tcp_peer serving" 10
+    done
   else
     RUST_LOG=info ip netns exec "$NS_STK" "$ECHO_BIN" --iface "$IF_STK" --ipv4 "$STK4/24" \
       --ipv6 "$STK6/64" --sink-port "$SINK" --source-port "$SOURCE" --tcp-max-conns 250000 \
       --stats-interval 3600 2>"$log" &
     SERVER_PID=$!
+    SERVER_PIDS=$!
     wait_line "$log" "netstack_echo ready" 10
   fi
   # First contact: neighbour resolution and a working echo (≤ 10 tries).
@@ -169,9 +180,10 @@ wait_line() {
   echo "no '$2' within $3 s" >&2; cat "$1" >&2; return 1
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }                 # utime + stime of a PID
+# utime + stime, and VmRSS, summed over the server processes
+cpu_ticks() { local p t=0; for p in $SERVER_PIDS; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 box_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }          # user nice system irq softirq
-rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+rss_kib() { local p t=0; for p in $SERVER_PIDS; do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status"))); done; echo $t; }
 slab_kib() { awk '/^Slab:/{print $2}' /proc/meminfo; }
 TICK=$(getconf CLK_TCK)
 
@@ -212,37 +224,49 @@ run_server() {
   perf_stop
 
   perf_start "$server" rate
-  c0=$(cpu_ticks "$SERVER_PID"); b0=$(box_busy)
+  c0=$(cpu_ticks); b0=$(box_busy)
   line=$(in_peer "$PEER_BIN" --timeout-secs $((DURATION + 60)) rate --target "$STK4:$ECHO" \
     --secs "$DURATION" --parallel "$PARALLEL" --bind "$BINDS") || true
-  c1=$(cpu_ticks "$SERVER_PID"); b1=$(box_busy)
+  c1=$(cpu_ticks); b1=$(box_busy)
   perf_stop
   conns=$(sed -n 's/.*"conns":\([0-9]*\).*/\1/p' <<<"$line"); conns=${conns:-0}
   emit "$server" "$round" "$line" "\"test\":\"rate\",\"server_cpu_us_per_conn\":$(awk -v d=$((c1 - c0)) -v n="$conns" -v t="$TICK" 'BEGIN{print (n>0)? d*1e6/t/n : "null"}'),\"box_cpu_us_per_conn\":$(awk -v d=$((b1 - b0)) -v n="$conns" -v t="$TICK" 'BEGIN{print (n>0)? d*1e6/t/n : "null"}')"
 
   for n in $CONNS; do
-    local rel=$TMP/release-$n log=$TMP/hold-$n.log r0 s0 r1 s1 i
-    rm -f "$rel"
+    local rel=$TMP/release-$n r0 s0 r1 s1 i k procs per held est clean fails
+    rm -f "$rel" "$TMP"/hold-"$n"-*
+    procs=$(((n + PER_PROC - 1) / PER_PROC)); per=$((n / procs))
     sync; sleep 1
-    r0=$(rss_kib "$SERVER_PID"); s0=$(slab_kib)
-    in_peer "$PEER_BIN" --timeout-secs 900 hold --target "$STK4:$ECHO" --conns "$n" --bind "$BINDS" \
-      --parallel 512 --release-file "$rel" --max-hold-secs 600 >"$TMP/hold-$n.json" 2>"$log" &
-    HOLD_PID=$!
+    r0=$(rss_kib); s0=$(slab_kib)
+    for k in $(seq "$procs"); do
+      in_peer "$PEER_BIN" --timeout-secs 900 hold --target "$STK4:$ECHO" --conns "$per" --bind "$BINDS" \
+        --parallel 256 --release-file "$rel" --max-hold-secs 600 >"$TMP/hold-$n-$k.json" \
+        2>"$TMP/hold-$n-$k.log" &
+      HOLD_PIDS="$HOLD_PIDS $!"
+    done
     for i in $(seq 6000); do
-      grep -q "tcp_peer holding" "$log" 2>/dev/null && break
-      kill -0 "$HOLD_PID" 2>/dev/null || break
+      held=$(cat "$TMP"/hold-"$n"-*.log 2>/dev/null | grep -c "tcp_peer holding" || true)
+      ((held >= procs)) && break
       sleep 0.1
     done
     sleep 2
-    r1=$(rss_kib "$SERVER_PID"); s1=$(slab_kib)
+    r1=$(rss_kib); s1=$(slab_kib)
     touch "$rel"
-    wait "$HOLD_PID" || true
-    HOLD_PID=""
-    emit "$server" "$round" "$(tail -n1 "$TMP/hold-$n.json")" \
-      "\"test\":\"hold-$n\",\"rss_kib_before\":$r0,\"rss_kib_held\":$r1,\"slab_kib_before\":$s0,\"slab_kib_held\":$s1,\"rss_bytes_per_conn\":$(((r1 - r0) * 1024 / n)),\"slab_bytes_per_conn\":$(((s1 - s0) * 1024 / n))"
+    for k in $HOLD_PIDS; do wait "$k" || true; done
+    HOLD_PIDS=""
+    est=0; clean=0; fails=0
+    for k in $(seq "$procs"); do
+      line=$(tail -n1 "$TMP/hold-$n-$k.json")
+      est=$((est + $(sed -n 's/.*"established":\([0-9]*\).*/\1/p' <<<"$line" | grep . || echo 0)))
+      clean=$((clean + $(sed -n 's/.*"closed_clean":\([0-9]*\).*/\1/p' <<<"$line" | grep . || echo 0)))
+      [[ "$line" == *'"ok":true'* ]] || { fails=$((fails + 1)); echo "hold client $k: $line" >&2; }
+    done
+    local ok=false; ((fails == 0 && est == per * procs)) && ok=true
+    emit "$server" "$round" "{\"mode\":\"hold\",\"ok\":$ok,\"conns\":$((per * procs)),\"established\":$est,\"closed_clean\":$clean,\"clients\":$procs}" \
+      "\"test\":\"hold-$n\",\"rss_kib_before\":$r0,\"rss_kib_held\":$r1,\"slab_kib_before\":$s0,\"slab_kib_held\":$s1,\"rss_bytes_per_conn\":$(((r1 - r0) * 1024 / (est > 0 ? est : 1))),\"slab_bytes_per_conn\":$(((s1 - s0) * 1024 / (est > 0 ? est : 1)))"
   done
 
-  stop_pid "$SERVER_PID"; SERVER_PID=""
+  for p in $SERVER_PIDS; do stop_pid "$p"; done; SERVER_PIDS=""; SERVER_PID=""
   if [[ "$server" == netstack ]]; then
     grep -E "counters at exit|tcp stats at exit" "$TMP/server.log" | sed 's/^/  netstack: /' >&2 || true
   fi

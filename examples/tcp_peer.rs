@@ -17,7 +17,7 @@
 //!                   [--legit ADDR]  raw spoofed SYNs while a real client connects and echoes
 //! tcp_peer rate     --target ADDR --secs S [--parallel 16] [--size 100] [--bind IP,IP..]
 //!                   connect + request + response + close, as fast as possible
-//! tcp_peer serve    [--echo ADDR].. [--sink ADDR].. [--source ADDR].. [--abort ADDR]..
+//! tcp_peer serve    [--echo ADDR].. [--sink ADDR].. [--source ADDR].. [--abort ADDR].. [--reuseport]
 //!                   the same protocol served by Linux TCP (tokio, one thread), until SIGTERM
 //! ```
 //!
@@ -151,6 +151,10 @@ enum Mode {
         abort: Vec<SocketAddr>,
         #[arg(long, default_value_t = 65535)]
         backlog: u32,
+        /// SO_REUSEPORT: several server processes share the ports (each
+        /// process is limited by its open-file limit).
+        #[arg(long)]
+        reuseport: bool,
     },
 }
 
@@ -329,7 +333,8 @@ async fn run(mode: Mode) -> Res {
             source,
             abort,
             backlog,
-        } => serve(echo, sink, source, abort, backlog).await,
+            reuseport,
+        } => serve(echo, sink, source, abort, backlog, reuseport).await,
     }
 }
 
@@ -955,7 +960,7 @@ struct ServeStats {
     errors: AtomicU64,
 }
 
-fn listener(addr: SocketAddr, backlog: u32) -> Result<TcpListener, String> {
+fn listener(addr: SocketAddr, backlog: u32, reuseport: bool) -> Result<TcpListener, String> {
     let s = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -963,6 +968,10 @@ fn listener(addr: SocketAddr, backlog: u32) -> Result<TcpListener, String> {
     }
     .map_err(|e| format!("socket: {e}"))?;
     s.set_reuseaddr(true).map_err(|e| format!("{e}"))?;
+    if reuseport {
+        s.set_reuseport(true)
+            .map_err(|e| format!("SO_REUSEPORT: {e}"))?;
+    }
     s.bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     s.listen(backlog).map_err(|e| format!("listen {addr}: {e}"))
 }
@@ -1037,6 +1046,7 @@ async fn serve(
     source: Vec<SocketAddr>,
     abort: Vec<SocketAddr>,
     backlog: u32,
+    reuseport: bool,
 ) -> Res {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
@@ -1051,7 +1061,7 @@ async fn serve(
     ];
     for (role, addrs) in roles {
         for a in addrs {
-            let l = listener(a, backlog)?;
+            let l = listener(a, backlog, reuseport)?;
             let stats = stats.clone();
             tasks.spawn(async move {
                 loop {
