@@ -12,6 +12,7 @@ pub mod config;
 pub mod core;
 pub mod metrics;
 pub mod netstack;
+pub mod readiness;
 pub mod sip;
 pub mod transport;
 

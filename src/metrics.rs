@@ -1,4 +1,5 @@
-//! Prometheus metrics (`sipedge_*`) and the `/metrics` HTTP endpoint (hyper).
+//! Prometheus metrics (`sipedge_*`) and the `/metrics` HTTP endpoint (hyper),
+//! which also answers `/healthz` and `/ready` ([`crate::readiness`]).
 //!
 //! Every labelled child is resolved once at start-up, so the hot path only
 //! does an atomic add: no `with_label_values` lookups, no locks.
@@ -89,6 +90,23 @@ pub struct Metrics {
     bytes_in: [IntCounter; TRANSPORTS.len()],
     bytes_out: [IntCounter; TRANSPORTS.len()],
     forward_latency: Histogram,
+    config_reloads: [IntCounter; RELOAD_RESULTS.len()],
+    /// `/ready` state: set by the transport and health checks, read by the endpoint.
+    readiness: crate::readiness::Readiness,
+}
+
+/// Result labels of `sipedge_config_reloads_total`.
+pub const RELOAD_RESULTS: [&str; 3] = ["ok", "partial", "error"];
+
+/// How a configuration reload (SIGHUP) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// Every change applied (or nothing changed).
+    Ok = 0,
+    /// Some changes applied, others refused (they need a restart).
+    Partial = 1,
+    /// The new file is invalid: the old configuration stays.
+    Error = 2,
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -278,6 +296,13 @@ impl Metrics {
                 transports,
             )?,
             forward_latency,
+            config_reloads: r.counters(
+                "sipedge_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result: ok, partial (some keys need a restart), error (invalid file, old configuration kept).",
+                "result",
+                RELOAD_RESULTS,
+            )?,
+            readiness: crate::readiness::Readiness::new(),
             registry,
         })
     }
@@ -372,6 +397,18 @@ impl Metrics {
             self.forward_latency.observe(secs);
         }
     }
+    /// `sipedge_config_reloads_total{result}`.
+    pub fn config_reload(&self, r: ReloadResult) {
+        self.config_reloads[r as usize].inc();
+    }
+    /// Bytes received over UDP so far (the drain watches it for quiet).
+    pub fn udp_bytes_in(&self) -> u64 {
+        self.bytes_in[transport_index(Transport::Udp)].get()
+    }
+    /// The `/ready` state (set it: start-up, drain, upstream health).
+    pub fn readiness(&self) -> &crate::readiness::Readiness {
+        &self.readiness
+    }
     /// Export the embedded stack's MIB counters and drop reasons
     /// (`sipedge_netstack_mib_total{group,counter}`,
     /// `sipedge_netstack_drops_total{reason}`), read at scrape time.
@@ -440,9 +477,36 @@ pub async fn serve_listener(
     }
 }
 
-/// `GET /metrics` (and `HEAD`) → 200 with the exposition text; anything else → 404.
+/// A small `text/plain` response.
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// `GET /metrics` (and `HEAD`) → 200 with the exposition text; `/healthz` →
+/// 200 while the process runs; `/ready` → 200 when ready, else 503 naming
+/// why (starting, draining, no upstream up); anything else → 404.
 fn respond<B>(metrics: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
-    let ok = req.uri().path() == "/metrics" && matches!(*req.method(), Method::GET | Method::HEAD);
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match req.uri().path() {
+        "/healthz" if get => return plain(StatusCode::OK, "ok\n"),
+        "/ready" if get => {
+            use crate::readiness::ReadyState;
+            return match metrics.readiness.state() {
+                ReadyState::Ready => plain(StatusCode::OK, "ready\n"),
+                ReadyState::Starting => plain(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+                ReadyState::Draining => plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                ReadyState::NoUpstream => {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "no upstream up\n")
+                }
+            };
+        }
+        _ => {}
+    }
+    let ok = req.uri().path() == "/metrics" && get;
     if ok {
         let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
         resp.headers_mut()
@@ -546,6 +610,9 @@ mod tests {
         for k in ["ping", "pong"] {
             assert!(t.contains(&format!("sipedge_keepalives_total{{kind=\"{k}\"}} 0")));
         }
+        for r in RELOAD_RESULTS {
+            assert!(t.contains(&format!("sipedge_config_reloads_total{{result=\"{r}\"}} 0")));
+        }
         for name in [
             "sipedge_tcp_connections",
             "sipedge_tcp_accepted_total",
@@ -575,7 +642,7 @@ mod tests {
     fn naming_conventions() {
         let m = Metrics::new();
         let families = m.registry.gather();
-        assert_eq!(families.len(), 17);
+        assert_eq!(families.len(), 18);
         for f in &families {
             let name = f.name();
             assert!(name.starts_with("sipedge_"), "{name}");
@@ -684,6 +751,26 @@ mod tests {
 
         let resp = http_get(addr, "/other").await;
         assert!(resp.starts_with("HTTP/1.1 404 Not Found\r\n"), "{resp}");
+
+        // liveness always; readiness only once started, not while draining
+        let resp = http_get(addr, "/healthz").await;
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        let resp = http_get(addr, "/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+        assert!(resp.ends_with("starting\n"), "{resp}");
+        m.readiness().set_started();
+        let resp = http_get(addr, "/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        m.readiness().set_upstreams_up(false);
+        let resp = http_get(addr, "/ready").await;
+        assert!(resp.ends_with("no upstream up\n"), "{resp}");
+        m.readiness().set_upstreams_up(true);
+        m.readiness().set_draining();
+        let resp = http_get(addr, "/ready").await;
+        assert!(resp.starts_with("HTTP/1.1 503 "), "{resp}");
+        assert!(resp.ends_with("draining\n"), "{resp}");
+        let resp = http_get(addr, "/healthz").await;
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
 
         // A garbage request does not take the server down.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -498,6 +498,10 @@ impl Core {
         Ok(())
     }
 
+    /// RFC 3261 §16 for one request, one function per step: validate (§16.3),
+    /// preprocess routing information (§16.4), determine the target (§16.5),
+    /// forward (§16.6). A step that refuses the request ends it with a local
+    /// reply or a counted drop ([`Refuse`]).
     fn route_request(
         &self,
         msg: &SipMsg<'_>,
@@ -507,31 +511,78 @@ impl Core {
         b: &mut Builder<'_>,
         routes: &mut Vec<(usize, NameAddr)>,
     ) -> Outcome {
-        let method = msg.method();
-        self.metrics.request(method);
-        let is_ack = method == b"ACK";
-        let fail = |code: u16, reason: &'static str, b: &mut Builder<'_>| {
-            if is_ack {
+        self.metrics.request(msg.method());
+        match self.route_request_steps(msg, version_ok, add_content_length, rcv, b, routes) {
+            Ok(o) => o,
+            Err(r) => self.refuse(msg, rcv, r, b),
+        }
+    }
+
+    /// The §16 steps in order; see [`Self::route_request`].
+    fn route_request_steps(
+        &self,
+        msg: &SipMsg<'_>,
+        version_ok: bool,
+        add_content_length: bool,
+        rcv: &RcvInfo,
+        b: &mut Builder<'_>,
+        routes: &mut Vec<(usize, NameAddr)>,
+    ) -> Result<Outcome, Refuse> {
+        self.rfc3261_16_3_validate(msg, version_ok)?;
+        let ruri = parse_sip_uri(msg.buf, ruri_span(msg));
+        let pre = self.rfc3261_16_4_preprocess_route(msg, ruri.as_ref(), routes)?;
+        let remaining = &routes[pre.popped..pre.live];
+        // OPTIONS to the proxy itself: answer it (§16.3 step 3 / §11)
+        let ruri_ours =
+            pre.new_ruri.is_none() && ruri.as_ref().is_some_and(|u| self.uri_is_ours(msg.buf, u));
+        if ruri_ours && remaining.is_empty() && msg.method() == b"OPTIONS" {
+            return Ok(self.local_reply(msg, rcv, 200, "OK", b.out));
+        }
+        let mf = rfc3261_16_3_step3_max_forwards(msg)?;
+        let hop = self.rfc3261_16_5_targets(msg, ruri, &pre, remaining, ruri_ours, rcv)?;
+        self.rfc3261_16_6_forward(msg, add_content_length, rcv, b, routes, &pre, mf, hop)
+    }
+
+    /// Answer or drop a refused request: a local reply, except for an ACK,
+    /// which gets none (RFC 3261 §17.2.3: an ACK is never answered).
+    fn refuse(&self, msg: &SipMsg<'_>, rcv: &RcvInfo, r: Refuse, b: &mut Builder<'_>) -> Outcome {
+        match r {
+            Refuse::Reply(..) if msg.method() == b"ACK" => {
                 self.metrics.dropped(DropReason::BadAck);
                 Outcome::Dropped(DropReason::BadAck)
-            } else {
-                self.local_reply(msg, rcv, code, reason, b.out)
             }
-        };
-        if !version_ok {
-            return fail(505, "Version Not Supported", b);
+            Refuse::Reply(code, reason) => self.local_reply(msg, rcv, code, reason, b.out),
+            Refuse::Drop(d) => {
+                self.metrics.dropped(d);
+                Outcome::Dropped(d)
+            }
         }
-        if let Err((code, reason)) = self.sanity(msg) {
-            return fail(code, reason, b);
-        }
-        let buf = msg.buf;
-        let ruri_span = match msg.start {
-            StartLine::Request { uri, .. } => uri,
-            StartLine::Response { .. } => Span::default(),
-        };
-        let ruri = parse_sip_uri(buf, ruri_span);
+    }
 
-        // Route entries, in order (bounded)
+    /// RFC 3261 §16.3 request validation: SIP version (505), then the
+    /// reasonable-syntax checks of [`Self::sanity`] (400 / 416). Max-Forwards
+    /// (step 3) is [`rfc3261_16_3_step3_max_forwards`], after the OPTIONS-to-us
+    /// check.
+    fn rfc3261_16_3_validate(&self, msg: &SipMsg<'_>, version_ok: bool) -> Result<(), Refuse> {
+        if !version_ok {
+            return Err(Refuse::Reply(505, "Version Not Supported"));
+        }
+        self.sanity(msg).map_err(|(c, r)| Refuse::Reply(c, r))
+    }
+
+    /// RFC 3261 §16.4 route information preprocessing: parse the Route
+    /// entries into `routes` (bounded), undo a strict-routing previous hop
+    /// (the Request-URI is our Record-Route URI: the last Route entry becomes
+    /// the Request-URI), and pop the top Route entries naming us (two after a
+    /// double Record-Route). Decides only; [`Self::rfc3261_16_6_forward`]
+    /// applies the edits.
+    fn rfc3261_16_4_preprocess_route(
+        &self,
+        msg: &SipMsg<'_>,
+        ruri: Option<&UriParts>,
+        routes: &mut Vec<(usize, NameAddr)>,
+    ) -> Result<RoutePre, Refuse> {
+        let buf = msg.buf;
         for (i, h) in msg.headers.iter().enumerate() {
             if h.kind != HeaderKind::Route {
                 continue;
@@ -539,7 +590,7 @@ impl Core {
             let mut v = h.value;
             while routes.len() < MAX_ROUTE_ENTRIES {
                 let Some(na) = parse_name_addr(buf, v) else {
-                    return fail(400, "Bad Route", b);
+                    return Err(Refuse::Reply(400, "Bad Route"));
                 };
                 routes.push((i, na));
                 match na.next {
@@ -548,10 +599,10 @@ impl Core {
                 }
             }
         }
-        // §16.4: strict-router case: the R-URI is our Record-Route URI
+        // strict-router case: the R-URI is our Record-Route URI
         let mut new_ruri: Option<Span> = None;
         let mut removed_last = false;
-        if let Some(u) = &ruri
+        if let Some(u) = ruri
             && self.uri_is_ours(buf, u)
             && !routes.is_empty()
             && let Some((_, last)) = routes.last()
@@ -560,7 +611,7 @@ impl Core {
             removed_last = true;
         }
         let live = routes.len() - usize::from(removed_last);
-        // §16.4: pop the top Route(s) naming us (two after a double Record-Route)
+        // pop the top Route(s) naming us (two after a double Record-Route)
         let mut popped = 0;
         while popped < live.min(2) {
             let uri = routes[popped].1.uri;
@@ -569,167 +620,187 @@ impl Core {
                 _ => break,
             }
         }
-        let remaining = &routes[popped..live];
+        Ok(RoutePre {
+            new_ruri,
+            removed_last,
+            popped,
+            live,
+        })
+    }
 
-        // OPTIONS to the proxy itself: answer it
-        let ruri_ours =
-            new_ruri.is_none() && ruri.as_ref().is_some_and(|u| self.uri_is_ours(buf, u));
-        if ruri_ours && remaining.is_empty() && method == b"OPTIONS" {
-            return self.local_reply(msg, rcv, 200, "OK", b.out);
-        }
-        // Max-Forwards (§16.3 step 3 / §16.6 step 3)
-        let mf = msg.first(HeaderKind::MaxForwards);
-        let mf_val = mf.and_then(|h| parse_u32(msg.value(h)));
-        if mf_val == Some(0) {
-            return fail(483, "Too Many Hops", b);
-        }
-
-        // next hop
-        let dest_t;
-        let dest_addr;
-        let mut name: Option<Span> = None;
+    /// RFC 3261 §16.5 determining request targets (and §16.6 step 6/7, the
+    /// next-hop address): the top remaining Route entry; else, for a request
+    /// from an upstream towards a client, the (possibly strict-route
+    /// rewritten) Request-URI; else an upstream ([`Self::pick_upstream`]).
+    fn rfc3261_16_5_targets(
+        &self,
+        msg: &SipMsg<'_>,
+        ruri: Option<UriParts>,
+        pre: &RoutePre,
+        remaining: &[(usize, NameAddr)],
+        ruri_ours: bool,
+        rcv: &RcvInfo,
+    ) -> Result<NextHop, Refuse> {
+        let buf = msg.buf;
         if let Some((_, top)) = remaining.first() {
             let Some(u) = parse_sip_uri(buf, top.uri) else {
-                return fail(400, "Bad Route", b);
+                return Err(Refuse::Reply(400, "Bad Route"));
             };
-            let Some((a, n)) = self.next_hop(buf, &u, rcv) else {
-                self.metrics.dropped(DropReason::NoRoute);
-                return Outcome::Dropped(DropReason::NoRoute);
-            };
-            dest_t = uri_transport(buf, &u).unwrap_or(rcv.transport);
-            dest_addr = a;
-            name = n;
-        } else if self.is_from_upstream(rcv) && !ruri_ours {
+            let (addr, name) = self
+                .next_hop(buf, &u, rcv)
+                .ok_or(Refuse::Drop(DropReason::NoRoute))?;
+            let transport = uri_transport(buf, &u).unwrap_or(rcv.transport);
+            return Ok(NextHop {
+                transport,
+                addr,
+                name,
+            });
+        }
+        if self.is_from_upstream(rcv) && !ruri_ours {
             // towards a client: follow the (possibly strict-route-rewritten) Request-URI
-            let target = match new_ruri {
+            let target = match pre.new_ruri {
                 Some(s) => parse_sip_uri(buf, s),
                 None => ruri,
             };
-            let Some((a, n)) = target.and_then(|u| self.next_hop(buf, &u, rcv)) else {
-                self.metrics.dropped(DropReason::NoRoute);
-                return Outcome::Dropped(DropReason::NoRoute);
-            };
-            dest_t = target
+            let (addr, name) = target
+                .and_then(|u| self.next_hop(buf, &u, rcv))
+                .ok_or(Refuse::Drop(DropReason::NoRoute))?;
+            let transport = target
                 .and_then(|u| uri_transport(buf, &u))
                 .unwrap_or(Transport::Udp);
-            dest_addr = a;
-            name = n;
-        } else {
-            let Some(up) = self.pick_upstream(msg) else {
-                self.metrics.dropped(DropReason::NoRoute);
-                return Outcome::Dropped(DropReason::NoRoute);
-            };
-            dest_t = up.transport.unwrap_or(rcv.transport);
-            dest_addr = up.addr;
+            return Ok(NextHop {
+                transport,
+                addr,
+                name,
+            });
         }
-        if name.is_none() && self.is_local_addr(dest_addr, dest_t) {
-            self.metrics.dropped(DropReason::Loop);
-            return Outcome::Dropped(DropReason::Loop);
-        }
-        let out_local = self.out_local(dest_t, dest_addr, rcv);
+        let up = self
+            .pick_upstream(msg)
+            .ok_or(Refuse::Drop(DropReason::NoRoute))?;
+        Ok(NextHop {
+            transport: up.transport.unwrap_or(rcv.transport),
+            addr: up.addr,
+            name: None,
+        })
+    }
 
-        // ---- build the forwarded request by splicing ----
+    /// RFC 3261 §16.6 request forwarding: the copy is built by splicing
+    /// edits over the received bytes ([`Builder`]), one helper per numbered
+    /// step, then handed to the transport (step 10). Steps 5 (optional
+    /// headers) and 11 (timer C) do not apply to this stateless proxy.
+    #[allow(clippy::too_many_arguments)]
+    fn rfc3261_16_6_forward(
+        &self,
+        msg: &SipMsg<'_>,
+        add_content_length: bool,
+        rcv: &RcvInfo,
+        b: &mut Builder<'_>,
+        routes: &[(usize, NameAddr)],
+        pre: &RoutePre,
+        mf: Option<(&HeaderSpan, Option<u32>)>,
+        hop: NextHop,
+    ) -> Result<Outcome, Refuse> {
+        let out_local = self.rfc3261_16_6_step7_next_hop(&hop, rcv)?;
+        let buf = msg.buf;
         let Some(top_via_h) = msg.first(HeaderKind::Via) else {
-            return fail(400, "Missing Via", b);
+            return Err(Refuse::Reply(400, "Missing Via"));
         };
         let Ok(via) = parse_via(buf, top_via_h.value) else {
-            return fail(400, "Bad Via", b);
+            return Err(Refuse::Reply(400, "Bad Via"));
         };
-        // new Request-URI (strict routing)
-        if let Some(s) = new_ruri {
-            b.replace(ruri_span.start, ruri_span.end, s.get(buf));
+        rfc3261_16_6_step2_request_uri(msg, pre, b);
+        // inserted right after the start line in this order (edits at one
+        // offset keep their order): Via on top, Record-Route, Max-Forwards
+        self.rfc3261_16_6_step8_via(msg, &via, out_local, rcv, b);
+        self.rfc3261_16_6_step4_record_route(msg, out_local, rcv, b);
+        rfc3261_16_6_step3_max_forwards_add(msg, mf, b);
+        rfc3261_18_2_1_received(msg, &via, rcv, b);
+        rfc3261_16_6_step3_max_forwards_decrement(mf, b);
+        rfc3261_16_4_strip_routes(msg, routes, pre, b);
+        rfc3261_16_6_step9_content_length(msg, add_content_length, b);
+        Ok(self.rfc3261_16_6_step10_send(buf, hop, out_local, b))
+    }
+
+    /// RFC 3261 §16.6 step 7: the next hop must not be one of our own
+    /// sockets (a loop; a host name is checked after resolution); choose the
+    /// listen socket to send from.
+    fn rfc3261_16_6_step7_next_hop(&self, hop: &NextHop, rcv: &RcvInfo) -> Result<usize, Refuse> {
+        if hop.name.is_none() && self.is_local_addr(hop.addr, hop.transport) {
+            return Err(Refuse::Drop(DropReason::Loop));
         }
-        // our Via, then Record-Route(s), then Max-Forwards if missing: right after the start line
+        Ok(self.out_local(hop.transport, hop.addr, rcv))
+    }
+
+    /// RFC 3261 §16.6 step 8: our Via on top, its branch from
+    /// [`Self::branch_hash`] (§16.11), with `;i=` naming the inbound TCP
+    /// connection.
+    fn rfc3261_16_6_step8_via(
+        &self,
+        msg: &SipMsg<'_>,
+        via: &Via,
+        out_local: usize,
+        rcv: &RcvInfo,
+        b: &mut Builder<'_>,
+    ) {
         let at = msg.start_line.end;
-        let l = &self.locals[out_local];
         let t0 = b.tmp.len();
-        b.tmp.extend_from_slice(&l.via_prefix);
+        b.tmp.extend_from_slice(&self.locals[out_local].via_prefix);
         b.tmp.extend_from_slice(BRANCH_PREFIX);
-        let _ = write!(b.tmp, "{:016x}", self.branch_hash(msg, &via));
+        let _ = write!(b.tmp, "{:016x}", self.branch_hash(msg, via));
         if let (Transport::Tcp, Some(c)) = (rcv.transport, rcv.conn) {
             let _ = write!(b.tmp, ";i={c}");
         }
         b.tmp.extend_from_slice(b"\r\n");
+        b.push_tmp(at, at, t0);
+    }
+
+    /// RFC 3261 §16.6 step 4: Record-Route for an initial request of a
+    /// configured method; two entries (outbound, then inbound socket) when
+    /// the request changes sockets (RFC 5658 double Record-Route).
+    fn rfc3261_16_6_step4_record_route(
+        &self,
+        msg: &SipMsg<'_>,
+        out_local: usize,
+        rcv: &RcvInfo,
+        b: &mut Builder<'_>,
+    ) {
         let initial = msg
             .first(HeaderKind::To)
             .is_none_or(|h| header_param(msg.value(h), b"tag").is_none());
-        if self.record_route && initial && self.rr_methods.iter().any(|m| m == method) {
-            b.tmp.extend_from_slice(b"Record-Route: ");
-            b.tmp.extend_from_slice(&l.rr);
-            b.tmp.extend_from_slice(b"\r\n");
-            if out_local != rcv.local {
-                b.tmp.extend_from_slice(b"Record-Route: ");
-                b.tmp.extend_from_slice(&self.locals[rcv.local].rr);
-                b.tmp.extend_from_slice(b"\r\n");
-            }
+        if !(self.record_route && initial && self.rr_methods.iter().any(|m| m == msg.method())) {
+            return;
         }
-        if mf.is_none() {
-            let _ = write!(b.tmp, "Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n");
+        let at = msg.start_line.end;
+        let t0 = b.tmp.len();
+        b.tmp.extend_from_slice(b"Record-Route: ");
+        b.tmp.extend_from_slice(&self.locals[out_local].rr);
+        b.tmp.extend_from_slice(b"\r\n");
+        if out_local != rcv.local {
+            b.tmp.extend_from_slice(b"Record-Route: ");
+            b.tmp.extend_from_slice(&self.locals[rcv.local].rr);
+            b.tmp.extend_from_slice(b"\r\n");
         }
         b.push_tmp(at, at, t0);
+    }
 
-        // the client's Via: received / rport (RFC 3261 §18.2.1, RFC 3581 §4)
-        let src_ip = rcv.src.ip();
-        let sent_ip = host_ip(via.host.get(buf));
-        if via.received.is_none() {
-            if let (Some(None), Some(end)) = (via.rport, via.rport_name_end) {
-                let t0 = b.tmp.len();
-                let _ = write!(b.tmp, "={}", rcv.src.port());
-                b.push_tmp(end, end, t0);
-            }
-            if via.rport.is_some() || sent_ip != Some(src_ip) {
-                let t0 = b.tmp.len();
-                b.tmp.extend_from_slice(b";received=");
-                let _ = match src_ip {
-                    IpAddr::V4(v4) => write!(b.tmp, "{v4}"),
-                    IpAddr::V6(v6) => write!(b.tmp, "{v6}"),
-                };
-                b.push_tmp(via.parm.end, via.parm.end, t0);
-            }
-        }
-        // Max-Forwards decrement
-        if let (Some(h), Some(v)) = (mf, mf_val) {
-            let t0 = b.tmp.len();
-            let _ = write!(b.tmp, "{}", v - 1);
-            b.push_tmp(h.value.start, h.value.end, t0);
-        }
-        // Route removals: popped prefix and/or the strict-routing last entry
-        let mut i = 0;
-        while i < routes.len() {
-            let hi = routes[i].0;
-            let j = routes[i..].iter().take_while(|r| r.0 == hi).count() + i;
-            let h = &msg.headers[hi];
-            let is_removed = |k: usize| k < popped || (removed_last && k == routes.len() - 1);
-            let first_kept = (i..j).find(|&k| !is_removed(k));
-            let last_kept = (i..j).rev().find(|&k| !is_removed(k));
-            match (first_kept, last_kept) {
-                (Some(fk), Some(lk)) => {
-                    if fk > i {
-                        b.replace(h.value.start, routes[fk].1.entry.start, b"");
-                    }
-                    if lk + 1 < j {
-                        b.replace(routes[lk].1.entry.end, h.value.end, b"");
-                    }
-                }
-                _ => b.replace(h.line.start, h.line.end, b""),
-            }
-            i = j;
-        }
-        // Content-Length for a UDP message that had none
-        if add_content_length {
-            let t0 = b.tmp.len();
-            let _ = write!(b.tmp, "Content-Length: {}\r\n", buf.len() - msg.body_offset);
-            b.push_tmp(msg.headers_end as u32, msg.headers_end as u32, t0);
-        }
+    /// RFC 3261 §16.6 step 10: emit the copy and say where to send it (a
+    /// host name is resolved by the transport: [`Outcome::Resolve`]).
+    fn rfc3261_16_6_step10_send(
+        &self,
+        buf: &[u8],
+        hop: NextHop,
+        out_local: usize,
+        b: &mut Builder<'_>,
+    ) -> Outcome {
         b.emit(buf);
         self.metrics.forwarded_request();
         let dest = Dest {
-            transport: dest_t,
-            addr: dest_addr,
+            transport: hop.transport,
+            addr: hop.addr,
             conn: None,
             local: out_local,
         };
-        match name {
+        match hop.name {
             Some(host) => {
                 b.resolve
                     .push_str(std::str::from_utf8(host.get(buf)).unwrap_or_default());
@@ -973,6 +1044,166 @@ fn uri_transport(buf: &[u8], u: &UriParts) -> Option<Transport> {
         Some(Transport::Udp)
     } else {
         None
+    }
+}
+
+/// Why a request is not forwarded ([`Core::refuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refuse {
+    /// Answer with this status (an ACK is dropped instead).
+    Reply(u16, &'static str),
+    /// Drop silently, counted.
+    Drop(DropReason),
+}
+
+/// What §16.4 route preprocessing decided; the parsed Route entries are in
+/// [`Scratch`]'s `routes`, in order.
+#[derive(Debug, Clone, Copy)]
+struct RoutePre {
+    /// Strict-routing previous hop: the last Route entry, the new Request-URI.
+    new_ruri: Option<Span>,
+    /// That last Route entry is removed.
+    removed_last: bool,
+    /// Top Route entries naming us, removed.
+    popped: usize,
+    /// Route entries still in force: `routes[popped..live]`.
+    live: usize,
+}
+
+/// Where §16.5 decided to send the request.
+#[derive(Debug, Clone, Copy)]
+struct NextHop {
+    transport: Transport,
+    /// With `name`: the port and an unspecified IP of the inbound family.
+    addr: SocketAddr,
+    /// A host name the transport resolves.
+    name: Option<Span>,
+}
+
+/// The Request-URI of a request (an empty span for a reply).
+fn ruri_span(msg: &SipMsg<'_>) -> Span {
+    match msg.start {
+        StartLine::Request { uri, .. } => uri,
+        StartLine::Response { .. } => Span::default(),
+    }
+}
+
+/// RFC 3261 §16.3 step 3 (Max-Forwards): zero refuses the request with 483;
+/// returns the header and its value (`None`: unparseable, left alone) for
+/// §16.6 step 3.
+fn rfc3261_16_3_step3_max_forwards<'m>(
+    msg: &'m SipMsg<'_>,
+) -> Result<Option<(&'m HeaderSpan, Option<u32>)>, Refuse> {
+    let Some(h) = msg.first(HeaderKind::MaxForwards) else {
+        return Ok(None);
+    };
+    match parse_u32(msg.value(h)) {
+        Some(0) => Err(Refuse::Reply(483, "Too Many Hops")),
+        v => Ok(Some((h, v))),
+    }
+}
+
+/// RFC 3261 §16.6 step 2: the copy's Request-URI — unchanged, or the last
+/// Route entry that §16.4 moved there (strict-routing previous hop).
+fn rfc3261_16_6_step2_request_uri(msg: &SipMsg<'_>, pre: &RoutePre, b: &mut Builder<'_>) {
+    if let Some(s) = pre.new_ruri {
+        let span = ruri_span(msg);
+        b.replace(span.start, span.end, s.get(msg.buf));
+    }
+}
+
+/// RFC 3261 §16.6 step 3, a request without Max-Forwards: add one (70).
+fn rfc3261_16_6_step3_max_forwards_add(
+    msg: &SipMsg<'_>,
+    mf: Option<(&HeaderSpan, Option<u32>)>,
+    b: &mut Builder<'_>,
+) {
+    if mf.is_none() {
+        let at = msg.start_line.end;
+        let t0 = b.tmp.len();
+        let _ = write!(b.tmp, "Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n");
+        b.push_tmp(at, at, t0);
+    }
+}
+
+/// RFC 3261 §16.6 step 3: decrement Max-Forwards.
+fn rfc3261_16_6_step3_max_forwards_decrement(
+    mf: Option<(&HeaderSpan, Option<u32>)>,
+    b: &mut Builder<'_>,
+) {
+    if let Some((h, Some(v))) = mf {
+        let t0 = b.tmp.len();
+        let _ = write!(b.tmp, "{}", v - 1);
+        b.push_tmp(h.value.start, h.value.end, t0);
+    }
+}
+
+/// RFC 3261 §18.2.1 / RFC 3581 §4: the client's Via gets `received` (source
+/// IP differs from sent-by, or rport asked) and the `rport` value.
+fn rfc3261_18_2_1_received(msg: &SipMsg<'_>, via: &Via, rcv: &RcvInfo, b: &mut Builder<'_>) {
+    if via.received.is_some() {
+        return;
+    }
+    let src_ip = rcv.src.ip();
+    let sent_ip = host_ip(via.host.get(msg.buf));
+    if let (Some(None), Some(end)) = (via.rport, via.rport_name_end) {
+        let t0 = b.tmp.len();
+        let _ = write!(b.tmp, "={}", rcv.src.port());
+        b.push_tmp(end, end, t0);
+    }
+    if via.rport.is_some() || sent_ip != Some(src_ip) {
+        let t0 = b.tmp.len();
+        b.tmp.extend_from_slice(b";received=");
+        let _ = match src_ip {
+            IpAddr::V4(v4) => write!(b.tmp, "{v4}"),
+            IpAddr::V6(v6) => write!(b.tmp, "{v6}"),
+        };
+        b.push_tmp(via.parm.end, via.parm.end, t0);
+    }
+}
+
+/// RFC 3261 §16.4, applied: remove the popped top Route entries and the
+/// strict-routing last entry (a header left empty goes entirely).
+fn rfc3261_16_4_strip_routes(
+    msg: &SipMsg<'_>,
+    routes: &[(usize, NameAddr)],
+    pre: &RoutePre,
+    b: &mut Builder<'_>,
+) {
+    let is_removed = |k: usize| k < pre.popped || (pre.removed_last && k == routes.len() - 1);
+    let mut i = 0;
+    while i < routes.len() {
+        let hi = routes[i].0;
+        let j = routes[i..].iter().take_while(|r| r.0 == hi).count() + i;
+        let h = &msg.headers[hi];
+        let first_kept = (i..j).find(|&k| !is_removed(k));
+        let last_kept = (i..j).rev().find(|&k| !is_removed(k));
+        match (first_kept, last_kept) {
+            (Some(fk), Some(lk)) => {
+                if fk > i {
+                    b.replace(h.value.start, routes[fk].1.entry.start, b"");
+                }
+                if lk + 1 < j {
+                    b.replace(routes[lk].1.entry.end, h.value.end, b"");
+                }
+            }
+            _ => b.replace(h.line.start, h.line.end, b""),
+        }
+        i = j;
+    }
+}
+
+/// RFC 3261 §16.6 step 9 / §18.3: a UDP message that had no Content-Length
+/// gets one (the copy may go over TCP).
+fn rfc3261_16_6_step9_content_length(msg: &SipMsg<'_>, add: bool, b: &mut Builder<'_>) {
+    if add {
+        let t0 = b.tmp.len();
+        let _ = write!(
+            b.tmp,
+            "Content-Length: {}\r\n",
+            msg.buf.len() - msg.body_offset
+        );
+        b.push_tmp(msg.headers_end as u32, msg.headers_end as u32, t0);
     }
 }
 

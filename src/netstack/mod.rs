@@ -33,8 +33,7 @@ pub mod mld;
 pub mod ndp;
 pub mod neigh;
 pub mod tcp;
-#[allow(dead_code)]
-pub(crate) mod timer_wheel;
+pub mod timer_wheel;
 pub mod udp;
 
 #[cfg(test)]

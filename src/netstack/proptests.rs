@@ -425,3 +425,32 @@ fn fragment_builders_cover_the_datagram() {
     assert_eq!(p.next_header(), IpProtocol::Ipv6Frag);
     assert_eq!(usize::from(p.payload_len()), 8 + 128);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// SPEC B.3/B.4 under arbitrary input: sessions of plausible segments
+    /// (near the expected sequence numbers, so every state is reached),
+    /// clock steps and socket calls never panic, never pass the TCP caps,
+    /// and every connection and TIME_WAIT bucket ends once closed.
+    #[test]
+    fn tcp_sessions_never_panic_or_exceed_caps(
+        data in proptest::collection::vec(any::<u8>(), 0..3000)
+    ) {
+        super::tcp::fuzzing::run(&data);
+    }
+
+    /// The same, biased towards segments (op bytes 0-2) on the handshake
+    /// path: every third byte is a segment op.
+    #[test]
+    fn tcp_segment_streams_never_panic(
+        ops in proptest::collection::vec((0u8..3, any::<[u8; 12]>()), 0..200)
+    ) {
+        let mut data = Vec::new();
+        for (op, rest) in ops {
+            data.push(op);
+            data.extend_from_slice(&rest);
+        }
+        super::tcp::fuzzing::run(&data);
+    }
+}

@@ -207,6 +207,7 @@ pub async fn serve(
             }
         });
     }
+    metrics.readiness().set_started();
     tracing::info!(
         listen = ?cfg.listen.iter().map(|l| format!("{}:{}", l.transport.as_str(), l.addr)).collect::<Vec<_>>(),
         upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),

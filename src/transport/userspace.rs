@@ -121,6 +121,7 @@ pub fn run(cfg: Config, hooks: Hooks) -> anyhow::Result<()> {
                 }
             });
         }
+        metrics.readiness().set_started();
         super::shutdown_signal().await;
         Ok(())
     });

@@ -32,6 +32,9 @@
 pub(crate) mod buffer;
 #[allow(dead_code)]
 pub(crate) mod congestion;
+/// Segment-session interpreter for the fuzz target and property tests.
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod minisocks;
 #[allow(dead_code)]
 pub(crate) mod rtt;
@@ -44,6 +47,8 @@ pub(crate) mod tcp_ipv4;
 pub(crate) mod tcp_output;
 pub(crate) mod tcp_timer;
 
+#[cfg(test)]
+mod tests;
 #[cfg(test)]
 mod tests_pair;
 
@@ -824,13 +829,19 @@ impl TcpSocketMut<'_> {
         self.stack.tcp.handle(self.slot)
     }
 
-    /// Take the oldest established connection of a listener.
+    /// Take the oldest established connection of a listener. Data (or a
+    /// FIN) that arrived before accept is announced with TcpReadable.
     pub fn accept(&mut self) -> Option<(TcpHandle, SocketAddr)> {
         let child = self.tcb_mut().listen.as_mut()?.accept.pop_front()?;
         let t = self.stack.tcp.get_mut(child)?;
         t.parent = None;
         let remote = t.remote;
-        Some((self.stack.tcp.handle(child), remote))
+        let readable = t.rcvbuf.readable() > 0 || t.rcv_fin;
+        let h = self.stack.tcp.handle(child);
+        if readable {
+            self.stack.push_event(SocketEvent::TcpReadable(h));
+        }
+        Some((h, remote))
     }
 
     /// Queue `data` for sending (sent at once as far as the windows allow).

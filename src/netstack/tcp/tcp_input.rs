@@ -223,7 +223,7 @@ impl Stack {
             t.ts_recent = tsval;
             t.ts_recent_at = now;
         }
-        self.tcp_set_mss(&mut t, peer_mss);
+        self.tcp_set_mss(now, &mut t, peer_mss);
         t.parent = Some(lslot);
         let slot = self.tcp.insert(t);
         self.tcp.conns.insert((local, remote), slot);
@@ -233,14 +233,16 @@ impl Stack {
 
     /// Send MSS: the peer's option clamped to the route MTU, less the
     /// timestamp option when used (Linux `tcp_sync_mss` / `mss_cache`).
-    pub(crate) fn tcp_set_mss(&self, t: &mut Tcb, peer_mss: u16) {
+    /// The congestion controller starts here, once the MSS is known
+    /// (initial window 10 segments, RFC 6928, as Linux `tcp_init_transfer`).
+    pub(crate) fn tcp_set_mss(&self, now: Instant, t: &mut Tcb, peer_mss: u16) {
         let route = self.tcp_route_mss(t.remote.is_ipv6());
         let mut mss = peer_mss.min(route).max(64);
         if t.ts_ok {
             mss -= 12;
         }
         t.mss = mss;
-        t.cc.set_mss(mss as u32);
+        t.cc = super::congestion::Congestion::new(self.tcp.cc_kind, mss as u32, now);
     }
 
     /// A SYN-ACK whose ISN is a cookie (RFC 4987, Linux
@@ -404,7 +406,7 @@ impl Stack {
             t.ts_recent = tsval;
             t.ts_recent_at = now;
         }
-        self.tcp_set_mss(&mut t, route_mss_peer);
+        self.tcp_set_mss(now, &mut t, route_mss_peer);
         self.tcp.slots[slot as usize] = Some(t);
         let Some(ack) = seg.ack else {
             // Simultaneous open: SYN_RECEIVED, answer with SYN-ACK.

@@ -94,10 +94,14 @@ impl Pair {
             if app(self) {
                 return true;
             }
+            let ev_before = self.a.events.len() + self.b.events.len();
             let moved = self.exchange();
             let da = self.a.poll(self.now);
             let db = self.b.poll(self.now);
+            // Time stands still while there is something to deliver: frames
+            // in flight or socket events the application has not seen yet.
             let idle = moved == 0
+                && self.a.events.len() + self.b.events.len() == ev_before
                 && self.a.tx_pending() == 0
                 && self.b.tx_pending() == 0
                 && self.dev_a.get_ref().rx_len() == 0
@@ -364,4 +368,187 @@ fn pair_shutdown_write_then_echo_back() {
     let c = p.a.tcp(ch).expect("handle");
     assert_eq!(c.state(), TcpState::Closed);
     assert_eq!(p.a.tcp_table().time_wait_len(), 1);
+}
+
+#[test]
+fn pair_many_connections_echo_o1_demux() {
+    let mut p = Pair::new(FaultRates::NONE, 5);
+    let server = SocketAddr::new(PEER4.into(), 5060);
+    let lh = p.b.tcp_listen(server, 256).expect("listen");
+    const N: usize = 120;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(p.a.tcp_connect(p.now, None, server).expect("connect"));
+    }
+    let msg = |i: usize| format!("OPTIONS sip:{i}@x SIP/2.0\r\n\r\n").into_bytes();
+    let mut sent = [false; N];
+    let mut got: Vec<Vec<u8>> = vec![Vec::new(); N];
+    let mut servers: Vec<TcpHandle> = Vec::new();
+    let mut buf = [0u8; 2048];
+    let ok = p.run(Duration::from_secs(30), &mut |p| {
+        while let Some(ev) = p.b.poll_event() {
+            if let SocketEvent::TcpAcceptable(_) = ev {
+                while let Some((h, _)) = p.b.tcp(lh).and_then(|mut l| l.accept()) {
+                    servers.push(h);
+                }
+            }
+        }
+        for &h in &servers {
+            let mut s = p.b.tcp(h).expect("server");
+            while let Ok(n) = s.recv(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.send(&buf[..n]).expect("echo");
+            }
+        }
+        while p.a.poll_event().is_some() {}
+        for (i, &h) in clients.iter().enumerate() {
+            let mut c = p.a.tcp(h).expect("client");
+            if !sent[i] && c.state() == TcpState::Established {
+                c.send(&msg(i)).expect("send");
+                sent[i] = true;
+            }
+            while let Ok(n) = c.recv(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got[i].extend_from_slice(&buf[..n]);
+            }
+        }
+        (0..N).all(|i| got[i] == msg(i))
+    });
+    assert!(ok, "all {N} echoes back");
+    assert_eq!(p.a.counters().get(Mib::TcpCurrEstab), N as u64);
+    assert_eq!(p.b.counters().get(Mib::TcpPassiveOpens), N as u64);
+}
+
+#[test]
+fn pair_flow_control_zero_window_then_resume() {
+    let l = Limits {
+        tcp_rmem: 16 * 1024,
+        ..Limits::default()
+    };
+    let mut p = Pair::with_limits(FaultRates::NONE, 6, l);
+    let server = SocketAddr::new(PEER4.into(), 5060);
+    let lh = p.b.tcp_listen(server, 4).expect("listen");
+    let ch = p.a.tcp_connect(p.now, None, server).expect("connect");
+    const LEN: usize = 200_000;
+    let mut sent = 0usize;
+    let mut srv = None;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let start = p.now;
+    let ok = p.run(Duration::from_secs(120), &mut |p| {
+        while let Some(ev) = p.b.poll_event() {
+            if let SocketEvent::TcpAcceptable(_) = ev {
+                srv = p.b.tcp(lh).and_then(|mut l| l.accept()).map(|x| x.0);
+            }
+        }
+        while p.a.poll_event().is_some() {}
+        if let Some(mut c) = p.a.tcp(ch)
+            && c.state() == TcpState::Established
+        {
+            while sent < LEN {
+                let n = (LEN - sent).min(buf.len());
+                let chunk: Vec<u8> = (sent..sent + n).map(pattern).collect();
+                match c.send(&chunk) {
+                    Ok(k) => sent += k,
+                    Err(_) => break,
+                }
+            }
+        }
+        // The reader sleeps for the first 10 s: the window closes and
+        // the sender probes it.
+        if p.now >= start + Duration::from_secs(10)
+            && let Some(h) = srv
+            && let Some(mut s) = p.b.tcp(h)
+        {
+            while let Ok(n) = s.recv(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got.len() == LEN
+    });
+    assert!(ok, "{} of {LEN}", got.len());
+    check_stream(&got, LEN);
+    // zero-window probes answered the stall
+    let c = p.a.counters();
+    assert_eq!(c.get(Mib::TcpExtTCPAbortOnTimeout), 0);
+}
+
+#[test]
+fn pair_keepalive_detects_a_dead_peer() {
+    let mut p = Pair::new(FaultRates::NONE, 7);
+    let server = SocketAddr::new(PEER4.into(), 5060);
+    p.b.tcp_listen(server, 4).expect("listen");
+    let ch = p.a.tcp_connect(p.now, None, server).expect("connect");
+    let ok = p.run(Duration::from_secs(5), &mut |p| {
+        p.a.tcp(ch)
+            .is_some_and(|c| c.state() == TcpState::Established)
+    });
+    assert!(ok);
+    p.a.tcp(ch)
+        .expect("c")
+        .set_keepalive(Some(Duration::from_secs(30)));
+    // quiet but alive: probes are answered, nothing happens
+    p.idle(Duration::from_secs(200));
+    assert_eq!(p.a.tcp(ch).expect("c").state(), TcpState::Established);
+    // the link dies: 9 probes 75 s apart, then ETIMEDOUT
+    let start = p.now;
+    p.set_faults(FaultRates {
+        drop: 1.0,
+        ..FaultRates::NONE
+    });
+    let mut closed = None;
+    p.run(Duration::from_secs(1200), &mut |p| {
+        while let Some(ev) = p.a.poll_event() {
+            if let SocketEvent::TcpClosed(_, e) = ev {
+                closed = Some(e);
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(closed, Some(Some(TcpError::TimedOut)));
+    let took = (p.now - start).secs();
+    // at most one idle period, then 9 × 75 s
+    assert!((9 * 75..=30 + 10 * 75).contains(&took), "{took} s");
+}
+
+#[test]
+fn pair_rto_gives_up_with_etimedout_when_the_link_dies() {
+    let mut p = Pair::new(FaultRates::NONE, 8);
+    let server = SocketAddr::new(PEER4.into(), 5060);
+    p.b.tcp_listen(server, 4).expect("listen");
+    let ch = p.a.tcp_connect(p.now, None, server).expect("connect");
+    p.run(Duration::from_secs(5), &mut |p| {
+        p.a.tcp(ch)
+            .is_some_and(|c| c.state() == TcpState::Established)
+    });
+    p.set_faults(FaultRates {
+        drop: 1.0,
+        ..FaultRates::NONE
+    });
+    p.a.tcp(ch).expect("c").send(b"lost").expect("send");
+    let start = p.now;
+    let mut closed = None;
+    p.run(Duration::from_secs(3600), &mut |p| {
+        while let Some(ev) = p.a.poll_event() {
+            if let SocketEvent::TcpClosed(_, e) = ev {
+                closed = Some(e);
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(closed, Some(Some(TcpError::TimedOut)));
+    let c = p.a.counters();
+    assert_eq!(c.get(Mib::TcpRetransSegs), 15, "tcp_retries2");
+    // 200 ms doubling, capped at 120 s: about 15 minutes as Linux
+    let took = (p.now - start).secs();
+    assert!((600..=1200).contains(&took), "{took} s");
 }

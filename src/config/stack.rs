@@ -1,0 +1,552 @@
+//! `[stack]` and `[stack.limits]`: the lower layer (kernel sockets or the
+//! embedded userspace stack) and the caps of the embedded stack.
+
+use super::{
+    ConfigError, ListenSpec, Transport, in_range_usize, int_i64, invalid, non_negative_usize,
+    parse_cidr, size_i64,
+};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Which lower layer carries SIP (`stack.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackMode {
+    /// tokio + socket2 kernel sockets (the default).
+    Kernel,
+    /// The embedded IPv4/IPv6/ICMP/UDP stack over an AF_PACKET socket.
+    Afpacket,
+}
+
+/// `[stack]`: the lower layer. The keys other than `mode` are used in
+/// `afpacket` mode only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSettings {
+    pub mode: StackMode,
+    /// Interface the AF_PACKET socket binds to.
+    pub interface: String,
+    /// The stack's MAC; `None` = the interface's.
+    pub mac: Option<[u8; 6]>,
+    /// The stack's IPv4 address and prefix length.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// The stack's IPv6 address and prefix length.
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    pub gateway4: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// IP MTU; 0 = the interface's.
+    pub mtu: usize,
+    pub limits: StackLimits,
+}
+
+/// `[stack.limits]`: caps of the embedded stack's tables and queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackLimits {
+    pub neigh_entries: usize,
+    pub neigh_pending_bytes: usize,
+    pub frag_mem_bytes: usize,
+    pub frag4_timeout_secs: u64,
+    pub frag6_timeout_secs: u64,
+    pub icmp_msgs_per_sec: u32,
+    pub icmp_msgs_burst: u32,
+    pub icmp_ratelimit_ms: u32,
+    pub udp_rx_queue: usize,
+    pub tx_queue: usize,
+}
+
+impl Default for StackSettings {
+    /// The built-in defaults (= `etc/sipedge.toml`): kernel sockets.
+    fn default() -> Self {
+        StackSettings {
+            mode: StackMode::Kernel,
+            interface: String::new(),
+            mac: None,
+            ipv4: None,
+            ipv6: None,
+            gateway4: None,
+            gateway6: None,
+            mtu: 0,
+            limits: StackLimits::default(),
+        }
+    }
+}
+
+impl Default for StackLimits {
+    /// The embedded stack's own defaults ([`crate::netstack::Limits`]).
+    fn default() -> Self {
+        let n = crate::netstack::Limits::default();
+        StackLimits {
+            neigh_entries: n.neigh_entries,
+            neigh_pending_bytes: n.neigh_pending_bytes,
+            frag_mem_bytes: n.frag4_mem,
+            frag4_timeout_secs: n.frag4_timeout.secs(),
+            frag6_timeout_secs: n.frag6_timeout.secs(),
+            icmp_msgs_per_sec: n.icmp_msgs_per_sec,
+            icmp_msgs_burst: n.icmp_msgs_burst,
+            icmp_ratelimit_ms: n.icmp_ratelimit_ms,
+            udp_rx_queue: n.udp_rx_queue,
+            tx_queue: n.tx_queue,
+        }
+    }
+}
+
+impl StackSettings {
+    /// The embedded stack's limits from `[stack.limits]`.
+    pub fn netstack_limits(&self) -> crate::netstack::Limits {
+        use crate::netstack::Duration;
+        let l = &self.limits;
+        crate::netstack::Limits {
+            neigh_entries: l.neigh_entries,
+            neigh_pending_bytes: l.neigh_pending_bytes,
+            frag4_mem: l.frag_mem_bytes,
+            frag6_mem: l.frag_mem_bytes,
+            frag4_timeout: Duration::from_secs(l.frag4_timeout_secs),
+            frag6_timeout: Duration::from_secs(l.frag6_timeout_secs),
+            icmp_msgs_per_sec: l.icmp_msgs_per_sec,
+            icmp_msgs_burst: l.icmp_msgs_burst,
+            icmp_ratelimit_ms: l.icmp_ratelimit_ms,
+            udp_rx_queue: l.udp_rx_queue,
+            tx_queue: l.tx_queue,
+            ..crate::netstack::Limits::default()
+        }
+    }
+
+    /// The embedded stack's configuration, given the interface's MAC and
+    /// MTU (used when `mac` / `mtu` are not set).
+    pub fn netstack_config(
+        &self,
+        iface_mac: [u8; 6],
+        iface_mtu: usize,
+    ) -> crate::netstack::StackConfig {
+        use crate::netstack::{EthernetAddress, Ipv4Cidr, Ipv6Cidr, StackConfig};
+        let mut c = StackConfig::new(EthernetAddress(self.mac.unwrap_or(iface_mac)));
+        c.ipv4 = self.ipv4.map(|(a, p)| Ipv4Cidr::new(a, p));
+        c.ipv6 = self.ipv6.map(|(a, p)| Ipv6Cidr::new(a, p));
+        c.gateway4 = self.gateway4;
+        c.gateway6 = self.gateway6;
+        c.mtu = if self.mtu == 0 { iface_mtu } else { self.mtu };
+        c.limits = self.netstack_limits();
+        c
+    }
+
+    /// Is `ip` one of the stack's addresses?
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.ipv4.is_some_and(|(x, _)| x == a),
+            IpAddr::V6(a) => self.ipv6.is_some_and(|(x, _)| x == a),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawStack {
+    mode: String,
+    interface: String,
+    mac: String,
+    ipv4: String,
+    ipv6: String,
+    gateway4: String,
+    gateway6: String,
+    mtu: i64,
+    limits: RawStackLimits,
+}
+
+impl Default for RawStack {
+    fn default() -> Self {
+        to_raw(&StackSettings::default())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStackLimits {
+    neigh_entries: i64,
+    neigh_pending_bytes: i64,
+    frag_mem_bytes: i64,
+    frag4_timeout_secs: i64,
+    frag6_timeout_secs: i64,
+    icmp_msgs_per_sec: i64,
+    icmp_msgs_burst: i64,
+    icmp_ratelimit_ms: i64,
+    udp_rx_queue: i64,
+    tx_queue: i64,
+}
+
+impl Default for RawStackLimits {
+    fn default() -> Self {
+        to_raw(&StackSettings::default()).limits
+    }
+}
+
+pub(super) fn to_raw(s: &StackSettings) -> RawStack {
+    let int = int_i64;
+    let size = size_i64;
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let l = &s.limits;
+    RawStack {
+        mode: match s.mode {
+            StackMode::Kernel => "kernel",
+            StackMode::Afpacket => "afpacket",
+        }
+        .into(),
+        interface: s.interface.clone(),
+        mac: opt(s.mac.map(|m| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        })),
+        ipv4: opt(s.ipv4.map(|(a, p)| format!("{a}/{p}"))),
+        ipv6: opt(s.ipv6.map(|(a, p)| format!("{a}/{p}"))),
+        gateway4: opt(s.gateway4.map(|a| a.to_string())),
+        gateway6: opt(s.gateway6.map(|a| a.to_string())),
+        mtu: size(s.mtu),
+        limits: RawStackLimits {
+            neigh_entries: size(l.neigh_entries),
+            neigh_pending_bytes: size(l.neigh_pending_bytes),
+            frag_mem_bytes: size(l.frag_mem_bytes),
+            frag4_timeout_secs: int(l.frag4_timeout_secs),
+            frag6_timeout_secs: int(l.frag6_timeout_secs),
+            icmp_msgs_per_sec: i64::from(l.icmp_msgs_per_sec),
+            icmp_msgs_burst: i64::from(l.icmp_msgs_burst),
+            icmp_ratelimit_ms: i64::from(l.icmp_ratelimit_ms),
+            udp_rx_queue: size(l.udp_rx_queue),
+            tx_queue: size(l.tx_queue),
+        },
+    }
+}
+
+pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
+    let mode = match r.mode.as_str() {
+        "kernel" => StackMode::Kernel,
+        "afpacket" => StackMode::Afpacket,
+        other => {
+            return Err(invalid(
+                "stack.mode",
+                other,
+                "must be \"kernel\" or \"afpacket\"",
+            ));
+        }
+    };
+    let mac = match r.mac.trim() {
+        "" => None,
+        m => {
+            let parts: Vec<u8> = m
+                .split(':')
+                .map(|x| u8::from_str_radix(x, 16))
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    invalid(
+                        "stack.mac",
+                        m,
+                        "must be six hex bytes, e.g. 02:00:5e:00:00:01",
+                    )
+                })?;
+            let mac: [u8; 6] = parts.try_into().map_err(|_| {
+                invalid(
+                    "stack.mac",
+                    m,
+                    "must be six hex bytes, e.g. 02:00:5e:00:00:01",
+                )
+            })?;
+            if mac[0] & 1 != 0 || mac == [0; 6] {
+                return Err(invalid("stack.mac", m, "must be a unicast address"));
+            }
+            Some(mac)
+        }
+    };
+    let ipv4 = match r.ipv4.trim() {
+        "" => None,
+        v => Some(parse_cidr::<Ipv4Addr>("stack.ipv4", v, 32)?),
+    };
+    let ipv6 = match r.ipv6.trim() {
+        "" => None,
+        v => Some(parse_cidr::<Ipv6Addr>("stack.ipv6", v, 128)?),
+    };
+    let gateway4 = match r.gateway4.trim() {
+        "" => None,
+        v => Some(
+            v.parse::<Ipv4Addr>()
+                .map_err(|_| invalid("stack.gateway4", v, "not an IPv4 address"))?,
+        ),
+    };
+    let gateway6 = match r.gateway6.trim() {
+        "" => None,
+        v => Some(
+            v.parse::<Ipv6Addr>()
+                .map_err(|_| invalid("stack.gateway6", v, "not an IPv6 address"))?,
+        ),
+    };
+    let mtu = match non_negative_usize("stack.mtu", r.mtu)? {
+        0 => 0,
+        m if (576..=65535).contains(&m) => m,
+        _ => {
+            return Err(invalid(
+                "stack.mtu",
+                r.mtu,
+                "must be 0 (the interface's) or 576..=65535",
+            ));
+        }
+    };
+    let l = &r.limits;
+    let limits = StackLimits {
+        neigh_entries: in_range_usize("stack.limits.neigh_entries", l.neigh_entries, 1, 1 << 20)?,
+        neigh_pending_bytes: in_range_usize(
+            "stack.limits.neigh_pending_bytes",
+            l.neigh_pending_bytes,
+            1514,
+            1 << 30,
+        )?,
+        frag_mem_bytes: in_range_usize(
+            "stack.limits.frag_mem_bytes",
+            l.frag_mem_bytes,
+            65536 + 4096,
+            1 << 30,
+        )?,
+        frag4_timeout_secs: in_range_usize(
+            "stack.limits.frag4_timeout_secs",
+            l.frag4_timeout_secs,
+            1,
+            3600,
+        )? as u64,
+        frag6_timeout_secs: in_range_usize(
+            "stack.limits.frag6_timeout_secs",
+            l.frag6_timeout_secs,
+            1,
+            3600,
+        )? as u64,
+        icmp_msgs_per_sec: in_range_usize(
+            "stack.limits.icmp_msgs_per_sec",
+            l.icmp_msgs_per_sec,
+            0,
+            1_000_000,
+        )? as u32,
+        icmp_msgs_burst: in_range_usize(
+            "stack.limits.icmp_msgs_burst",
+            l.icmp_msgs_burst,
+            0,
+            1_000_000,
+        )? as u32,
+        icmp_ratelimit_ms: in_range_usize(
+            "stack.limits.icmp_ratelimit_ms",
+            l.icmp_ratelimit_ms,
+            0,
+            3_600_000,
+        )? as u32,
+        udp_rx_queue: in_range_usize("stack.limits.udp_rx_queue", l.udp_rx_queue, 1, 1 << 20)?,
+        tx_queue: in_range_usize("stack.limits.tx_queue", l.tx_queue, 16, 1 << 20)?,
+    };
+    Ok(StackSettings {
+        mode,
+        interface: r.interface.trim().to_string(),
+        mac,
+        ipv4,
+        ipv6,
+        gateway4,
+        gateway6,
+        mtu,
+        limits,
+    })
+}
+
+impl StackSettings {
+    /// `[stack]` rules that span keys (and `proxy.listen` in afpacket mode);
+    /// afpacket mode only.
+    pub(super) fn validate(&self, listen: &[ListenSpec]) -> Result<(), ConfigError> {
+        let s = self;
+        if s.mode != StackMode::Afpacket {
+            return Ok(());
+        }
+        if s.interface.is_empty() {
+            return Err(invalid(
+                "stack.interface",
+                "",
+                "required when stack.mode = \"afpacket\"",
+            ));
+        }
+        if s.interface.len() > 15 || s.interface.contains(['/', ' ', '\0']) {
+            return Err(invalid(
+                "stack.interface",
+                &s.interface,
+                "not a valid interface name",
+            ));
+        }
+        if s.ipv4.is_none() && s.ipv6.is_none() {
+            return Err(invalid(
+                "stack.ipv4",
+                "",
+                "stack.mode = \"afpacket\" needs stack.ipv4 and/or stack.ipv6",
+            ));
+        }
+        if let Some((a, p)) = s.ipv4
+            && (a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback())
+        {
+            return Err(invalid(
+                "stack.ipv4",
+                format!("{a}/{p}"),
+                "must be a unicast host address",
+            ));
+        }
+        if let Some((a, p)) = s.ipv6
+            && (a.is_unspecified() || a.is_multicast() || a.is_loopback())
+        {
+            return Err(invalid(
+                "stack.ipv6",
+                format!("{a}/{p}"),
+                "must be a unicast host address",
+            ));
+        }
+        if let Some(g) = s.gateway4 {
+            let on_link = s
+                .ipv4
+                .is_some_and(|(a, p)| crate::netstack::Ipv4Cidr::new(a, p).contains_addr(&g));
+            if !on_link {
+                return Err(invalid(
+                    "stack.gateway4",
+                    g,
+                    "must be inside the stack.ipv4 prefix",
+                ));
+            }
+        }
+        if let Some(g) = s.gateway6 {
+            let on_link = g.is_unicast_link_local()
+                || s.ipv6
+                    .is_some_and(|(a, p)| crate::netstack::Ipv6Cidr::new(a, p).contains_addr(&g));
+            if !on_link {
+                return Err(invalid(
+                    "stack.gateway6",
+                    g,
+                    "must be link-local or inside the stack.ipv6 prefix",
+                ));
+            }
+        }
+        if s.ipv6.is_some() && s.mtu != 0 && s.mtu < 1280 {
+            return Err(invalid(
+                "stack.mtu",
+                s.mtu,
+                "IPv6 needs an MTU of at least 1280",
+            ));
+        }
+        for (i, l) in listen.iter().enumerate() {
+            let key = format!("proxy.listen[{i}]");
+            if l.transport == Transport::Tcp {
+                return Err(invalid(
+                    &key,
+                    l,
+                    "TCP over the userspace stack is not available yet: use udp: listen \
+                     addresses with stack.mode = \"afpacket\", or stack.mode = \"kernel\"",
+                ));
+            }
+            let ip = l.addr.ip();
+            let family_ok = if ip.is_ipv4() {
+                s.ipv4.is_some()
+            } else {
+                s.ipv6.is_some()
+            };
+            if !(s.owns(ip) || (ip.is_unspecified() && family_ok)) {
+                return Err(invalid(
+                    &key,
+                    l,
+                    "in afpacket mode a listen address must be stack.ipv4 / stack.ipv6 \
+                     (or 0.0.0.0 / [::] of a configured family)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::config::tests::err_for;
+
+    const AF: &str =
+        "[proxy]\nlisten = [\"udp:198.18.0.2:5060\"]\nupstreams = [\"sip:198.18.0.10\"]\n";
+
+    fn af(stack: &str) -> String {
+        format!("{AF}[stack]\nmode = \"afpacket\"\n{stack}\n")
+    }
+
+    #[test]
+    fn limits_defaults_are_the_netstack_defaults() {
+        // Written once, in netstack::Limits: the config only maps them.
+        let n = crate::netstack::Limits::default();
+        let c = StackSettings::default().netstack_limits();
+        assert_eq!(format!("{c:?}"), format!("{n:?}"));
+    }
+
+    #[test]
+    fn afpacket_example_file_is_valid_and_round_trips() {
+        let c =
+            Config::from_toml(include_str!("../../etc/sipedge-afpacket.toml")).expect("etc file");
+        assert_eq!(c.stack.mode, StackMode::Afpacket);
+        assert_eq!(c.stack.interface, "eth1");
+        assert_eq!(c.stack.ipv4, Some((Ipv4Addr::new(198, 18, 0, 2), 24)));
+        assert_eq!(c.stack.gateway4, Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        let n = c.stack.netstack_config([2, 0, 0, 0, 0, 1], 1500);
+        assert_eq!(n.mac.0, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(n.mtu, 1500);
+        assert_eq!(n.limits.frag4_mem, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn afpacket_config_errors_name_the_key() {
+        err_for(&af("ipv4 = \"198.18.0.2/24\""), "stack.interface");
+        err_for(&af("interface = \"veth0\""), "stack.ipv4");
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2\""),
+            "stack.ipv4",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/33\""),
+            "stack.ipv4",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv6 = \"198.18.0.2/24\""),
+            "stack.ipv6",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\ngateway4 = \"198.19.0.1\""),
+            "stack.gateway4",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv6 = \"2001:db8::2/64\"\ngateway6 = \"2001:db9::1\""),
+            "stack.gateway6",
+        );
+        for ok in ["fe80::1", "2001:db8::1"] {
+            Config::from_toml(&af(&format!(
+                "interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nipv6 = \"2001:db8::2/64\"\ngateway6 = \"{ok}\""
+            )))
+            .unwrap();
+        }
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nmac = \"01:00:5e:00:00:01\""),
+            "stack.mac",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nmac = \"zz\""),
+            "stack.mac",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n[stack.limits]\ntx_queue = 0"),
+            "stack.limits.tx_queue",
+        );
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nbogus = 1"),
+            "bogus",
+        );
+        err_for(&format!("{AF}[stack]\nmode = \"dpdk\"\n"), "stack.mode");
+        // the listen address must be one of the stack's, over UDP
+        let other_ip = "[proxy]\nlisten = [\"udp:198.18.0.3:5060\"]\nupstreams = [\"sip:198.18.0.10\"]\n[stack]\nmode = \"afpacket\"\ninterface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n";
+        err_for(other_ip, "proxy.listen[0]");
+        let tcp = "[proxy]\nlisten = [\"tcp:198.18.0.2:5060\"]\nupstreams = [\"sip:198.18.0.10\"]\n[stack]\nmode = \"afpacket\"\ninterface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n";
+        let m = err_for(tcp, "proxy.listen[0]");
+        assert!(m.contains("TCP"), "{m}");
+        // valid minimal afpacket config
+        let ok = Config::from_toml(&af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"")).unwrap();
+        assert_eq!(ok.stack.mac, None);
+        assert_eq!(ok.stack.mtu, 0);
+    }
+}
