@@ -101,7 +101,8 @@ impl Stack {
     /// subnet's) and 224.0.0.1 are local; multicast groups we are not in and
     /// martian destinations (0/8, 127/8) are dropped uncounted (Linux
     /// `-EINVAL`); any other unicast address → InAddrErrors (Linux
-    /// `ip_error` with forwarding off). Options (`ihl > 5`) are skipped.
+    /// `ip_error` with forwarding off). Options (`ihl > 5`) are validated
+    /// by `ip_rcv_options` (ip_options.rs).
     fn ip_rcv_finish(&mut self, now: Instant, meta: &RxMeta, pkt: &[u8], link_bcast: bool) {
         let p = Ipv4Packet::new_unchecked(pkt);
         let (src, dst) = (p.src_addr(), p.dst_addr());
@@ -121,6 +122,9 @@ impl Stack {
             return;
         };
         let bcast = link_bcast || matches!(route, Route::LocalBroadcast);
+        if p.header_len() > 20 && !self.ip_rcv_options(now, pkt, bcast) {
+            return;
+        }
         self.ip_local_deliver(now, meta, pkt, bcast);
     }
 

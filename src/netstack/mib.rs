@@ -197,6 +197,8 @@ counter_enum! {
         Ipv4NotOurs => ("drop", "ipv4_not_ours"),
         Ipv4BadSource => ("drop", "ipv4_bad_source"),
         Ipv4UnknownProto => ("drop", "ipv4_unknown_protocol"),
+        Ipv4BadOptions => ("drop", "ipv4_bad_options"),
+        Ipv4SourceRoute => ("drop", "ipv4_source_route"),
         FilterPreRouting => ("drop", "filter_pre_routing"),
         FilterLocalIn => ("drop", "filter_local_in"),
         // reassembly (both families)

@@ -26,6 +26,7 @@ pub mod frag;
 pub mod hooks;
 pub mod icmp;
 pub mod icmpv6;
+pub mod ip_options;
 pub mod ipv4;
 pub mod ipv6;
 pub mod mib;

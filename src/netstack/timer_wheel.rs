@@ -108,8 +108,8 @@ impl<K: Copy + Eq + Hash> TimerWheel<K> {
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
-        let us = tick.saturating_mul(self.tick_us).min(i64::MAX as u64 / 2);
-        self.origin + Duration::from_micros(us)
+        let us = i64::try_from(tick.saturating_mul(self.tick_us)).unwrap_or(i64::MAX);
+        Instant::from_micros(self.origin.total_micros().saturating_add(us))
     }
 
     /// Schedule `key` at `at`, replacing an earlier schedule of it.
@@ -390,6 +390,27 @@ mod tests {
         }
         assert_eq!(out, [8, 7]);
         assert_eq!(now, far);
+    }
+
+    #[test]
+    fn extreme_instants_never_panic() {
+        let mut w = wheel();
+        let mut out = Vec::new();
+        w.schedule(1, Instant::from_micros(i64::MAX));
+        w.schedule(2, Instant::from_micros(i64::MIN));
+        assert!(
+            w.next_deadline()
+                .is_some_and(|d| d <= Instant::from_micros(i64::MIN))
+        );
+        w.expire(t(0), &mut out);
+        assert_eq!(out, [2]);
+        assert!(w.next_deadline().is_some());
+        w.expire(Instant::from_micros(i64::MAX), &mut out);
+        assert_eq!(out, [2, 1]);
+        w.schedule(3, Instant::from_micros(i64::MAX));
+        assert!(w.next_deadline().is_some());
+        w.expire(Instant::from_micros(i64::MAX), &mut out);
+        assert_eq!(out, [2, 1, 3]);
     }
 
     #[derive(Debug, Clone)]

@@ -16,9 +16,14 @@
 //!   progress, RFC 5681 §3.1 "(4)"), cwnd = the loss window, 1 SMSS.
 //! - idle restart (RFC 5681 §4.1, Linux `tcp_cwnd_restart`).
 //!
+//! Optionally, the caller drives the window during recovery with
+//! Proportional Rate Reduction (RFC 6937, Linux `tcp_cwnd_reduction`):
+//! [`Congestion::on_recovery_ack`] per ACK and
+//! [`Congestion::on_recovery_sent`] per transmission.
+//!
 //! Not done: HyStart (CUBIC's slow-start exit heuristic; slow start runs to
-//! ssthresh or the first loss, as with `hystart=0`), PRR (RFC 6937),
-//! undo of spurious reductions (RFC 3522/F-RTO), ECN.
+//! ssthresh or the first loss, as with `hystart=0`), undo of spurious
+//! reductions (RFC 3522/F-RTO), ECN.
 
 use crate::netstack::{Duration, Instant};
 
@@ -78,6 +83,11 @@ pub struct Congestion {
     in_recovery: bool,
     /// An RTO happened and no new data was acknowledged since.
     in_loss: bool,
+    /// RFC 6937 state of the current recovery: RecoverFS, prr_delivered,
+    /// prr_out (bytes).
+    prr_recover_fs: u32,
+    prr_delivered: u32,
+    prr_out: u32,
 }
 
 impl Congestion {
@@ -95,6 +105,9 @@ impl Congestion {
             cwnd_cnt: 0.0,
             in_recovery: false,
             in_loss: false,
+            prr_recover_fs: 0,
+            prr_delivered: 0,
+            prr_out: 0,
         }
     }
 
@@ -236,6 +249,51 @@ impl Congestion {
         self.cwnd = self.ssthresh;
         self.cwnd_cnt = 0.0;
         self.in_recovery = true;
+        // RFC 6937 §3 "at the beginning of recovery".
+        self.prr_recover_fs = in_flight.max(1);
+        self.prr_delivered = 0;
+        self.prr_out = 0;
+    }
+
+    /// RFC 6937 §3 "on every ACK during recovery": `delivered` bytes newly
+    /// delivered (SND.UNA advance + newly SACKed), `pipe` the RFC 6675 pipe
+    /// after the ACK. Returns `sndcnt`, the bytes that may be sent now, and
+    /// sets cwnd = pipe + sndcnt. Proportional while pipe > ssthresh, else
+    /// the slow-start reduction bound (PRR-SSRB, as Linux). Outside
+    /// recovery: 0, nothing changes.
+    pub fn on_recovery_ack(&mut self, delivered: u32, pipe: u32) -> u32 {
+        if !self.in_recovery {
+            return 0;
+        }
+        self.prr_delivered = self.prr_delivered.saturating_add(delivered);
+        let sndcnt = if pipe > self.ssthresh {
+            // CEIL(prr_delivered * ssthresh / RecoverFS) - prr_out, in
+            // whole segments as Linux counts packets (no runt segments).
+            let fs = u64::from(self.prr_recover_fs);
+            let want = (u64::from(self.prr_delivered) * u64::from(self.ssthresh)).div_ceil(fs);
+            let bytes = want.saturating_sub(u64::from(self.prr_out));
+            let mss = u64::from(self.mss);
+            (bytes.div_ceil(mss) * mss).min(u64::from(INFINITE_SSTHRESH)) as u32
+        } else {
+            let limit = self
+                .prr_delivered
+                .saturating_sub(self.prr_out)
+                .max(delivered)
+                .saturating_add(self.mss);
+            (self.ssthresh - pipe).min(limit)
+        };
+        self.cwnd = pipe
+            .saturating_add(sndcnt)
+            .clamp(self.mss, INFINITE_SSTHRESH);
+        sndcnt
+    }
+
+    /// RFC 6937 §3 "on any data transmission or retransmission" during
+    /// recovery: prr_out += bytes.
+    pub fn on_recovery_sent(&mut self, bytes: u32) {
+        if self.in_recovery {
+            self.prr_out = self.prr_out.saturating_add(bytes);
+        }
     }
 
     /// A full ACK ended recovery: cwnd = ssthresh (RFC 6582 §3.2 step 3).
@@ -275,8 +333,12 @@ impl Congestion {
         if let Algo::Cubic(c) = &mut self.algo
             && let Some(e) = c.epoch_start
         {
-            let moved = e + idle;
-            c.epoch_start = Some(if moved > now { now } else { moved });
+            // Moved by the idle time, but never past now.
+            c.epoch_start = Some(if now > e && idle < now - e {
+                e + idle
+            } else {
+                now
+            });
         }
         if idle <= rto || rto == Duration::from_micros(0) {
             return;
@@ -290,6 +352,15 @@ impl Congestion {
             left = left.saturating_sub(rto.total_micros());
         }
         self.cwnd = cwnd.max(restart);
+        self.cwnd_cnt = 0.0;
+    }
+
+    /// The SYN or SYN-ACK was retransmitted: RFC 5681 §3.1 / RFC 6928 §2
+    /// "the initial window used by a sender after a correctly transmitted
+    /// SYN MUST be one segment" (Linux `tcp_init_transfer` sets cwnd 1
+    /// when the handshake needed a retransmission). Call before any data.
+    pub fn syn_retransmitted(&mut self) {
+        self.cwnd = self.mss;
         self.cwnd_cnt = 0.0;
     }
 
@@ -624,6 +695,47 @@ mod tests {
     }
 
     #[test]
+    fn rfc6928_s2_one_segment_after_a_lost_syn() {
+        let mut c = Congestion::new(CongestionKind::Cubic, MSS, t0());
+        c.syn_retransmitted();
+        assert_eq!(c.cwnd(), MSS);
+        assert!(c.in_slow_start());
+        c.on_ack(t0(), MSS, MSS, None);
+        assert_eq!(c.cwnd(), 2 * MSS);
+    }
+
+    /// As in RFC 6937's examples: 20 segments in flight, one lost, Reno halves
+    /// ssthresh: PRR sends one segment for every two delivered while pipe
+    /// is above ssthresh, and ends with pipe = ssthresh.
+    #[test]
+    fn rfc6937_prr_proportional_then_ssrb() {
+        let mut c = Congestion::new(CongestionKind::NewReno, MSS, t0());
+        c.on_enter_recovery(t0(), 20 * MSS);
+        assert_eq!(c.ssthresh(), 10 * MSS);
+        let mut pipe = 19 * MSS; // the lost segment left the pipe
+        let mut sent = Vec::new();
+        for _ in 0..18 {
+            pipe -= MSS; // one more segment delivered (SACKed)
+            let n = c.on_recovery_ack(MSS, pipe);
+            assert_eq!(c.cwnd(), (pipe + n).max(MSS));
+            let segs = n / MSS; // whole segments go out
+            c.on_recovery_sent(segs * MSS);
+            pipe += segs * MSS;
+            sent.push(segs);
+        }
+        assert_eq!(&sent[..6], &[1, 0, 1, 0, 1, 0]);
+        assert_eq!(pipe, 10 * MSS, "converges to ssthresh");
+        // Below ssthresh (more losses): slow-start reduction bound, at
+        // most delivered + 1 MSS per ACK, up to ssthresh.
+        let n = c.on_recovery_ack(MSS, 5 * MSS);
+        assert!(n <= 2 * MSS + (c.prr_delivered - c.prr_out), "{n}");
+        assert!(5 * MSS + n <= 10 * MSS);
+        c.on_exit_recovery(t0());
+        assert_eq!(c.cwnd(), 10 * MSS);
+        assert_eq!(c.on_recovery_ack(MSS, MSS), 0, "outside recovery");
+    }
+
+    #[test]
     fn set_mss_keeps_segments() {
         let mut c = Congestion::new(CongestionKind::NewReno, 1000, t0());
         c.on_enter_recovery(t0(), 20_000);
@@ -638,5 +750,73 @@ mod tests {
         c.on_idle(t0(), ms(u64::MAX / 4_000_000), ms(0));
         c.on_rto(t0(), 0);
         assert!(c.cwnd() >= 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Ack(u32, u32, Option<u64>),
+        Enter(u32),
+        Exit,
+        Rto(u32),
+        Idle(u64, u64),
+        Mss(u32),
+        Wait(u64),
+        RecAck(u32, u32),
+        RecSent(u32),
+    }
+
+    fn ev() -> impl proptest::strategy::Strategy<Value = Ev> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u32..100_000, 0u32..2_000_000, proptest::option::of(0u64..2_000_000))
+                .prop_map(|(a, f, r)| Ev::Ack(a, f, r)),
+            1 => (0u32..2_000_000).prop_map(Ev::Enter),
+            1 => Just(Ev::Exit),
+            1 => (0u32..2_000_000).prop_map(Ev::Rto),
+            1 => (0u64..10_000_000, 0u64..3_000_000).prop_map(|(i, r)| Ev::Idle(i, r)),
+            1 => (0u32..9000).prop_map(Ev::Mss),
+            2 => (0u64..5_000_000).prop_map(Ev::Wait),
+            2 => (0u32..100_000, 0u32..2_000_000).prop_map(|(d, p)| Ev::RecAck(d, p)),
+            1 => (0u32..100_000).prop_map(Ev::RecSent),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any event sequence, both algorithms: no panic; cwnd at least one
+        /// segment and bounded; ssthresh at least 2 segments once reduced.
+        #[test]
+        fn any_events_keep_windows_sane(
+            cubic in proptest::bool::ANY,
+            evs in proptest::collection::vec(ev(), 0..300),
+        ) {
+            let kind = if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno };
+            let mut now = t0();
+            let mut c = Congestion::new(kind, MSS, now);
+            for e in evs {
+                match e {
+                    Ev::Ack(a, f, r) => c.on_ack(now, a, f, r.map(Duration::from_micros)),
+                    Ev::Enter(f) => c.on_enter_recovery(now, f),
+                    Ev::Exit => c.on_exit_recovery(now),
+                    Ev::Rto(f) => c.on_rto(now, f),
+                    Ev::Idle(i, r) => {
+                        c.on_idle(now, Duration::from_micros(i), Duration::from_micros(r))
+                    }
+                    Ev::Mss(m) => c.set_mss(m),
+                    Ev::Wait(d) => now += Duration::from_micros(d),
+                    Ev::RecAck(d, p) => {
+                        let n = c.on_recovery_ack(d, p);
+                        if c.in_recovery() && p < c.ssthresh() {
+                            proptest::prop_assert!(p + n <= c.ssthresh().max(c.mss()));
+                        }
+                    }
+                    Ev::RecSent(b) => c.on_recovery_sent(b),
+                }
+                proptest::prop_assert!(c.cwnd() >= c.mss());
+                proptest::prop_assert!(c.cwnd() <= INFINITE_SSTHRESH);
+                if c.ssthresh() != INFINITE_SSTHRESH {
+                    proptest::prop_assert!(c.ssthresh() >= 2 * c.mss());
+                }
+            }
+        }
     }
 }

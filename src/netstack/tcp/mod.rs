@@ -600,6 +600,11 @@ impl Tcb {
 pub struct TcpSocketMut<'a> {
     pub(crate) stack: &'a mut Stack,
     pub(crate) slot: u32,
+    handle: TcpHandle,
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// close() / abort() was called through this view.
+    gone: bool,
 }
 
 impl Stack {
@@ -698,7 +703,16 @@ impl Stack {
     /// The socket behind `h`, or None for a closed / stale handle.
     pub fn tcp(&mut self, h: TcpHandle) -> Option<TcpSocketMut<'_>> {
         let slot = self.tcp.slot_of(h)?;
-        Some(TcpSocketMut { stack: self, slot })
+        let t = self.tcp.get(slot)?;
+        let (local, remote) = (t.local, t.remote);
+        Some(TcpSocketMut {
+            stack: self,
+            slot,
+            handle: h,
+            local,
+            remote,
+            gone: false,
+        })
     }
 
     /// TCP connections, listeners and TIME_WAIT buckets (for tests and
@@ -811,28 +825,29 @@ impl Stack {
 }
 
 impl TcpSocketMut<'_> {
-    fn tcb(&self) -> &Tcb {
-        // The slot was checked when the view was made and the view holds
-        // the only borrow of the stack.
-        self.stack.tcp.slots[self.slot as usize]
-            .as_ref()
-            .expect("live TCP slot")
+    /// The connection, unless close() / abort() on this view let it go.
+    fn tcb(&self) -> Option<&Tcb> {
+        if self.gone {
+            return None;
+        }
+        self.stack.tcp.get(self.slot)
     }
 
-    fn tcb_mut(&mut self) -> &mut Tcb {
-        self.stack.tcp.slots[self.slot as usize]
-            .as_mut()
-            .expect("live TCP slot")
+    fn tcb_mut(&mut self) -> Option<&mut Tcb> {
+        if self.gone {
+            return None;
+        }
+        self.stack.tcp.get_mut(self.slot)
     }
 
     pub fn handle(&self) -> TcpHandle {
-        self.stack.tcp.handle(self.slot)
+        self.handle
     }
 
     /// Take the oldest established connection of a listener. Data (or a
     /// FIN) that arrived before accept is announced with TcpReadable.
     pub fn accept(&mut self) -> Option<(TcpHandle, SocketAddr)> {
-        let child = self.tcb_mut().listen.as_mut()?.accept.pop_front()?;
+        let child = self.tcb_mut()?.listen.as_mut()?.accept.pop_front()?;
         let t = self.stack.tcp.get_mut(child)?;
         t.parent = None;
         let remote = t.remote;
@@ -846,10 +861,12 @@ impl TcpSocketMut<'_> {
 
     /// Queue `data` for sending (sent at once as far as the windows allow).
     /// WouldBlock when the send buffer is full; a TcpWritable event follows
-    /// when space frees.
+    /// when space frees. A pending error is returned first (once), then
+    /// BrokenPipe once the connection is closed or shut down for writing.
     pub fn send(&mut self, data: &[u8]) -> Result<usize, TcpError> {
         let now = self.stack.tcp.now;
-        let t = self.tcb_mut();
+        let slot = self.slot;
+        let t = self.tcb_mut().ok_or(TcpError::InvalidHandle)?;
         if let Some(e) = t.err.take() {
             return Err(e);
         }
@@ -871,15 +888,18 @@ impl TcpSocketMut<'_> {
             return Err(TcpError::WouldBlock);
         }
         if t.state.is_synchronized() {
-            self.stack.tcp_write_xmit(now, self.slot);
-            self.stack.tcp_arm(self.slot);
+            self.stack.tcp_write_xmit(now, slot);
+            self.stack.tcp_arm(slot);
         }
         Ok(n)
     }
 
-    /// Read received bytes. Ok(0): the peer sent FIN (or shutdown(read)).
+    /// Read received bytes. Ok(0): the peer sent FIN (or shutdown(read),
+    /// or the connection closed in order); a pending error is returned
+    /// once when nothing is left to read.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let t = self.tcb_mut();
+        let slot = self.slot;
+        let t = self.tcb_mut().ok_or(TcpError::InvalidHandle)?;
         if t.state == TcpState::Listen {
             return Err(TcpError::NotConnected);
         }
@@ -896,43 +916,49 @@ impl TcpSocketMut<'_> {
                 _ => Err(TcpError::WouldBlock),
             };
         }
-        let before = t.rcv_window();
         let n = t.rcvbuf.read(buf);
         let after = t.rcvbuf.window() as u32;
         let mss = t.mss as u32;
         let adv = t.rcv_wnd_adv;
         let sync = t.state.is_synchronized() && !t.rcv_fin;
-        let _ = before;
         // Linux tcp_cleanup_rbuf: announce a window that opened by two
         // segments, or reopened from below one segment.
         if sync && (after >= adv + 2 * mss || (adv < mss && after >= mss)) {
             let now = self.stack.tcp.now;
-            self.stack.tcp_send_ack(now, self.slot);
-            self.stack.tcp_arm(self.slot);
+            self.stack.tcp_send_ack(now, slot);
+            self.stack.tcp_arm(slot);
         }
         Ok(n)
     }
 
     /// `close(2)` (seed 004 `tcp_close`): unread data → RST; linger 0 →
     /// RST; otherwise the FIN state table, the FIN after the queued data.
-    /// The handle is invalid afterwards.
+    /// The handle is invalid afterwards (this view answers as CLOSED).
     pub fn close(&mut self) {
-        let now = self.stack.tcp.now;
-        self.stack.tcp_close(now, self.slot);
+        if self.tcb().is_some() {
+            let now = self.stack.tcp.now;
+            self.stack.tcp_close(now, self.slot);
+        }
+        self.gone = true;
     }
 
     /// Abort: RST now (for synchronized states), free the connection.
     pub fn abort(&mut self) {
-        let now = self.stack.tcp.now;
-        self.stack.tcp_abort(now, self.slot, true);
+        if self.tcb().is_some() {
+            let now = self.stack.tcp.now;
+            self.stack.tcp_abort(now, self.slot, true);
+        }
+        self.gone = true;
     }
 
     /// shutdown(write) sends FIN after the queued data; shutdown(read)
     /// only stops reads (data still arriving is ACKed and dropped).
     pub fn shutdown(&mut self, how: Shutdown) {
         let now = self.stack.tcp.now;
+        let Some(t) = self.tcb_mut() else {
+            return;
+        };
         if matches!(how, Shutdown::Read | Shutdown::Both) {
-            let t = self.tcb_mut();
             t.rd_shut = true;
             t.rcvbuf.clear();
         }
@@ -943,14 +969,18 @@ impl TcpSocketMut<'_> {
 
     /// SO_LINGER with a zero timeout: close() aborts with RST.
     pub fn set_linger_zero(&mut self, on: bool) {
-        self.tcb_mut().linger0 = on;
+        if let Some(t) = self.tcb_mut() {
+            t.linger0 = on;
+        }
     }
 
     /// SO_KEEPALIVE with `TCP_KEEPIDLE` = idle (probes every 75 s, 9 of
     /// them, then ETIMEDOUT).
     pub fn set_keepalive(&mut self, idle: Option<Duration>) {
         let now = self.stack.tcp.now;
-        let t = self.tcb_mut();
+        let Some(t) = self.tcb_mut() else {
+            return;
+        };
         t.keepalive = idle;
         t.probes = 0;
         t.keep_at = idle.map(|d| now + d);
@@ -959,38 +989,40 @@ impl TcpSocketMut<'_> {
 
     /// TCP_NODELAY (on by default).
     pub fn set_nodelay(&mut self, on: bool) {
-        self.tcb_mut().nodelay = on;
+        if let Some(t) = self.tcb_mut() {
+            t.nodelay = on;
+        }
     }
 
     pub fn state(&self) -> TcpState {
-        self.tcb().state
+        self.tcb().map_or(TcpState::Closed, |t| t.state)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.tcb().local
+        self.local
     }
 
     pub fn peer_addr(&self) -> SocketAddr {
-        self.tcb().remote
+        self.remote
     }
 
     /// Bytes queued for sending (unsent + unacknowledged).
     pub fn send_queue(&self) -> usize {
-        self.tcb().sndbuf.len()
+        self.tcb().map_or(0, |t| t.sndbuf.len())
     }
 
     /// Bytes ready to read.
     pub fn recv_queue(&self) -> usize {
-        self.tcb().rcvbuf.readable()
+        self.tcb().map_or(0, |t| t.rcvbuf.readable())
     }
 
     /// Free space in the send buffer.
     pub fn send_capacity(&self) -> usize {
-        self.tcb().sndbuf.free()
+        self.tcb().map_or(0, |t| t.sndbuf.free())
     }
 
     /// Take the pending error (`SO_ERROR`).
     pub fn take_error(&mut self) -> Option<TcpError> {
-        self.tcb_mut().err.take()
+        self.tcb_mut()?.err.take()
     }
 }

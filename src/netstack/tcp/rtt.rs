@@ -19,6 +19,11 @@ pub const MIN_RTO: Duration = Duration::from_millis(200);
 /// RTO provided it is at least 60 seconds."
 pub const MAX_RTO: Duration = Duration::from_secs(120);
 
+/// RFC 6298 §5.7 / Linux `TCP_TIMEOUT_FALLBACK`: the RTO once data flows
+/// when the SYN (or SYN-ACK) had to be retransmitted and no RTT was
+/// measured.
+pub const FALLBACK_RTO: Duration = Duration::from_secs(3);
+
 /// RFC 6298 §2.3: alpha = 1/8 (SRTT gain), as a shift.
 const ALPHA_SHIFT: u32 = 3;
 /// RFC 6298 §2.3: beta = 1/4 (RTTVAR gain), as a shift.
@@ -109,6 +114,19 @@ impl RttEstimator {
         if self.backoff < MAX_BACKOFF {
             self.backoff += 1;
         }
+    }
+
+    /// RFC 6298 §5.7: "If the timer expires awaiting the ACK of a SYN
+    /// segment and the TCP implementation is using an RTO less than 3
+    /// seconds, the RTO MUST be re-initialized to 3 seconds when data
+    /// transmission begins". Call when the connection is established after
+    /// a SYN/SYN-ACK retransmission; no effect once an RTT was measured.
+    /// Clears the backoff.
+    pub fn syn_retransmitted(&mut self) {
+        if self.srtt.is_none() {
+            self.initial = self.initial.max(FALLBACK_RTO.total_micros());
+        }
+        self.backoff = 0;
     }
 
     /// How many times the timer backed off since the last sample.
@@ -217,5 +235,42 @@ mod tests {
         e.backoff();
         e.reset_backoff();
         assert_eq!(e.rto(), ms(300));
+    }
+
+    #[test]
+    fn rfc6298_s5_7_three_seconds_after_a_lost_syn() {
+        let mut e = RttEstimator::default();
+        e.backoff();
+        e.syn_retransmitted();
+        assert_eq!(e.rto(), ms(3000));
+        assert_eq!(e.backoffs(), 0);
+        e.sample(ms(100));
+        assert_eq!(e.rto(), ms(300));
+        // With a sample already taken (e.g. from the SYN-ACK's timestamp
+        // echo): unchanged.
+        e.syn_retransmitted();
+        assert_eq!(e.rto(), ms(300));
+    }
+
+    proptest::proptest! {
+        /// Any samples and backoffs: RTO stays within [min, max] and never
+        /// shrinks on a backoff.
+        #[test]
+        fn rto_always_within_bounds(
+            ops in proptest::collection::vec(proptest::option::of(0u64..400_000_000), 0..200),
+        ) {
+            let mut e = RttEstimator::default();
+            for o in ops {
+                let before = e.rto();
+                match o {
+                    Some(us) => e.sample(Duration::from_micros(us)),
+                    None => {
+                        e.backoff();
+                        proptest::prop_assert!(e.rto() >= before);
+                    }
+                }
+                proptest::prop_assert!(e.rto() >= MIN_RTO && e.rto() <= MAX_RTO);
+            }
+        }
     }
 }

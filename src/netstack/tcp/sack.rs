@@ -178,14 +178,20 @@ impl Scoreboard {
     /// above `seq`, or more than (DupThresh − 1)·SMSS bytes SACKed above it.
     pub fn is_lost(&self, seq: TcpSeqNumber, mss: u32) -> bool {
         let s = self.off(seq);
+        // First byte counted; `seq` below the base: every SACKed byte.
+        let s1 = if s > MAX_BLOCK.saturating_mul(2) {
+            0
+        } else {
+            s + 1
+        };
         let (mut blocks, mut bytes) = (0u32, 0u32);
         for r in self.ranges.iter().rev() {
             let (a, b) = (self.off(r.0), self.off(r.1));
-            if b <= s.saturating_add(1) {
+            if b <= s1 {
                 break;
             }
             blocks += 1;
-            bytes += b - a.max(s + 1);
+            bytes = bytes.saturating_add(b - a.max(s1));
             if blocks >= DUP_THRESH || bytes > (DUP_THRESH - 1).saturating_mul(mss) {
                 return true;
             }
@@ -345,6 +351,10 @@ mod tests {
         let b = board(0, &[(1000, 4000)]);
         assert!(b.is_lost(at(500), mss));
         assert!(!b.is_lost(at(2500), mss));
+        // Below SND.UNA (wrapped) or far above: no panic, sane answers.
+        assert!(b.is_lost(sq(ISS.wrapping_sub(10)), mss));
+        assert!(!b.is_lost(sq(ISS.wrapping_add(0x7fff_ffff)), mss));
+        assert!(b.is_lost(at(u32::MAX), mss), "ISS - 1");
     }
 
     #[test]

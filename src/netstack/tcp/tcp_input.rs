@@ -41,7 +41,7 @@ pub(crate) struct Seg<'a> {
 }
 
 impl<'a> Seg<'a> {
-    pub fn new(local: SocketAddr, remote: SocketAddr, r: &TcpRepr<'a>, _syn_fin: bool) -> Self {
+    pub fn new(local: SocketAddr, remote: SocketAddr, r: &TcpRepr<'a>) -> Self {
         Seg {
             local,
             remote,
@@ -508,12 +508,11 @@ impl Stack {
             self.tcp_arm(slot);
             return;
         }
-        let Some(ack) = seg.ack else {
+        if seg.ack.is_none() {
             // "If the ACK bit is off, drop the segment."
             self.drop_pkt(DropReason::TcpFlags, None);
             return;
-        };
-        let _ = ack;
+        }
         // SYN_RECEIVED → ESTABLISHED needs room in the accept queue
         // (Linux `inet_csk_complete_hashdance`): otherwise the ACK is
         // dropped and the SYN-ACK timer retries.
@@ -566,7 +565,7 @@ impl Stack {
             }
             _ => {
                 if !seg.payload.is_empty() {
-                    ack_now |= self.tcp_data_queue(now, slot, seg);
+                    ack_now |= self.tcp_data_queue(slot, seg);
                 }
                 if seg.fin {
                     ack_now |= self.tcp_fin(now, slot, seg);
@@ -872,8 +871,7 @@ impl Stack {
     /// Step 7 (Linux `tcp_data_queue`): in-order data goes to the receive
     /// buffer (what does not fit the window is cut), out-of-order data is
     /// kept for SACK and answered at once. Returns whether to ACK now.
-    fn tcp_data_queue(&mut self, now: Instant, slot: u32, seg: &Seg<'_>) -> bool {
-        let _ = now;
+    fn tcp_data_queue(&mut self, slot: u32, seg: &Seg<'_>) -> bool {
         let Some(t) = self.tcp.get_mut(slot) else {
             return false;
         };

@@ -52,7 +52,7 @@ impl Stack {
         };
         let local = SocketAddr::new(ip.dst, repr.dst_port);
         let remote = SocketAddr::new(ip.src, repr.src_port);
-        let seg = Seg::new(local, remote, &repr, pkt.fin() && pkt.syn());
+        let seg = Seg::new(local, remote, &repr);
         let tuple = (local, remote);
         if let Some(&slot) = self.tcp.conns.get(&tuple) {
             self.tcp_rcv_state_process(now, slot, &seg);

@@ -1266,6 +1266,7 @@ fn idle_established_connection_costs_under_1_kib() {
     let tcb = std::mem::size_of::<Option<super::Tcb>>();
     // slab slot + generation + hash entry (4-tuple + slot + control byte)
     let entry = std::mem::size_of::<(super::Tuple, u32)>() + 1;
+    eprintln!("idle connection: TCB slot {tcb} B + generation 4 B + hash entry {entry} B");
     assert!(tcb + 4 + entry < 1024, "TCB {tcb} + entry {entry}");
 }
 
@@ -1300,4 +1301,97 @@ fn stale_handles_are_rejected() {
     assert_eq!(c.slot, d.slot, "slot reused");
     assert!(h.s.tcp(c).is_none());
     assert!(h.s.tcp(d).is_some());
+}
+
+#[test]
+fn a_view_used_after_close_answers_closed_without_panicking() {
+    let mut h = H::new();
+    let c = h.establish();
+    let mut s = h.s.tcp(c.h).expect("c");
+    s.close();
+    assert_eq!(s.state(), TcpState::Closed);
+    assert_eq!(s.send(b"x"), Err(TcpError::InvalidHandle));
+    let mut b = [0u8; 4];
+    assert_eq!(s.recv(&mut b), Err(TcpError::InvalidHandle));
+    s.close();
+    s.abort();
+    assert_eq!(s.peer_addr(), peer(PP));
+    assert_eq!(h.one().flags(), "FA", "one FIN, nothing else");
+}
+
+#[test]
+fn rfc5961_s5_too_old_ack_gets_challenge_ack() {
+    let mut h = H::new();
+    let c = h.establish();
+    // SND.UNA − MAX.SND.WND − 1: outside what the peer could have seen
+    h.rx(S::new(c.p).ack(c.o.wrapping_sub(65536 + 10)).data(b"x"));
+    let a = h.one();
+    assert_eq!((a.flags(), a.ack), ("A", Some(c.p)), "data not taken");
+    assert_eq!(h.c().drops(DropReason::TcpTooOldAck), 1);
+    assert_eq!(h.c().get(Mib::TcpExtTCPChallengeACK), 1);
+}
+
+#[test]
+fn rst_at_rcv_nxt_minus_one_after_the_peers_fin_resets() {
+    // Linux tcp_reset_check: the peer's RST may carry the sequence of its
+    // FIN (RCV.NXT − 1) in CLOSE_WAIT / LAST_ACK / CLOSING.
+    let mut h = H::new();
+    let c = h.establish();
+    h.rx(S::new(c.p).ack(c.o).fin());
+    h.out();
+    h.events();
+    h.rx(S::new(c.p).rst());
+    assert_eq!(
+        h.events(),
+        vec![SocketEvent::TcpClosed(c.h, Some(TcpError::BrokenPipe))]
+    );
+}
+
+#[test]
+fn reading_reopens_a_closed_window_with_an_update() {
+    let mut h = H::with_limits(|l| l.tcp_rmem = 8192);
+    let c = h.establish();
+    let mut p = c.p;
+    for _ in 0..8 {
+        h.rx(S::new(p).ack(c.o).data(&[3u8; 1024]));
+        p += 1024;
+    }
+    let last = h.out().pop().expect("acks");
+    assert_eq!((last.ack, last.wnd), (Some(p), 0), "window full");
+    // more data is not taken
+    h.rx(S::new(p).ack(c.o).data(&[3u8; 100]));
+    assert_eq!(h.one().ack, Some(p));
+    let mut b = [0u8; 8192];
+    assert_eq!(h.s.tcp(c.h).expect("c").recv(&mut b), Ok(8192));
+    let upd = h.one();
+    assert_eq!(upd.ack, Some(p));
+    assert!(upd.wnd > 0, "window update after the read");
+}
+
+#[test]
+fn v6_handshake_data_and_time_wait() {
+    let mut h = H::new();
+    let l =
+        h.s.tcp_listen(SocketAddr::new(OUR6.into(), LP), 4)
+            .expect("listen");
+    let rx6 = |h: &mut H, s: S| {
+        let f = frame(PEER6.into(), OUR6.into(), &s);
+        h.s.receive_frame(h.now, RxMeta::HOST, &f);
+    };
+    let mut syn = S::new(50).syn();
+    syn.mss = Some(1440);
+    rx6(&mut h, syn);
+    let sa = h.one();
+    assert_eq!((sa.flags(), sa.mss), ("SA", Some(1440)));
+    let o = sa.seq.wrapping_add(1);
+    rx6(&mut h, S::new(51).ack(o).data(b"hi"));
+    let (c, from) = h.s.tcp(l).and_then(|mut x| x.accept()).expect("accept");
+    assert_eq!(from, SocketAddr::new(PEER6.into(), PP));
+    let mut b = [0u8; 4];
+    assert_eq!(h.s.tcp(c).expect("c").recv(&mut b), Ok(2));
+    h.s.tcp(c).expect("c").close();
+    let fin = h.out().into_iter().find(|s| s.fin).expect("FIN");
+    rx6(&mut h, S::new(53).ack(fin.seq + 1).fin());
+    assert_eq!(h.one().ack, Some(54));
+    assert_eq!(h.s.tcp_table().time_wait_len(), 1);
 }
