@@ -25,6 +25,7 @@
 #                          the table reports linux's server share as the difference of the two)
 # env: BULK_MIB (256) DURATION (5) PARALLEL (16) CONNS ("10000 100000") REPEATS (1)
 #      SERVERS ("linux netstack") PERF (0) SKIP_BUILD=1 BIN_DIR (target/release/examples)
+#      SERVER_NICE (unset; e.g. -10: renice every server process, for a box shared with other load)
 # output: JSON lines in bench/results/netstack-tcp-YYYYmmdd-HHMMSS.jsonl, then a table of medians.
 set -euo pipefail
 
@@ -45,6 +46,7 @@ CONNS=${CONNS:-"10000 100000"}
 REPEATS=${REPEATS:-1}
 SERVERS=${SERVERS:-"linux netstack"}
 PERF=${PERF:-0}
+SERVER_NICE=${SERVER_NICE:-}
 BIN_DIR=${BIN_DIR:-target/release/examples}
 ECHO_BIN=$BIN_DIR/netstack_echo
 PEER_BIN=$BIN_DIR/tcp_peer
@@ -159,6 +161,10 @@ start_server() {
     SERVER_PID=$!
     SERVER_PIDS=$!
     wait_line "$log" "netstack_echo ready" 10
+  fi
+  if [[ -n "$SERVER_NICE" ]]; then
+    local p
+    for p in $SERVER_PIDS; do renice -n "$SERVER_NICE" -p "$p" >/dev/null; done
   fi
   # First contact: neighbour resolution and a working echo (≤ 10 tries).
   local i
