@@ -54,9 +54,9 @@ use sipedge::netstack::{
     StackConfig, TcpError, TcpHandle, TcpSocketMut, TcpState, UdpHandle, link_local_from_mac,
 };
 
-/// UDP echo over the embedded userspace stack (AF_PACKET).
+/// UDP and TCP echo over the embedded userspace stack (AF_PACKET).
 #[derive(Debug, Parser)]
-#[command(name = "netstack_echo", version)]
+#[command(name = "netstack_echo", version, after_long_help = TCP_HELP)]
 #[command(group(clap::ArgGroup::new("address").required(true).multiple(true).args(["ipv4", "ipv6"])))]
 struct Args {
     /// Interface to open (an Ethernet interface; the kernel should have no
@@ -110,6 +110,21 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
 }
+
+const TCP_HELP: &str = "\
+TCP modes (IPv4 and IPv6; protocol in examples/tcp_common/mod.rs):
+  --echo-port     every byte echoed; FIN after the echo once the peer's FIN came
+  --abort-port    accept, wait for data, close without reading it: RST
+                  (the peer's next read fails with ECONNRESET)
+  --sink-port     read to the peer's FIN, answer `bytes=N fnv=HHHHHHHHHHHHHHHH`
+                  (count and 64-bit FNV-1a), close
+  --source-port   read a line `N`, send N pattern bytes (byte i = pattern_byte(i)), close
+  --connect ADDR  connect out to an echo server, send --connect-bytes pattern bytes,
+                  FIN, check the echo to EOF; logs `tcp connect done ... ok=true|false`
+At exit: `counters at exit` (Tcp.*, TcpExt.* included) and `tcp stats at exit`
+(conns, time_wait, accepted, aborted, closed_by_error, sinks/sources done,
+connects ok/failed, rss_kib); the same `tcp stats` line every --stats-interval.
+The Linux side of the tests and benchmarks is examples/tcp_peer.rs.";
 
 /// The device, traced to a pcap file or not.
 enum Link {
