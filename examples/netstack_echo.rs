@@ -1,16 +1,32 @@
-//! The embedded stack's smallest real user: a UDP echo server on an
+//! The embedded stack's smallest real user: a UDP and TCP echo server on an
 //! `AF_PACKET` socket, answering ARP, NDP and ping on its own (no kernel
 //! address needed on the interface).
 //!
 //! ```text
 //! netstack_echo --iface IF [--mac MAC] [--ipv4 ADDR/PREFIX] [--ipv6 ADDR/PREFIX]
 //!               [--gateway4 A] [--gateway6 A] [--echo-port 5060] [--abort-port 5061]
-//!               [--pcap FILE]
+//!               [--sink-port P] [--source-port P] [--connect ADDR].. [--connect-bytes N]
+//!               [--tcp-max-conns N] [--tcp-backlog N] [--stats-interval S] [--pcap FILE]
 //! ```
 //!
+//! TCP (IPv4 and IPv6, all ports listened on the unspecified address):
+//! - `--echo-port`: every byte is echoed; after the peer's FIN the
+//!   connection is closed (FIN after the echoed data);
+//! - `--abort-port`: accept, wait for data, close without reading it: the
+//!   unread data makes the close a RST (the peer's next read: ECONNRESET);
+//! - `--sink-port`: read and discard until the peer's FIN, then answer
+//!   `bytes=N fnv=HHHHHHHHHHHHHHHH\n` (count and 64-bit FNV-1a) and close;
+//! - `--source-port`: read a request line `N\n`, send N bytes of the
+//!   pattern of examples/tcp_common/mod.rs, close;
+//! - `--connect ADDR` (repeatable): the stack connects out to an echo
+//!   server, sends `--connect-bytes` pattern bytes, FIN, reads the echo to
+//!   EOF and checks every byte; each logs `tcp connect done` with `ok=`.
+//!
 //! Needs root or CAP_NET_RAW. Stops on SIGTERM / SIGINT and logs every
-//! non-zero counter; every 10 s it logs the drop reasons that moved.
-//! Logs go to stderr (`RUST_LOG` respected, default `info`).
+//! non-zero counter (TCP's included: `Tcp.*`, `TcpExt.*`); every
+//! `--stats-interval` (10 s) it logs the drop reasons that moved and a
+//! `tcp stats` line (connections, TIME_WAIT, accepted, RSS). Logs go to
+//! stderr (`RUST_LOG` respected, default `info`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,17 +42,21 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tracing::{debug, error, info, warn};
 
+#[path = "tcp_common/mod.rs"]
+mod tcp_common;
+use tcp_common::{Fnv, pattern_fill, pattern_mismatch};
+
 use sipedge::netstack::device::afpacket::{AfPacket, AfPacketStats, kernel_addresses};
 use sipedge::netstack::device::{Device, Tracer};
 use sipedge::netstack::driver::{self, Driver, DriverStats};
 use sipedge::netstack::{
-    Counters, EthernetAddress, Instant, Ipv4Cidr, Ipv6Cidr, SocketEvent, Stack, StackConfig,
-    UdpHandle, link_local_from_mac,
+    Counters, EthernetAddress, Instant, Ipv4Cidr, Ipv6Cidr, Shutdown, SocketEvent, Stack,
+    StackConfig, TcpError, TcpHandle, TcpSocketMut, TcpState, UdpHandle, link_local_from_mac,
 };
 
-/// UDP echo over the embedded userspace stack (AF_PACKET).
+/// UDP and TCP echo over the embedded userspace stack (AF_PACKET).
 #[derive(Debug, Parser)]
-#[command(name = "netstack_echo", version)]
+#[command(name = "netstack_echo", version, after_long_help = TCP_HELP)]
 #[command(group(clap::ArgGroup::new("address").required(true).multiple(true).args(["ipv4", "ipv6"])))]
 struct Args {
     /// Interface to open (an Ethernet interface; the kernel should have no
@@ -58,16 +78,53 @@ struct Args {
     /// IPv6 default gateway.
     #[arg(long)]
     gateway6: Option<Ipv6Addr>,
-    /// UDP port echoing every datagram back to its sender (IPv4 and IPv6).
+    /// UDP and TCP port echoing every datagram / byte back (IPv4 and IPv6).
     #[arg(long, default_value_t = 5060)]
     echo_port: u16,
-    /// TCP port that would abort connections (not available yet).
+    /// TCP port whose connections are closed with the peer's data unread
+    /// (a RST).
     #[arg(long, default_value_t = 5061)]
     abort_port: u16,
+    /// TCP port that reads to EOF and answers `bytes=N fnv=HASH`.
+    #[arg(long)]
+    sink_port: Option<u16>,
+    /// TCP port that answers a request line `N` with N pattern bytes.
+    #[arg(long)]
+    source_port: Option<u16>,
+    /// Connect out to this TCP echo server and check the echo (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    connect: Vec<SocketAddr>,
+    /// Bytes each --connect sends (at least 1).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    connect_bytes: u64,
+    /// Limit on TCP connections (stack.limits.tcp_max_conns).
+    #[arg(long)]
+    tcp_max_conns: Option<usize>,
+    /// Listen backlog (accept queue) of every TCP port.
+    #[arg(long, default_value_t = 4096)]
+    tcp_backlog: usize,
+    /// Seconds between the periodic drop / stats log lines.
+    #[arg(long, default_value_t = 10)]
+    stats_interval: u64,
     /// Write every received and sent frame to this pcap file.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
 }
+
+const TCP_HELP: &str = "\
+TCP modes (IPv4 and IPv6; protocol in examples/tcp_common/mod.rs):
+  --echo-port     every byte echoed; FIN after the echo once the peer's FIN came
+  --abort-port    accept, wait for data, close without reading it: RST
+                  (the peer's next read fails with ECONNRESET)
+  --sink-port     read to the peer's FIN, answer `bytes=N fnv=HHHHHHHHHHHHHHHH`
+                  (count and 64-bit FNV-1a), close
+  --source-port   read a line `N`, send N pattern bytes (byte i = pattern_byte(i)), close
+  --connect ADDR  connect out to an echo server, send --connect-bytes pattern bytes,
+                  FIN, check the echo to EOF; logs `tcp connect done ... ok=true|false`
+At exit: `counters at exit` (Tcp.*, TcpExt.* included) and `tcp stats at exit`
+(conns, time_wait, accepted, aborted, closed_by_error, sinks/sources done,
+connects ok/failed, rss_kib); the same `tcp stats` line every --stats-interval.
+The Linux side of the tests and benchmarks is examples/tcp_peer.rs.";
 
 /// The device, traced to a pcap file or not.
 enum Link {
@@ -165,7 +222,8 @@ fn echo(stack: &mut Stack, now: Instant, h: UdpHandle, st: &EchoStats) {
 }
 
 /// The application side of each driver round.
-fn app(stack: &mut Stack, now: Instant, st: &EchoStats) {
+fn app(stack: &mut Stack, now: Instant, st: &EchoStats, tcp: &mut TcpApp) {
+    tcp.start_connects(stack, now);
     while let Some(ev) = stack.poll_event() {
         match ev {
             SocketEvent::UdpReadable(h) => echo(stack, now, h, st),
@@ -176,10 +234,458 @@ fn app(stack: &mut Stack, now: Instant, st: &EchoStats) {
                     info!(?local, remote = %e.remote, kind = ?e.kind, "socket error");
                 }
             }
-            // TCP modes: branch tcp-tests.
-            _ => {}
+            SocketEvent::TcpAcceptable(l) => tcp.accept_all(stack, l),
+            SocketEvent::TcpConnected(h)
+            | SocketEvent::TcpReadable(h)
+            | SocketEvent::TcpWritable(h) => tcp.service(stack, h),
+            SocketEvent::TcpClosed(h, err) => tcp.closed(stack, h, err),
         }
     }
+    let t = stack.tcp_table();
+    tcp.stats.conns.store(t.len() as u64, Ordering::Relaxed);
+    tcp.stats
+        .time_wait
+        .store(t.time_wait_len() as u64, Ordering::Relaxed);
+}
+
+// ---------------------------------------------------------------------------
+// TCP: echo, abort, sink, source, connect (protocol: examples/tcp_common)
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Echo,
+    Abort,
+    Sink,
+    Source,
+}
+
+/// Per-connection application state (kept small: an idle echo connection
+/// holds no heap memory here either).
+enum Conn {
+    /// Echo: bytes read but not yet taken by the send buffer.
+    Echo {
+        pending: Vec<u8>,
+        at: usize,
+    },
+    Abort,
+    Sink {
+        bytes: u64,
+        fnv: Fnv,
+    },
+    Source {
+        req: Vec<u8>,
+        want: Option<u64>,
+        sent: u64,
+    },
+    /// Outgoing (`--connect`): pattern sent / echoed so far.
+    Client {
+        target: SocketAddr,
+        sent: u64,
+        recvd: u64,
+        started: Instant,
+    },
+}
+
+/// What the TCP side did (written by the stack thread, read for logging).
+#[derive(Default)]
+struct TcpStats {
+    accepted: AtomicU64,
+    aborted: AtomicU64,
+    closed_by_error: AtomicU64,
+    echoed_bytes: AtomicU64,
+    sinks_done: AtomicU64,
+    sources_done: AtomicU64,
+    connects_ok: AtomicU64,
+    connects_failed: AtomicU64,
+    conns: AtomicU64,
+    time_wait: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+struct TcpApp {
+    listeners: HashMap<TcpHandle, Role>,
+    conns: HashMap<TcpHandle, Conn>,
+    to_connect: Vec<SocketAddr>,
+    connect_bytes: u64,
+    scratch: Vec<u8>,
+    stats: Arc<TcpStats>,
+}
+
+/// Reads per service call before yielding (bounded work per event).
+const MAX_READS: usize = 64;
+
+impl TcpApp {
+    fn new(to_connect: Vec<SocketAddr>, connect_bytes: u64, stats: Arc<TcpStats>) -> Self {
+        TcpApp {
+            listeners: HashMap::new(),
+            conns: HashMap::new(),
+            to_connect,
+            connect_bytes,
+            scratch: vec![0; 64 * 1024],
+            stats,
+        }
+    }
+
+    /// Listen on `port` for IPv4 (when configured) and IPv6.
+    fn listen(
+        &mut self,
+        stack: &mut Stack,
+        v4: bool,
+        port: u16,
+        role: Role,
+        backlog: usize,
+    ) -> anyhow::Result<()> {
+        let mut addrs = vec![SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)];
+        if v4 {
+            addrs.push(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+        }
+        for a in addrs {
+            let h = stack
+                .tcp_listen(a, backlog)
+                .map_err(|e| anyhow::anyhow!("TCP listen on {a} ({role:?}): {e}"))?;
+            self.listeners.insert(h, role);
+        }
+        Ok(())
+    }
+
+    fn start_connects(&mut self, stack: &mut Stack, now: Instant) {
+        for target in std::mem::take(&mut self.to_connect) {
+            match stack.tcp_connect(now, None, target) {
+                Ok(h) => {
+                    let c = Conn::Client {
+                        target,
+                        sent: 0,
+                        recvd: 0,
+                        started: now,
+                    };
+                    self.conns.insert(h, c);
+                }
+                Err(e) => {
+                    bump(&self.stats.connects_failed);
+                    warn!(%target, ok = false, error = %e, "tcp connect done");
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self, stack: &mut Stack, l: TcpHandle) {
+        let Some(role) = self.listeners.get(&l).copied() else {
+            return;
+        };
+        let mut accepted = Vec::new();
+        if let Some(mut ls) = stack.tcp(l) {
+            while let Some((h, _peer)) = ls.accept() {
+                accepted.push(h);
+            }
+        }
+        for h in accepted {
+            bump(&self.stats.accepted);
+            let c = match role {
+                Role::Echo => Conn::Echo {
+                    pending: Vec::new(),
+                    at: 0,
+                },
+                Role::Abort => Conn::Abort,
+                Role::Sink => Conn::Sink {
+                    bytes: 0,
+                    fnv: Fnv::default(),
+                },
+                Role::Source => Conn::Source {
+                    req: Vec::new(),
+                    want: None,
+                    sent: 0,
+                },
+            };
+            self.conns.insert(h, c);
+            // Data may have come with the handshake's last ACK.
+            self.service(stack, h);
+        }
+    }
+
+    fn closed(&mut self, stack: &mut Stack, h: TcpHandle, err: Option<TcpError>) {
+        if err.is_none() {
+            // A graceful end (e.g. TIME_WAIT reached): what was received
+            // is still readable; let the connection finish on it.
+            self.service(stack, h);
+        }
+        if let Some(c) = self.conns.remove(&h) {
+            if let Conn::Client { target, .. } = c {
+                bump(&self.stats.connects_failed);
+                warn!(%target, ok = false, error = ?err, "tcp connect done");
+            }
+            if err.is_some() {
+                bump(&self.stats.closed_by_error);
+                debug!(?err, "connection closed by an error");
+            }
+        }
+        if let Some(mut s) = stack.tcp(h) {
+            s.close();
+        }
+    }
+
+    /// Move `h` forward as far as it can go now.
+    fn service(&mut self, stack: &mut Stack, h: TcpHandle) {
+        let Some(mut conn) = self.conns.remove(&h) else {
+            return;
+        };
+        let Some(mut s) = stack.tcp(h) else {
+            return;
+        };
+        let keep = match &mut conn {
+            Conn::Echo { pending, at } => {
+                echo_tcp(&mut s, pending, at, &mut self.scratch, &self.stats)
+            }
+            Conn::Abort => {
+                if s.recv_queue() > 0 {
+                    // Close with the data unread: RST (RFC 2525 §2.17).
+                    s.close();
+                    bump(&self.stats.aborted);
+                    false
+                } else {
+                    true
+                }
+            }
+            Conn::Sink { bytes, fnv } => {
+                sink_tcp(&mut s, bytes, fnv, &mut self.scratch, &self.stats)
+            }
+            Conn::Source { req, want, sent } => {
+                source_tcp(&mut s, req, want, sent, &mut self.scratch, &self.stats)
+            }
+            Conn::Client {
+                target,
+                sent,
+                recvd,
+                started,
+            } => client_tcp(
+                &mut s,
+                *target,
+                self.connect_bytes,
+                sent,
+                recvd,
+                *started,
+                &mut self.scratch,
+                &self.stats,
+            ),
+        };
+        if keep {
+            self.conns.insert(h, conn);
+        }
+    }
+}
+
+/// The send side of a socket that failed: abort it, count it.
+fn fail(s: &mut TcpSocketMut<'_>, e: TcpError, st: &TcpStats) -> bool {
+    debug!(error = %e, peer = %s.peer_addr(), "connection failed");
+    bump(&st.closed_by_error);
+    s.abort();
+    false
+}
+
+/// Echo: flush what is pending, then read and send until one side blocks.
+/// Returns false once the connection is closed (handle released).
+fn echo_tcp(
+    s: &mut TcpSocketMut<'_>,
+    pending: &mut Vec<u8>,
+    at: &mut usize,
+    buf: &mut [u8],
+    st: &TcpStats,
+) -> bool {
+    for _ in 0..MAX_READS {
+        while *at < pending.len() {
+            match s.send(&pending[*at..]) {
+                Ok(n) => {
+                    *at += n;
+                    add(&st.echoed_bytes, n as u64);
+                }
+                Err(TcpError::WouldBlock) => return true,
+                Err(e) => return fail(s, e, st),
+            }
+        }
+        // Sent: release the memory (an idle connection holds none).
+        *pending = Vec::new();
+        *at = 0;
+        let n = match s.recv(buf) {
+            Ok(0) => {
+                s.close();
+                return false;
+            }
+            Ok(n) => n,
+            Err(TcpError::WouldBlock) => return true,
+            Err(e) => return fail(s, e, st),
+        };
+        match s.send(&buf[..n]) {
+            Ok(k) => {
+                add(&st.echoed_bytes, k as u64);
+                if k < n {
+                    pending.extend_from_slice(&buf[k..n]);
+                }
+            }
+            Err(TcpError::WouldBlock) => pending.extend_from_slice(&buf[..n]),
+            Err(e) => return fail(s, e, st),
+        }
+    }
+    true
+}
+
+fn sink_tcp(
+    s: &mut TcpSocketMut<'_>,
+    bytes: &mut u64,
+    fnv: &mut Fnv,
+    buf: &mut [u8],
+    st: &TcpStats,
+) -> bool {
+    for _ in 0..MAX_READS {
+        match s.recv(buf) {
+            Ok(0) => {
+                let reply = tcp_common::sink_reply(*bytes, *fnv);
+                // A fresh send buffer takes a 40-byte line at once.
+                return match s.send(reply.as_bytes()) {
+                    Ok(n) if n == reply.len() => {
+                        bump(&st.sinks_done);
+                        info!(
+                            bytes = *bytes,
+                            fnv = format!("{:016x}", fnv.0),
+                            "tcp sink done"
+                        );
+                        s.close();
+                        false
+                    }
+                    Ok(_) | Err(TcpError::WouldBlock) => fail(s, TcpError::WouldBlock, st),
+                    Err(e) => fail(s, e, st),
+                };
+            }
+            Ok(n) => {
+                *bytes += n as u64;
+                fnv.update(&buf[..n]);
+            }
+            Err(TcpError::WouldBlock) => return true,
+            Err(e) => return fail(s, e, st),
+        }
+    }
+    true
+}
+
+fn source_tcp(
+    s: &mut TcpSocketMut<'_>,
+    req: &mut Vec<u8>,
+    want: &mut Option<u64>,
+    sent: &mut u64,
+    buf: &mut [u8],
+    st: &TcpStats,
+) -> bool {
+    while want.is_none() {
+        let room = tcp_common::MAX_REQUEST_LINE - req.len();
+        match s.recv(&mut buf[..room]) {
+            Ok(0) => {
+                s.close();
+                return false;
+            }
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+            Err(TcpError::WouldBlock) => return true,
+            Err(e) => return fail(s, e, st),
+        }
+        match tcp_common::parse_source_request(req) {
+            Ok(Some(n)) => *want = Some(n),
+            Ok(None) => {}
+            Err(()) => {
+                debug!("bad source request: aborting");
+                s.abort();
+                return false;
+            }
+        }
+    }
+    let total = want.unwrap_or(0);
+    while *sent < total {
+        let n = (total - *sent).min(buf.len() as u64) as usize;
+        pattern_fill(*sent, &mut buf[..n]);
+        match s.send(&buf[..n]) {
+            Ok(k) => *sent += k as u64,
+            Err(TcpError::WouldBlock) => return true,
+            Err(e) => return fail(s, e, st),
+        }
+    }
+    bump(&st.sources_done);
+    info!(bytes = total, "tcp source done");
+    s.close();
+    false
+}
+
+#[allow(clippy::too_many_arguments)]
+fn client_tcp(
+    s: &mut TcpSocketMut<'_>,
+    target: SocketAddr,
+    total: u64,
+    sent: &mut u64,
+    recvd: &mut u64,
+    started: Instant,
+    buf: &mut [u8],
+    st: &TcpStats,
+) -> bool {
+    let done = |s: &mut TcpSocketMut<'_>, ok: bool, why: &str, recvd: u64| {
+        if ok {
+            bump(&st.connects_ok);
+        } else {
+            bump(&st.connects_failed);
+        }
+        let ms = (driver::now() - started).total_millis();
+        info!(%target, ok, bytes = recvd, ms, why, "tcp connect done");
+        s.close();
+        false
+    };
+    if matches!(s.state(), TcpState::SynSent | TcpState::SynReceived) {
+        return match s.take_error() {
+            Some(e) => done(s, false, &e.to_string(), *recvd),
+            None => true,
+        };
+    }
+    while *sent < total {
+        let n = (total - *sent).min(buf.len() as u64) as usize;
+        pattern_fill(*sent, &mut buf[..n]);
+        match s.send(&buf[..n]) {
+            Ok(k) => {
+                *sent += k as u64;
+                if *sent == total {
+                    s.shutdown(Shutdown::Write);
+                }
+            }
+            Err(TcpError::WouldBlock) => break,
+            Err(e) => return done(s, false, &e.to_string(), *recvd),
+        }
+    }
+    for _ in 0..MAX_READS {
+        match s.recv(buf) {
+            Ok(0) => {
+                let ok = *recvd == total;
+                return done(
+                    s,
+                    ok,
+                    if ok { "echo complete" } else { "short echo" },
+                    *recvd,
+                );
+            }
+            Ok(n) => {
+                if let Some(at) = pattern_mismatch(*recvd, &buf[..n]) {
+                    return done(s, false, &format!("byte {at} differs"), *recvd);
+                }
+                *recvd += n as u64;
+            }
+            Err(TcpError::WouldBlock) => return true,
+            Err(e) => return done(s, false, &e.to_string(), *recvd),
+        }
+    }
+    true
+}
+
+/// Resident set size of this process in KiB (/proc/self/status VmRSS).
+fn rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// `aa:bb:cc:dd:ee:ff`, as `ip link` shows it.
@@ -213,6 +719,24 @@ fn warn_kernel_owned(iface: &str, ours: &[IpAddr]) {
         }
         Err(e) => warn!(error = %e, "cannot list the kernel's addresses on {iface}"),
     }
+}
+
+fn log_tcp_stats(t: &TcpStats, what: &str) {
+    let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    info!(
+        conns = g(&t.conns),
+        time_wait = g(&t.time_wait),
+        accepted = g(&t.accepted),
+        aborted = g(&t.aborted),
+        closed_by_error = g(&t.closed_by_error),
+        echoed_bytes = g(&t.echoed_bytes),
+        sinks_done = g(&t.sinks_done),
+        sources_done = g(&t.sources_done),
+        connects_ok = g(&t.connects_ok),
+        connects_failed = g(&t.connects_failed),
+        rss_kib = rss_kib().unwrap_or(0),
+        "{what}"
+    );
 }
 
 struct Outcome {
@@ -254,6 +778,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.gateway4 = args.gateway4;
     cfg.gateway6 = args.gateway6;
     cfg.mtu = dev.mtu();
+    if let Some(n) = args.tcp_max_conns {
+        cfg.limits.tcp_max_conns = n;
+    }
     if cfg.mtu < 1280 && cfg.ipv6.is_some() {
         bail!(
             "{}: MTU {} is below the IPv6 minimum 1280",
@@ -289,10 +816,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     stack
         .udp_bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
         .context("binding the IPv6 echo socket")?;
-    info!(
-        abort_port = args.abort_port,
-        "TCP is not available yet in the embedded stack: --abort-port ignored"
-    );
+    let tcp_stats = Arc::new(TcpStats::default());
+    let mut tcp = TcpApp::new(args.connect.clone(), args.connect_bytes, tcp_stats.clone());
+    let v4 = cfg.ipv4.is_some();
+    let mut ports = vec![(port, Role::Echo), (args.abort_port, Role::Abort)];
+    ports.extend(args.sink_port.map(|p| (p, Role::Sink)));
+    ports.extend(args.source_port.map(|p| (p, Role::Source)));
+    for (p, role) in ports {
+        tcp.listen(&mut stack, v4, p, role, args.tcp_backlog)?;
+    }
 
     let mut link = match &args.pcap {
         Some(path) => Link::Traced(
@@ -321,8 +853,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .name("netstack".into())
                 .spawn(move || {
                     let mut drv = Driver::new();
-                    let res =
-                        drv.run(link.dev(), &mut stack, &stop, &mut |s, now| app(s, now, &st));
+                    let res = drv.run(link.dev(), &mut stack, &stop, &mut |s, now| {
+                        app(s, now, &st, &mut tcp)
+                    });
                     if let Link::Traced(t) = &mut link
                         && let Err(e) = t.flush()
                     {
@@ -346,10 +879,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             link_local = %link_local_from_mac(mac),
             mtu = cfg.mtu,
             echo_port = port,
+            abort_port = args.abort_port,
+            sink_port = ?args.sink_port,
+            source_port = ?args.source_port,
             "netstack_echo ready"
         );
 
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        let mut tick = tokio::time::interval(Duration::from_secs(args.stats_interval.max(1)));
         tick.tick().await;
         let mut last: HashMap<&'static str, u64> = HashMap::new();
         let mut last_echo = (0, 0, 0);
@@ -376,6 +912,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         info!(echoed = e.0, send_errors = e.1, socket_errors = e.2, "echo");
                         last_echo = e;
                     }
+                    log_tcp_stats(&tcp_stats, "tcp stats");
                 }
             }
         };
@@ -394,6 +931,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             socket_errors = echo_stats.socket_errors.load(Ordering::Relaxed),
             "echo at exit"
         );
+        log_tcp_stats(&tcp_stats, "tcp stats at exit");
         let outcome = outcome.context("the stack thread stopped")?;
         info!(driver = ?outcome.driver, device = ?outcome.device, kernel_drops = ?outcome.kernel_drops, "device at exit");
         if early {
