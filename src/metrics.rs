@@ -969,7 +969,10 @@ mod netstack_metrics_tests {
         assert!(m.encode().contains("sipedge_netstack_tcp_curr_estab 2"));
         c.dec(Mib::TcpCurrEstab);
         let t = m.encode();
-        assert!(t.contains("# TYPE sipedge_netstack_tcp_curr_estab gauge"), "{t}");
+        assert!(
+            t.contains("# TYPE sipedge_netstack_tcp_curr_estab gauge"),
+            "{t}"
+        );
         assert!(t.contains("sipedge_netstack_tcp_curr_estab 1"), "{t}");
         assert!(!t.contains("counter=\"CurrEstab\""), "{t}");
     }

@@ -488,6 +488,7 @@ fn reload_readiness_follows_the_new_sets() {
     let n = u.rebuild(&[spec]);
     assert!(!n.all_down());
     assert_eq!(*seen.lock().unwrap(), [false, true]);
+}
 
 #[test]
 fn icmp_unreachable_ends_the_probe_in_flight_counted_once() {
