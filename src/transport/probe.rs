@@ -110,7 +110,11 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ProbeReply>) {
             // a reload: target ids of the old sets are gone
             socks.clear();
         }
-        prober.poll(now, &mut due);
+        // a draining proxy sends no probes (their replies would keep UDP
+        // from going quiet, and it takes no new calls anyway)
+        if !ctx.metrics.readiness().is_draining() {
+            prober.poll(now, &mut due);
+        }
         for p in due.drain(..) {
             let Some(dest) = core.write_probe(p, &mut out) else {
                 prober.send_failed(p, now);

@@ -246,6 +246,11 @@ impl App {
 
     /// Hand probe replies to the prober; send the probes that are due.
     fn probe(&mut self, s: &mut Stack, now: Instant) {
+        // a draining proxy sends no probes: their replies would keep UDP
+        // from going quiet, and it takes no new calls anyway
+        if self.metrics.readiness().is_draining() {
+            return;
+        }
         let p = &mut self.probes;
         let now_ms = self.core.now_ms();
         // a reload (SIGHUP) may have replaced the sets
