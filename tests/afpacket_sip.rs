@@ -411,6 +411,75 @@ fn afpacket_upstream_down_is_reported_by_icmp() {
     );
 }
 
+/// Upstream health in afpacket mode: the stack thread sends the OPTIONS
+/// probes; a target whose port is closed is reported by ICMP port
+/// unreachable (a passive signal) and probe timeouts and goes down; it
+/// comes back up once a server answers there.
+#[test]
+fn afpacket_upstream_health_probes_and_icmp() {
+    use common::uas::{TestUas, UasMode};
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let peer = pair.peer_v4();
+    let (pa, pb) = (UPSTREAM_PORT, UPSTREAM_PORT + 1);
+    let a = pair
+        .in_peer(move || TestUas::start_on(peer.into(), pa, UasMode::Normal))
+        .expect("UAS A in the peer namespace");
+    let sets = format!(
+        "\n[[upstream_set]]\nname = \"core\"\nalgorithm = \"priority\"\n\
+         ping_interval_ms = 300\nping_timeout_ms = 250\ndown_after = 2\nup_after = 2\n\
+         [[upstream_set.target]]\nuri = \"sip:{peer}:{pb}\"\n\
+         [[upstream_set.target]]\nuri = \"sip:{peer}:{pa}\"\npriority = 1\n"
+    );
+    let mut proxy = AfSipedge::start(&pair, &(afpacket_config(&pair) + &sets));
+    let up = |port: u16| {
+        let m = proxy.metrics();
+        samples(&m)
+            .into_iter()
+            .find(|s| {
+                s.name == "sipedge_upstream_up"
+                    && s.labels
+                        .get("target")
+                        .is_some_and(|t| t.ends_with(&format!(":{port}")))
+            })
+            .map(|s| s.value)
+    };
+    let wait = |port: u16, want: f64| {
+        let t0 = Instant::now();
+        while up(port) != Some(want) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "target :{port} not {want} within 5 s\n{}",
+                proxy.log_tail()
+            );
+            sleep(Duration::from_millis(50));
+        }
+    };
+    wait(pb, 0.0);
+    assert_eq!(up(pa), Some(1.0));
+    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        log.contains("signal=\"unreachable\""),
+        "{}",
+        proxy.log_tail()
+    );
+    assert!(a.counts.get("OPTIONS") >= 1, "probes reach the live target");
+    // a server on B's port: up again
+    let b = pair
+        .in_peer(move || TestUas::start_on(peer.into(), pb, UasMode::Normal))
+        .expect("UAS B in the peer namespace");
+    wait(pb, 1.0);
+    assert!(b.counts.get("OPTIONS") >= 2);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).
 fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
     let path = dir.join(name);

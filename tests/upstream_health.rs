@@ -105,7 +105,8 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
     );
     assert!(
         c.counts.get("OPTIONS") >= DOWN_AFTER,
-        "probes reach the 503 target"
+        "probes reach the 503 target: {:?}",
+        c.counts
     );
     assert!(
         a.counts.get("OPTIONS") >= 1,
@@ -175,6 +176,20 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
         "transitions are logged\n{}",
         proxy.log_tail()
     );
+    // the passive signal that saw B stop: ICMP port unreachable for a UDP
+    // probe (its connected socket), a refused / reset TCP connection
+    let signal = if transport.is_tcp() {
+        ["signal=\"connect_failed\"", "signal=\"reset\""]
+    } else {
+        ["signal=\"unreachable\""; 2]
+    };
+    assert!(
+        log.lines().any(|l| l.contains(&format!(":{pb}"))
+            && l.contains("upstream target down")
+            && signal.iter().any(|s| l.contains(s))),
+        "B's down transition names a passive signal {signal:?}\n{}",
+        proxy.log_tail()
+    );
 }
 
 #[test]
@@ -185,4 +200,69 @@ fn udp_probes_mark_stopped_and_503_targets_down_and_back_up() {
 #[test]
 fn tcp_probes_mark_stopped_and_503_targets_down_and_back_up() {
     health_scenario(SippTransport::T1, "round-robin");
+}
+
+/// `GET path` on the metrics listener: (status, body).
+fn http_get(proxy: &Proxy, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&proxy.metrics_addr(), Duration::from_secs(2))
+        .expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// Poll (bounded) until `/ready` answers `want`.
+fn wait_ready(proxy: &Proxy, want: u16, limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = http_get(proxy, "/ready");
+        if code == want {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "/ready is {code} ({body:?}), not {want}, after {limit:?}\n{}",
+            proxy.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn every_target_down_503_and_not_ready_until_one_returns() {
+    let p = free_port();
+    let uas = TestUas::restart(p, UasMode::Unavailable);
+    let proxy = Proxy::start_with(ProxyOpts::new(p).config(&config("udp", "priority", &[p])));
+    wait_up(&proxy, p, 0.0, bound(DOWN_AFTER));
+    wait_ready(&proxy, 503, Duration::from_secs(2));
+    let (_, body) = http_get(&proxy, "/ready");
+    assert!(body.contains("no upstream"), "{body}");
+    // a request finds no target up: answered 503 by the proxy, not forwarded
+    let before = uas.counts.get("INVITE");
+    let uri = format!("sip:bob@127.0.0.1:{}", proxy.sip_port);
+    let reply = udp_exchange(proxy.sip_addr(), |local| {
+        sip_request("INVITE", &uri, "UDP", local, "none-up", 70)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(status_code(&reply), Some(503), "{reply}");
+    assert_eq!(uas.counts.get("INVITE"), before);
+    // the target recovers: up, ready again
+    drop(uas);
+    let _uas = TestUas::restart(p, UasMode::Normal);
+    wait_up(&proxy, p, 1.0, bound(UP_AFTER) + Duration::from_secs(1));
+    wait_ready(&proxy, 200, Duration::from_secs(2));
 }

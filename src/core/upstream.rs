@@ -822,6 +822,19 @@ impl Prober {
         }
     }
 
+    /// ICMP unreachable (or ECONNREFUSED) for `addr`: one failure of each
+    /// target there; a probe in flight to it is over (it does not also
+    /// time out later).
+    pub fn on_unreachable(&mut self, addr: SocketAddr, transport: Option<Transport>, now: Millis) {
+        let ids: Vec<TargetId> = self.sets.targets_at(addr, transport).collect();
+        for id in ids {
+            if let Some(st) = self.st.get_mut(id.0 as usize) {
+                st.outstanding = None;
+            }
+            self.sets.mark_failure(id, Signal::Unreachable, now);
+        }
+    }
+
     /// A reply to a probe. Returns whether it answered the probe in flight
     /// (a provisional reply is accepted but keeps the probe waiting).
     /// A code in `failure_codes`, or not in `alive_codes`, is a failure.

@@ -432,3 +432,23 @@ fn probe_branch_round_trip_and_forgery() {
     assert_eq!(parse_probe_branch(b"z9hG4bKsEp1.2", 42), None);
     assert_eq!(parse_probe_branch(b"z9hG4bKsEp.2.3", 42), None);
 }
+
+#[test]
+fn icmp_unreachable_ends_the_probe_in_flight_counted_once() {
+    let (u, mut p) = prober(2);
+    let mut due = Vec::new();
+    p.poll(0, &mut due);
+    let a = SocketAddr::from(([127, 0, 0, 1], 5060));
+    p.on_unreachable(a, Some(Transport::Udp), 3);
+    // its timeout does not count again
+    due.clear();
+    p.poll(600, &mut due);
+    assert!(u.is_up(TargetId(0)), "one failure so far (down_after = 2)");
+    p.poll(1000, &mut due);
+    p.on_unreachable(a, Some(Transport::Udp), 1003);
+    assert!(!u.is_up(TargetId(0)));
+    assert!(
+        u.is_up(TargetId(1)),
+        "the other target answers nothing yet but has one timeout"
+    );
+}

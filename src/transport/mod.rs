@@ -475,7 +475,7 @@ async fn resolve_and_send(
     deliver(&ctx, &dest, kind, &out, received_at, true, None, &mut cache).await;
 }
 
-pub(crate) async fn send_udp(
+async fn send_udp(
     ctx: &Arc<Ctx>,
     dest: &Dest,
     out: &[u8],

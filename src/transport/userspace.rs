@@ -18,7 +18,7 @@ use anyhow::Context as _;
 
 use super::{DnsCache, Hooks, count_send, pick_addr, resolved_to_self};
 use crate::config::{Config, Transport};
-use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober, Signal};
+use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
 use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
@@ -218,14 +218,11 @@ impl App {
                     if let Some(e) = s.udp_take_error(h) {
                         tracing::debug!(remote = %e.remote, kind = ?e.kind, "ICMP error for a datagram we sent");
                         if e.kind != SocketErrorKind::MessageTooLong {
-                            let ups = self.core.upstreams();
+                            // a failure of the target there (once, also
+                            // when it was a probe's)
                             let now_ms = self.core.now_ms();
-                            ups.mark_failure_at(
-                                e.remote,
-                                Some(Transport::Udp),
-                                Signal::Unreachable,
-                                now_ms,
-                            );
+                            let p = &mut self.probes.prober;
+                            p.on_unreachable(e.remote, Some(Transport::Udp), now_ms);
                         }
                     }
                 }

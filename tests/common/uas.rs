@@ -8,7 +8,7 @@
 use super::{LOCALHOST, reply_200};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -63,9 +63,15 @@ pub struct TestUas {
 impl TestUas {
     /// Start on 127.0.0.1:`port` (UDP and TCP). `Err` when a port is taken.
     pub fn start(port: u16, mode: UasMode) -> std::io::Result<TestUas> {
-        let udp = UdpSocket::bind((LOCALHOST, port))?;
+        TestUas::start_on(LOCALHOST.parse().expect("literal"), port, mode)
+    }
+
+    /// Start on `ip`:`port` (call it inside a namespace to serve there:
+    /// the sockets stay in the namespace they were made in).
+    pub fn start_on(ip: IpAddr, port: u16, mode: UasMode) -> std::io::Result<TestUas> {
+        let udp = UdpSocket::bind((ip, port))?;
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let tcp = TcpListener::bind((LOCALHOST, port))?;
+        let tcp = TcpListener::bind((ip, port))?;
         tcp.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
@@ -102,10 +108,6 @@ impl TestUas {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("test UAS cannot bind port {port}: {last:?}");
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 
