@@ -85,7 +85,11 @@ fn calls(proxy: &Proxy, transport: SippTransport, n: u32, rate: u32) -> SippResu
 /// another target than its INVITE (the proxy picks for every request
 /// without a Route left), so requests are counted per call, all methods but
 /// OPTIONS.
-fn health_scenario(transport: SippTransport, algorithm: &str) {
+///
+/// `stateful`: `proxy.mode = "stateful"` — the transactions fail over from
+/// the stopped target while the probes mark it down, so not one call of
+/// the interrupted run may fail.
+fn health_scenario(transport: SippTransport, algorithm: &str, stateful: bool) {
     if skip_unless_sipp() {
         return;
     }
@@ -95,7 +99,18 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
     let a = TestUas::restart(pa, UasMode::Normal);
     let b = TestUas::restart(pb, UasMode::Normal);
     let c = TestUas::restart(pc, UasMode::Unavailable);
-    let proxy = Proxy::start_with(ProxyOpts::new(pa).config(&config(t, algorithm, &[pa, pb, pc])));
+    let mut cfg = config(t, algorithm, &[pa, pb, pc]);
+    if stateful {
+        // Timer B / F: a request sent to B just before its probes mark it
+        // down fails over after this long (ICMP for a forwarded UDP request
+        // is not seen in kernel mode)
+        cfg = format!("[transaction]\nfr_timeout_ms = 1000\n\n{cfg}");
+    }
+    let mut opts = ProxyOpts::new(pa).config(&cfg);
+    if stateful {
+        opts = opts.proxy_keys("mode = \"stateful\"");
+    }
+    let proxy = Proxy::start_with(opts);
 
     // the 503 target: its probes are answered 503 (a failure code) → down
     wait_up(&proxy, pc, 0.0, bound(DOWN_AFTER));
@@ -124,11 +139,20 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
         assert!(b_calls > 0, "B took calls before it stopped");
         h.join().expect("sipp thread")
     });
-    assert!(
-        run.successful >= 30,
-        "most calls of the interrupted run succeed\n{}",
-        run.report()
-    );
+    if stateful {
+        assert!(
+            run.all_ok(60),
+            "stateful: every call of the interrupted run succeeds (failover)\n{}\n{}",
+            run.report(),
+            proxy.log_tail()
+        );
+    } else {
+        assert!(
+            run.successful >= 30,
+            "most calls of the interrupted run succeed\n{}",
+            run.report()
+        );
+    }
 
     // B and C down: every call goes to A; C gets no new requests
     let c_calls = c.counts.calls();
@@ -194,12 +218,22 @@ fn health_scenario(transport: SippTransport, algorithm: &str) {
 
 #[test]
 fn udp_probes_mark_stopped_and_503_targets_down_and_back_up() {
-    health_scenario(SippTransport::U1, "call-id-hash");
+    health_scenario(SippTransport::U1, "call-id-hash", false);
+}
+
+#[test]
+fn stateful_udp_probes_and_failover_lose_no_call() {
+    health_scenario(SippTransport::U1, "call-id-hash", true);
+}
+
+#[test]
+fn stateful_tcp_probes_and_failover_lose_no_call() {
+    health_scenario(SippTransport::T1, "round-robin", true);
 }
 
 #[test]
 fn tcp_probes_mark_stopped_and_503_targets_down_and_back_up() {
-    health_scenario(SippTransport::T1, "round-robin");
+    health_scenario(SippTransport::T1, "round-robin", false);
 }
 
 /// `GET path` on the metrics listener: (status, body).
