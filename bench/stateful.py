@@ -117,14 +117,14 @@ def idle(name, cmd, tag):
            "nprocs": len(pids),
            "rss_kb": sum(kb(f"/proc/{x}/status", "VmRSS") for x in pids),
            "pss_kb": sum(kb(f"/proc/{x}/smaps_rollup", "Pss") for x in pids),
-           "max_hwm_kb": max(kb(f"/proc/{x}/status", "VmHWM") for x in pids)}
+           "max_hwm_kb": max(kb(f"/proc/{x}/status", "VmHWM") for x in pids),
+           "alive_at_sample": p.poll() is None}
     p.send_signal(signal.SIGTERM)
     try:
         p.wait(10)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)  # its own session: group id == this PID
         p.wait(5)
-    rec["alive_at_sample"] = rec["nprocs"] > 0 and p.returncode is not None
     print("IDLE " + json.dumps(rec), flush=True)
     with open(os.path.join(OUT, "idle.jsonl"), "a") as f:
         f.write(json.dumps(rec) + "\n")
