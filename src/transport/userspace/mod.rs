@@ -16,10 +16,13 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
 
-use super::{DnsCache, Hooks, count_send, pick_addr, resolved_to_self};
+mod egress;
+mod udp;
+
+use super::{DnsCache, Hooks, pick_addr};
 use crate::config::{Config, Transport};
 use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
-use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
+use crate::core::{Core, Dest, Scratch, SendKind};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
@@ -283,150 +286,5 @@ impl App {
             }
         }
         p.next = p.prober.next_wakeup();
-    }
-
-    fn readable(&mut self, s: &mut Stack, now: Instant, h: UdpHandle) {
-        let Some(local) = self.handles.iter().position(|(x, _)| *x == h) else {
-            return;
-        };
-        for _ in 0..BATCH {
-            let Some(d) = s.udp_recv_from(h) else {
-                return;
-            };
-            let received_at = StdInstant::now();
-            self.metrics.bytes_in(Transport::Udp, d.data.len());
-            let rcv = RcvInfo {
-                src: d.src,
-                local,
-                transport: Transport::Udp,
-                conn: None,
-                outbound: false,
-            };
-            let outcome = self.core.receive_datagram(&d.data, &rcv, &mut self.sc);
-            s.recycle(d.data);
-            match outcome {
-                Outcome::Txn => {
-                    let out = std::mem::take(&mut self.sc.txn);
-                    self.deliver_txn(s, now, &out, received_at);
-                    self.sc.txn = out;
-                }
-                Outcome::Send { dest, kind } => {
-                    let out = std::mem::take(&mut self.sc.out);
-                    self.deliver(s, now, &dest, kind, &out, received_at, false);
-                    self.sc.out = out;
-                }
-                Outcome::Resolve { dest, kind } => self.resolve(s, now, dest, kind, received_at),
-                _ => {}
-            }
-        }
-        // more queued: come back after other sockets had their turn
-        if s.udp_pending(h) {
-            s.requeue_readable(h);
-        }
-    }
-
-    fn resolve(&mut self, s: &mut Stack, now: Instant, dest: Dest, kind: SendKind, at: StdInstant) {
-        let host = self.sc.resolve.clone();
-        if let Some(ip) = self.dns.get(&host) {
-            let mut d = dest;
-            d.addr.set_ip(ip);
-            let out = std::mem::take(&mut self.sc.out);
-            self.deliver(s, now, &d, kind, &out, at, true);
-            self.sc.out = out;
-            return;
-        }
-        let p = Pending {
-            host,
-            dest,
-            kind,
-            out: self.sc.out.clone(),
-            received_at: at,
-        };
-        if self.req_tx.try_send(p).is_err() {
-            self.metrics.dropped(DropReason::NoRoute);
-        }
-    }
-
-    fn resolved(&mut self, s: &mut Stack, now: Instant, p: Pending, ip: Option<IpAddr>) {
-        let Some(ip) = ip else {
-            tracing::debug!(host = %p.host, "next hop does not resolve");
-            self.metrics.dropped(DropReason::NoRoute);
-            return;
-        };
-        self.dns.put(&p.host, ip);
-        let mut d = p.dest;
-        d.addr.set_ip(ip);
-        self.deliver(s, now, &d, p.kind, &p.out, p.received_at, true);
-    }
-
-    /// Send the transaction layer's messages; a try that cannot be sent
-    /// fails over at once (bounded: each round uses up a try).
-    fn deliver_txn(
-        &mut self,
-        s: &mut Stack,
-        now: Instant,
-        out: &crate::core::transaction::Out,
-        at: StdInstant,
-    ) {
-        let mut failed = Vec::new();
-        for m in &out.sends {
-            if !self.deliver(s, now, &m.dest, m.kind, out.bytes(m), at, false)
-                && let Some(r) = m.txn
-            {
-                failed.push(r);
-            }
-        }
-        let mut next = crate::core::transaction::Out::default();
-        for _ in 0..crate::core::transaction::MAX_TRIES {
-            if failed.is_empty() {
-                break;
-            }
-            next.clear();
-            for r in failed.drain(..) {
-                self.core.transaction_send_failed(r, &mut next);
-            }
-            for m in &next.sends {
-                if !self.deliver(s, now, &m.dest, m.kind, next.bytes(m), at, false)
-                    && let Some(r) = m.txn
-                {
-                    failed.push(r);
-                }
-            }
-        }
-    }
-
-    /// Send `out` to `dest` over the stack and count it (the kernel
-    /// backend's `deliver`, for one UDP-only stack thread). `false`: not sent.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        &mut self,
-        s: &mut Stack,
-        now: Instant,
-        dest: &Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: StdInstant,
-        resolved: bool,
-    ) -> bool {
-        if resolved_to_self(&self.core, &self.metrics, dest, resolved) {
-            return false;
-        }
-        if dest.transport != Transport::Udp {
-            tracing::debug!(dest = %dest.addr, "TCP next hop: not available on the userspace stack yet");
-            count_send(&self.metrics, dest, kind, out.len(), received_at, false);
-            return false;
-        }
-        let family = dest.addr.is_ipv4();
-        let h = match self.handles.get(dest.local) {
-            Some((h, a)) if a.is_ipv4() == family => Some(*h),
-            _ => self
-                .handles
-                .iter()
-                .find(|(_, a)| a.is_ipv4() == family)
-                .map(|(h, _)| *h),
-        };
-        let ok = h.is_some_and(|h| s.udp_send_to(now, h, dest.addr, out).is_ok());
-        count_send(&self.metrics, dest, kind, out.len(), received_at, ok);
-        ok
     }
 }
