@@ -507,14 +507,37 @@ fn afpacket_mode_startup_errors_are_clear() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("stack.interface"), "{err}");
 
-    // A TCP listen address is refused in afpacket mode.
+    // A TCP listen address that is not the stack's own is refused...
     let tcp = format!(
-        "{base}listen = [\"tcp:198.18.0.2:5060\"]\n\n[stack]\nmode = \"afpacket\"\n\
+        "{base}listen = [\"tcp:198.18.0.3:5060\"]\n\n[stack]\nmode = \"afpacket\"\n\
          interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n"
     );
     let (code, err) = check_config(&dir, "tcp.toml", &tcp);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("proxy.listen[0]"), "{err}");
+    // ... one on the stack's address is fine, and so is the example file.
+    let (code, err) = check_config(
+        &dir,
+        "tcp-ok.toml",
+        &tcp.replace("198.18.0.3:5060", "198.18.0.2:5060"),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let example =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/sipedge-afpacket.toml"))
+            .expect("read etc/sipedge-afpacket.toml");
+    let (code, err) = check_config(&dir, "example.toml", &example);
+    assert_eq!(code, Some(0), "{err}");
+    // A bad stack.tcp_release names the key.
+    let (code, err) = check_config(
+        &dir,
+        "release.toml",
+        &format!(
+            "{}tcp_release = \"drop\"\n",
+            tcp.replace("198.18.0.3:5060", "198.18.0.2:5060")
+        ),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("stack.tcp_release"), "{err}");
 
     // An interface that does not exist: a runtime error naming it.
     if skip_unless_root() {
