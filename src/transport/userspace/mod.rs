@@ -17,6 +17,7 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context as _;
 
 mod egress;
+mod timers;
 mod udp;
 
 use super::{DnsCache, Hooks, pick_addr};
