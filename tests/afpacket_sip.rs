@@ -480,6 +480,232 @@ fn afpacket_upstream_health_probes_and_icmp() {
     );
 }
 
+// ---------------------------------------------------------------------------
+// SIP over the userspace TCP
+// ---------------------------------------------------------------------------
+
+/// The afpacket configuration with `tcp:` listen addresses on both stack
+/// addresses and a TCP upstream (198.18.N.1:5080;transport=tcp).
+fn afpacket_tcp_config(pair: &NetnsPair) -> String {
+    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
+    afpacket_config(pair)
+        .replace(
+            &format!("listen = [\"udp:{v4}:{SIP_PORT}\", \"udp:[{v6}]:{SIP_PORT}\"]"),
+            &format!(
+                "listen = [\"udp:{v4}:{SIP_PORT}\", \"tcp:{v4}:{SIP_PORT}\", \
+                 \"udp:[{v6}]:{SIP_PORT}\", \"tcp:[{v6}]:{SIP_PORT}\"]"
+            ),
+        )
+        .replace(
+            &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]"),
+            &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT};transport=tcp\"]"),
+        )
+}
+
+/// Is a TCP socket of process `pid`'s namespace listening on `addr`
+/// (`/proc/PID/net/tcp`, state 0A)?
+fn tcp_listening_in_pid(pid: u32, addr: SocketAddr) -> bool {
+    let (file, ip_hex) = match addr.ip() {
+        IpAddr::V4(ip) => ("tcp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
+        IpAddr::V6(ip) => (
+            "tcp6",
+            ip.octets()
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
+    };
+    let want = format!("{ip_hex}:{:04X}", addr.port());
+    fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let mut w = l.split_whitespace();
+            w.nth(1) == Some(want.as_str()) && w.nth(1) == Some("0A")
+        })
+    })
+}
+
+/// `sipp -sn uas -t t1` on `ip:port` inside `ns`; stopped (SIGINT by PID)
+/// on drop.
+struct TcpUas {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl TcpUas {
+    fn start_in(ns: &str, ip: IpAddr, port: u16) -> TcpUas {
+        let dir = unique_temp_dir("tcpuas");
+        let out = File::create(dir.join("uas.out")).expect("create uas.out");
+        let child = netns_exec(ns, "sipp")
+            .args(["-sn", "uas", "-i", &ip.to_string(), "-p", &port.to_string()])
+            .args(["-t", "t1", "-nostdin", "-buff_size", "4194304"])
+            .args(["-max_socket", "1000"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn sipp UAS");
+        let mut uas = TcpUas { child, dir };
+        let addr = SocketAddr::new(ip, port);
+        let t0 = Instant::now();
+        while !tcp_listening_in_pid(uas.child.id(), addr) {
+            let st = uas.child.try_wait();
+            if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
+                panic!(
+                    "sipp TCP UAS not listening on {addr} in {ns} within 10 s (status {st:?})\n{}",
+                    tail(&uas.dir.join("uas.out"), 20)
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+        uas
+    }
+}
+
+impl Drop for TcpUas {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, "INT", Duration::from_secs(5));
+        if std::thread::panicking() {
+            eprintln!("sipp TCP UAS files kept in {:?}", self.dir);
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Issue 8: SIP over the userspace TCP end to end. sipp `-t t1` (one
+/// connection for all calls) → sipedge's TCP listener on its own stack →
+/// an outbound connection from the stack to a sipp TCP UAS; replies travel
+/// back over the client's own connection (`;i=` in Via).
+#[test]
+fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    let _load = load_lock();
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
+    let uas = TcpUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
+    const CALLS: u32 = 200;
+    let run = run_uac(&UacOpts {
+        target: SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
+        transport: SippTransport::T1,
+        calls: CALLS,
+        rate: RATE,
+        netns: Some(pair.peer_ns.clone()),
+        local: Some(pair.peer_v4().into()),
+    });
+    let m = proxy.metrics();
+    let q = |g: &str, c: &str| {
+        metric(
+            &m,
+            &format!("sipedge_netstack_mib_total{{group=\"{g}\",counter=\"{c}\"}}"),
+        )
+    };
+    let (passive, active, in_segs) = (
+        q("Tcp", "PassiveOpens"),
+        q("Tcp", "ActiveOpens"),
+        q("Tcp", "InSegs"),
+    );
+    let fwd_req = metric(&m, "sipedge_forwarded_total{kind=\"request\"}");
+    let tcp_in = metric(&m, "sipedge_bytes_received_total{transport=\"tcp\"}");
+    let report = format!(
+        "{}\nTcp PassiveOpens {passive} ActiveOpens {active} InSegs {in_segs}; forwarded \
+         requests {fwd_req}; tcp bytes in {tcp_in}\n{}",
+        run.report(),
+        proxy.log_tail()
+    );
+    assert!(
+        run.all_ok(CALLS),
+        "{CALLS} calls over TCP t1 through sipedge (afpacket): expected all successful, 0 failed\n{report}"
+    );
+    eprintln!("TCP t1: {} calls ok in {:?}", run.successful, run.wall);
+    // one connection from the UAC, one to the UAS
+    assert!(passive >= 1.0 && active >= 1.0, "{report}");
+    assert!(fwd_req >= 3.0 * f64::from(CALLS), "{report}");
+    assert!(in_segs > 0.0, "{report}");
+    drop(uas);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// Issue 8 / SPEC A.2: non-SIP bytes on a TCP connection to the stack →
+/// released at once with reason parse_error, and (`stack.tcp_release`
+/// default "rst") the client sees a reset, not an orderly close.
+#[test]
+fn afpacket_tcp_non_sip_bytes_are_released_with_rst() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::TcpStream;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
+    let released = "sipedge_tcp_released_total{reason=\"parse_error\"}";
+    let before = metric(&proxy.metrics(), released);
+    let (from, to) = (pair.peer_v4(), pair.stack_v4());
+    let outcome = pair.in_peer(move || -> Result<String, String> {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|e| e.to_string())?;
+        sock.bind(&SocketAddr::new(from.into(), 0).into())
+            .map_err(|e| e.to_string())?;
+        sock.connect_timeout(
+            &SocketAddr::new(to.into(), SIP_PORT).into(),
+            Duration::from_secs(3),
+        )
+        .map_err(|e| format!("connect: {e}"))?;
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GARBAGE\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = [0u8; 512];
+        for _ in 0..100 {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok("orderly close (FIN)".into()),
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok("reset".into()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Err("no close".into())
+    });
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, released) < before + 1.0 && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert_eq!(
+        outcome.as_deref(),
+        Ok("reset"),
+        "the client sees RST\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        metric(&m, released) >= before + 1.0,
+        "{released} did not move\n--- metrics ---\n{m}\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        metric(
+            &m,
+            "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"OutRsts\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).
 fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
     let path = dir.join(name);

@@ -1,8 +1,16 @@
-//! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP on the
-//! embedded stack ([`crate::netstack`]). One thread runs the stack to
-//! completion — frame in → IP → UDP → `receive_msg` → UDP out → frame out —
-//! with no channel hop on the hot path (DESIGN.md). The main thread keeps a
-//! small tokio runtime for the signal handler and the `/metrics` endpoint.
+//! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP and TCP
+//! on the embedded stack ([`crate::netstack`]). One thread runs the stack to
+//! completion — frame in → IP → UDP/TCP → reader loop → `receive_msg` →
+//! forward → frame out — with no channel hop on the hot path (DESIGN.md).
+//! The main thread keeps a small tokio runtime for the signal handler, the
+//! drain and the `/metrics` endpoint (a kernel socket: the management plane).
+//!
+//! - `udp.rs`: the listen sockets' receive path;
+//! - `tcp.rs`: listeners, accept, outbound connect, `handle_io` /
+//!   `read_req` over the shared [`crate::transport::stream::StreamState`]
+//!   and `receive_tcp_msg`, `release_conn` (RST / FIN), deadlines;
+//! - `egress.rs`: the [`crate::transport::egress::Egress`] of the stack thread;
+//! - `timers.rs`: the per-connection deadline heap.
 //!
 //! Host-name next hops are resolved off the stack thread by one resolver
 //! thread (the system resolver, whatever interface it uses), cached for
@@ -17,10 +25,15 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context as _;
 
 mod egress;
+mod tcp;
 mod timers;
 mod udp;
 
-use super::{DnsCache, Hooks, pick_addr};
+pub use tcp::StackIo;
+
+use super::conn::ConnTable;
+use super::egress::{DnsCache, Egress, SendResult, pick_addr};
+use super::{Hooks, lifecycle};
 use crate::config::{Config, Transport};
 use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
 use crate::core::{Core, Dest, Scratch, SendKind};
@@ -68,20 +81,39 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     let ncfg = st.netstack_config(dev.mac().0, dev.mtu());
     let mut stack = Stack::new(ncfg, driver::now());
     metrics.register_netstack(stack.counters())?;
-    let mut handles: Vec<(UdpHandle, SocketAddr)> = Vec::new();
-    for l in &cfg.listen {
-        let h = stack
-            .udp_bind(l.addr)
-            .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
-        handles.push((h, l.addr));
+    let conns = Arc::new(ConnTable::<StackIo>::new(lifecycle::table_limits(&cfg.tcp)));
+    let mut net = Net {
+        udp: Vec::new(),
+        udp_locals: Vec::new(),
+        locals: cfg.listen.iter().map(|l| l.addr).collect(),
+        tcp: tcp::TcpSide::new(conns.clone(), st.tcp_release),
+    };
+    for (i, l) in cfg.listen.iter().enumerate() {
+        match l.transport {
+            Transport::Udp => {
+                let h = stack
+                    .udp_bind(l.addr)
+                    .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
+                net.udp.push(Some(h));
+                net.udp_locals.push(Some(l.addr));
+            }
+            Transport::Tcp => {
+                net.tcp
+                    .listen(&mut stack, l.addr, i)
+                    .with_context(|| format!("listen tcp:{} on the userspace stack", l.addr))?;
+                net.udp.push(None);
+                net.udp_locals.push(None);
+            }
+        }
     }
     tracing::info!(
         interface = %st.interface,
         mac = %stack.config().mac,
         ipv4 = ?st.ipv4.map(|(a, p)| format!("{a}/{p}")),
         ipv6 = ?st.ipv6.map(|(a, p)| format!("{a}/{p}")),
-        listen = ?cfg.listen.iter().map(|l| format!("udp:{}", l.addr)).collect::<Vec<_>>(),
+        listen = ?cfg.listen.iter().map(|l| format!("{}:{}", l.transport.as_str(), l.addr)).collect::<Vec<_>>(),
         upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+        tcp_release = st.tcp_release.as_str(),
         "sipedge running on the userspace stack (afpacket)"
     );
 
@@ -109,19 +141,25 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
                     },
                     core: stack_core,
                     metrics,
-                    handles,
+                    net,
                     sc: Scratch::new(),
                     dns: DnsCache::default(),
                     req_tx,
                     res_rx,
                     txn_timers: Default::default(),
                 };
-                driver::run(
+                let mut drv = driver::Driver::new();
+                let ran = drv.run(
                     &mut dev,
                     &mut stack,
                     &stop,
-                    |s: &mut Stack, now: Instant| app.step(s, now),
-                )
+                    &mut |s: &mut Stack, now: Instant| app.step(s, now),
+                );
+                // stop: every connection left gets its FIN (reason
+                // shutdown), flushed by one last round
+                app.shutdown(&mut stack);
+                let _ = drv.step(&mut dev, &mut stack, driver::now(), &mut |_, _| {});
+                ran
             })?
     };
 
@@ -143,12 +181,24 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         metrics.readiness().set_started();
         use super::lifecycle;
         let mut control = lifecycle::signals();
+        let table = {
+            let conns = conns.clone();
+            Arc::new(move |l| conns.set_limits(l)) as Arc<dyn Fn(_) + Send + Sync>
+        };
         let mut reloader =
-            lifecycle::Reloader::new(cfg, opts, custom_nosip, core, metrics.clone(), None);
+            lifecycle::Reloader::new(cfg, opts, custom_nosip, core, metrics.clone(), Some(table));
         lifecycle::until_stop(&mut control, &mut reloader).await;
+        // the stack thread closes the listeners when it sees this
         metrics.readiness().set_draining();
         let timeout = reloader.current().drain_timeout_secs;
-        lifecycle::drain(&metrics, None, Duration::from_secs(timeout), &mut control).await;
+        let now_s = || tcp::secs(driver::now());
+        lifecycle::drain(
+            &metrics,
+            Some((&*conns, &now_s)),
+            Duration::from_secs(timeout),
+            &mut control,
+        )
+        .await;
         Ok(())
     });
     tracing::info!("shutting down");
@@ -178,12 +228,22 @@ fn resolver_loop(rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<(Pending, Option<
     }
 }
 
+/// The sockets of the stack thread (what a send borrows).
+struct Net {
+    /// Per listen index: the UDP socket (None for a `tcp:` listen).
+    udp: Vec<Option<UdpHandle>>,
+    /// Per listen index: its address when it is a UDP one.
+    udp_locals: Vec<Option<SocketAddr>>,
+    /// Per listen index: its address.
+    locals: Vec<SocketAddr>,
+    tcp: tcp::TcpSide,
+}
+
 /// The SIP application on the stack thread.
 struct App {
     core: Arc<Core>,
     metrics: Arc<Metrics>,
-    /// Per listen index: its socket and address.
-    handles: Vec<(UdpHandle, SocketAddr)>,
+    net: Net,
     sc: Scratch,
     /// Host-name next hops resolved recently (shared cache type with the
     /// kernel backend).
@@ -241,11 +301,27 @@ impl App {
                         }
                     }
                 }
-                // TCP events: the TCP transport (issue 7) drives those.
-                _ => {}
+                ev => self.handle_io(s, now, ev),
             }
         }
+        let cx = tcp::Ctx {
+            core: &self.core,
+            metrics: &self.metrics,
+        };
+        if self.metrics.readiness().is_draining() {
+            self.net.tcp.close_listeners(s);
+        }
+        self.net.tcp.poll(s, &cx, now);
         self.probe(s, now);
+    }
+
+    /// Stop: release every connection (FIN, reason `shutdown`).
+    fn shutdown(&mut self, s: &mut Stack) {
+        let cx = tcp::Ctx {
+            core: &self.core,
+            metrics: &self.metrics,
+        };
+        self.net.tcp.shutdown(s, &cx);
     }
 
     /// Hand probe replies to the prober; send the probes that are due.
@@ -272,16 +348,26 @@ impl App {
             return;
         }
         p.prober.poll(now_ms, &mut p.due);
+        let mut eg = Self::egress(
+            s,
+            now,
+            &self.core,
+            &self.metrics,
+            &mut self.net,
+            &self.req_tx,
+        );
         for d in p.due.drain(..) {
-            let sent = self.core.write_probe(d, &mut p.out).is_some_and(|dest| {
-                dest.transport == Transport::Udp
-                    && self
-                        .handles
-                        .get(dest.local)
-                        .is_some_and(|(h, _)| s.udp_send_to(now, *h, dest.addr, &p.out).is_ok())
-            });
-            if sent {
-                self.metrics.bytes_out(Transport::Udp, p.out.len());
+            let Some(dest) = self.core.write_probe(d, &mut p.out) else {
+                p.prober.send_failed(d, now_ms);
+                continue;
+            };
+            // UDP from the listen socket; TCP on the connection to the target
+            let r = match dest.transport {
+                Transport::Udp => eg.send_udp(&dest, &p.out),
+                Transport::Tcp => eg.send_tcp(&dest, &p.out),
+            };
+            if r == SendResult::Sent {
+                self.metrics.bytes_out(dest.transport, p.out.len());
             } else {
                 p.prober.send_failed(d, now_ms);
             }

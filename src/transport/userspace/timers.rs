@@ -36,10 +36,12 @@ impl Deadlines {
     }
 
     /// The earliest deadline (stale entries included).
+    #[cfg(test)]
     pub(super) fn next(&self) -> Option<Millis> {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.heap.len()
     }

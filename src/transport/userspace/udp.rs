@@ -1,15 +1,16 @@
-//! UDP on the userspace stack: the listen sockets' receive path (the
-//! datagram receive body is shared with kernel mode).
+//! UDP on the userspace stack: the listen sockets' receive path. The
+//! datagram receive body (bytes in, RcvInfo, the core, dispatch) is the
+//! shared [`Step::receive_datagram`].
 
 use super::{App, BATCH};
-use crate::config::Transport;
-use crate::core::{Outcome, RcvInfo};
 use crate::netstack::{Instant, Stack, UdpHandle};
+use crate::transport::egress::Step;
 use std::time::Instant as StdInstant;
 
 impl App {
+    /// `UdpReadable`: up to [`BATCH`] datagrams, then other sockets get a turn.
     pub(super) fn readable(&mut self, s: &mut Stack, now: Instant, h: UdpHandle) {
-        let Some(local) = self.handles.iter().position(|(x, _)| *x == h) else {
+        let Some(local) = self.net.udp.iter().position(|x| *x == Some(h)) else {
             return;
         };
         for _ in 0..BATCH {
@@ -17,30 +18,21 @@ impl App {
                 return;
             };
             let received_at = StdInstant::now();
-            self.metrics.bytes_in(Transport::Udp, d.data.len());
-            let rcv = RcvInfo {
-                src: d.src,
-                local,
-                transport: Transport::Udp,
-                conn: None,
-                outbound: false,
+            let step = Step {
+                core: &self.core,
+                metrics: &self.metrics,
+                dns: &self.dns,
             };
-            let outcome = self.core.receive_datagram(&d.data, &rcv, &mut self.sc);
+            let mut eg = Self::egress(
+                s,
+                now,
+                &self.core,
+                &self.metrics,
+                &mut self.net,
+                &self.req_tx,
+            );
+            step.receive_datagram(&mut eg, &d.data, d.src, local, &mut self.sc, received_at);
             s.recycle(d.data);
-            match outcome {
-                Outcome::Txn => {
-                    let out = std::mem::take(&mut self.sc.txn);
-                    self.deliver_txn(s, now, &out, received_at);
-                    self.sc.txn = out;
-                }
-                Outcome::Send { dest, kind } => {
-                    let out = std::mem::take(&mut self.sc.out);
-                    self.deliver(s, now, &dest, kind, &out, received_at, false);
-                    self.sc.out = out;
-                }
-                Outcome::Resolve { dest, kind } => self.resolve(s, now, dest, kind, received_at),
-                _ => {}
-            }
         }
         // more queued: come back after other sockets had their turn
         if s.udp_pending(h) {
