@@ -638,7 +638,6 @@ fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
 #[test]
 fn afpacket_tcp_non_sip_bytes_are_released_with_rst() {
     use std::io::{ErrorKind, Read, Write};
-    use std::net::TcpStream;
     if skip_unless_root() {
         return;
     }
@@ -649,16 +648,7 @@ fn afpacket_tcp_non_sip_bytes_are_released_with_rst() {
     let before = metric(&proxy.metrics(), released);
     let (from, to) = (pair.peer_v4(), pair.stack_v4());
     let outcome = pair.in_peer(move || -> Result<String, String> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .map_err(|e| e.to_string())?;
-        sock.bind(&SocketAddr::new(from.into(), 0).into())
-            .map_err(|e| e.to_string())?;
-        sock.connect_timeout(
-            &SocketAddr::new(to.into(), SIP_PORT).into(),
-            Duration::from_secs(3),
-        )
-        .map_err(|e| format!("connect: {e}"))?;
-        let mut s: TcpStream = sock.into();
+        let mut s = connect_from(from.into(), to.into())?;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
         s.write_all(b"GARBAGE\r\n\r\n")
@@ -703,6 +693,131 @@ fn afpacket_tcp_non_sip_bytes_are_released_with_rst() {
     assert!(
         st.is_some_and(|s| s.success()),
         "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// A TCP connection from `from` (the peer namespace's Linux stack; call
+/// inside it) to sipedge at `to`:5060.
+fn connect_from(from: IpAddr, to: IpAddr) -> Result<std::net::TcpStream, String> {
+    let domain = if to.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock =
+        socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(|e| e.to_string())?;
+    sock.bind(&SocketAddr::new(from, 0).into())
+        .map_err(|e| e.to_string())?;
+    sock.connect_timeout(
+        &SocketAddr::new(to, SIP_PORT).into(),
+        Duration::from_secs(3),
+    )
+    .map_err(|e| format!("connect {to}:{SIP_PORT}: {e}"))?;
+    let s: std::net::TcpStream = sock.into();
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Read until the connection ends: "fin" (EOF), "reset", or "open" when
+/// nothing ended it within `timeout`.
+fn read_end(s: &mut std::net::TcpStream, timeout: Duration) -> String {
+    use std::io::{ErrorKind, Read};
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    for _ in 0..10_000 {
+        let left = timeout.saturating_sub(t0.elapsed());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return "fin".into(),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return "reset".into(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return format!("error {e}"),
+        }
+    }
+    "open".into()
+}
+
+/// Issue 8 on the userspace TCP: `stack.tcp_release = "fin"` closes a
+/// connection released for non-SIP bytes in order (FIN, still counted as
+/// parse_error); an OPTIONS to the proxy is answered on the connection and
+/// a CRLFCRLF ping gets its CRLF pong (RFC 5626 §4.4.1); on SIGTERM the
+/// drain closes the idle connection with FIN and sipedge exits 0.
+#[test]
+fn afpacket_tcp_release_fin_keepalive_and_drain() {
+    use std::io::{Read, Write};
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "tcp_release = \"fin\"\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let parse_error = "sipedge_tcp_released_total{reason=\"parse_error\"}";
+    let before = metric(&proxy.metrics(), parse_error);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<_, String> {
+        let mut a = connect_from(from, to)?;
+        a.write_all(b"GARBAGE\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let a_end = read_end(&mut a, Duration::from_secs(5));
+        let mut b = connect_from(from, to)?;
+        let local = b.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-fin",
+            70,
+        );
+        b.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let reply = read_sip_message(&mut b, Duration::from_secs(3))?;
+        b.write_all(b"\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut pong = [0u8; 2];
+        b.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        b.read_exact(&mut pong).map_err(|e| format!("pong: {e}"))?;
+        Ok((a_end, reply, pong, b))
+    });
+    let (a_end, reply, pong, mut b) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        a_end,
+        "fin",
+        "tcp_release = fin: orderly close\n{}",
+        proxy.log_tail()
+    );
+    assert_eq!(status_code(&reply), Some(200), "{reply}");
+    assert_eq!(&pong, b"\r\n");
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, parse_error) < before + 1.0 && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert!(metric(&m, parse_error) >= before + 1.0, "{m}");
+    assert!(
+        metric(&m, "sipedge_keepalives_total{kind=\"pong\"}") >= 1.0,
+        "{m}"
+    );
+    // drain: the idle connection gets FIN
+    signal_pid(proxy.child.id(), "TERM");
+    let b_end = read_end(&mut b, Duration::from_secs(8));
+    assert_eq!(
+        b_end,
+        "fin",
+        "drain closes idle connections with FIN\n{}",
+        proxy.log_tail()
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 after SIGTERM ({st:?})\n{log}"
     );
 }
 

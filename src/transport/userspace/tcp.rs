@@ -785,3 +785,90 @@ impl App {
         self.net.tcp.end_read(s, &cx, h, &conn, st, result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue8_bad_input_is_aborted_with_rst_by_default_or_fin_when_configured() {
+        use ReleaseReason as R;
+        for r in [
+            R::ParseError,
+            R::FramingError,
+            R::Oversize,
+            R::NoContentLength,
+            R::MessageTimeout,
+            R::FirstMessageTimeout,
+        ] {
+            assert_eq!(close_how(r, TcpRelease::Rst), CloseHow::Rst, "{r:?}");
+            assert_eq!(close_how(r, TcpRelease::Fin), CloseHow::Fin, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn issue8_idle_evicted_eof_shutdown_always_close_with_fin() {
+        use ReleaseReason as R;
+        for r in [R::IdleTimeout, R::Evicted, R::Eof, R::Shutdown] {
+            for how in [TcpRelease::Rst, TcpRelease::Fin] {
+                assert_eq!(close_how(r, how), CloseHow::Fin, "{r:?}");
+            }
+        }
+        for r in [R::Reset, R::WriteQueueFull, R::Limit, R::ConnectFailed] {
+            assert_eq!(close_how(r, TcpRelease::Fin), CloseHow::Rst, "{r:?}");
+        }
+        // every reason has a rule
+        for r in ReleaseReason::ALL {
+            let _ = close_how(r, TcpRelease::Rst);
+        }
+    }
+
+    #[test]
+    fn issue8_upstream_reset_refusal_and_unreachable_are_passive_signals() {
+        assert_eq!(closed_reason(None, true), (ReleaseReason::Eof, None));
+        assert_eq!(
+            closed_reason(Some(TcpError::ConnectionRefused), false),
+            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::TimedOut), false),
+            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::HostUnreachable), false),
+            (ReleaseReason::ConnectFailed, Some(Signal::Unreachable))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::ConnectionReset), true),
+            (ReleaseReason::Reset, Some(Signal::Reset))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::HostUnreachable), true),
+            (ReleaseReason::Reset, Some(Signal::Unreachable))
+        );
+    }
+
+    #[test]
+    fn stack_io_holds_nothing_while_idle_and_drops_its_queue_on_close() {
+        let io = StackIo::new(100);
+        assert!(!io.has_backlog());
+        assert_eq!(io.lock().queue.capacity(), 0);
+        // not attached / not connected: everything queues, bounded
+        io.attach(
+            TcpHandle {
+                slot: 0,
+                generation: 0,
+            },
+            false,
+            5,
+        );
+        let mut st = io.lock();
+        st.queue.push_back(vec![0; 60]);
+        st.queued = 60;
+        drop(st);
+        assert!(io.has_backlog());
+        assert_eq!(io.close(), 60);
+        assert!(!io.has_backlog());
+        assert!(io.take_handle().is_none());
+    }
+}
