@@ -572,28 +572,29 @@ impl Drop for TcpUas {
     }
 }
 
-/// Issue 8: SIP over the userspace TCP end to end. sipp `-t t1` (one
-/// connection for all calls) → sipedge's TCP listener on its own stack →
-/// an outbound connection from the stack to a sipp TCP UAS; replies travel
-/// back over the client's own connection (`;i=` in Via).
-#[test]
-fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
-    if skip_unless_root() || skip_unless_sipp() {
-        return;
-    }
+/// sipp over TCP (`transport`) from the peer's Linux stack to sipedge's
+/// TCP listener on its own stack (`v6`: the IPv6 address) → an outbound
+/// connection from the stack to a sipp TCP UAS (IPv4); replies travel
+/// back over the client's own connection (`;i=` in Via). All `calls`
+/// succeed; the stack's TCP counters moved.
+fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32) {
     let _load = load_lock();
     let pair = NetnsPair::new();
     must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
     let uas = TcpUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
-    const CALLS: u32 = 200;
+    let (local, target): (IpAddr, IpAddr) = if v6 {
+        (pair.peer_v6().into(), pair.stack_v6().into())
+    } else {
+        (pair.peer_v4().into(), pair.stack_v4().into())
+    };
     let run = run_uac(&UacOpts {
-        target: SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
-        transport: SippTransport::T1,
-        calls: CALLS,
+        target: SocketAddr::new(target, SIP_PORT),
+        transport,
+        calls,
         rate: RATE,
         netns: Some(pair.peer_ns.clone()),
-        local: Some(pair.peer_v4().into()),
+        local: Some(local),
     });
     let m = proxy.metrics();
     let q = |g: &str, c: &str| {
@@ -615,16 +616,91 @@ fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
         run.report(),
         proxy.log_tail()
     );
-    assert!(
-        run.all_ok(CALLS),
-        "{CALLS} calls over TCP t1 through sipedge (afpacket): expected all successful, 0 failed\n{report}"
+    let name = format!(
+        "TCP {} over IPv{}",
+        transport.flag(),
+        if v6 { 6 } else { 4 }
     );
-    eprintln!("TCP t1: {} calls ok in {:?}", run.successful, run.wall);
-    // one connection from the UAC, one to the UAS
+    assert!(
+        run.all_ok(calls),
+        "{calls} calls, {name}, through sipedge (afpacket): expected all successful, 0 failed\n{report}"
+    );
+    eprintln!("{name}: {} calls ok in {:?}", run.successful, run.wall);
+    // the UAC's connection(s) accepted, one to the UAS opened
     assert!(passive >= 1.0 && active >= 1.0, "{report}");
-    assert!(fwd_req >= 3.0 * f64::from(CALLS), "{report}");
-    assert!(in_segs > 0.0, "{report}");
+    if transport == SippTransport::Tn {
+        assert!(
+            passive >= f64::from(calls),
+            "one connection per call\n{report}"
+        );
+    }
+    assert!(fwd_req >= 3.0 * f64::from(calls), "{report}");
+    assert!(in_segs > 0.0 && tcp_in > 0.0, "{report}");
     drop(uas);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// Issue 8: SIP over the userspace TCP end to end, sipp `-t t1` (one
+/// connection for all calls), IPv4.
+#[test]
+fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    tcp_calls_through_the_stack(SippTransport::T1, false, 200);
+}
+
+/// Issue 8: sipp `-t tn` (a connection per call) over IPv6 to the stack,
+/// IPv4 TCP to the upstream.
+#[test]
+fn afpacket_tcp_tn_v6_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    tcp_calls_through_the_stack(SippTransport::Tn, true, 100);
+}
+
+/// SPEC A.2 on the userspace TCP: a connection that sends nothing is
+/// released at the first-message deadline (RST by default) and counted.
+#[test]
+fn afpacket_tcp_first_message_deadline_fires() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "\n[tcp]\nfirst_message_timeout_secs = 1\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let q = "sipedge_tcp_released_total{reason=\"first_message_timeout\"}";
+    let before = metric(&proxy.metrics(), q);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let end = pair.in_peer(move || -> Result<(String, Duration), String> {
+        let mut s = connect_from(from, to)?;
+        let t0 = Instant::now();
+        Ok((read_end(&mut s, Duration::from_secs(5)), t0.elapsed()))
+    });
+    let (end, after) = end.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        end,
+        "reset",
+        "released after {after:?}\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "released too early: {after:?}"
+    );
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, q) < before + 1.0 && t0.elapsed() < Duration::from_secs(3) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert!(metric(&m, q) >= before + 1.0, "{m}");
     let (st, log) = proxy.stop();
     assert!(
         st.is_some_and(|s| s.success()),
