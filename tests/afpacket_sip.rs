@@ -897,6 +897,68 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
     );
 }
 
+/// Issue 8: a refused TCP connect to an upstream target (the peer's Linux
+/// answers the stack's SYN with RST) is a passive signal: with
+/// `hold_down_ms` the target goes down at the first one, and the failed
+/// connect is counted (release reason connect_failed, Tcp AttemptFails).
+#[test]
+fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let peer = pair.peer_v4();
+    let sets = format!(
+        "\n[[upstream_set]]\nname = \"core\"\nping_interval_ms = 500\nping_timeout_ms = 400\n\
+         down_after = 3\nup_after = 2\nhold_down_ms = 60000\n\
+         [[upstream_set.target]]\nuri = \"sip:{peer}:5099;transport=tcp\"\n"
+    );
+    let mut proxy = AfSipedge::start(&pair, &(afpacket_tcp_config(&pair) + &sets));
+    let t0 = Instant::now();
+    let up = |m: &str| {
+        samples(m)
+            .into_iter()
+            .find(|s| s.name == "sipedge_upstream_up")
+            .map(|s| s.value)
+    };
+    let mut m = proxy.metrics();
+    while up(&m) != Some(0.0) && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    let took = t0.elapsed();
+    assert_eq!(
+        up(&m),
+        Some(0.0),
+        "target not down within 5 s\n{m}\n{}",
+        proxy.log_tail()
+    );
+    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        log.contains("signal=\"connect_failed\""),
+        "{}",
+        proxy.log_tail()
+    );
+    assert!(
+        metric(&m, "sipedge_tcp_released_total{reason=\"connect_failed\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"AttemptFails\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    eprintln!("refused upstream down after {took:?}");
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).
 fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
     let path = dir.join(name);
