@@ -897,6 +897,54 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
     );
 }
 
+/// SPEC A.4 on the userspace TCP: the connection table's admission applies
+/// (here `max_connections_per_ip = 1`): a connection over the limit is
+/// aborted (the client sees RST) and counted; the admitted one still works.
+#[test]
+fn afpacket_tcp_connection_over_the_per_ip_limit_is_refused() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "\n[tcp]\nmax_connections_per_ip = 1\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<(String, u16), String> {
+        let mut a = connect_from(from, to)?;
+        let mut b = connect_from(from, to)?;
+        let b_end = read_end(&mut b, Duration::from_secs(3));
+        let local = a.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-lim",
+            70,
+        );
+        a.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let reply = read_sip_message(&mut a, Duration::from_secs(3))?;
+        Ok((b_end, status_code(&reply).unwrap_or(0)))
+    });
+    let (b_end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(b_end, "reset", "{}", proxy.log_tail());
+    assert_eq!(code, 200);
+    let m = proxy.metrics();
+    assert!(metric(&m, "sipedge_tcp_refused_total") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "sipedge_tcp_released_total{reason=\"limit\"}") >= 1.0,
+        "{m}"
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// Issue 8: a refused TCP connect to an upstream target (the peer's Linux
 /// answers the stack's SYN with RST) is a passive signal: with
 /// `hold_down_ms` the target goes down at the first one, and the failed
