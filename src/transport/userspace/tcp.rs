@@ -759,8 +759,16 @@ impl App {
             let mut ok = false;
             let r = st.on_bytes(&buf[..n], now_ms, |item| match item {
                 Item::Message { bytes, body_offset } => {
-                    ok |=
-                        receive_tcp_msg(&step, &mut eg, &rcv, bytes, body_offset, sc, received_at)?;
+                    ok |= receive_tcp_msg(
+                        &step,
+                        &mut eg,
+                        &conn,
+                        &rcv,
+                        bytes,
+                        body_offset,
+                        sc,
+                        received_at,
+                    )?;
                     Ok(())
                 }
                 Item::Ping => {
@@ -772,8 +780,8 @@ impl App {
                 }
             });
             if ok {
+                // (the connection itself is marked by receive_tcp_msg)
                 st.mark_ok();
-                conn.mark_ok();
             }
             if let Err(reason) = r {
                 break Err(reason);
