@@ -577,7 +577,7 @@ impl Drop for TcpUas {
 /// connection from the stack to a sipp TCP UAS (IPv4); replies travel
 /// back over the client's own connection (`;i=` in Via). All `calls`
 /// succeed; the stack's TCP counters moved.
-fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32) {
+fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32, rate: u32) {
     let _load = load_lock();
     let pair = NetnsPair::new();
     must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
@@ -592,7 +592,7 @@ fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32) {
         target: SocketAddr::new(target, SIP_PORT),
         transport,
         calls,
-        rate: RATE,
+        rate,
         netns: Some(pair.peer_ns.clone()),
         local: Some(local),
     });
@@ -651,7 +651,7 @@ fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
     if skip_unless_root() || skip_unless_sipp() {
         return;
     }
-    tcp_calls_through_the_stack(SippTransport::T1, false, 200);
+    tcp_calls_through_the_stack(SippTransport::T1, false, 200, RATE);
 }
 
 /// Issue 8: sipp `-t tn` (a connection per call) over IPv6 to the stack,
@@ -661,7 +661,7 @@ fn afpacket_tcp_tn_v6_calls_pass_through_the_userspace_stack() {
     if skip_unless_root() || skip_unless_sipp() {
         return;
     }
-    tcp_calls_through_the_stack(SippTransport::Tn, true, 100);
+    tcp_calls_through_the_stack(SippTransport::Tn, true, 100, RATE);
 }
 
 /// SPEC A.2 on the userspace TCP: a connection that sends nothing is
