@@ -216,6 +216,7 @@ pub async fn serve(
             tasks.spawn(transaction_timers(ctx.clone(), shard));
         }
     }
+    tasks.spawn(kernel::sweep_deadlines(ctx.clone()));
     // always: a reload (SIGHUP) may turn health checks on
     tasks.spawn(probe::run(ctx.clone(), probe_rx));
     if let Some(addr) = cfg.metrics_listen {
