@@ -38,7 +38,7 @@ use crate::netstack::{Instant, SocketEvent, Stack, TcpError, TcpHandle};
 use crate::transport::conn::{Conn, ConnCache, ConnIo, ConnState, ConnTable, ReleaseReason};
 use crate::transport::egress::{SendResult, Step, rcv_tcp};
 use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
-use crate::transport::tcp::receive_tcp_msg;
+use crate::transport::tcp::{self, receive_tcp_msg};
 
 /// Size of the stack thread's one read buffer.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -446,13 +446,8 @@ impl TcpSide {
     fn upstream_signal(&self, cx: &Ctx<'_>, conn: &Conn<StackIo>, signal: Signal) {
         if conn.outbound {
             tracing::debug!(peer = %conn.peer, signal = signal.as_str(), "upstream TCP failure");
-            cx.core.upstreams().mark_failure_at(
-                conn.peer,
-                Some(Transport::Tcp),
-                signal,
-                cx.core.now_ms(),
-            );
         }
+        tcp::upstream_signal(cx.core, conn, signal);
     }
 
     /// `Egress::send_tcp` on the stack: the connection `dest.conn` if
@@ -631,16 +626,7 @@ impl TcpSide {
                 }
             }
         }
-        let dropped = self.conns.release(conn);
-        cx.metrics.tcp_released(reason);
-        tracing::debug!(
-            conn = conn.id,
-            peer = %conn.peer,
-            reason = reason.as_str(),
-            close = ?how,
-            dropped_bytes = dropped,
-            "connection released"
-        );
+        tcp::release_conn(&self.conns, cx.metrics, conn, reason);
     }
 
     /// Deadlines due at `now`, and kill requests (drain, write-queue
