@@ -64,9 +64,13 @@ pub(super) fn secs(now: Instant) -> u64 {
 /// The backend part of a connection on the stack: the netstack handle and
 /// the bytes the stack's send buffer did not take yet (bounded by
 /// `[tcp] write_queue_bytes`; no allocation while nothing is queued).
+/// Only the stack thread takes the lock (so it never waits); the drain on
+/// the main thread reads `backlog` only.
 #[derive(Debug)]
 pub struct StackIo {
     st: Mutex<IoState>,
+    /// Data is queued (`IoState::queued > 0`), readable without the lock.
+    backlog: AtomicBool,
     write_limit: usize,
 }
 
@@ -87,6 +91,7 @@ impl ConnIo for StackIo {
     fn new(write_limit: usize) -> Self {
         StackIo {
             st: Mutex::new(IoState::default()),
+            backlog: AtomicBool::new(false),
             write_limit,
         }
     }
@@ -102,11 +107,12 @@ impl ConnIo for StackIo {
         st.queued = 0;
         st.head_sent = 0;
         st.handle = None;
+        self.backlog.store(false, Ordering::Release);
         dropped
     }
 
     fn has_backlog(&self) -> bool {
-        self.lock().queued > 0
+        self.backlog.load(Ordering::Acquire)
     }
 }
 
@@ -171,6 +177,7 @@ impl StackIo {
         }
         st.queued += rest.len();
         st.queue.push_back(rest.to_vec());
+        self.backlog.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -197,8 +204,11 @@ impl StackIo {
             st.queue.pop_front();
             st.head_sent = 0;
         }
-        if st.queue.is_empty() && st.queue.capacity() > 0 {
-            st.queue = VecDeque::new();
+        if st.queue.is_empty() {
+            self.backlog.store(false, Ordering::Release);
+            if st.queue.capacity() > 0 {
+                st.queue = VecDeque::new();
+            }
         }
         Ok(())
     }
@@ -865,6 +875,7 @@ mod tests {
         st.queue.push_back(vec![0; 60]);
         st.queued = 60;
         drop(st);
+        io.backlog.store(true, Ordering::Release);
         assert!(io.has_backlog());
         assert_eq!(io.close(), 60);
         assert!(!io.has_backlog());
