@@ -897,6 +897,99 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
     );
 }
 
+/// SPEC A.2 on the userspace TCP, the other deadlines: a message trickled
+/// byte by byte is released at the message deadline (slowloris: the
+/// trickle does not extend it; RST), an idle connection after its idle
+/// lifetime (FIN).
+#[test]
+fn afpacket_tcp_slowloris_and_idle_deadlines_fire() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg =
+        afpacket_tcp_config(&pair) + "\n[tcp]\nmessage_timeout_secs = 1\nidle_lifetime_secs = 2\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<_, String> {
+        // slowloris: one byte every 200 ms
+        let mut a = connect_from(from, to)?;
+        let local = a.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-slow",
+            70,
+        );
+        let t0 = Instant::now();
+        let mut a_end = String::from("open");
+        for b in req.as_bytes().iter().take(40) {
+            if a.write_all(std::slice::from_ref(b)).is_err() {
+                a_end = "write failed".into();
+                break;
+            }
+            let e = read_end(&mut a, Duration::from_millis(200));
+            if e != "open" {
+                a_end = e;
+                break;
+            }
+        }
+        let a_after = t0.elapsed();
+        // idle: one message, then nothing
+        let mut b = connect_from(from, to)?;
+        let local = b.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-idle",
+            70,
+        );
+        b.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        read_sip_message(&mut b, Duration::from_secs(3))?;
+        let t1 = Instant::now();
+        let b_end = read_end(&mut b, Duration::from_secs(6));
+        Ok((a_end, a_after, b_end, t1.elapsed()))
+    });
+    let (a_end, a_after, b_end, b_after) =
+        r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        a_end,
+        "reset",
+        "slowloris after {a_after:?}\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        a_after < Duration::from_secs(3),
+        "the trickle extended the message deadline: {a_after:?}"
+    );
+    assert_eq!(b_end, "fin", "idle after {b_after:?}\n{}", proxy.log_tail());
+    assert!(
+        b_after >= Duration::from_millis(1500),
+        "idle release too early: {b_after:?}"
+    );
+    let released = |r: &str| format!("sipedge_tcp_released_total{{reason=\"{r}\"}}");
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, &released("idle_timeout")) < 1.0 && t0.elapsed() < Duration::from_secs(3) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert!(metric(&m, &released("message_timeout")) >= 1.0, "{m}");
+    assert!(metric(&m, &released("idle_timeout")) >= 1.0, "{m}");
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// SPEC A.4 on the userspace TCP: the connection table's admission applies
 /// (here `max_connections_per_ip = 1`): a connection over the limit is
 /// aborted (the client sees RST) and counted; the admitted one still works.
