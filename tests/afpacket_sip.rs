@@ -990,6 +990,63 @@ fn afpacket_tcp_slowloris_and_idle_deadlines_fire() {
     );
 }
 
+/// The nosip `match` hook on the userspace TCP: matching junk is consumed
+/// (counted, not a release) and the connection keeps serving SIP.
+#[test]
+fn afpacket_tcp_nosip_match_keeps_the_connection() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "\n[nosip]\nhook = \"match\"\npattern = '^GARBAGE'\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<_, String> {
+        let mut s = connect_from(from, to)?;
+        s.write_all(b"GARBAGE\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let end = read_end(&mut s, Duration::from_millis(500));
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-nosip",
+            70,
+        );
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let reply = read_sip_message(&mut s, Duration::from_secs(3))?;
+        Ok((end, status_code(&reply)))
+    });
+    let (end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        end,
+        "open",
+        "matched junk must not close the connection\n{}",
+        proxy.log_tail()
+    );
+    assert_eq!(code, Some(200));
+    let m = proxy.metrics();
+    assert!(
+        metric(&m, "sipedge_nosip_total{verdict=\"drop\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "sipedge_tcp_released_total{reason=\"parse_error\"}"),
+        0.0,
+        "{m}"
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// SPEC A.4 on the userspace TCP: the connection table's admission applies
 /// (here `max_connections_per_ip = 1`): a connection over the limit is
 /// aborted (the client sees RST) and counted; the admitted one still works.
