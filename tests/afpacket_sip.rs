@@ -625,7 +625,18 @@ fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32, r
         run.all_ok(calls),
         "{calls} calls, {name}, through sipedge (afpacket): expected all successful, 0 failed\n{report}"
     );
-    eprintln!("{name}: {} calls ok in {:?}", run.successful, run.wall);
+    let per_call = |c: &str| q("Tcp", c) / f64::from(calls);
+    eprintln!(
+        "{name}: {} calls ok in {:?}; per call: Tcp InSegs {:.1} OutSegs {:.1}, delayed ACKs {:.1}",
+        run.successful,
+        run.wall,
+        per_call("InSegs"),
+        per_call("OutSegs"),
+        metric(
+            &m,
+            "sipedge_netstack_mib_total{group=\"TcpExt\",counter=\"DelayedACKs\"}"
+        ) / f64::from(calls)
+    );
     // the UAC's connection(s) accepted, one to the UAS opened
     assert!(passive >= 1.0 && active >= 1.0, "{report}");
     if transport == SippTransport::Tn {
