@@ -413,6 +413,8 @@ impl UpstreamSets {
                     .store(a.oks.load(Ordering::Relaxed), Ordering::Relaxed);
                 b.changed_at
                     .store(a.changed_at.load(Ordering::Relaxed), Ordering::Relaxed);
+                b.held_until
+                    .store(a.held_until.load(Ordering::Relaxed), Ordering::Relaxed);
                 t.metrics.up.set(i64::from(up));
                 if !up {
                     new.up_count.fetch_sub(1, Ordering::Relaxed);
