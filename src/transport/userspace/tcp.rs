@@ -881,4 +881,156 @@ mod tests {
         assert!(!io.has_backlog());
         assert!(io.take_handle().is_none());
     }
+
+    /// Two stacks over an in-memory link in virtual time: A (ours,
+    /// 198.18.0.2) and B (the peer, 198.18.0.1, listening on :5080).
+    struct Link {
+        a: Stack,
+        b: Stack,
+        da: crate::netstack::device::MemoryDevice,
+        db: crate::netstack::device::MemoryDevice,
+        now: Instant,
+    }
+
+    impl Link {
+        fn new(wmem: usize) -> Link {
+            use crate::netstack::device::MemoryDevice;
+            use crate::netstack::testutil::*;
+            use crate::netstack::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
+            let (da, db) =
+                MemoryDevice::pair(EthernetAddress(OUR_MAC), EthernetAddress(PEER_MAC), 1500);
+            let mut ca = config();
+            ca.limits.tcp_wmem = wmem;
+            let mut cb = config();
+            cb.mac = EthernetAddress(PEER_MAC);
+            cb.ipv4 = Some(Ipv4Cidr::new(PEER4, 24));
+            cb.ipv6 = Some(Ipv6Cidr::new(PEER6, 64));
+            cb.limits.tcp_rmem = 4096;
+            Link {
+                a: Stack::new(ca, t0()),
+                b: Stack::new(cb, t0()),
+                da,
+                db,
+                now: t0(),
+            }
+        }
+
+        /// One round: frames both ways, timers, 1 ms of virtual time.
+        fn round(&mut self) {
+            use crate::netstack::device::Device;
+            while let Some(f) = self.a.pop_tx() {
+                let _ = self.da.send(&f);
+                self.a.recycle(f);
+            }
+            while let Some(f) = self.b.pop_tx() {
+                let _ = self.db.send(&f);
+                self.b.recycle(f);
+            }
+            let (now, a, b) = (self.now, &mut self.a, &mut self.b);
+            let _ = self
+                .da
+                .recv_batch(4096, &mut |m, f| a.receive_frame(now, m, f));
+            let _ = self
+                .db
+                .recv_batch(4096, &mut |m, f| b.receive_frame(now, m, f));
+            self.a.poll(self.now);
+            self.b.poll(self.now);
+            self.now = self.now + crate::netstack::Duration::from_millis(1);
+        }
+    }
+
+    fn byte(i: usize) -> u8 {
+        (i.wrapping_mul(2_654_435_761) >> 13) as u8
+    }
+
+    /// SPEC A.4 on the stack: data sent before the connection is
+    /// established, or beyond the stack's send buffer, waits in the
+    /// connection's queue and goes out in order on TcpConnected /
+    /// TcpWritable; the queue is bounded by `write_queue_bytes` (over it:
+    /// `write_queue_full`) and holds no memory once empty.
+    #[test]
+    fn a4_stack_write_queue_is_bounded_and_flushed_in_order() {
+        let peer: SocketAddr = "198.18.0.1:5080".parse().unwrap();
+        let mut l = Link::new(4096);
+        let lh = l.b.tcp_listen(peer, 16).unwrap();
+        let h = l.a.tcp_connect(l.now, None, peer).unwrap();
+        let io = StackIo::new(20_000);
+        io.attach(h, false, 0);
+        // not established yet: queued
+        let mut sent = 0usize;
+        let msg: Vec<u8> = (0..3000).map(byte).collect();
+        io.send(&mut l.a, &msg, 0).unwrap();
+        sent += msg.len();
+        assert!(io.has_backlog());
+        // establish; the application flushes on TcpConnected
+        let mut connected = false;
+        let mut bh = None;
+        for _ in 0..2000 {
+            l.round();
+            while let Some(ev) = l.a.poll_event() {
+                if ev == SocketEvent::TcpConnected(h) {
+                    connected = true;
+                    io.flush(&mut l.a, true).unwrap();
+                }
+            }
+            while let Some(ev) = l.b.poll_event() {
+                if ev == SocketEvent::TcpAcceptable(lh) {
+                    bh = l.b.tcp(lh).and_then(|mut x| x.accept()).map(|(h, _)| h);
+                }
+            }
+            if connected && bh.is_some() {
+                break;
+            }
+        }
+        let bh = bh.expect("accepted");
+        assert!(connected);
+        // B does not read: A's send buffer (4 KiB) and B's window fill, the
+        // rest queues until the limit
+        let mut full = false;
+        for k in 0..100 {
+            let m: Vec<u8> = (sent..sent + 1000).map(byte).collect();
+            match io.send(&mut l.a, &m, k) {
+                Ok(()) => sent += m.len(),
+                Err(r) => {
+                    assert_eq!(r, ReleaseReason::WriteQueueFull);
+                    full = true;
+                    break;
+                }
+            }
+            assert!(io.lock().queued <= 20_000);
+            l.round();
+        }
+        assert!(full, "the queue is bounded");
+        assert!(io.has_backlog());
+        // B reads everything; A flushes on TcpWritable
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..20_000 {
+            l.round();
+            while let Some(ev) = l.a.poll_event() {
+                if ev == SocketEvent::TcpWritable(h) {
+                    io.flush(&mut l.a, false).unwrap();
+                }
+            }
+            while let Some(ev) = l.b.poll_event() {
+                let _ = ev;
+            }
+            for _ in 0..64 {
+                match l.b.tcp(bh).map(|mut x| x.recv(&mut buf)) {
+                    Some(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            if got.len() >= sent {
+                break;
+            }
+        }
+        assert_eq!(got.len(), sent);
+        assert!(
+            got.iter().enumerate().all(|(i, b)| *b == byte(i)),
+            "in order"
+        );
+        assert!(!io.has_backlog());
+        assert_eq!(io.lock().queue.capacity(), 0, "no memory held once empty");
+    }
 }
