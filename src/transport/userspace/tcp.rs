@@ -935,7 +935,7 @@ mod tests {
                 .recv_batch(4096, &mut |m, f| b.receive_frame(now, m, f));
             self.a.poll(self.now);
             self.b.poll(self.now);
-            self.now = self.now + crate::netstack::Duration::from_millis(1);
+            self.now += crate::netstack::Duration::from_millis(1);
         }
     }
 
