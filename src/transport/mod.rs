@@ -1,11 +1,19 @@
 //! Transport: connections, the Kamailio-shaped TCP reader loop, UDP receive,
 //! and the kernel backend (tokio + socket2).
 //!
-//! Threads: one tokio multi-thread runtime. UDP: one receive task per worker
-//! on its own SO_REUSEPORT socket. TCP: one task per connection running
-//! `handle_io`; sends to a connection are written directly by the sending
-//! task when the connection has no backlog, else queued (bounded) and flushed
-//! by the connection's own task.
+//! Shared by both backends: [`stream`] (the sans-IO framing and deadline
+//! state of a TCP connection), [`egress`] (the synchronous per-message step
+//! that sends through a backend's [`egress::Egress`]), [`tcp`]
+//! (`receive_tcp_msg`, release), [`conn`] (the connection table, generic
+//! over the backend's handle).
+//!
+//! Kernel backend ([`kernel`]): one tokio multi-thread runtime. UDP: one
+//! receive task per worker on its own SO_REUSEPORT socket. TCP: one small
+//! task per connection (`handle_io`, a hand-written poll over readiness,
+//! kill requests and the stream's deadline, woken for deadlines by one
+//! sweeper task); reads go into a per-worker buffer. Sends to a connection
+//! are written directly by the sending task when the connection has no
+//! backlog, else queued (bounded) and flushed by the connection's own task.
 
 pub mod conn;
 pub mod egress;
