@@ -139,14 +139,18 @@ impl KernelIo {
     }
 }
 
-/// Wake every connection whose deadline has passed, every [`SWEEP_TICK`]:
-/// one timer for all connections instead of one per connection (memory per
-/// idle connection); deadlines fire at most a tick late.
+/// Wake every connection whose deadline has passed, every [`SWEEP_TICK`]
+/// ([`SWEEP_IDLE`] while there is no connection): one timer for all
+/// connections instead of one per connection (memory per idle connection);
+/// deadlines fire at most a tick late.
 pub async fn sweep_deadlines(ctx: Arc<Ctx>) {
-    let mut tick = tokio::time::interval(SWEEP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let wait = if ctx.conns.is_empty() {
+            SWEEP_IDLE
+        } else {
+            SWEEP_TICK
+        };
+        tokio::time::sleep(wait).await;
         let now = ctx.now_ms();
         ctx.conns.for_each(|c| {
             if c.io.deadline.load(Ordering::Relaxed) <= now {
@@ -158,6 +162,9 @@ pub async fn sweep_deadlines(ctx: Arc<Ctx>) {
 
 /// Period of the deadline sweep.
 pub const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// Period of the sweep while no connection is open (a new one's first
+/// deadline is seconds away).
+pub const SWEEP_IDLE: Duration = Duration::from_secs(1);
 
 impl Conn<KernelIo> {
     /// Attach the socket (outbound: once connected) and push out what queued meanwhile.

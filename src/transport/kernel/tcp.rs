@@ -123,7 +123,7 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
 
 /// `handle_io`: wait for readiness, a kill request or the stream's next
 /// deadline; on error release the connection (state Bad unless the cause
-/// is EOF). The wait is one hand-written poll ([`poll_io`]) rather than a
+/// is EOF). The wait is one hand-written poll (`poll_io`) rather than a
 /// `select!`, and the deadline is woken by the table-wide sweeper
 /// ([`super::sweep_deadlines`]) rather than a timer per connection: it keeps
 /// the task small (memory per idle connection) — the readiness wakers live
