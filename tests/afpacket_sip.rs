@@ -1173,6 +1173,84 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
     );
 }
 
+/// Issue 8, CLI overrides: afpacket mode from flags alone (no file):
+/// `--stack afpacket --iface --ipv4 --ipv6 --listen tcp:… --upstream`;
+/// an OPTIONS over TCP to the stack's address is answered.
+#[test]
+fn afpacket_mode_from_command_line_flags_only() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
+    let dir = unique_temp_dir("afflags");
+    let log = dir.join("sipedge.log");
+    let logf = File::create(&log).expect("create the log");
+    let mut child = netns_exec(&pair.stack_ns, sipedge_bin())
+        .args(["--stack", "afpacket", "--iface", &pair.stack_if])
+        .args(["--ipv4", &format!("{v4}/24"), "--ipv6", &format!("{v6}/64")])
+        .args(["--listen", &format!("tcp:{v4}:{SIP_PORT}")])
+        .args(["--listen", &format!("udp:{v4}:{SIP_PORT}")])
+        .args([
+            "--upstream",
+            &format!("sip:{up}:{UPSTREAM_PORT};transport=tcp"),
+        ])
+        .args(["--metrics", "off"])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("dup"))
+        .stderr(logf)
+        .spawn()
+        .expect("spawn sipedge");
+    let t0 = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("sipedge exited during start-up ({st})\n{}", tail(&log, 40));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not ready within 10 s\n{}",
+            tail(&log, 40)
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let to: IpAddr = v4.into();
+    let from: IpAddr = up.into();
+    let r = pair.in_peer(move || -> Result<Option<u16>, String> {
+        let mut s = connect_from(from, to)?;
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-cli",
+            70,
+        );
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(status_code(&read_sip_message(
+            &mut s,
+            Duration::from_secs(3),
+        )?))
+    });
+    let code = r.unwrap_or_else(|e| panic!("{e}\n{}", tail(&log, 40)));
+    assert_eq!(code, Some(200), "{}", tail(&log, 40));
+    signal_pid(child.id(), "TERM");
+    let st = wait_child(&mut child, Duration::from_secs(5));
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = wait_child(&mut child, Duration::from_secs(5));
+    }
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        tail(&log, 40)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).
 fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
     let path = dir.join(name);
