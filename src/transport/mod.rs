@@ -393,15 +393,24 @@ async fn deliver_txn(
     }
 }
 
-/// Stateful mode: run transaction shard `shard`'s timers every
-/// [`TXN_TICK`] and send what they produce.
+/// Stateful mode: run transaction shard `shard`'s timers when they are
+/// due and send what they produce. The task sleeps until the shard's next
+/// deadline, at least [`TXN_TICK`] after its last run (timers due within
+/// that window run together) and at most [`TXN_MAX_SLEEP`] (a deadline armed
+/// meanwhile is at least 200 ms away, so this bounds its lateness too).
 async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
-    let mut tick = tokio::time::interval(TXN_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = crate::core::transaction::Out::default();
     let mut cache = ConnCache::default();
     loop {
-        tick.tick().await;
+        let now = ctx.core.now_ms();
+        let wait = ctx
+            .core
+            .next_transaction_deadline(shard)
+            .map_or(TXN_MAX_SLEEP, |d| {
+                Duration::from_millis(d.saturating_sub(now)).min(TXN_MAX_SLEEP)
+            })
+            .max(TXN_TICK);
+        tokio::time::sleep(wait).await;
         out.clear();
         ctx.core.poll_transactions(shard, &mut out);
         if !out.sends.is_empty() {
@@ -410,8 +419,31 @@ async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
     }
 }
 
-/// Period of the transaction timers (the timer wheel's tick).
-const TXN_TICK: Duration = Duration::from_millis(10);
+/// Shortest pause of the transaction timer task (the timers' resolution).
+const TXN_TICK: Duration = Duration::from_millis(20);
+/// Longest pause of the transaction timer task.
+const TXN_MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// Stateful mode: a transport error towards `peer` over TCP (a refused or
+/// failed connect, a RST on an outbound connection): the transactions
+/// waiting on it fail over now ([`Core::transport_failed`]). Called from the
+/// TCP connection task; nothing for inbound connections or other reasons.
+pub(crate) async fn txn_transport_failed(ctx: &Arc<Ctx>, conn: &conn::Conn, why: ReleaseReason) {
+    if !conn.outbound
+        || ctx.core.stateful().is_none()
+        || !matches!(why, ReleaseReason::ConnectFailed | ReleaseReason::Reset)
+    {
+        return;
+    }
+    let mut out = crate::core::transaction::Out::default();
+    if ctx
+        .core
+        .transport_failed(conn.peer, Transport::Tcp, &mut out)
+        > 0
+    {
+        deliver_txn(ctx, &out, Instant::now(), None, &mut ConnCache::default()).await;
+    }
+}
 
 /// A next hop that came from a host name (`resolved`) and turned out to be
 /// this proxy: a loop, dropped and counted. Both backends check it.

@@ -80,11 +80,13 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn>) {
             tracing::warn!(peer = %conn.peer, "connect failed: {e}");
             upstream_signal(&ctx, &conn, Signal::ConnectFailed);
             release_conn(&ctx, &conn, ReleaseReason::ConnectFailed);
+            super::txn_transport_failed(&ctx, &conn, ReleaseReason::ConnectFailed).await;
         }
         Err(_) => {
             tracing::warn!(peer = %conn.peer, "connect timed out");
             upstream_signal(&ctx, &conn, Signal::ConnectFailed);
             release_conn(&ctx, &conn, ReleaseReason::ConnectFailed);
+            super::txn_transport_failed(&ctx, &conn, ReleaseReason::ConnectFailed).await;
         }
     }
 }
@@ -179,6 +181,7 @@ pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn>, stream: Arc<TcpStream>) {
         conn.set_state(ConnState::Eof);
     }
     release_conn(&ctx, &conn, reason);
+    super::txn_transport_failed(&ctx, &conn, reason).await;
 }
 
 /// Passive upstream health: a connection we opened to an upstream target

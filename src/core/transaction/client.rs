@@ -5,8 +5,8 @@
 
 use super::{
     Cli, KEY_MASK, MAX_SLOTS, MAX_TRIES, Out, Retx, SLOT_BITS, Signal, Slot, Srv, TargetId, Tmo,
-    TxnRef, TxnTable, Upstreams, build_hop_request, build_reply, decode_branch, find_branch,
-    server_key, source_dest, write_branch,
+    TxnRef, TxnTable, Upstreams, build_hop_request, decode_branch, find_branch, server_key,
+    source_dest, write_branch,
 };
 use crate::config::Transport;
 use crate::core::proxy::{Dest, RcvInfo, SendKind};
@@ -15,7 +15,8 @@ use crate::sip::msg::{HeaderKind, SipMsg, Span, StartLine, parse_cseq, parse_via
 impl TxnTable {
     /// Create the transaction for a request the core routed (`fwd`: the
     /// forwarded bytes with our stateless Via on top) and send it to `dest`
-    /// (an INVITE also gets its 100 Trying, §16.2). `target`: the upstream it
+    /// (an INVITE also gets its 100 Trying, §16.2: at once, or after
+    /// `trying_delay_ms` if no answer was forwarded by then). `target`: the upstream it
     /// was picked from (failover is possible only then). `None` when the
     /// table is full or `fwd` carries no Via of ours: forward statelessly.
     #[allow(clippy::too_many_arguments)]
@@ -43,7 +44,7 @@ impl TxnTable {
         }
         let i = self.alloc(key)?;
         self.stats.created += 1;
-        let (t1, tb) = (self.cfg.t1_ms, self.cfg.timer_b());
+        let (t1, tb, trying) = (self.cfg.t1_ms, self.cfg.timer_b(), self.cfg.trying_delay_ms);
         let s = &mut self.slots[i as usize];
         s.buf.extend_from_slice(fwd);
         s.req_len = fwd.len() as u32;
@@ -67,19 +68,17 @@ impl TxnTable {
             s.tried[0] = t;
             s.ntried = 1;
         }
+        Self::start_try(s, now, t1, tb);
         if invite {
-            // §16.2 / §17.2.1: 100 Trying at once (also for retransmissions)
-            let start = out.buf.len();
-            if let Some(m) = TxnTable::parse_request(&s.buf[..s.req_len as usize], &mut self.hdrs) {
-                build_reply(&m, 1, 100, 0, None, &mut out.buf);
-            }
-            if out.buf.len() > start {
-                out.push_built(start, caller, SendKind::LocalReply(100), None);
-                s.set_sent(&out.buf[start..]);
-                s.sent_code = 100;
+            // §17.2.1: the 100 Trying may be left out when the TU answers
+            // within 200 ms: it is sent from the timer if nothing was by then
+            if trying == 0 {
+                self.send_trying(i, out);
+            } else {
+                self.slots[i as usize].trying_at = now + trying;
             }
         }
-        Self::start_try(s, now, t1, tb);
+        let s = &mut self.slots[i as usize];
         let r = s.txn_ref(self.shard << SLOT_BITS | i);
         out.push(s.up, s.request(), SendKind::Request, Some(r));
         self.arm(i);
@@ -392,13 +391,57 @@ impl TxnTable {
         {
             return;
         }
+        self.fail_try(now, i, Some(Signal::SendFailed), out, up);
+    }
+
+    /// A transport error on the way to `addr` over `transport` (a refused or
+    /// failed TCP connect, a RST): every transaction whose current try went
+    /// there and has no final answer fails over at once (or answers with
+    /// its best answer), instead of waiting for Timer B / F. The transport
+    /// already reported the target's failure to the upstream sets.
+    /// Returns the number of tries failed.
+    pub fn transport_failed(
+        &mut self,
+        now: u64,
+        addr: std::net::SocketAddr,
+        transport: Transport,
+        out: &mut Out,
+        up: &mut dyn Upstreams,
+    ) -> usize {
+        let mut n = 0;
+        // each slot is visited once: a failover to the same address waits
+        // for the next error
+        for i in 0..self.slots.len() as u32 {
+            let s = &self.slots[i as usize];
+            if s.key != 0 && s.cli != Cli::Done && s.up.addr == addr && s.up.transport == transport
+            {
+                self.fail_try(now, i, None, out, up);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The current try failed for a transport reason: fail over or send the
+    /// best answer (a 408 when none came).
+    fn fail_try(
+        &mut self,
+        now: u64,
+        i: u32,
+        report: Option<Signal>,
+        out: &mut Out,
+        up: &mut dyn Upstreams,
+    ) {
+        let s = &mut self.slots[i as usize];
         s.cli = Cli::Done;
         s.tmo = Tmo::None;
         if s.retx == Retx::Request {
             s.retx = Retx::None;
         }
-        if s.from_set {
-            up.failure(s.tried[s.ntried as usize - 1], Signal::SendFailed, now);
+        if s.from_set
+            && let Some(sig) = report
+        {
+            up.failure(s.tried[s.ntried as usize - 1], sig, now);
         }
         if super::better(408, s.best_code) {
             s.best_code = 408;

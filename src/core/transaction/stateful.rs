@@ -196,7 +196,38 @@ impl Stateful {
         taken
     }
 
-    /// Run shard `shard`'s timers (every ~10 ms).
+    /// Shard `shard`'s next timer deadline (core milliseconds; a lower
+    /// bound), `None` when no timer is armed.
+    pub fn next_deadline(&self, shard: usize) -> Option<u64> {
+        self.lock(shard).table.next_deadline()
+    }
+
+    /// A transport error towards `addr` (refused / failed connect, RST):
+    /// every try waiting on it, in every shard, fails over now. Returns the
+    /// tries failed.
+    pub fn transport_failed(
+        &self,
+        core: &Core,
+        addr: std::net::SocketAddr,
+        transport: crate::config::Transport,
+        out: &mut Out,
+    ) -> usize {
+        let now = core.now_ms();
+        let mut up = Sets(core.upstreams());
+        let start = out.sends.len();
+        let mut n = 0;
+        for i in 0..self.shards.len() {
+            let mut sh = self.lock(i);
+            n += sh
+                .table
+                .transport_failed(now, addr, transport, out, &mut up);
+            self.publish(&mut sh);
+        }
+        self.count(out, start);
+        n
+    }
+
+    /// Run shard `shard`'s timers (when [`Stateful::next_deadline`] is due).
     pub fn poll(&self, core: &Core, shard: usize, out: &mut Out) {
         let now = core.now_ms();
         let mut up = Sets(core.upstreams());

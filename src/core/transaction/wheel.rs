@@ -71,6 +71,21 @@ impl Wheel {
         self.cur = end;
     }
 
+    /// A lower bound of the earliest deadline held (`None`: empty): the
+    /// first non-empty bucket from the current tick on, and there the
+    /// earliest entry, or the bucket's end when its entries are for a later
+    /// turn (the caller then wakes early and asks again).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let n = self.buckets.len() as u64;
+        for t in self.cur..self.cur + n {
+            let b = &self.buckets[(t & (n - 1)) as usize];
+            if let Some(min) = b.iter().map(|e| e.at).min() {
+                return Some(min.min((t + 1) * self.tick_ms));
+            }
+        }
+        None
+    }
+
     /// Entries held (armed and stale).
     pub fn entries(&self) -> usize {
         self.buckets.iter().map(Vec::len).sum()
