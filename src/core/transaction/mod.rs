@@ -565,6 +565,20 @@ impl TxnTable {
         self.wheel.next_deadline()
     }
 
+    /// A completed non-INVITE transaction (Timer J): only its answer is
+    /// resent from now on (to a retransmitted request), so the buffer keeps
+    /// just that answer and gives the rest of its memory back.
+    fn keep_only_sent(&mut self, i: u32) {
+        let s = &mut self.slots[i as usize];
+        let (a, b) = (s.req_len as usize, s.sent_end as usize);
+        s.buf.truncate(b);
+        s.buf.drain(..a);
+        s.req_len = 0;
+        s.sent_end = (b - a) as u32;
+        s.branch_at = 0;
+        s.buf.shrink_to(s.buf.len());
+    }
+
     /// The slot's buffer is no longer needed (its answer need not be
     /// retransmitted nor its request re-sent): give it to the pool, so a
     /// finished transaction holds only its fixed part.

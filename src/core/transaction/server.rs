@@ -173,6 +173,9 @@ impl TxnTable {
                 0
             };
             s.end_at = s.end_at.max(now + j.max(k)).max(1);
+            if j > 0 {
+                self.keep_only_sent(i);
+            }
         }
         self.arm(i);
     }
@@ -192,7 +195,7 @@ impl TxnTable {
     pub(super) fn accept_server(&mut self, now: u64, i: u32) {
         let (wl, t4) = (self.cfg.wait_long(), self.cfg.wait_t4());
         let s = &mut self.slots[i as usize];
-        let mut drop_buf = false;
+        let (mut drop_buf, mut drop_req) = (false, false);
         if s.invite {
             s.srv = Srv::Accepted;
             s.end_at = s.end_at.max(now + wl).max(1);
@@ -214,12 +217,16 @@ impl TxnTable {
                 0
             };
             s.end_at = s.end_at.max(now + j.max(k)).max(1);
+            // Timer J: only the answer is resent (to a retransmitted request)
+            drop_req = j > 0;
         }
         s.tmo = Tmo::None;
         s.retx = Retx::None;
         s.trying_at = 0;
         if drop_buf {
             self.drop_buffer(i);
+        } else if drop_req {
+            self.keep_only_sent(i);
         }
         self.arm(i);
     }

@@ -1013,3 +1013,21 @@ fn wheel_next_deadline_is_a_lower_bound_beyond_the_horizon() {
     w.expire(d, &mut due);
     assert!(due.is_empty());
 }
+
+#[test]
+fn timer_j_completed_non_invite_keeps_only_its_answer_for_retransmissions() {
+    let mut h = H::new(Transport::Udp, 1);
+    h.start("BYE");
+    let req = h.last_request_up();
+    h.reply(&req, 200, dest(Transport::Udp, 5080));
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+    let s = h.tab.slots.iter().find(|s| s.key != 0).expect("lingering");
+    assert_eq!(s.req_len, 0, "the request is not kept");
+    assert_eq!(s.buf.len(), s.sent_end as usize);
+    assert!(s.buf.starts_with(b"SIP/2.0 200"));
+    // §17.2.2: a retransmitted BYE gets the same 200 again
+    h.now = 1000;
+    assert_eq!(h.request_again("BYE", "z9hG4bKc1"), ReqVerdict::Absorbed);
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+    assert!(h.out.bytes(&h.out.sends[0]).starts_with(b"SIP/2.0 200"));
+}
