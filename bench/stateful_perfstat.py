@@ -2,14 +2,16 @@
 """Instruction counts per call of sipedge builds (issue #10 follow-up): the
 same sipp load (loopback, sipp UAC -> sipedge 127.0.0.1:15060 -> sipp UAS
 127.0.0.1:15080, the shared harness's uac.xml) through each binary and mode,
-with `perf stat -p PID` counting the proxy's user and kernel instructions,
-context switches and task-clock from its start to the end of the settle.
-Instruction counts are stable on a shared box where wall-clock CPU is not.
+with `perf stat -p PID` counting the proxy's context switches and
+task-clock (software counters: this VM exposes no hardware counters), and,
+with CALLGRIND=1, the proxy run under callgrind for its user-space
+instruction count (Ir, start-up included) per call: stable on a shared box
+where wall-clock CPU is not. Kernel instructions are not counted.
 Memory: peak RSS (VmHWM) minus RSS just before the load, per 1000 calls/s.
 
   bench/stateful_perfstat.sh OUT.jsonl NAME=BIN [NAME=BIN ...]
   env: TRANSPORTS (u1,t1), MODES (stateful,stateless), RATE (1000),
-       CALLS (8000), SETTLE (6), ROUNDS (1)
+       CALLS (8000), SETTLE (6), ROUNDS (1), CALLGRIND (0)
 
 Every process is started here and stopped by its PID.
 """
@@ -27,6 +29,7 @@ UAC_XML = os.path.join(HARNESS, "uac.xml")
 
 TOML = """[proxy]
 listen = ["udp:127.0.0.1:15060", "tcp:127.0.0.1:15060"]
+drain_timeout_secs = 0
 upstreams = ["sip:127.0.0.1:15080"]
 {mode}
 [log]
@@ -80,6 +83,19 @@ def parse_perf(path):
     return out
 
 
+def callgrind_ir(path):
+    total = 0
+    d = os.path.dirname(path)
+    for f in os.listdir(d):
+        if f.startswith(os.path.basename(path)):
+            with open(os.path.join(d, f)) as fh:
+                for line in fh:
+                    if line.startswith("totals:") or line.startswith("summary:"):
+                        total += int(line.split()[1])
+                        break
+    return total
+
+
 def stat_row(path):
     try:
         with open(path) as f:
@@ -98,17 +114,20 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
                            stdout=open(os.path.join(run, "uas.out"), "w"),
                            stderr=subprocess.STDOUT)
     time.sleep(0.5)
-    px = subprocess.Popen([binary, "--config", conf(mode, run)],
+    cg = os.environ.get("CALLGRIND", "0") == "1"
+    cg_out = os.path.join(run, "callgrind.out")
+    pre = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg_out}"] if cg else []
+    px = subprocess.Popen(pre + [binary, "--config", conf(mode, run)],
                           stdout=open(os.path.join(run, "proxy.log"), "w"),
                           stderr=subprocess.STDOUT)
     perf = uac = None
     res = {"name": name, "mode": mode, "transport": t, "rate": rate, "calls": calls}
     try:
-        time.sleep(1.5)
+        time.sleep(8 if cg else 1.5)
         rss0 = rss_kb(px.pid, "VmRSS")
         perf_out = os.path.join(run, "perf.csv")
         perf = subprocess.Popen(["perf", "stat", "-x,", "-o", perf_out, "-e",
-                                 "instructions:u,instructions:k,context-switches,task-clock",
+                                 "context-switches,task-clock",
                                  "-p", str(px.pid)])
         time.sleep(0.3)
         stf = os.path.join(run, "uac_stat.csv")
@@ -131,9 +150,6 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
         per = max(ok, 1)
         res.update({
             "successful": ok, "failed": failed,
-            "uinstr_per_call": round(c.get("instructions:u", 0) / per),
-            "kinstr_per_call": round(c.get("instructions:k", 0) / per),
-            "instr_per_call": round((c.get("instructions:u", 0) + c.get("instructions:k", 0)) / per),
             "cs_per_call": round(c.get("context-switches", 0) / per, 2),
             "task_clock_ms_per_1000": round(c.get("task-clock", 0) / per * 1000, 1),
             "rss_growth_mb_per_1000cps": round((peak - rss0) / 1024 / (rate / 1000), 2),
@@ -141,7 +157,9 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
     finally:
         stop(uac, signal.SIGINT)
         stop(perf, signal.SIGINT)
-        stop(px)
+        stop(px, grace=60 if cg else 5)
+        if cg:
+            res["callgrind_ir_per_call"] = round(callgrind_ir(cg_out) / max(res.get("successful", 0), 1))
         stop(uas, signal.SIGINT)
         time.sleep(1)
     return res

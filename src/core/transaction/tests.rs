@@ -1031,3 +1031,28 @@ fn timer_j_completed_non_invite_keeps_only_its_answer_for_retransmissions() {
     assert_eq!(h.sent(), sends(&[(5062, "200")]));
     assert!(h.out.bytes(&h.out.sends[0]).starts_with(b"SIP/2.0 200"));
 }
+
+#[test]
+fn wheel_next_deadline_finds_the_earliest_bucket_across_the_wrap() {
+    let mut w = Wheel::new(256, 10, 0);
+    let mut due = Vec::new();
+    // move the current tick near the end of the turn
+    w.expire(2_500, &mut due);
+    for (slot, at) in [(1, 2_700), (2, 2_520), (3, 2_900)] {
+        w.insert(Entry {
+            slot,
+            generation: 0,
+            at,
+        });
+    }
+    // 2_700 lies past the wrap (bucket 14); 2_520 before it (bucket 252)
+    assert_eq!(w.next_deadline(), Some(2_520));
+    w.expire(2_520, &mut due);
+    assert_eq!(due.len(), 1);
+    assert_eq!(w.next_deadline(), Some(2_700));
+    w.expire(2_700, &mut due);
+    assert_eq!(w.next_deadline(), Some(2_900));
+    w.expire(2_900, &mut due);
+    assert_eq!(w.next_deadline(), None);
+    assert_eq!(w.entries(), 0);
+}
