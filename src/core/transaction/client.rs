@@ -31,9 +31,13 @@ impl TxnTable {
         out: &mut Out,
     ) -> Option<TxnRef> {
         let (at, invite, key) = {
-            let m = TxnTable::parse_request(fwd, &mut self.hdrs)?;
-            let at = find_branch(&m)?;
-            let method = m.method();
+            let (at, method) = match our_via_branch(fwd) {
+                Some(v) => v,
+                None => {
+                    let m = TxnTable::parse_request(fwd, &mut self.hdrs)?;
+                    (find_branch(&m)?, m.method())
+                }
+            };
             if method == b"ACK" || method == b"CANCEL" {
                 return None;
             }
@@ -509,6 +513,35 @@ impl TxnTable {
     }
 }
 
+/// Where the core's stateless branch (prefix + 16 hex digits) of its own
+/// Via starts in a forwarded request, and the method, without parsing the
+/// whole message: the core inserts its Via (and Record-Route) right after
+/// the request line, so the first `;branch=z9hG4bKsE` after it, on a Via
+/// line among the first header lines, is ours. `None`: not found that way
+/// (the caller then parses the request).
+fn our_via_branch(fwd: &[u8]) -> Option<(usize, &[u8])> {
+    const PAT: &[u8] = b";branch=";
+    let sp = memchr::memchr(b' ', fwd)?;
+    let sl_end = memchr::memchr(b'\n', fwd)? + 1;
+    // our lines come first: Record-Route (at most two) and Via
+    let window = &fwd[sl_end..fwd.len().min(sl_end + 1024)];
+    let hit = memchr::memmem::find(window, b";branch=z9hG4bKsE")?;
+    let line_start = memchr::memrchr(b'\n', &window[..hit]).map_or(0, |n| n + 1);
+    let line = &window[line_start..hit];
+    let is_via = line.len() > 4
+        && (line[..4].eq_ignore_ascii_case(b"Via:") || line[..2].eq_ignore_ascii_case(b"v:"));
+    if !is_via {
+        return None;
+    }
+    let at = sl_end + hit + PAT.len();
+    let digits =
+        fwd.get(at + super::STATELESS_PREFIX.len()..at + super::STATELESS_PREFIX.len() + 16)?;
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    Some((at, &fwd[..sp]))
+}
+
 /// The answer without our top via-parm (§16.7 step 3).
 fn strip_into(msg: &SipMsg<'_>, via: &crate::sip::msg::Via, value: Span, out: &mut Vec<u8>) {
     let buf = msg.buf;
@@ -535,4 +568,46 @@ fn strip_and_send(
     let start = out.buf.len();
     strip_into(msg, via, value, &mut out.buf);
     out.push_built(start, dest, SendKind::Reply, None);
+}
+
+#[cfg(test)]
+mod fast_branch_tests {
+    use super::{TxnTable, find_branch, our_via_branch};
+
+    fn slow(fwd: &[u8]) -> Option<usize> {
+        let mut h = Vec::new();
+        let m = TxnTable::parse_request(fwd, &mut h)?;
+        find_branch(&m)
+    }
+
+    #[test]
+    fn our_via_branch_agrees_with_the_parser() {
+        let msgs: [&[u8]; 3] = [
+            b"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsE0123456789abcdef\r\n\
+              Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKsE1111111111111111\r\nCall-ID: c\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            b"INVITE sip:b@x SIP/2.0\r\nRecord-Route: <sip:10.0.0.1;lr>\r\n\
+              v: SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bKsEfedcba9876543210;i=7\r\n\
+              Via: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bKa\r\nCall-ID: c\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            b"BYE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsE0123456789abcdef\r\n\
+              Call-ID: c\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCSeq: 2 BYE\r\n\
+              Content-Length: 0\r\n\r\n",
+        ];
+        for m in msgs {
+            let (at, method) = our_via_branch(m).expect("found");
+            assert_eq!(Some(at), slow(m), "{}", String::from_utf8_lossy(m));
+            assert_eq!(method, &m[..method.len()]);
+            assert!(m[at..].starts_with(b"z9hG4bKsE"));
+        }
+        // a Request-URI carrying the pattern is not taken for our Via
+        let tricky: &[u8] = b"INVITE sip:b@x;branch=z9hG4bKsE0000000000000000 SIP/2.0\r\n\
+              Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsE0123456789abcdef\r\nCall-ID: c\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(our_via_branch(tricky).map(|v| v.0), slow(tricky));
+        // not on a Via line: the parser decides
+        let other: &[u8] =
+            b"INVITE sip:b@x SIP/2.0\r\nX-B: ;branch=z9hG4bKsE0123456789abcdef\r\n\r\n";
+        assert_eq!(our_via_branch(other), None);
+    }
 }
