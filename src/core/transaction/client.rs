@@ -114,13 +114,29 @@ impl TxnTable {
         out: &mut Out,
         up: &mut dyn Upstreams,
     ) -> bool {
-        let StartLine::Response { code, .. } = msg.start else {
-            return false;
-        };
         let Some(vh) = msg.first(HeaderKind::Via) else {
             return false;
         };
         let Ok(via) = parse_via(msg.buf, vh.value) else {
+            return false;
+        };
+        self.on_reply_via(now, msg, &via, vh.value, rcv, out, up)
+    }
+
+    /// [`TxnTable::on_reply`] with the top Via already parsed (`via_value`:
+    /// its value's span).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_reply_via(
+        &mut self,
+        now: u64,
+        msg: &SipMsg<'_>,
+        via: &crate::sip::msg::Via,
+        via_value: Span,
+        rcv: &RcvInfo,
+        out: &mut Out,
+        up: &mut dyn Upstreams,
+    ) -> bool {
+        let StartLine::Response { code, .. } = msg.start else {
             return false;
         };
         let Some((k32, field, generation, attempt)) =
@@ -157,7 +173,7 @@ impl TxnTable {
         if attempt != s.attempt || s.cli == Cli::Done {
             if (200..300).contains(&code) && s.invite {
                 // every 2xx goes to the caller (§16.7 step 5)
-                strip_and_send(msg, &via, vh.value, s.caller, out);
+                strip_and_send(msg, via, via_value, s.caller, out);
                 if attempt == s.attempt && s.srv == Srv::Proceeding {
                     let s = &mut self.slots[i as usize];
                     s.cli = Cli::Done;
@@ -170,7 +186,7 @@ impl TxnTable {
             return true;
         }
         match code {
-            100..=199 => self.provisional(now, i, msg, &via, vh.value, code, out),
+            100..=199 => self.provisional(now, i, msg, via, via_value, code, out),
             200..=299 => {
                 let s = &mut self.slots[i as usize];
                 s.cli = Cli::Done;
@@ -178,14 +194,18 @@ impl TxnTable {
                     up.success(s.tried[s.ntried as usize - 1], now);
                 }
                 let start = out.buf.len();
-                strip_and_send(msg, &via, vh.value, s.caller, out);
+                strip_and_send(msg, via, via_value, s.caller, out);
                 if out.buf.len() > start {
-                    s.set_sent(&out.buf[start..]);
+                    // an accepted single-try INVITE drops its buffer (RFC
+                    // 6026: nothing is resent from it): no copy to keep
+                    if !(s.invite && s.attempt == 0) {
+                        s.set_sent(&out.buf[start..]);
+                    }
                     s.sent_code = code;
                 }
                 self.accept_server(now, i);
             }
-            _ => self.final_failure(now, i, msg, &via, vh.value, code, out, up),
+            _ => self.final_failure(now, i, msg, via, via_value, code, out, up),
         }
         true
     }

@@ -451,7 +451,13 @@ impl Slot {
     /// Replace the stored answer sent to the caller (the held-back best stays).
     fn set_sent(&mut self, bytes: &[u8]) {
         let (a, b) = (self.req_len as usize, self.sent_end as usize);
-        self.buf.splice(a..b, bytes.iter().copied());
+        if b == self.buf.len() {
+            // no best answer held back (the usual case): no shifting
+            self.buf.truncate(a);
+            self.buf.extend_from_slice(bytes);
+        } else {
+            self.buf.splice(a..b, bytes.iter().copied());
+        }
         self.sent_end = (a + bytes.len()) as u32;
     }
     fn set_best(&mut self, bytes: &[u8]) {

@@ -172,12 +172,13 @@ impl Stateful {
         rcv: &RcvInfo,
         out: &mut Out,
     ) -> bool {
-        let Some(shard) = msg
-            .first(HeaderKind::Via)
-            .and_then(|h| parse_via(msg.buf, h.value).ok())
-            .and_then(|v| v.branch)
-            .and_then(|b| branch_shard(b.get(msg.buf)))
-        else {
+        let Some(vh) = msg.first(HeaderKind::Via) else {
+            return false;
+        };
+        let Ok(via) = parse_via(msg.buf, vh.value) else {
+            return false;
+        };
+        let Some(shard) = via.branch.and_then(|b| branch_shard(b.get(msg.buf))) else {
             return false;
         };
         if shard >= self.shards.len() {
@@ -186,7 +187,9 @@ impl Stateful {
         let now = core.now_ms();
         let mut up = Sets(core.upstreams());
         let mut sh = self.lock(shard);
-        let taken = sh.table.on_reply(now, msg, rcv, out, &mut up);
+        let taken = sh
+            .table
+            .on_reply_via(now, msg, &via, vh.value, rcv, out, &mut up);
         self.publish(&mut sh);
         drop(sh);
         if taken {
