@@ -393,28 +393,37 @@ async fn deliver_txn(
     }
 }
 
-/// Stateful mode: run transaction shard `shard`'s timers when they are
-/// due and send what they produce. The task sleeps until the shard's next
-/// deadline, at least [`TXN_TICK`] after its last run (timers due within
-/// that window run together) and at most [`TXN_MAX_SLEEP`] (a deadline armed
-/// meanwhile is at least 200 ms away, so this bounds its lateness too).
+/// Stateful mode: run the transaction shards' timers when they are due and
+/// send what they produce. One task serves every shard (the task of shard 0;
+/// the others end at once): one wake-up per round instead of one per shard.
+/// It sleeps until the earliest deadline of any shard, at least
+/// [`TXN_TICK`] after its last run (timers due within that window run
+/// together) and at most [`TXN_MAX_SLEEP`] (a deadline armed meanwhile is at
+/// least 200 ms away, so this bounds its lateness too).
 async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
+    if shard != 0 {
+        return;
+    }
+    let shards = ctx.core.stateful().map_or(0, |st| st.shard_count());
     let mut out = crate::core::transaction::Out::default();
     let mut cache = ConnCache::default();
     loop {
         let now = ctx.core.now_ms();
-        let wait = ctx
-            .core
-            .next_transaction_deadline(shard)
+        let next = (0..shards)
+            .filter_map(|s| ctx.core.next_transaction_deadline(s))
+            .min();
+        let wait = next
             .map_or(TXN_MAX_SLEEP, |d| {
                 Duration::from_millis(d.saturating_sub(now)).min(TXN_MAX_SLEEP)
             })
             .max(TXN_TICK);
         tokio::time::sleep(wait).await;
-        out.clear();
-        ctx.core.poll_transactions(shard, &mut out);
-        if !out.sends.is_empty() {
-            deliver_txn(&ctx, &out, Instant::now(), None, &mut cache).await;
+        for s in 0..shards {
+            out.clear();
+            ctx.core.poll_transactions(s, &mut out);
+            if !out.sends.is_empty() {
+                deliver_txn(&ctx, &out, Instant::now(), None, &mut cache).await;
+            }
         }
     }
 }
