@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instruction counts per call of sipedge builds (issue #10 follow-up): the
-same sipp load (loopback, sipp UAC -> sipedge 127.0.0.1:15060 -> sipp UAS
-127.0.0.1:15080, the shared harness's uac.xml) through each binary and mode,
+same sipp load (loopback, sipp UAC -> sipedge 127.0.0.1:25060 -> sipp UAS
+127.0.0.1:25080, the shared harness's uac.xml) through each binary and mode,
 with `perf stat -p PID` counting the proxy's context switches and
 task-clock (software counters: this VM exposes no hardware counters), and,
 with CALLGRIND=1, the proxy run under callgrind for its user-space
@@ -28,9 +28,9 @@ HARNESS = os.environ.get("HARNESS", "/work/shared/bench")
 UAC_XML = os.path.join(HARNESS, "uac.xml")
 
 TOML = """[proxy]
-listen = ["udp:127.0.0.1:15060", "tcp:127.0.0.1:15060"]
+listen = ["udp:127.0.0.1:25060", "tcp:127.0.0.1:25060"]
 drain_timeout_secs = 0
-upstreams = ["sip:127.0.0.1:15080"]
+upstreams = ["sip:127.0.0.1:25080"]
 {mode}
 [log]
 level = "warn"
@@ -109,7 +109,7 @@ def stat_row(path):
 
 def measure(name, binary, mode, t, rate, calls, settle, d):
     run = tempfile.mkdtemp(prefix=f"ps-{name}-{mode}-{t}-", dir=d)
-    uas = subprocess.Popen([SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", "15080", "-t", t,
+    uas = subprocess.Popen([SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", "25080", "-t", t,
                             "-nostdin", "-buff_size", "4194304"],
                            stdout=open(os.path.join(run, "uas.out"), "w"),
                            stderr=subprocess.STDOUT)
@@ -131,8 +131,8 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
                                  "-p", str(px.pid)])
         time.sleep(0.3)
         stf = os.path.join(run, "uac_stat.csv")
-        uac = subprocess.Popen([SIPP, "-sf", UAC_XML, "127.0.0.1:15060", "-i", "127.0.0.1",
-                                "-p", "15070", "-t", t, "-r", str(rate), "-rp", "1000",
+        uac = subprocess.Popen([SIPP, "-sf", UAC_XML, "127.0.0.1:25060", "-i", "127.0.0.1",
+                                "-p", "25070", "-t", t, "-r", str(rate), "-rp", "1000",
                                 "-m", str(calls), "-l", str(max(100, 3 * rate)), "-nostdin",
                                 "-buff_size", "4194304", "-timeout", f"{calls // rate + 30}s",
                                 "-trace_stat", "-stf", stf, "-fd", "1"],
