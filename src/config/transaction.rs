@@ -19,6 +19,7 @@ pub(super) struct RawTransaction {
     max_tries: i64,
     retry_after_secs: i64,
     linger_ms: i64,
+    trying_delay_ms: i64,
 }
 
 impl Default for RawTransaction {
@@ -59,6 +60,7 @@ pub(super) fn from_raw(t: &RawTransaction) -> Result<TxnConfig, ConfigError> {
             86_400,
         )? as u32,
         linger_ms: ms("transaction.linger_ms", t.linger_ms)?,
+        trying_delay_ms: ms("transaction.trying_delay_ms", t.trying_delay_ms)?,
     })
 }
 
@@ -74,6 +76,7 @@ pub(super) fn to_raw(t: &TxnConfig) -> RawTransaction {
         max_tries: i64::from(t.max_tries),
         retry_after_secs: i64::from(t.retry_after_s),
         linger_ms: int_i64(t.linger_ms),
+        trying_delay_ms: int_i64(t.trying_delay_ms),
     }
 }
 
@@ -105,6 +108,15 @@ pub(super) fn validate(t: &TxnConfig) -> Result<(), ConfigError> {
             "transaction.linger_ms",
             t.linger_ms,
             "must be at most 600000 (0 = the RFC 3261 timers)",
+        ));
+    }
+    // §17.2.1: the 100 Trying may be skipped only when the TU answers
+    // within 200 ms
+    if t.trying_delay_ms > 200 {
+        return Err(invalid(
+            "transaction.trying_delay_ms",
+            t.trying_delay_ms,
+            "must be at most 200 (RFC 3261 §17.2.1; 0 = at once)",
         ));
     }
     if t.fr_timeout_ms > 3_600_000 {
@@ -145,6 +157,7 @@ mod tests {
         assert_eq!(c.transaction.t4_ms, 5000);
         assert_eq!(c.transaction.failover_codes, vec![503]);
         assert_eq!(c.transaction.max_tries, 3);
+        assert_eq!(c.transaction.trying_delay_ms, 200);
     }
 
     #[test]
@@ -175,6 +188,10 @@ mod tests {
         assert_eq!(
             err_key("[transaction]\nfailover_codes = [200]\n"),
             "transaction.failover_codes[0]"
+        );
+        assert_eq!(
+            err_key("[transaction]\ntrying_delay_ms = 201\n"),
+            "transaction.trying_delay_ms"
         );
         assert_eq!(
             err_key("[transaction]\nmax_tries = 9\n"),

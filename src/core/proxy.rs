@@ -498,6 +498,30 @@ impl Core {
         }
     }
 
+    /// Stateful mode: transaction shard `shard`'s next timer deadline, in
+    /// [`Core::now_ms`] milliseconds (a lower bound; `None`: nothing armed,
+    /// or stateless mode). The backend sleeps until then.
+    pub fn next_transaction_deadline(&self, shard: usize) -> Option<u64> {
+        self.stateful.as_ref()?.next_deadline(shard)
+    }
+
+    /// Stateful mode: a transport error towards `addr` (a refused or failed
+    /// TCP connect, a RST from the upstream): every client transaction whose
+    /// current try went there fails over now instead of waiting for Timer
+    /// B / F; the messages to send are left in `out`. Returns the number of
+    /// tries failed (0 in stateless mode).
+    pub fn transport_failed(
+        &self,
+        addr: std::net::SocketAddr,
+        transport: crate::config::Transport,
+        out: &mut super::transaction::Out,
+    ) -> usize {
+        match &self.stateful {
+            Some(st) => st.transport_failed(self, addr, transport, out),
+            None => 0,
+        }
+    }
+
     /// The stateful mode's tables (`None`: stateless mode).
     pub fn stateful(&self) -> Option<&super::transaction::Stateful> {
         self.stateful.as_ref()

@@ -219,10 +219,8 @@ pub async fn serve(
     for (i, l) in tcp_listeners.into_iter().flatten() {
         accepting.push(tasks.spawn(tcp::accept_loop(ctx.clone(), l, i)));
     }
-    if let Some(st) = ctx.core.stateful() {
-        for shard in 0..st.shard_count() {
-            tasks.spawn(transaction_timers(ctx.clone(), shard));
-        }
+    if ctx.core.stateful().is_some() {
+        tasks.spawn(transaction_timers(ctx.clone()));
     }
     tasks.spawn(kernel::sweep_deadlines(ctx.clone()));
     // always: a reload (SIGHUP) may turn health checks on
@@ -306,27 +304,43 @@ fn metrics_ready_off(ctx: &Ctx) {
     ctx.metrics.readiness().set_draining();
 }
 
-/// Stateful mode: run transaction shard `shard`'s timers every
-/// [`TXN_TICK`] and send what they produce.
-async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
-    let mut tick = tokio::time::interval(TXN_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Stateful mode: run the transaction shards' timers when they are due and
+/// send what they produce. One task serves every shard: one wake-up per
+/// round instead of one per shard. It sleeps until the earliest deadline of
+/// any shard, at least [`TXN_TICK`] after its last run (timers due within
+/// that window run together) and at most [`TXN_MAX_SLEEP`] (a deadline armed
+/// meanwhile is at least 200 ms away, so this bounds its lateness too).
+async fn transaction_timers(ctx: Arc<Ctx>) {
+    let shards = ctx.core.stateful().map_or(0, |st| st.shard_count());
     let mut out = crate::core::transaction::Out::default();
     let mut cache = ConnCache::default();
     loop {
-        tick.tick().await;
-        out.clear();
-        ctx.core.poll_transactions(shard, &mut out);
-        if !out.sends.is_empty() {
-            let mut eg = KernelEgress {
-                ctx: &ctx,
-                own_udp: None,
-                cache: &mut cache,
-            };
-            ctx.step().deliver_txn(&mut eg, &out, Instant::now());
+        let now = ctx.core.now_ms();
+        let next = (0..shards)
+            .filter_map(|s| ctx.core.next_transaction_deadline(s))
+            .min();
+        let wait = next
+            .map_or(TXN_MAX_SLEEP, |d| {
+                Duration::from_millis(d.saturating_sub(now)).min(TXN_MAX_SLEEP)
+            })
+            .max(TXN_TICK);
+        tokio::time::sleep(wait).await;
+        for s in 0..shards {
+            out.clear();
+            ctx.core.poll_transactions(s, &mut out);
+            if !out.sends.is_empty() {
+                let mut eg = KernelEgress {
+                    ctx: &ctx,
+                    own_udp: None,
+                    cache: &mut cache,
+                };
+                ctx.step().deliver_txn(&mut eg, &out, Instant::now());
+            }
         }
     }
 }
 
-/// Period of the transaction timers (the timer wheel's tick).
-const TXN_TICK: Duration = Duration::from_millis(10);
+/// Shortest pause of the transaction timer task (the timers' resolution).
+const TXN_TICK: Duration = Duration::from_millis(20);
+/// Longest pause of the transaction timer task.
+const TXN_MAX_SLEEP: Duration = Duration::from_millis(50);

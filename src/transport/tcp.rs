@@ -70,6 +70,34 @@ pub fn upstream_signal<B: ConnIo>(core: &Core, conn: &Conn<B>, signal: Signal) {
     }
 }
 
+/// Stateful mode: a transport error on a connection we opened (a refused or
+/// failed connect, a RST): the client transactions whose current try went
+/// to its peer fail over now ([`Core::transport_failed`]) instead of
+/// waiting for Timer B / F. Both backends call it after `release_conn`;
+/// nothing for inbound connections or other reasons.
+pub fn txn_transport_failed(
+    step: &Step,
+    eg: &mut impl Egress,
+    peer: std::net::SocketAddr,
+    outbound: bool,
+    why: ReleaseReason,
+) {
+    if !outbound
+        || step.core.stateful().is_none()
+        || !matches!(why, ReleaseReason::ConnectFailed | ReleaseReason::Reset)
+    {
+        return;
+    }
+    let mut out = crate::core::transaction::Out::default();
+    if step
+        .core
+        .transport_failed(peer, Transport::Tcp, &mut out)
+        > 0
+    {
+        step.deliver_txn(eg, &out, Instant::now());
+    }
+}
+
 /// `release_conn`: remove the connection from the table, drop its write
 /// queue, close the socket, count the reason.
 pub fn release_conn<B: ConnIo>(

@@ -5,8 +5,8 @@
 
 use super::{
     Cli, KEY_MASK, MAX_SLOTS, MAX_TRIES, Out, Retx, SLOT_BITS, Signal, Slot, Srv, TargetId, Tmo,
-    TxnRef, TxnTable, Upstreams, build_hop_request, build_reply, decode_branch, find_branch,
-    server_key, source_dest, write_branch,
+    TxnRef, TxnTable, Upstreams, build_hop_request, decode_branch, find_branch, server_key,
+    source_dest, write_branch,
 };
 use crate::config::Transport;
 use crate::core::proxy::{Dest, RcvInfo, SendKind};
@@ -15,7 +15,8 @@ use crate::sip::msg::{HeaderKind, SipMsg, Span, StartLine, parse_cseq, parse_via
 impl TxnTable {
     /// Create the transaction for a request the core routed (`fwd`: the
     /// forwarded bytes with our stateless Via on top) and send it to `dest`
-    /// (an INVITE also gets its 100 Trying, §16.2). `target`: the upstream it
+    /// (an INVITE also gets its 100 Trying, §16.2: at once, or after
+    /// `trying_delay_ms` if no answer was forwarded by then). `target`: the upstream it
     /// was picked from (failover is possible only then). `None` when the
     /// table is full or `fwd` carries no Via of ours: forward statelessly.
     #[allow(clippy::too_many_arguments)]
@@ -30,9 +31,13 @@ impl TxnTable {
         out: &mut Out,
     ) -> Option<TxnRef> {
         let (at, invite, key) = {
-            let m = TxnTable::parse_request(fwd, &mut self.hdrs)?;
-            let at = find_branch(&m)?;
-            let method = m.method();
+            let (at, method) = match our_via_branch(fwd) {
+                Some(v) => v,
+                None => {
+                    let m = TxnTable::parse_request(fwd, &mut self.hdrs)?;
+                    (find_branch(&m)?, m.method())
+                }
+            };
             if method == b"ACK" || method == b"CANCEL" {
                 return None;
             }
@@ -43,7 +48,7 @@ impl TxnTable {
         }
         let i = self.alloc(key)?;
         self.stats.created += 1;
-        let (t1, tb) = (self.cfg.t1_ms, self.cfg.timer_b());
+        let (t1, tb, trying) = (self.cfg.t1_ms, self.cfg.timer_b(), self.cfg.trying_delay_ms);
         let s = &mut self.slots[i as usize];
         s.buf.extend_from_slice(fwd);
         s.req_len = fwd.len() as u32;
@@ -67,19 +72,17 @@ impl TxnTable {
             s.tried[0] = t;
             s.ntried = 1;
         }
+        Self::start_try(s, now, t1, tb);
         if invite {
-            // §16.2 / §17.2.1: 100 Trying at once (also for retransmissions)
-            let start = out.buf.len();
-            if let Some(m) = TxnTable::parse_request(&s.buf[..s.req_len as usize], &mut self.hdrs) {
-                build_reply(&m, 1, 100, 0, None, &mut out.buf);
-            }
-            if out.buf.len() > start {
-                out.push_built(start, caller, SendKind::LocalReply(100), None);
-                s.set_sent(&out.buf[start..]);
-                s.sent_code = 100;
+            // §17.2.1: the 100 Trying may be left out when the TU answers
+            // within 200 ms: it is sent from the timer if nothing was by then
+            if trying == 0 {
+                self.send_trying(i, out);
+            } else {
+                self.slots[i as usize].trying_at = now + trying;
             }
         }
-        Self::start_try(s, now, t1, tb);
+        let s = &mut self.slots[i as usize];
         let r = s.txn_ref(self.shard << SLOT_BITS | i);
         out.push(s.up, s.request(), SendKind::Request, Some(r));
         self.arm(i);
@@ -111,13 +114,29 @@ impl TxnTable {
         out: &mut Out,
         up: &mut dyn Upstreams,
     ) -> bool {
-        let StartLine::Response { code, .. } = msg.start else {
-            return false;
-        };
         let Some(vh) = msg.first(HeaderKind::Via) else {
             return false;
         };
         let Ok(via) = parse_via(msg.buf, vh.value) else {
+            return false;
+        };
+        self.on_reply_via(now, msg, &via, vh.value, rcv, out, up)
+    }
+
+    /// [`TxnTable::on_reply`] with the top Via already parsed (`via_value`:
+    /// its value's span).
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_reply_via(
+        &mut self,
+        now: u64,
+        msg: &SipMsg<'_>,
+        via: &crate::sip::msg::Via,
+        via_value: Span,
+        rcv: &RcvInfo,
+        out: &mut Out,
+        up: &mut dyn Upstreams,
+    ) -> bool {
+        let StartLine::Response { code, .. } = msg.start else {
             return false;
         };
         let Some((k32, field, generation, attempt)) =
@@ -154,7 +173,7 @@ impl TxnTable {
         if attempt != s.attempt || s.cli == Cli::Done {
             if (200..300).contains(&code) && s.invite {
                 // every 2xx goes to the caller (§16.7 step 5)
-                strip_and_send(msg, &via, vh.value, s.caller, out);
+                strip_and_send(msg, via, via_value, s.caller, out);
                 if attempt == s.attempt && s.srv == Srv::Proceeding {
                     let s = &mut self.slots[i as usize];
                     s.cli = Cli::Done;
@@ -167,7 +186,7 @@ impl TxnTable {
             return true;
         }
         match code {
-            100..=199 => self.provisional(now, i, msg, &via, vh.value, code, out),
+            100..=199 => self.provisional(now, i, msg, via, via_value, code, out),
             200..=299 => {
                 let s = &mut self.slots[i as usize];
                 s.cli = Cli::Done;
@@ -175,14 +194,18 @@ impl TxnTable {
                     up.success(s.tried[s.ntried as usize - 1], now);
                 }
                 let start = out.buf.len();
-                strip_and_send(msg, &via, vh.value, s.caller, out);
+                strip_and_send(msg, via, via_value, s.caller, out);
                 if out.buf.len() > start {
-                    s.set_sent(&out.buf[start..]);
+                    // an accepted single-try INVITE drops its buffer (RFC
+                    // 6026: nothing is resent from it): no copy to keep
+                    if !(s.invite && s.attempt == 0) {
+                        s.set_sent(&out.buf[start..]);
+                    }
                     s.sent_code = code;
                 }
                 self.accept_server(now, i);
             }
-            _ => self.final_failure(now, i, msg, &via, vh.value, code, out, up),
+            _ => self.final_failure(now, i, msg, via, via_value, code, out, up),
         }
         true
     }
@@ -392,13 +415,57 @@ impl TxnTable {
         {
             return;
         }
+        self.fail_try(now, i, Some(Signal::SendFailed), out, up);
+    }
+
+    /// A transport error on the way to `addr` over `transport` (a refused or
+    /// failed TCP connect, a RST): every transaction whose current try went
+    /// there and has no final answer fails over at once (or answers with
+    /// its best answer), instead of waiting for Timer B / F. The transport
+    /// already reported the target's failure to the upstream sets.
+    /// Returns the number of tries failed.
+    pub fn transport_failed(
+        &mut self,
+        now: u64,
+        addr: std::net::SocketAddr,
+        transport: Transport,
+        out: &mut Out,
+        up: &mut dyn Upstreams,
+    ) -> usize {
+        let mut n = 0;
+        // each slot is visited once: a failover to the same address waits
+        // for the next error
+        for i in 0..self.slots.len() as u32 {
+            let s = &self.slots[i as usize];
+            if s.key != 0 && s.cli != Cli::Done && s.up.addr == addr && s.up.transport == transport
+            {
+                self.fail_try(now, i, None, out, up);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The current try failed for a transport reason: fail over or send the
+    /// best answer (a 408 when none came).
+    fn fail_try(
+        &mut self,
+        now: u64,
+        i: u32,
+        report: Option<Signal>,
+        out: &mut Out,
+        up: &mut dyn Upstreams,
+    ) {
+        let s = &mut self.slots[i as usize];
         s.cli = Cli::Done;
         s.tmo = Tmo::None;
         if s.retx == Retx::Request {
             s.retx = Retx::None;
         }
-        if s.from_set {
-            up.failure(s.tried[s.ntried as usize - 1], Signal::SendFailed, now);
+        if s.from_set
+            && let Some(sig) = report
+        {
+            up.failure(s.tried[s.ntried as usize - 1], sig, now);
         }
         if super::better(408, s.best_code) {
             s.best_code = 408;
@@ -466,6 +533,35 @@ impl TxnTable {
     }
 }
 
+/// Where the core's stateless branch (prefix + 16 hex digits) of its own
+/// Via starts in a forwarded request, and the method, without parsing the
+/// whole message: the core inserts its Via (and Record-Route) right after
+/// the request line, so the first `;branch=z9hG4bKsE` after it, on a Via
+/// line among the first header lines, is ours. `None`: not found that way
+/// (the caller then parses the request).
+fn our_via_branch(fwd: &[u8]) -> Option<(usize, &[u8])> {
+    const PAT: &[u8] = b";branch=";
+    let sp = memchr::memchr(b' ', fwd)?;
+    let sl_end = memchr::memchr(b'\n', fwd)? + 1;
+    // our lines come first: Record-Route (at most two) and Via
+    let window = &fwd[sl_end..fwd.len().min(sl_end + 1024)];
+    let hit = memchr::memmem::find(window, b";branch=z9hG4bKsE")?;
+    let line_start = memchr::memrchr(b'\n', &window[..hit]).map_or(0, |n| n + 1);
+    let line = &window[line_start..hit];
+    let is_via = line.len() > 4
+        && (line[..4].eq_ignore_ascii_case(b"Via:") || line[..2].eq_ignore_ascii_case(b"v:"));
+    if !is_via {
+        return None;
+    }
+    let at = sl_end + hit + PAT.len();
+    let digits =
+        fwd.get(at + super::STATELESS_PREFIX.len()..at + super::STATELESS_PREFIX.len() + 16)?;
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    Some((at, &fwd[..sp]))
+}
+
 /// The answer without our top via-parm (§16.7 step 3).
 fn strip_into(msg: &SipMsg<'_>, via: &crate::sip::msg::Via, value: Span, out: &mut Vec<u8>) {
     let buf = msg.buf;
@@ -492,4 +588,46 @@ fn strip_and_send(
     let start = out.buf.len();
     strip_into(msg, via, value, &mut out.buf);
     out.push_built(start, dest, SendKind::Reply, None);
+}
+
+#[cfg(test)]
+mod fast_branch_tests {
+    use super::{TxnTable, find_branch, our_via_branch};
+
+    fn slow(fwd: &[u8]) -> Option<usize> {
+        let mut h = Vec::new();
+        let m = TxnTable::parse_request(fwd, &mut h)?;
+        find_branch(&m)
+    }
+
+    #[test]
+    fn our_via_branch_agrees_with_the_parser() {
+        let msgs: [&[u8]; 3] = [
+            b"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsE0123456789abcdef\r\n\
+              Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKsE1111111111111111\r\nCall-ID: c\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            b"INVITE sip:b@x SIP/2.0\r\nRecord-Route: <sip:10.0.0.1;lr>\r\n\
+              v: SIP/2.0/TCP 10.0.0.1:5060;branch=z9hG4bKsEfedcba9876543210;i=7\r\n\
+              Via: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bKa\r\nCall-ID: c\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            b"BYE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsE0123456789abcdef\r\n\
+              Call-ID: c\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCSeq: 2 BYE\r\n\
+              Content-Length: 0\r\n\r\n",
+        ];
+        for m in msgs {
+            let (at, method) = our_via_branch(m).expect("found");
+            assert_eq!(Some(at), slow(m), "{}", String::from_utf8_lossy(m));
+            assert_eq!(method, &m[..method.len()]);
+            assert!(m[at..].starts_with(b"z9hG4bKsE"));
+        }
+        // a Request-URI carrying the pattern is not taken for our Via
+        let tricky: &[u8] = b"INVITE sip:b@x;branch=z9hG4bKsE0000000000000000 SIP/2.0\r\n\
+              Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsE0123456789abcdef\r\nCall-ID: c\r\n\
+              From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(our_via_branch(tricky).map(|v| v.0), slow(tricky));
+        // not on a Via line: the parser decides
+        let other: &[u8] =
+            b"INVITE sip:b@x SIP/2.0\r\nX-B: ;branch=z9hG4bKsE0123456789abcdef\r\n\r\n";
+        assert_eq!(our_via_branch(other), None);
+    }
 }

@@ -27,7 +27,13 @@ fn core(upstreams: &[&str]) -> Core {
     c.selection = Selection::RoundRobin;
     Core::new(&c, Box::new(NoneHook), Arc::new(Metrics::new()))
         .with_secret(42)
-        .with_stateful(&TxnConfig::default(), 2)
+        .with_stateful(
+            &TxnConfig {
+                trying_delay_ms: 0,
+                ..TxnConfig::default()
+            },
+            2,
+        )
 }
 
 fn udp_from(src: &str) -> RcvInfo {

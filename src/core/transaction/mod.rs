@@ -58,6 +58,8 @@ pub const MAX_SHARDS: usize = 16;
 /// Timer wheel: 10 ms ticks, 4096 buckets (a 41 s turn).
 const WHEEL_TICK_MS: u64 = 10;
 const WHEEL_BUCKETS: usize = 4096;
+/// Pooled buffers per table at most (beyond it they go back to the allocator).
+const POOL_MAX: usize = 1024;
 /// Marker of our stateful branches (the stateless core writes `z9hG4bKsE`).
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKsT";
 const STATELESS_PREFIX: &[u8] = b"z9hG4bKsE";
@@ -118,6 +120,10 @@ pub struct TxnConfig {
     /// RFC values. Kamailio's `wait_timer` (5 s) is the usual shortcut: the
     /// table then holds ~5 s of traffic instead of ~32 s.
     pub linger_ms: u64,
+    /// The 100 Trying for an INVITE goes to the caller only when no answer
+    /// was forwarded this long after the INVITE (RFC 3261 §17.2.1 allows
+    /// skipping it when the TU answers within 200 ms). 0: at once.
+    pub trying_delay_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -133,6 +139,7 @@ impl Default for TxnConfig {
             max_tries: 3,
             retry_after_s: 5,
             linger_ms: 0,
+            trying_delay_ms: 200,
         }
     }
 }
@@ -377,6 +384,8 @@ struct Slot {
     tmo_at: u64,
     /// The slot is freed at this time (Timers D, I, J, K, L); 0: not yet.
     end_at: u64,
+    /// The delayed 100 Trying is due at this time (0: none pending).
+    trying_at: u64,
     /// Deadline of this slot's live wheel entry (0: none).
     armed: u64,
     caller: Dest,
@@ -422,6 +431,7 @@ impl Slot {
             tmo: Tmo::None,
             tmo_at: 0,
             end_at: 0,
+            trying_at: 0,
             armed: 0,
             caller: NO_DEST,
             up: NO_DEST,
@@ -441,7 +451,13 @@ impl Slot {
     /// Replace the stored answer sent to the caller (the held-back best stays).
     fn set_sent(&mut self, bytes: &[u8]) {
         let (a, b) = (self.req_len as usize, self.sent_end as usize);
-        self.buf.splice(a..b, bytes.iter().copied());
+        if b == self.buf.len() {
+            // no best answer held back (the usual case): no shifting
+            self.buf.truncate(a);
+            self.buf.extend_from_slice(bytes);
+        } else {
+            self.buf.splice(a..b, bytes.iter().copied());
+        }
         self.sent_end = (a + bytes.len()) as u32;
     }
     fn set_best(&mut self, bytes: &[u8]) {
@@ -467,6 +483,9 @@ impl Slot {
         if self.end_at != 0 {
             d = d.min(self.end_at);
         }
+        if self.trying_at != 0 {
+            d = d.min(self.trying_at);
+        }
         d
     }
 }
@@ -479,6 +498,9 @@ pub struct TxnTable {
     map: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     wheel: Wheel,
     due: Vec<Entry>,
+    /// Buffers of finished transactions that no longer need theirs (an
+    /// accepted INVITE), for the next new transaction (bounded).
+    pool: Vec<Vec<u8>>,
     hdrs: Vec<HeaderSpan>,
     cap: u32,
     /// This table's shard number (written into our branches).
@@ -509,6 +531,7 @@ impl TxnTable {
             map: HashMap::with_capacity_and_hasher(cap.min(65536) as usize, Default::default()),
             wheel: Wheel::new(WHEEL_BUCKETS, WHEEL_TICK_MS, now),
             due: Vec::new(),
+            pool: Vec::new(),
             hdrs: Vec::with_capacity(32),
             cap,
             shard: (shard % MAX_SHARDS) as u32,
@@ -537,7 +560,44 @@ impl TxnTable {
 
     /// Bytes held by the slots' buffers (capacity, live and free slots).
     pub fn buffer_bytes(&self) -> usize {
-        self.slots.iter().map(|s| s.buf.capacity()).sum()
+        self.slots.iter().map(|s| s.buf.capacity()).sum::<usize>()
+            + self.pool.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    /// Earliest deadline armed in the wheel (a lower bound: a cancelled
+    /// timer may still be counted), `None` when nothing is armed. The
+    /// backend sleeps until then instead of ticking.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.wheel.next_deadline()
+    }
+
+    /// A completed non-INVITE transaction (Timer J): only its answer is
+    /// resent from now on (to a retransmitted request), so the buffer keeps
+    /// just that answer and gives the rest of its memory back.
+    fn keep_only_sent(&mut self, i: u32) {
+        let s = &mut self.slots[i as usize];
+        let (a, b) = (s.req_len as usize, s.sent_end as usize);
+        s.buf.truncate(b);
+        s.buf.drain(..a);
+        s.req_len = 0;
+        s.sent_end = (b - a) as u32;
+        s.branch_at = 0;
+        s.buf.shrink_to(s.buf.len());
+    }
+
+    /// The slot's buffer is no longer needed (its answer need not be
+    /// retransmitted nor its request re-sent): give it to the pool, so a
+    /// finished transaction holds only its fixed part.
+    fn drop_buffer(&mut self, i: u32) {
+        let s = &mut self.slots[i as usize];
+        let mut buf = std::mem::take(&mut s.buf);
+        s.req_len = 0;
+        s.sent_end = 0;
+        s.branch_at = 0;
+        buf.clear();
+        if self.pool.len() < POOL_MAX && buf.capacity() <= 16 * 1024 {
+            self.pool.push(buf);
+        }
     }
 
     fn alloc(&mut self, key: u64) -> Option<u32> {
@@ -553,7 +613,12 @@ impl TxnTable {
         };
         let s = &mut self.slots[i as usize];
         let generation = s.generation.wrapping_add(1);
-        let buf = std::mem::take(&mut s.buf);
+        let mut buf = std::mem::take(&mut s.buf);
+        if buf.capacity() == 0
+            && let Some(b) = self.pool.pop()
+        {
+            buf = b;
+        }
         *s = Slot::empty();
         s.generation = generation;
         s.key = key;
@@ -629,12 +694,35 @@ impl TxnTable {
             }
         }
         let s = &self.slots[i as usize];
+        if s.trying_at != 0 && s.trying_at <= now {
+            self.send_trying(i, out);
+        }
+        let s = &self.slots[i as usize];
         if s.retx != Retx::None && s.retx_at <= now {
             self.fire_retx(now, i, out);
         }
         let s = &self.slots[i as usize];
         if s.end_at != 0 && s.end_at <= now && s.retx == Retx::None && s.tmo == Tmo::None {
             self.release(i);
+        }
+    }
+
+    /// The 100 Trying of an INVITE (§16.2, §17.2.1), unless an answer was
+    /// forwarded meanwhile.
+    pub(super) fn send_trying(&mut self, i: u32, out: &mut Out) {
+        let s = &mut self.slots[i as usize];
+        s.trying_at = 0;
+        if !s.invite || s.srv != Srv::Proceeding || s.sent_code != 0 || s.req_len == 0 {
+            return;
+        }
+        let start = out.buf.len();
+        if let Some(m) = TxnTable::parse_request(&s.buf[..s.req_len as usize], &mut self.hdrs) {
+            build_reply(&m, 1, 100, 0, None, &mut out.buf);
+        }
+        if out.buf.len() > start {
+            out.push_built(start, s.caller, SendKind::LocalReply(100), None);
+            s.set_sent(&out.buf[start..]);
+            s.sent_code = 100;
         }
     }
 

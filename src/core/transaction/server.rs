@@ -76,6 +76,14 @@ impl TxnTable {
                     return ReqVerdict::New;
                 };
                 let s = &self.slots[i as usize];
+                if s.trying_at != 0 && s.sent_code == 0 {
+                    // the caller is waiting: its 100 Trying now
+                    self.send_trying(i, out);
+                    self.arm(i);
+                    self.stats.absorbed += 1;
+                    return ReqVerdict::Absorbed;
+                }
+                let s = &self.slots[i as usize];
                 // §17.2.1 / §17.2.2: a retransmission gets the last answer again
                 // (RFC 6026: absorbed without one once a 2xx went through)
                 if s.sent_end > s.req_len && s.srv != Srv::Accepted {
@@ -165,6 +173,9 @@ impl TxnTable {
                 0
             };
             s.end_at = s.end_at.max(now + j.max(k)).max(1);
+            if j > 0 {
+                self.keep_only_sent(i);
+            }
         }
         self.arm(i);
     }
@@ -184,9 +195,15 @@ impl TxnTable {
     pub(super) fn accept_server(&mut self, now: u64, i: u32) {
         let (wl, t4) = (self.cfg.wait_long(), self.cfg.wait_t4());
         let s = &mut self.slots[i as usize];
+        let (mut drop_buf, mut drop_req) = (false, false);
         if s.invite {
             s.srv = Srv::Accepted;
             s.end_at = s.end_at.max(now + wl).max(1);
+            // Accepted keeps nothing to resend: a retransmitted INVITE is
+            // absorbed silently, a 2xx retransmission is forwarded as it
+            // comes. With earlier tries, a late final of one of them is ACKed
+            // from the stored request, so the buffer stays.
+            drop_buf = s.attempt == 0;
         } else {
             s.srv = Srv::Completed;
             let j = if s.caller.transport == Transport::Udp {
@@ -200,9 +217,17 @@ impl TxnTable {
                 0
             };
             s.end_at = s.end_at.max(now + j.max(k)).max(1);
+            // Timer J: only the answer is resent (to a retransmitted request)
+            drop_req = j > 0;
         }
         s.tmo = Tmo::None;
         s.retx = Retx::None;
+        s.trying_at = 0;
+        if drop_buf {
+            self.drop_buffer(i);
+        } else if drop_req {
+            self.keep_only_sent(i);
+        }
         self.arm(i);
     }
 }

@@ -172,12 +172,13 @@ impl Stateful {
         rcv: &RcvInfo,
         out: &mut Out,
     ) -> bool {
-        let Some(shard) = msg
-            .first(HeaderKind::Via)
-            .and_then(|h| parse_via(msg.buf, h.value).ok())
-            .and_then(|v| v.branch)
-            .and_then(|b| branch_shard(b.get(msg.buf)))
-        else {
+        let Some(vh) = msg.first(HeaderKind::Via) else {
+            return false;
+        };
+        let Ok(via) = parse_via(msg.buf, vh.value) else {
+            return false;
+        };
+        let Some(shard) = via.branch.and_then(|b| branch_shard(b.get(msg.buf))) else {
             return false;
         };
         if shard >= self.shards.len() {
@@ -186,7 +187,9 @@ impl Stateful {
         let now = core.now_ms();
         let mut up = Sets(core.upstreams());
         let mut sh = self.lock(shard);
-        let taken = sh.table.on_reply(now, msg, rcv, out, &mut up);
+        let taken = sh
+            .table
+            .on_reply_via(now, msg, &via, vh.value, rcv, out, &mut up);
         self.publish(&mut sh);
         drop(sh);
         if taken {
@@ -196,7 +199,38 @@ impl Stateful {
         taken
     }
 
-    /// Run shard `shard`'s timers (every ~10 ms).
+    /// Shard `shard`'s next timer deadline (core milliseconds; a lower
+    /// bound), `None` when no timer is armed.
+    pub fn next_deadline(&self, shard: usize) -> Option<u64> {
+        self.lock(shard).table.next_deadline()
+    }
+
+    /// A transport error towards `addr` (refused / failed connect, RST):
+    /// every try waiting on it, in every shard, fails over now. Returns the
+    /// tries failed.
+    pub fn transport_failed(
+        &self,
+        core: &Core,
+        addr: std::net::SocketAddr,
+        transport: crate::config::Transport,
+        out: &mut Out,
+    ) -> usize {
+        let now = core.now_ms();
+        let mut up = Sets(core.upstreams());
+        let start = out.sends.len();
+        let mut n = 0;
+        for i in 0..self.shards.len() {
+            let mut sh = self.lock(i);
+            n += sh
+                .table
+                .transport_failed(now, addr, transport, out, &mut up);
+            self.publish(&mut sh);
+        }
+        self.count(out, start);
+        n
+    }
+
+    /// Run shard `shard`'s timers (when [`Stateful::next_deadline`] is due).
     pub fn poll(&self, core: &Core, shard: usize, out: &mut Out) {
         let now = core.now_ms();
         let mut up = Sets(core.upstreams());

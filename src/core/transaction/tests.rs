@@ -154,7 +154,15 @@ struct H {
 
 impl H {
     fn new(t: Transport, targets: u16) -> H {
-        H::with_cfg(t, targets, TxnConfig::default())
+        // the 100 Trying at once, as most rules below expect it
+        H::with_cfg(
+            t,
+            targets,
+            TxnConfig {
+                trying_delay_ms: 0,
+                ..TxnConfig::default()
+            },
+        )
     }
     fn with_cfg(t: Transport, targets: u16, cfg: TxnConfig) -> H {
         H {
@@ -815,4 +823,236 @@ fn linger_caps_timers_j_and_l() {
     assert_eq!(h.tab.active(), 2);
     h.advance(5010);
     assert_eq!(h.tab.active(), 0);
+}
+
+/// Start an INVITE with server key `hash` towards target `target`.
+fn start_to(h: &mut H, hash: u64, target: usize) -> TxnRef {
+    h.hash = hash;
+    h.out.clear();
+    let inc = incoming("INVITE", h.t, "z9hG4bKc1");
+    let v = with(&inc, |m| {
+        h.tab.on_request(h.now, m, h.hash, caller(h.t), &mut h.out)
+    });
+    assert_eq!(v, ReqVerdict::New);
+    let fwd = forwarded("INVITE", h.t, "z9hG4bKc1");
+    let (tid, d) = h.set.targets[target];
+    h.tab
+        .create(h.now, &fwd, h.hash, caller(h.t), Some(tid), d, &mut h.out)
+        .expect("created")
+}
+
+#[test]
+fn s17_2_1_trying_sent_only_when_no_answer_within_200ms() {
+    let mut h = H::with_cfg(Transport::Udp, 1, TxnConfig::default());
+    h.start("INVITE").expect("created");
+    assert_eq!(h.sent(), sends(&[(5080, "INVITE")]));
+    h.advance(199);
+    assert!(h.sent().is_empty());
+    h.advance(200);
+    assert_eq!(h.sent(), sends(&[(5062, "100")]));
+    assert_eq!(h.out.sends[0].kind, SendKind::LocalReply(100));
+    // a retransmission now gets that 100 again
+    assert_eq!(h.request_again("INVITE", "z9hG4bKc1"), ReqVerdict::Absorbed);
+    assert_eq!(h.sent(), sends(&[(5062, "100")]));
+}
+
+#[test]
+fn s17_2_1_no_trying_when_a_provisional_is_forwarded_within_200ms() {
+    let mut h = H::with_cfg(Transport::Udp, 1, TxnConfig::default());
+    h.start("INVITE").expect("created");
+    let req = h.last_request_up();
+    h.now = 50;
+    h.reply(&req, 180, dest(Transport::Udp, 5080));
+    assert_eq!(h.sent(), sends(&[(5062, "180")]));
+    h.advance(250);
+    assert!(h.sent().is_empty(), "no 100 after the 180");
+    h.now = 300;
+    h.reply(&req, 200, dest(Transport::Udp, 5080));
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+}
+
+#[test]
+fn s17_2_1_retransmitted_invite_before_the_delay_gets_the_100_at_once() {
+    let mut h = H::with_cfg(Transport::Udp, 1, TxnConfig::default());
+    h.start("INVITE").expect("created");
+    h.now = 150;
+    assert_eq!(h.request_again("INVITE", "z9hG4bKc1"), ReqVerdict::Absorbed);
+    assert_eq!(h.sent(), sends(&[(5062, "100")]));
+    h.advance(400);
+    assert!(h.sent().is_empty(), "sent once");
+}
+
+#[test]
+fn trying_delay_zero_sends_the_100_at_once() {
+    let cfg = TxnConfig {
+        trying_delay_ms: 0,
+        ..TxnConfig::default()
+    };
+    let mut h = H::with_cfg(Transport::Udp, 1, cfg);
+    h.start("INVITE").expect("created");
+    assert_eq!(h.sent(), sends(&[(5062, "100"), (5080, "INVITE")]));
+}
+
+#[test]
+fn rfc6026_accepted_invite_keeps_no_buffer_and_still_absorbs_and_forwards() {
+    let mut h = H::new(Transport::Udp, 1);
+    h.start("INVITE");
+    let req = h.last_request_up();
+    let d = dest(Transport::Udp, 5080);
+    h.reply(&req, 200, d);
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+    // the finished transaction holds no buffer; the pool has it for the next one
+    assert!(h.tab.slots.iter().all(|s| s.buf.capacity() == 0));
+    assert_eq!(h.tab.pool.len(), 1);
+    assert_eq!(h.tab.active(), 1);
+    // a retransmitted INVITE is absorbed without an answer
+    assert_eq!(h.request_again("INVITE", "z9hG4bKc1"), ReqVerdict::Absorbed);
+    assert!(h.sent().is_empty());
+    // a retransmitted 2xx still reaches the caller (§16.7 step 5)
+    assert!(h.reply(&req, 200, d));
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+    // the next transaction takes the pooled buffer
+    h.hash ^= 0xff;
+    h.start("INVITE");
+    assert!(h.tab.pool.is_empty());
+}
+
+#[test]
+fn s16_9_transport_failed_fails_over_every_try_to_that_destination_at_once() {
+    let mut h = H::new(Transport::Tcp, 3);
+    start_to(&mut h, 0x1111_0000_0000_0001, 0);
+    start_to(&mut h, 0x2222_0000_0000_0002, 0);
+    start_to(&mut h, 0x3333_0000_0000_0003, 1);
+    h.out.clear();
+    h.now = 5;
+    let (_, d0) = h.set.targets[0];
+    let n = h
+        .tab
+        .transport_failed(h.now, d0.addr, Transport::Tcp, &mut h.out, &mut h.set);
+    assert_eq!(n, 2);
+    // both tries to target 0 went to the next target, without Timer B
+    assert_eq!(h.sent(), sends(&[(5081, "INVITE"), (5081, "INVITE")]));
+    assert_eq!(h.tab.stats.failovers, 2);
+    assert_eq!(h.tab.stats.timeouts, 0);
+    // the transport reported the target itself: no second report
+    assert!(h.set.failures.is_empty());
+    // the same error again finds no try waiting there
+    h.out.clear();
+    let n = h
+        .tab
+        .transport_failed(h.now, d0.addr, Transport::Tcp, &mut h.out, &mut h.set);
+    assert_eq!(n, 0);
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn s16_9_transport_failed_with_no_target_left_answers_408() {
+    let mut h = H::new(Transport::Tcp, 1);
+    h.start("INVITE");
+    h.out.clear();
+    let (_, d0) = h.set.targets[0];
+    h.tab
+        .transport_failed(1, d0.addr, Transport::Tcp, &mut h.out, &mut h.set);
+    assert_eq!(h.sent(), sends(&[(5062, "408")]));
+}
+
+#[test]
+fn transport_failed_ignores_other_transports_and_answered_tries() {
+    let mut h = H::new(Transport::Tcp, 2);
+    h.start("INVITE");
+    let req = h.last_request_up();
+    let (_, d0) = h.set.targets[0];
+    // another transport to the same address: not this try
+    h.out.clear();
+    let n = h
+        .tab
+        .transport_failed(1, d0.addr, Transport::Udp, &mut h.out, &mut h.set);
+    assert_eq!(n, 0);
+    // a final answer came: a later reset of the connection changes nothing
+    h.reply(&req, 486, d0);
+    h.out.clear();
+    let n = h
+        .tab
+        .transport_failed(2, d0.addr, Transport::Tcp, &mut h.out, &mut h.set);
+    assert_eq!(n, 0);
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn next_deadline_is_the_earliest_armed_timer() {
+    let mut h = H::with_cfg(Transport::Tcp, 1, TxnConfig::default());
+    assert_eq!(h.tab.next_deadline(), None);
+    h.start("INVITE");
+    // the delayed 100 Trying first, then Timer B
+    assert_eq!(h.tab.next_deadline(), Some(200));
+    h.advance(200);
+    assert_eq!(h.sent(), sends(&[(5062, "100")]));
+    assert_eq!(h.tab.next_deadline(), Some(64 * T1));
+}
+
+#[test]
+fn wheel_next_deadline_is_a_lower_bound_beyond_the_horizon() {
+    let mut w = Wheel::new(16, 10, 0);
+    assert_eq!(w.next_deadline(), None);
+    w.insert(Entry {
+        slot: 1,
+        generation: 0,
+        at: 35,
+    });
+    assert_eq!(w.next_deadline(), Some(35));
+    // beyond one turn (160 ms): its bucket's end, early but never late
+    let mut w = Wheel::new(16, 10, 0);
+    w.insert(Entry {
+        slot: 2,
+        generation: 0,
+        at: 1_005,
+    });
+    let d = w.next_deadline().expect("armed");
+    assert!(d <= 1_005);
+    let mut due = Vec::new();
+    w.expire(d, &mut due);
+    assert!(due.is_empty());
+}
+
+#[test]
+fn timer_j_completed_non_invite_keeps_only_its_answer_for_retransmissions() {
+    let mut h = H::new(Transport::Udp, 1);
+    h.start("BYE");
+    let req = h.last_request_up();
+    h.reply(&req, 200, dest(Transport::Udp, 5080));
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+    let s = h.tab.slots.iter().find(|s| s.key != 0).expect("lingering");
+    assert_eq!(s.req_len, 0, "the request is not kept");
+    assert_eq!(s.buf.len(), s.sent_end as usize);
+    assert!(s.buf.starts_with(b"SIP/2.0 200"));
+    // §17.2.2: a retransmitted BYE gets the same 200 again
+    h.now = 1000;
+    assert_eq!(h.request_again("BYE", "z9hG4bKc1"), ReqVerdict::Absorbed);
+    assert_eq!(h.sent(), sends(&[(5062, "200")]));
+    assert!(h.out.bytes(&h.out.sends[0]).starts_with(b"SIP/2.0 200"));
+}
+
+#[test]
+fn wheel_next_deadline_finds_the_earliest_bucket_across_the_wrap() {
+    let mut w = Wheel::new(256, 10, 0);
+    let mut due = Vec::new();
+    // move the current tick near the end of the turn
+    w.expire(2_500, &mut due);
+    for (slot, at) in [(1, 2_700), (2, 2_520), (3, 2_900)] {
+        w.insert(Entry {
+            slot,
+            generation: 0,
+            at,
+        });
+    }
+    // 2_700 lies past the wrap (bucket 14); 2_520 before it (bucket 252)
+    assert_eq!(w.next_deadline(), Some(2_520));
+    w.expire(2_520, &mut due);
+    assert_eq!(due.len(), 1);
+    assert_eq!(w.next_deadline(), Some(2_700));
+    w.expire(2_700, &mut due);
+    assert_eq!(w.next_deadline(), Some(2_900));
+    w.expire(2_900, &mut due);
+    assert_eq!(w.next_deadline(), None);
+    assert_eq!(w.entries(), 0);
 }

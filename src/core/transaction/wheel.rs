@@ -18,6 +18,9 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Wheel {
     buckets: Vec<Vec<Entry>>,
+    /// One bit per bucket: it holds entries (finds the next deadline
+    /// without visiting empty buckets).
+    occupied: Vec<u64>,
     tick_ms: u64,
     /// First tick not yet wholly expired.
     cur: u64,
@@ -31,6 +34,7 @@ impl Wheel {
         let tick_ms = tick_ms.max(1);
         Wheel {
             buckets: (0..n).map(|_| Vec::new()).collect(),
+            occupied: vec![0; n.div_ceil(64)],
             tick_ms,
             cur: now / tick_ms,
         }
@@ -39,7 +43,32 @@ impl Wheel {
     pub fn insert(&mut self, e: Entry) {
         let t = (e.at / self.tick_ms).max(self.cur);
         let mask = self.buckets.len() as u64 - 1;
-        self.buckets[(t & mask) as usize].push(e);
+        let b = (t & mask) as usize;
+        self.buckets[b].push(e);
+        self.occupied[b / 64] |= 1 << (b % 64);
+    }
+
+    /// The first occupied bucket at or after `from` (wrapping), if any.
+    fn next_occupied(&self, from: usize) -> Option<usize> {
+        let words = self.occupied.len();
+        let (w0, bit) = (from / 64, from % 64);
+        // the first word from `from` on, the others in order, the first
+        // word's bits before `from` last
+        let first = self.occupied[w0] & (!0u64 << bit);
+        if first != 0 {
+            return Some(w0 * 64 + first.trailing_zeros() as usize);
+        }
+        for k in 1..=words {
+            let w = (w0 + k) % words;
+            let mut v = self.occupied[w];
+            if k == words {
+                v &= !(!0u64 << bit);
+            }
+            if v != 0 {
+                return Some(w * 64 + v.trailing_zeros() as usize);
+            }
+        }
+        None
     }
 
     /// Move every entry due at `now` into `due` (cleared first).
@@ -57,7 +86,8 @@ impl Wheel {
             self.cur
         };
         for t in first..=end {
-            let b = &mut self.buckets[(t & (n - 1)) as usize];
+            let bi = (t & (n - 1)) as usize;
+            let b = &mut self.buckets[bi];
             let mut i = 0;
             while i < b.len() {
                 if b[i].at <= now {
@@ -66,9 +96,25 @@ impl Wheel {
                     i += 1;
                 }
             }
+            if b.is_empty() {
+                self.occupied[bi / 64] &= !(1 << (bi % 64));
+            }
         }
         // the last tick may be only partly over: visit it again next time
         self.cur = end;
+    }
+
+    /// A lower bound of the earliest deadline held (`None`: empty): the
+    /// first non-empty bucket from the current tick on, and there the
+    /// earliest entry, or the bucket's end when its entries are for a later
+    /// turn (the caller then wakes early and asks again).
+    pub fn next_deadline(&self) -> Option<u64> {
+        let n = self.buckets.len();
+        let from = (self.cur & (n as u64 - 1)) as usize;
+        let b = self.next_occupied(from)?;
+        let t = self.cur + ((b + n - from) % n) as u64;
+        let min = self.buckets[b].iter().map(|e| e.at).min()?;
+        Some(min.min((t + 1) * self.tick_ms))
     }
 
     /// Entries held (armed and stale).

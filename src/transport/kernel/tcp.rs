@@ -12,7 +12,7 @@ use crate::transport::Ctx;
 use crate::transport::conn::{Conn, ConnCache, ConnState, ReleaseReason};
 use crate::transport::egress::rcv_tcp;
 use crate::transport::stream::{Item, StreamConfig, StreamState};
-use crate::transport::tcp::{receive_tcp_msg, release_conn, upstream_signal};
+use crate::transport::tcp::{receive_tcp_msg, release_conn, txn_transport_failed, upstream_signal};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -107,6 +107,7 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
                 &conn,
                 ReleaseReason::ConnectFailed,
             );
+            fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
         }
         Err(_) => {
             tracing::warn!(peer = %conn.peer, "connect timed out");
@@ -117,6 +118,7 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
                 &conn,
                 ReleaseReason::ConnectFailed,
             );
+            fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
         }
     }
 }
@@ -164,8 +166,25 @@ impl Future for HandleIo {
             conn.set_state(ConnState::Eof);
         }
         release_conn(&ctx.conns, &ctx.metrics, conn, reason);
+        fail_over(ctx, conn, reason);
         Poll::Ready(())
     }
+}
+
+/// Stateful mode: the transactions waiting on a connection we opened fail
+/// over at once when it could not be opened or was reset.
+fn fail_over(ctx: &Arc<Ctx>, conn: &Conn<KernelIo>, reason: ReleaseReason) {
+    if ctx.core.stateful().is_none() {
+        return;
+    }
+    with_worker(|w| {
+        let mut eg = KernelEgress {
+            ctx,
+            own_udp: None,
+            cache: &mut w.cache,
+        };
+        txn_transport_failed(&ctx.step(), &mut eg, conn.peer, conn.outbound, reason);
+    });
 }
 
 /// Rounds of work per poll before yielding to other tasks.

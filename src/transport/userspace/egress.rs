@@ -145,4 +145,29 @@ impl App {
         );
         step.deliver_txn(&mut eg, out, at);
     }
+
+    /// Stateful mode: the transactions waiting on outbound connections that
+    /// failed this round fail over now (not at Timer B / F).
+    pub(super) fn fail_over_failed_connections(&mut self, s: &mut Stack, now: Instant) {
+        let failed = self.net.tcp.take_failed_outbound();
+        if failed.is_empty() || self.core.stateful().is_none() {
+            return;
+        }
+        let step = Step {
+            core: &self.core,
+            metrics: &self.metrics,
+            dns: &self.dns,
+        };
+        let mut eg = Self::egress(
+            s,
+            now,
+            &self.core,
+            &self.metrics,
+            &mut self.net,
+            &self.req_tx,
+        );
+        for (peer, why) in failed {
+            crate::transport::tcp::txn_transport_failed(&step, &mut eg, peer, true, why);
+        }
+    }
 }

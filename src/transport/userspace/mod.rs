@@ -305,6 +305,7 @@ impl App {
             self.net.tcp.close_listeners(s);
         }
         self.net.tcp.poll(s, &cx, now);
+        self.fail_over_failed_connections(s, now);
         self.probe(s, now);
     }
 

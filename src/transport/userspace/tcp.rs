@@ -245,7 +245,15 @@ pub(super) struct TcpSide {
     /// Scheduling generations come from one counter, so a heap entry of a
     /// released connection never matches the next occupant of its slot.
     next_generation: u32,
+    /// Peers of outbound connections that failed (refused / timed-out
+    /// connect, reset) since the last round: their transactions fail over
+    /// (stateful mode, [`crate::transport::tcp::txn_transport_failed`]).
+    failed_outbound: Vec<(SocketAddr, ReleaseReason)>,
 }
+
+/// Failed outbound connections remembered per round (more are rare: each
+/// one is a connect to a distinct peer that failed within one round).
+const MAX_FAILED_OUTBOUND: usize = 1024;
 
 /// How `release_conn` ends the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +312,7 @@ impl TcpSide {
             release,
             listeners_closed: false,
             next_generation: 0,
+            failed_outbound: Vec::new(),
         }
     }
 
@@ -637,6 +646,17 @@ impl TcpSide {
             }
         }
         tcp::release_conn(&self.conns, cx.metrics, conn, reason);
+        if conn.outbound
+            && matches!(reason, ReleaseReason::ConnectFailed | ReleaseReason::Reset)
+            && self.failed_outbound.len() < MAX_FAILED_OUTBOUND
+        {
+            self.failed_outbound.push((conn.peer, reason));
+        }
+    }
+
+    /// The outbound connections that failed since the last call.
+    pub(super) fn take_failed_outbound(&mut self) -> Vec<(SocketAddr, ReleaseReason)> {
+        std::mem::take(&mut self.failed_outbound)
     }
 
     /// Deadlines due at `now`, and kill requests (drain, write-queue
