@@ -7,6 +7,7 @@
 //! is stopped by its own PID. Traffic stays on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod afpacket;
 pub mod netns;
 pub mod uas;
 
@@ -465,15 +466,28 @@ impl SippUas {
 
     /// A UDP UAS on `ip:port` inside network namespace `ns`.
     pub fn start_in(ns: &str, ip: IpAddr, port: u16) -> SippUas {
+        Self::start_in_with(ns, ip, port, SippTransport::U1)
+    }
+
+    /// A UAS on `ip:port` inside network namespace `ns` over `transport`
+    /// (u1: a bound UDP socket; t1: a listening TCP socket).
+    pub fn start_in_with(ns: &str, ip: IpAddr, port: u16, transport: SippTransport) -> SippUas {
         let mut uas = Self::spawn(
             netns::netns_exec(ns, "sipp"),
             &ip.to_string(),
             port,
-            SippTransport::U1,
+            transport,
         );
         let addr = SocketAddr::new(ip, port);
+        let ready = |pid: u32| {
+            if transport.is_tcp() {
+                netns::tcp_listening_in_pid(pid, addr)
+            } else {
+                netns::udp_bound_in_pid(pid, addr)
+            }
+        };
         let t0 = Instant::now();
-        while !netns::udp_bound_in_pid(uas.child.id(), addr) {
+        while !ready(uas.child.id()) {
             let st = uas.child.try_wait();
             if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
                 panic!(
