@@ -348,7 +348,10 @@ fn afpacket_non_sip_bytes_on_tcp_are_released_with_rst() {
         &pair,
         from,
         to,
-        vec![(options_to_stack(&pair, "after-junk"), Duration::from_secs(2))],
+        vec![(
+            options_to_stack(&pair, "after-junk"),
+            Duration::from_secs(2),
+        )],
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
     assert!(
@@ -366,8 +369,7 @@ fn afpacket_nosip_match_hook_keeps_the_connection() {
     if skip_unless_root() {
         return;
     }
-    let (pair, proxy) =
-        tcp_proxy("[nosip]\nhook = \"match\"\npattern = '^(GARBAGE|\\x16\\x03)'\n");
+    let (pair, proxy) = tcp_proxy("[nosip]\nhook = \"match\"\npattern = '^(GARBAGE|\\x16\\x03)'\n");
     let parse_before = proxy.metric(&released("parse_error"));
     let drops_before = proxy.metric("sipedge_nosip_total{verdict=\"drop\"}");
     let (from, to) = target(&pair, false);
@@ -422,13 +424,16 @@ fn afpacket_slowloris_is_released_at_the_message_deadline() {
     let (pair, proxy) =
         tcp_proxy("[tcp]\nmessage_timeout_secs = 2\nfirst_message_timeout_secs = 30\n");
     let before = proxy.metric(&released("message_timeout"));
-    let mut steps = vec![(b"OPTIONS sip:x SIP/2.0\r\n".to_vec(), Duration::from_secs(1))];
+    let mut steps = vec![(
+        b"OPTIONS sip:x SIP/2.0\r\n".to_vec(),
+        Duration::from_secs(1),
+    )];
     for b in b"X-Slow: abcdef".iter().take(9) {
         steps.push((vec![*b], Duration::from_secs(1)));
     }
     let (from, to) = target(&pair, false);
-    let run = tcp_script(&pair, from, to, steps)
-        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    let run =
+        tcp_script(&pair, from, to, steps).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
     let after = match run.end {
         TcpEnd::Reset(t) | TcpEnd::Eof(t) => t,
         other => panic!(
@@ -526,10 +531,9 @@ fn impaired(transport: SippTransport) {
         "middlebox: {stats}; Tcp RetransSegs {}",
         metric(&m, &mib("Tcp", "RetransSegs"))
     );
-    let dropped = pair
-        .mid
-        .as_ref()
-        .map_or(0, |m| m.stats.dropped.load(std::sync::atomic::Ordering::Relaxed));
+    let dropped = pair.mid.as_ref().map_or(0, |m| {
+        m.stats.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    });
     assert!(dropped > 0, "the middlebox dropped nothing: {stats}");
     drop(uas);
     let (st, log) = proxy.stop();

@@ -18,7 +18,9 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use super::netns::{NetnsPair, in_netns, must, netns_exec};
-use super::{metric_value, metrics_scrape, signal_pid, sipedge_bin, tail, unique_temp_dir, wait_child};
+use super::{
+    metric_value, metrics_scrape, signal_pid, sipedge_bin, tail, unique_temp_dir, wait_child,
+};
 
 /// The stack's SIP port (UDP and TCP).
 pub const AF_SIP_PORT: u16 = 5060;
