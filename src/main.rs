@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sipedge::config::{Config, LogFormat, Overrides, apply_overrides};
+use sipedge::config::{Config, LogFormat, Overrides, StackOverrides, apply_overrides};
 use sipedge::transport::lifecycle::LogLevelFn;
 use sipedge::transport::{Hooks, RunOpts};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,13 @@ Examples:
           --upstream 'sip:10.0.0.5:5060;transport=tcp'
   sipedge --listen 'udp:0.0.0.0:5060 advertise 198.51.100.7:5060' --metrics off
   sipedge check-config etc/sipedge.toml      validate, print the effective config
+  sipedge --stack afpacket --iface eth1 --ipv4 198.18.0.2/24 --gateway4 198.18.0.1 \\
+          --listen udp:198.18.0.2:5060 --listen tcp:198.18.0.2:5060 \\
+          --upstream 'sip:198.18.0.10:5060;transport=tcp'
+                                             the embedded stack on eth1 (root or
+                                             CAP_NET_RAW; the kernel must not own
+                                             198.18.0.2); /metrics stays on a
+                                             kernel socket
   RUST_LOG=sipedge=debug sipedge             RUST_LOG overrides the log level
 
 Signals: SIGTERM/SIGINT drain (new TCP connections refused, /ready 503,
@@ -70,6 +77,35 @@ struct Cli {
     /// (0 = stop at once), replacing proxy.drain_timeout_secs.
     #[arg(long, value_name = "SECS", global = true)]
     drain_timeout: Option<u64>,
+
+    /// Lower layer, replacing stack.mode: "kernel" sockets or the embedded
+    /// userspace stack over AF_PACKET ("afpacket").
+    #[arg(long, value_name = "MODE", value_parser = ["kernel", "afpacket"], global = true)]
+    stack: Option<String>,
+
+    /// afpacket: the interface the stack runs on, replacing stack.interface.
+    #[arg(long, value_name = "IF", global = true)]
+    iface: Option<String>,
+
+    /// afpacket: the stack's IPv4 address, ADDR/PREFIX, replacing stack.ipv4.
+    #[arg(long, value_name = "ADDR/PREFIX", global = true)]
+    ipv4: Option<String>,
+
+    /// afpacket: the stack's IPv6 address, ADDR/PREFIX, replacing stack.ipv6.
+    #[arg(long, value_name = "ADDR/PREFIX", global = true)]
+    ipv6: Option<String>,
+
+    /// afpacket: the stack's MAC (default: the interface's), replacing stack.mac.
+    #[arg(long, value_name = "MAC", global = true)]
+    mac: Option<String>,
+
+    /// afpacket: IPv4 default gateway (on the stack.ipv4 prefix), replacing stack.gateway4.
+    #[arg(long, value_name = "ADDR", global = true)]
+    gateway4: Option<String>,
+
+    /// afpacket: IPv6 default gateway (link-local or on the prefix), replacing stack.gateway6.
+    #[arg(long, value_name = "ADDR", global = true)]
+    gateway6: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +128,15 @@ impl Cli {
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
             drain_timeout_secs: self.drain_timeout,
+            stack: StackOverrides {
+                mode: self.stack.clone(),
+                interface: self.iface.clone(),
+                ipv4: self.ipv4.clone(),
+                ipv6: self.ipv6.clone(),
+                mac: self.mac.clone(),
+                gateway4: self.gateway4.clone(),
+                gateway6: self.gateway6.clone(),
+            },
         }
     }
 }
@@ -228,6 +273,88 @@ mod tests {
         assert_eq!(cfg.listen[0].addr.port(), 5070);
         assert_eq!(cfg.metrics_listen, None);
         assert_eq!(cfg.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn afpacket_flags_configure_the_stack_without_a_file() {
+        let cli = Cli::try_parse_from([
+            "sipedge",
+            "--stack",
+            "afpacket",
+            "--iface",
+            "veth0",
+            "--ipv4",
+            "198.18.0.2/24",
+            "--ipv6",
+            "2001:db8::2/64",
+            "--mac",
+            "02:00:00:00:00:02",
+            "--gateway4",
+            "198.18.0.1",
+            "--gateway6",
+            "fe80::1",
+            "--listen",
+            "udp:198.18.0.2:5060",
+            "--listen",
+            "tcp:198.18.0.2:5060",
+            "--listen",
+            "tcp:[2001:db8::2]:5060",
+            "--upstream",
+            "sip:198.18.0.10;transport=tcp",
+        ])
+        .unwrap();
+        let cfg = load(None, &cli.overrides()).unwrap();
+        let st = &cfg.stack;
+        assert_eq!(st.mode, sipedge::config::StackMode::Afpacket);
+        assert_eq!(st.interface, "veth0");
+        assert_eq!(st.ipv4, Some(("198.18.0.2".parse().unwrap(), 24)));
+        assert_eq!(st.ipv6, Some(("2001:db8::2".parse().unwrap(), 64)));
+        assert_eq!(st.mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(st.gateway4, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(st.gateway6, Some("fe80::1".parse().unwrap()));
+        assert_eq!(cfg.listen.len(), 3);
+    }
+
+    #[test]
+    fn afpacket_flag_errors_name_the_flag_or_key() {
+        let base = [
+            "sipedge",
+            "--stack",
+            "afpacket",
+            "--iface",
+            "veth0",
+            "--listen",
+            "tcp:198.18.0.2:5060",
+        ];
+        let err = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            let cli = Cli::try_parse_from(args).unwrap();
+            format!("{:#}", load(None, &cli.overrides()).unwrap_err())
+        };
+        assert!(err(&["--ipv4", "198.18.0.2"]).contains("--ipv4"));
+        assert!(err(&["--ipv4", "198.18.0.2/24", "--mac", "ff:ff:ff:ff:ff:ff"]).contains("--mac"));
+        assert!(err(&["--ipv4", "198.18.0.2/24", "--gateway4", "x"]).contains("--gateway4"));
+        // a cross-key rule names the config key
+        assert!(
+            err(&["--ipv4", "198.18.0.2/24", "--gateway4", "198.19.0.1"])
+                .contains("stack.gateway4")
+        );
+        // the listen address must be the stack's own
+        let e = err(&["--ipv4", "198.18.0.3/24"]);
+        assert!(
+            e.contains("proxy.listen[0]") && e.contains("stack.ipv4"),
+            "{e}"
+        );
+        // no address at all
+        assert!(err(&[]).contains("stack.ipv4"));
+        // stack flags without afpacket mode
+        let cli = Cli::try_parse_from(["sipedge", "--iface", "veth0"]).unwrap();
+        let e = format!("{:#}", load(None, &cli.overrides()).unwrap_err());
+        assert!(
+            e.contains("--iface") && e.contains("--stack afpacket"),
+            "{e}"
+        );
+        assert!(Cli::try_parse_from(["sipedge", "--stack", "dpdk"]).is_err());
     }
 
     #[test]

@@ -480,6 +480,347 @@ fn afpacket_upstream_health_probes_and_icmp() {
     );
 }
 
+// ---------------------------------------------------------------------------
+// SIP over the userspace TCP
+// ---------------------------------------------------------------------------
+
+/// The afpacket configuration with `tcp:` listen addresses on both stack
+/// addresses and a TCP upstream (198.18.N.1:5080;transport=tcp).
+fn afpacket_tcp_config(pair: &NetnsPair) -> String {
+    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
+    afpacket_config(pair)
+        .replace(
+            &format!("listen = [\"udp:{v4}:{SIP_PORT}\", \"udp:[{v6}]:{SIP_PORT}\"]"),
+            &format!(
+                "listen = [\"udp:{v4}:{SIP_PORT}\", \"tcp:{v4}:{SIP_PORT}\", \
+                 \"udp:[{v6}]:{SIP_PORT}\", \"tcp:[{v6}]:{SIP_PORT}\"]"
+            ),
+        )
+        .replace(
+            &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]"),
+            &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT};transport=tcp\"]"),
+        )
+}
+
+/// Is a TCP socket of process `pid`'s namespace listening on `addr`
+/// (`/proc/PID/net/tcp`, state 0A)?
+fn tcp_listening_in_pid(pid: u32, addr: SocketAddr) -> bool {
+    let (file, ip_hex) = match addr.ip() {
+        IpAddr::V4(ip) => ("tcp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
+        IpAddr::V6(ip) => (
+            "tcp6",
+            ip.octets()
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
+    };
+    let want = format!("{ip_hex}:{:04X}", addr.port());
+    fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let mut w = l.split_whitespace();
+            w.nth(1) == Some(want.as_str()) && w.nth(1) == Some("0A")
+        })
+    })
+}
+
+/// `sipp -sn uas -t t1` on `ip:port` inside `ns`; stopped (SIGINT by PID)
+/// on drop.
+struct TcpUas {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl TcpUas {
+    fn start_in(ns: &str, ip: IpAddr, port: u16) -> TcpUas {
+        let dir = unique_temp_dir("tcpuas");
+        let out = File::create(dir.join("uas.out")).expect("create uas.out");
+        let child = netns_exec(ns, "sipp")
+            .args(["-sn", "uas", "-i", &ip.to_string(), "-p", &port.to_string()])
+            .args(["-t", "t1", "-nostdin", "-buff_size", "4194304"])
+            .args(["-max_socket", "1000"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn sipp UAS");
+        let mut uas = TcpUas { child, dir };
+        let addr = SocketAddr::new(ip, port);
+        let t0 = Instant::now();
+        while !tcp_listening_in_pid(uas.child.id(), addr) {
+            let st = uas.child.try_wait();
+            if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
+                panic!(
+                    "sipp TCP UAS not listening on {addr} in {ns} within 10 s (status {st:?})\n{}",
+                    tail(&uas.dir.join("uas.out"), 20)
+                );
+            }
+            sleep(Duration::from_millis(25));
+        }
+        uas
+    }
+}
+
+impl Drop for TcpUas {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, "INT", Duration::from_secs(5));
+        if std::thread::panicking() {
+            eprintln!("sipp TCP UAS files kept in {:?}", self.dir);
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Issue 8: SIP over the userspace TCP end to end. sipp `-t t1` (one
+/// connection for all calls) → sipedge's TCP listener on its own stack →
+/// an outbound connection from the stack to a sipp TCP UAS; replies travel
+/// back over the client's own connection (`;i=` in Via).
+#[test]
+fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    let _load = load_lock();
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
+    let uas = TcpUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
+    const CALLS: u32 = 200;
+    let run = run_uac(&UacOpts {
+        target: SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
+        transport: SippTransport::T1,
+        calls: CALLS,
+        rate: RATE,
+        netns: Some(pair.peer_ns.clone()),
+        local: Some(pair.peer_v4().into()),
+    });
+    let m = proxy.metrics();
+    let q = |g: &str, c: &str| {
+        metric(
+            &m,
+            &format!("sipedge_netstack_mib_total{{group=\"{g}\",counter=\"{c}\"}}"),
+        )
+    };
+    let (passive, active, in_segs) = (
+        q("Tcp", "PassiveOpens"),
+        q("Tcp", "ActiveOpens"),
+        q("Tcp", "InSegs"),
+    );
+    let fwd_req = metric(&m, "sipedge_forwarded_total{kind=\"request\"}");
+    let tcp_in = metric(&m, "sipedge_bytes_received_total{transport=\"tcp\"}");
+    let report = format!(
+        "{}\nTcp PassiveOpens {passive} ActiveOpens {active} InSegs {in_segs}; forwarded \
+         requests {fwd_req}; tcp bytes in {tcp_in}\n{}",
+        run.report(),
+        proxy.log_tail()
+    );
+    assert!(
+        run.all_ok(CALLS),
+        "{CALLS} calls over TCP t1 through sipedge (afpacket): expected all successful, 0 failed\n{report}"
+    );
+    eprintln!("TCP t1: {} calls ok in {:?}", run.successful, run.wall);
+    // one connection from the UAC, one to the UAS
+    assert!(passive >= 1.0 && active >= 1.0, "{report}");
+    assert!(fwd_req >= 3.0 * f64::from(CALLS), "{report}");
+    assert!(in_segs > 0.0, "{report}");
+    drop(uas);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// Issue 8 / SPEC A.2: non-SIP bytes on a TCP connection to the stack →
+/// released at once with reason parse_error, and (`stack.tcp_release`
+/// default "rst") the client sees a reset, not an orderly close.
+#[test]
+fn afpacket_tcp_non_sip_bytes_are_released_with_rst() {
+    use std::io::{ErrorKind, Read, Write};
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
+    let released = "sipedge_tcp_released_total{reason=\"parse_error\"}";
+    let before = metric(&proxy.metrics(), released);
+    let (from, to) = (pair.peer_v4(), pair.stack_v4());
+    let outcome = pair.in_peer(move || -> Result<String, String> {
+        let mut s = connect_from(from.into(), to.into())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GARBAGE\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = [0u8; 512];
+        for _ in 0..100 {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok("orderly close (FIN)".into()),
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok("reset".into()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        Err("no close".into())
+    });
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, released) < before + 1.0 && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert_eq!(
+        outcome.as_deref(),
+        Ok("reset"),
+        "the client sees RST\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        metric(&m, released) >= before + 1.0,
+        "{released} did not move\n--- metrics ---\n{m}\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        metric(
+            &m,
+            "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"OutRsts\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// A TCP connection from `from` (the peer namespace's Linux stack; call
+/// inside it) to sipedge at `to`:5060.
+fn connect_from(from: IpAddr, to: IpAddr) -> Result<std::net::TcpStream, String> {
+    let domain = if to.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock =
+        socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(|e| e.to_string())?;
+    sock.bind(&SocketAddr::new(from, 0).into())
+        .map_err(|e| e.to_string())?;
+    sock.connect_timeout(
+        &SocketAddr::new(to, SIP_PORT).into(),
+        Duration::from_secs(3),
+    )
+    .map_err(|e| format!("connect {to}:{SIP_PORT}: {e}"))?;
+    let s: std::net::TcpStream = sock.into();
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Read until the connection ends: "fin" (EOF), "reset", or "open" when
+/// nothing ended it within `timeout`.
+fn read_end(s: &mut std::net::TcpStream, timeout: Duration) -> String {
+    use std::io::{ErrorKind, Read};
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    for _ in 0..10_000 {
+        let left = timeout.saturating_sub(t0.elapsed());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return "fin".into(),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return "reset".into(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return format!("error {e}"),
+        }
+    }
+    "open".into()
+}
+
+/// Issue 8 on the userspace TCP: `stack.tcp_release = "fin"` closes a
+/// connection released for non-SIP bytes in order (FIN, still counted as
+/// parse_error); an OPTIONS to the proxy is answered on the connection and
+/// a CRLFCRLF ping gets its CRLF pong (RFC 5626 §4.4.1); on SIGTERM the
+/// drain closes the idle connection with FIN and sipedge exits 0.
+#[test]
+fn afpacket_tcp_release_fin_keepalive_and_drain() {
+    use std::io::{Read, Write};
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "tcp_release = \"fin\"\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let parse_error = "sipedge_tcp_released_total{reason=\"parse_error\"}";
+    let before = metric(&proxy.metrics(), parse_error);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<_, String> {
+        let mut a = connect_from(from, to)?;
+        a.write_all(b"GARBAGE\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let a_end = read_end(&mut a, Duration::from_secs(5));
+        let mut b = connect_from(from, to)?;
+        let local = b.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-fin",
+            70,
+        );
+        b.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let reply = read_sip_message(&mut b, Duration::from_secs(3))?;
+        b.write_all(b"\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut pong = [0u8; 2];
+        b.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        b.read_exact(&mut pong).map_err(|e| format!("pong: {e}"))?;
+        Ok((a_end, reply, pong, b))
+    });
+    let (a_end, reply, pong, mut b) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        a_end,
+        "fin",
+        "tcp_release = fin: orderly close\n{}",
+        proxy.log_tail()
+    );
+    assert_eq!(status_code(&reply), Some(200), "{reply}");
+    assert_eq!(&pong, b"\r\n");
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, parse_error) < before + 1.0 && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert!(metric(&m, parse_error) >= before + 1.0, "{m}");
+    assert!(
+        metric(&m, "sipedge_keepalives_total{kind=\"pong\"}") >= 1.0,
+        "{m}"
+    );
+    // drain: the idle connection gets FIN
+    signal_pid(proxy.child.id(), "TERM");
+    let b_end = read_end(&mut b, Duration::from_secs(8));
+    assert_eq!(
+        b_end,
+        "fin",
+        "drain closes idle connections with FIN\n{}",
+        proxy.log_tail()
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 after SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).
 fn check_config(dir: &Path, name: &str, text: &str) -> (Option<i32>, String) {
     let path = dir.join(name);
@@ -507,14 +848,37 @@ fn afpacket_mode_startup_errors_are_clear() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("stack.interface"), "{err}");
 
-    // A TCP listen address is refused in afpacket mode.
+    // A TCP listen address that is not the stack's own is refused...
     let tcp = format!(
-        "{base}listen = [\"tcp:198.18.0.2:5060\"]\n\n[stack]\nmode = \"afpacket\"\n\
+        "{base}listen = [\"tcp:198.18.0.3:5060\"]\n\n[stack]\nmode = \"afpacket\"\n\
          interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n"
     );
     let (code, err) = check_config(&dir, "tcp.toml", &tcp);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("proxy.listen[0]"), "{err}");
+    // ... one on the stack's address is fine, and so is the example file.
+    let (code, err) = check_config(
+        &dir,
+        "tcp-ok.toml",
+        &tcp.replace("198.18.0.3:5060", "198.18.0.2:5060"),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let example =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/sipedge-afpacket.toml"))
+            .expect("read etc/sipedge-afpacket.toml");
+    let (code, err) = check_config(&dir, "example.toml", &example);
+    assert_eq!(code, Some(0), "{err}");
+    // A bad stack.tcp_release names the key.
+    let (code, err) = check_config(
+        &dir,
+        "release.toml",
+        &format!(
+            "{}tcp_release = \"drop\"\n",
+            tcp.replace("198.18.0.3:5060", "198.18.0.2:5060")
+        ),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("stack.tcp_release"), "{err}");
 
     // An interface that does not exist: a runtime error naming it.
     if skip_unless_root() {

@@ -29,7 +29,7 @@ pub use proxy::{
     UpstreamSpec, parse_listen, parse_upstream,
 };
 pub use reload::{RELOADABLE, ReloadPlan, changed_keys, is_reloadable, plan_reload};
-pub use stack::{StackLimits, StackMode, StackSettings};
+pub use stack::{StackLimits, StackMode, StackOverrides, StackSettings, TcpRelease};
 pub use tcp::{MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TcpLimits};
 pub use upstream::{MAX_THRESHOLD, MAX_WEIGHT, MIN_PING_INTERVAL_MS};
 
@@ -148,6 +148,8 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// Replaces `proxy.drain_timeout_secs`.
     pub drain_timeout_secs: Option<u64>,
+    /// `[stack]` keys (`--stack`, `--iface`, `--ipv4`, ...).
+    pub stack: StackOverrides,
 }
 
 impl Config {
@@ -251,6 +253,7 @@ pub fn apply_overrides(mut cfg: Config, o: &Overrides) -> Result<Config, ConfigE
         }
         cfg.drain_timeout_secs = d;
     }
+    o.stack.apply(&mut cfg.stack)?;
     cfg.validate()?;
     Ok(cfg)
 }

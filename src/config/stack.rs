@@ -2,8 +2,8 @@
 //! embedded userspace stack) and the caps of the embedded stack.
 
 use super::{
-    ConfigError, ListenSpec, Transport, in_range_usize, int_i64, invalid, non_negative_usize,
-    parse_cidr, size_i64,
+    ConfigError, ListenSpec, in_range_usize, int_i64, invalid, non_negative_usize, parse_cidr,
+    size_i64,
 };
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -15,6 +15,30 @@ pub enum StackMode {
     Kernel,
     /// The embedded IPv4/IPv6/ICMP/UDP stack over an AF_PACKET socket.
     Afpacket,
+}
+
+/// How sipedge closes a TCP connection it releases for bad input (a
+/// parse or framing error, an oversize or unframeable message, a message
+/// or first-message deadline): `stack.tcp_release`, afpacket mode. An idle,
+/// evicted or shut-down connection, and one the peer closed, always gets an
+/// orderly FIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpRelease {
+    /// Abort with RST (the default): nothing queued is sent, no FIN_WAIT /
+    /// TIME_WAIT state is kept for a misbehaving peer.
+    Rst,
+    /// Orderly close with FIN after the queued data.
+    Fin,
+}
+
+impl TcpRelease {
+    /// Config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpRelease::Rst => "rst",
+            TcpRelease::Fin => "fin",
+        }
+    }
 }
 
 /// `[stack]`: the lower layer. The keys other than `mode` are used in
@@ -34,6 +58,8 @@ pub struct StackSettings {
     pub gateway6: Option<Ipv6Addr>,
     /// IP MTU; 0 = the interface's.
     pub mtu: usize,
+    /// How a connection released for bad input is closed.
+    pub tcp_release: TcpRelease,
     pub limits: StackLimits,
 }
 
@@ -76,6 +102,7 @@ impl Default for StackSettings {
             gateway4: None,
             gateway6: None,
             mtu: 0,
+            tcp_release: TcpRelease::Rst,
             limits: StackLimits::default(),
         }
     }
@@ -181,6 +208,7 @@ pub(super) struct RawStack {
     gateway4: String,
     gateway6: String,
     mtu: i64,
+    tcp_release: String,
     limits: RawStackLimits,
 }
 
@@ -245,6 +273,7 @@ pub(super) fn to_raw(s: &StackSettings) -> RawStack {
         gateway4: opt(s.gateway4.map(|a| a.to_string())),
         gateway6: opt(s.gateway6.map(|a| a.to_string())),
         mtu: size(s.mtu),
+        tcp_release: s.tcp_release.as_str().into(),
         limits: RawStackLimits {
             neigh_entries: size(l.neigh_entries),
             neigh_pending_bytes: size(l.neigh_pending_bytes),
@@ -271,67 +300,133 @@ pub(super) fn to_raw(s: &StackSettings) -> RawStack {
     }
 }
 
-pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
-    let mode = match r.mode.as_str() {
-        "kernel" => StackMode::Kernel,
-        "afpacket" => StackMode::Afpacket,
-        other => {
+/// `"MODE"` → [`StackMode`].
+fn parse_mode(key: &str, v: &str) -> Result<StackMode, ConfigError> {
+    match v.trim() {
+        "kernel" => Ok(StackMode::Kernel),
+        "afpacket" => Ok(StackMode::Afpacket),
+        other => Err(invalid(key, other, "must be \"kernel\" or \"afpacket\"")),
+    }
+}
+
+/// `""` → None, else six hex bytes of a unicast MAC.
+fn parse_mac(key: &str, v: &str) -> Result<Option<[u8; 6]>, ConfigError> {
+    let m = v.trim();
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let bad = || invalid(key, m, "must be six hex bytes, e.g. 02:00:5e:00:00:01");
+    let parts: Vec<u8> = m
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let mac: [u8; 6] = parts.try_into().map_err(|_| bad())?;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(invalid(key, m, "must be a unicast address"));
+    }
+    Ok(Some(mac))
+}
+
+/// `""` → None, else `ADDRESS/PREFIX`.
+fn parse_opt_cidr<A: std::str::FromStr>(
+    key: &str,
+    v: &str,
+    max: u8,
+) -> Result<Option<(A, u8)>, ConfigError> {
+    match v.trim() {
+        "" => Ok(None),
+        v => parse_cidr::<A>(key, v, max).map(Some),
+    }
+}
+
+/// `""` → None, else an address.
+fn parse_opt_ip<A: std::str::FromStr>(
+    key: &str,
+    v: &str,
+    why: &str,
+) -> Result<Option<A>, ConfigError> {
+    match v.trim() {
+        "" => Ok(None),
+        v => v.parse::<A>().map(Some).map_err(|_| invalid(key, v, why)),
+    }
+}
+
+/// Command-line overrides of `[stack]` (`--stack`, `--iface`, `--ipv4`,
+/// `--ipv6`, `--mac`, `--gateway4`, `--gateway6`), so afpacket mode needs
+/// no file edit. `None` leaves the file's value; `""` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackOverrides {
+    pub mode: Option<String>,
+    pub interface: Option<String>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub mac: Option<String>,
+    pub gateway4: Option<String>,
+    pub gateway6: Option<String>,
+}
+
+impl StackOverrides {
+    fn any_address_key(&self) -> Option<&'static str> {
+        [
+            ("--iface", &self.interface),
+            ("--ipv4", &self.ipv4),
+            ("--ipv6", &self.ipv6),
+            ("--mac", &self.mac),
+            ("--gateway4", &self.gateway4),
+            ("--gateway6", &self.gateway6),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_some())
+        .map(|(k, _)| k)
+    }
+
+    /// Apply to `s`; errors name the flag. The cross-key rules (listen
+    /// addresses, gateways on the prefix) are checked afterwards by
+    /// [`crate::config::Config::validate`] and name the config key.
+    pub(super) fn apply(&self, s: &mut StackSettings) -> Result<(), ConfigError> {
+        if let Some(m) = &self.mode {
+            s.mode = parse_mode("--stack", m)?;
+        }
+        if let Some(i) = &self.interface {
+            s.interface = i.trim().to_string();
+        }
+        if let Some(v) = &self.ipv4 {
+            s.ipv4 = parse_opt_cidr::<Ipv4Addr>("--ipv4", v, 32)?;
+        }
+        if let Some(v) = &self.ipv6 {
+            s.ipv6 = parse_opt_cidr::<Ipv6Addr>("--ipv6", v, 128)?;
+        }
+        if let Some(v) = &self.mac {
+            s.mac = parse_mac("--mac", v)?;
+        }
+        if let Some(v) = &self.gateway4 {
+            s.gateway4 = parse_opt_ip::<Ipv4Addr>("--gateway4", v, "not an IPv4 address")?;
+        }
+        if let Some(v) = &self.gateway6 {
+            s.gateway6 = parse_opt_ip::<Ipv6Addr>("--gateway6", v, "not an IPv6 address")?;
+        }
+        if s.mode == StackMode::Kernel
+            && let Some(k) = self.any_address_key()
+        {
             return Err(invalid(
-                "stack.mode",
-                other,
-                "must be \"kernel\" or \"afpacket\"",
+                k,
+                "",
+                "applies to the userspace stack only: add --stack afpacket \
+                 (or stack.mode = \"afpacket\" in the file)",
             ));
         }
-    };
-    let mac = match r.mac.trim() {
-        "" => None,
-        m => {
-            let parts: Vec<u8> = m
-                .split(':')
-                .map(|x| u8::from_str_radix(x, 16))
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    invalid(
-                        "stack.mac",
-                        m,
-                        "must be six hex bytes, e.g. 02:00:5e:00:00:01",
-                    )
-                })?;
-            let mac: [u8; 6] = parts.try_into().map_err(|_| {
-                invalid(
-                    "stack.mac",
-                    m,
-                    "must be six hex bytes, e.g. 02:00:5e:00:00:01",
-                )
-            })?;
-            if mac[0] & 1 != 0 || mac == [0; 6] {
-                return Err(invalid("stack.mac", m, "must be a unicast address"));
-            }
-            Some(mac)
-        }
-    };
-    let ipv4 = match r.ipv4.trim() {
-        "" => None,
-        v => Some(parse_cidr::<Ipv4Addr>("stack.ipv4", v, 32)?),
-    };
-    let ipv6 = match r.ipv6.trim() {
-        "" => None,
-        v => Some(parse_cidr::<Ipv6Addr>("stack.ipv6", v, 128)?),
-    };
-    let gateway4 = match r.gateway4.trim() {
-        "" => None,
-        v => Some(
-            v.parse::<Ipv4Addr>()
-                .map_err(|_| invalid("stack.gateway4", v, "not an IPv4 address"))?,
-        ),
-    };
-    let gateway6 = match r.gateway6.trim() {
-        "" => None,
-        v => Some(
-            v.parse::<Ipv6Addr>()
-                .map_err(|_| invalid("stack.gateway6", v, "not an IPv6 address"))?,
-        ),
-    };
+        Ok(())
+    }
+}
+
+pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
+    let mode = parse_mode("stack.mode", &r.mode)?;
+    let mac = parse_mac("stack.mac", &r.mac)?;
+    let ipv4 = parse_opt_cidr::<Ipv4Addr>("stack.ipv4", &r.ipv4, 32)?;
+    let ipv6 = parse_opt_cidr::<Ipv6Addr>("stack.ipv6", &r.ipv6, 128)?;
+    let gateway4 = parse_opt_ip::<Ipv4Addr>("stack.gateway4", &r.gateway4, "not an IPv4 address")?;
+    let gateway6 = parse_opt_ip::<Ipv6Addr>("stack.gateway6", &r.gateway6, "not an IPv6 address")?;
     let mtu = match non_negative_usize("stack.mtu", r.mtu)? {
         0 => 0,
         m if (576..=65535).contains(&m) => m,
@@ -340,6 +435,17 @@ pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
                 "stack.mtu",
                 r.mtu,
                 "must be 0 (the interface's) or 576..=65535",
+            ));
+        }
+    };
+    let tcp_release = match r.tcp_release.trim() {
+        "rst" => TcpRelease::Rst,
+        "fin" => TcpRelease::Fin,
+        other => {
+            return Err(invalid(
+                "stack.tcp_release",
+                other,
+                "must be \"rst\" (abort) or \"fin\" (orderly close)",
             ));
         }
     };
@@ -437,6 +543,7 @@ pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
         gateway4,
         gateway6,
         mtu,
+        tcp_release,
         limits,
     })
 }
@@ -521,14 +628,6 @@ impl StackSettings {
         }
         for (i, l) in listen.iter().enumerate() {
             let key = format!("proxy.listen[{i}]");
-            if l.transport == Transport::Tcp {
-                return Err(invalid(
-                    &key,
-                    l,
-                    "TCP over the userspace stack is not available yet: use udp: listen \
-                     addresses with stack.mode = \"afpacket\", or stack.mode = \"kernel\"",
-                ));
-            }
             let ip = l.addr.ip();
             let family_ok = if ip.is_ipv4() {
                 s.ipv4.is_some()
@@ -539,8 +638,11 @@ impl StackSettings {
                 return Err(invalid(
                     &key,
                     l,
-                    "in afpacket mode a listen address must be stack.ipv4 / stack.ipv6 \
-                     (or 0.0.0.0 / [::] of a configured family)",
+                    format!(
+                        "in afpacket mode a {} listen address must be stack.ipv4 / stack.ipv6 \
+                         (or 0.0.0.0 / [::] of a configured family)",
+                        l.transport.as_str()
+                    ),
                 ));
             }
         }
@@ -559,6 +661,22 @@ mod tests {
 
     fn af(stack: &str) -> String {
         format!("{AF}[stack]\nmode = \"afpacket\"\n{stack}\n")
+    }
+
+    #[test]
+    fn afpacket_accepts_tcp_listens_on_the_stack_addresses() {
+        let text = "[proxy]\nlisten = [\"udp:198.18.0.2:5060\", \"tcp:198.18.0.2:5060\", \"tcp:[2001:db8::2]:5060\"]\nupstreams = [\"sip:198.18.0.10;transport=tcp\"]\n[stack]\nmode = \"afpacket\"\ninterface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\nipv6 = \"2001:db8::2/64\"\n";
+        let c = Config::from_toml(text).expect("TCP listens on the stack's own addresses");
+        assert_eq!(c.listen.len(), 3);
+        assert_eq!(
+            c.stack.tcp_release,
+            TcpRelease::Rst,
+            "default: abort with RST"
+        );
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+        let fin = Config::from_toml(&format!("{text}tcp_release = \"fin\"\n")).unwrap();
+        assert_eq!(fin.stack.tcp_release, TcpRelease::Fin);
+        assert_eq!(Config::from_toml(&fin.to_toml()).unwrap(), fin);
     }
 
     #[test]
@@ -662,9 +780,13 @@ mod tests {
         // the listen address must be one of the stack's, over UDP
         let other_ip = "[proxy]\nlisten = [\"udp:198.18.0.3:5060\"]\nupstreams = [\"sip:198.18.0.10\"]\n[stack]\nmode = \"afpacket\"\ninterface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n";
         err_for(other_ip, "proxy.listen[0]");
-        let tcp = "[proxy]\nlisten = [\"tcp:198.18.0.2:5060\"]\nupstreams = [\"sip:198.18.0.10\"]\n[stack]\nmode = \"afpacket\"\ninterface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n";
-        let m = err_for(tcp, "proxy.listen[0]");
-        assert!(m.contains("TCP"), "{m}");
+        let tcp_other = "[proxy]\nlisten = [\"udp:198.18.0.2:5060\", \"tcp:198.18.0.3:5060\"]\nupstreams = [\"sip:198.18.0.10\"]\n[stack]\nmode = \"afpacket\"\ninterface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\n";
+        let m = err_for(tcp_other, "proxy.listen[1]");
+        assert!(m.contains("tcp listen address"), "{m}");
+        err_for(
+            &af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"\ntcp_release = \"reset\""),
+            "stack.tcp_release",
+        );
         // valid minimal afpacket config
         let ok = Config::from_toml(&af("interface = \"veth0\"\nipv4 = \"198.18.0.2/24\"")).unwrap();
         assert_eq!(ok.stack.mac, None);

@@ -57,14 +57,31 @@ impl ReleaseReason {
 }
 
 use crate::core::ConnId;
-use bytes::{Buf, Bytes};
 use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// The backend's part of a connection: kernel `KernelIo` (tokio Notify,
+/// the stream, the bounded write queue), stack `StackIo` (a netstack TCP
+/// handle and its pending writes).
+pub trait ConnIo: Send + Sync + 'static {
+    /// A new, not yet attached handle with a write queue of at most
+    /// `write_limit` bytes (the table makes one per admitted / outbound
+    /// connection).
+    fn new(write_limit: usize) -> Self
+    where
+        Self: Sized;
+    /// A kill was requested (wake the owner: kernel → Notify; stack →
+    /// nothing, the stack thread checks kill reasons itself).
+    fn wake(&self);
+    /// release: drop queued data, forget the socket; returns bytes dropped.
+    fn close(&self) -> usize;
+    /// Data is queued for writing (the drain leaves such connections open).
+    fn has_backlog(&self) -> bool {
+        false
+    }
+}
 
 /// Connection state (Kamailio's `S_CONN_*`): Init until the first complete
 /// SIP message, then Ok; Bad after a parse/framing error, Eof after the peer
@@ -102,16 +119,9 @@ pub enum SendError {
     Io,
 }
 
-#[derive(Debug, Default)]
-struct WriteState {
-    stream: Option<Arc<TcpStream>>,
-    queue: VecDeque<Bytes>,
-    queued: usize,
-}
-
-/// One TCP connection, shared by its reader task and every task that sends on it.
+/// One TCP connection, shared by its reader and every task that sends on it.
 #[derive(Debug)]
-pub struct Conn {
+pub struct Conn<B: ConnIo> {
     pub id: ConnId,
     pub peer: SocketAddr,
     /// Listen socket index (inbound) or the local address named in our Via (outbound).
@@ -119,22 +129,19 @@ pub struct Conn {
     /// Opened by us (towards an upstream or a client's Via address).
     pub outbound: bool,
     state: AtomicU8,
-    /// Set (with `notify`) to make the reader task release the connection.
+    /// Set (then `io.wake()`) to make the reader release the connection.
     kill: AtomicU8,
-    backlog: AtomicBool,
     /// Seconds since the table's epoch of the last byte sent (idle lifetime).
     last_tx: AtomicU64,
     /// Same clock: the last bytes received (the drain closes idle connections).
     last_rx: AtomicU64,
-    pub notify: Notify,
-    write: Mutex<WriteState>,
-    write_limit: usize,
+    pub io: B,
 }
 
 const NO_KILL: u8 = u8::MAX;
 
-impl Conn {
-    fn new(id: ConnId, peer: SocketAddr, local: usize, outbound: bool, write_limit: usize) -> Conn {
+impl<B: ConnIo> Conn<B> {
+    fn new(id: ConnId, peer: SocketAddr, local: usize, outbound: bool, io: B) -> Self {
         Conn {
             id,
             peer,
@@ -146,12 +153,9 @@ impl Conn {
                 ConnState::Init
             } as u8),
             kill: AtomicU8::new(NO_KILL),
-            backlog: AtomicBool::new(false),
             last_tx: AtomicU64::new(0),
             last_rx: AtomicU64::new(0),
-            notify: Notify::new(),
-            write: Mutex::new(WriteState::default()),
-            write_limit,
+            io,
         }
     }
 
@@ -177,7 +181,7 @@ impl Conn {
         self.state() != ConnState::Released && self.kill.load(Ordering::Acquire) == NO_KILL
     }
 
-    /// Ask the reader task to release the connection for `reason` (first reason wins).
+    /// Ask the reader to release the connection for `reason` (first reason wins).
     pub fn kill(&self, reason: ReleaseReason) {
         let idx = ReleaseReason::ALL
             .iter()
@@ -186,7 +190,7 @@ impl Conn {
         let _ = self
             .kill
             .compare_exchange(NO_KILL, idx, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.io.wake();
     }
 
     pub fn kill_reason(&self) -> Option<ReleaseReason> {
@@ -195,14 +199,21 @@ impl Conn {
     }
 
     pub fn has_backlog(&self) -> bool {
-        self.backlog.load(Ordering::Acquire)
+        self.io.has_backlog()
     }
 
     pub fn last_tx(&self) -> u64 {
         self.last_tx.load(Ordering::Relaxed)
     }
 
-    /// Bytes arrived at `now_s` (the reader task; a store only when the second changed).
+    /// Bytes sent at `now_s` (a store only when the second changed).
+    pub fn touch_tx(&self, now_s: u64) {
+        if self.last_tx.load(Ordering::Relaxed) != now_s {
+            self.last_tx.store(now_s, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes arrived at `now_s` (the reader; a store only when the second changed).
     pub fn touch_rx(&self, now_s: u64) {
         if self.last_rx.load(Ordering::Relaxed) != now_s {
             self.last_rx.store(now_s, Ordering::Relaxed);
@@ -213,99 +224,10 @@ impl Conn {
     pub fn last_active(&self) -> u64 {
         self.last_tx().max(self.last_rx.load(Ordering::Relaxed))
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, WriteState> {
-        self.write.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Attach the socket (outbound: once connected) and push out what queued meanwhile.
-    pub fn attach(&self, stream: Arc<TcpStream>) {
-        let mut w = self.lock();
-        w.stream = Some(stream);
-        if !w.queue.is_empty() {
-            self.backlog.store(true, Ordering::Release);
-            drop(w);
-            self.notify.notify_one();
-        }
-    }
-
-    /// Send `data` (a whole message): written at once when nothing is queued,
-    /// else queued (bounded by the write-queue limit: over it the connection
-    /// is released with `write_queue_full`). `now_s` feeds the idle timer.
-    pub fn send(&self, data: &[u8], now_s: u64) -> Result<(), SendError> {
-        if !self.is_alive() {
-            return Err(SendError::Closed);
-        }
-        let mut w = self.lock();
-        let mut rest = data;
-        if w.queue.is_empty()
-            && let Some(s) = &w.stream
-        {
-            match s.try_write(rest) {
-                Ok(n) => rest = &rest[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    drop(w);
-                    self.kill(ReleaseReason::Reset);
-                    return Err(SendError::Io);
-                }
-            }
-        }
-        self.last_tx.store(now_s, Ordering::Relaxed);
-        if rest.is_empty() {
-            return Ok(());
-        }
-        if w.queued + rest.len() > self.write_limit {
-            drop(w);
-            self.kill(ReleaseReason::WriteQueueFull);
-            return Err(SendError::QueueFull);
-        }
-        w.queued += rest.len();
-        w.queue.push_back(Bytes::copy_from_slice(rest));
-        self.backlog.store(true, Ordering::Release);
-        drop(w);
-        self.notify.notify_one();
-        Ok(())
-    }
-
-    /// Write queued data until the socket would block (called by the reader
-    /// task when the socket is writable).
-    pub fn flush(&self) -> io::Result<()> {
-        let mut guard = self.lock();
-        let w = &mut *guard;
-        let Some(s) = w.stream.clone() else {
-            return Ok(());
-        };
-        while let Some(front) = w.queue.front_mut() {
-            match s.try_write(front) {
-                Ok(n) => {
-                    front.advance(n);
-                    w.queued -= n;
-                    if front.is_empty() {
-                        w.queue.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if w.queue.is_empty() {
-            self.backlog.store(false, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// Drop the write queue and our reference to the socket.
-    fn close(&self) -> usize {
-        let mut w = self.lock();
-        let dropped = w.queued;
-        w.queue.clear();
-        w.queued = 0;
-        w.stream = None;
-        self.backlog.store(false, Ordering::Release);
-        dropped
-    }
 }
+
+/// An admitted connection and the one evicted for it, if any.
+pub type Admitted<B> = (Arc<Conn<B>>, Option<Arc<Conn<B>>>);
 
 /// Connection limits (SPEC A.4).
 #[derive(Debug, Clone, Copy)]
@@ -324,9 +246,9 @@ pub enum Refused {
     PerIp,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    by_id: HashMap<ConnId, Arc<Conn>>,
+#[derive(Debug)]
+struct Inner<B: ConnIo> {
+    by_id: HashMap<ConnId, Arc<Conn<B>>>,
     by_addr: HashMap<SocketAddr, ConnId>,
     per_ip: HashMap<IpAddr, usize>,
     /// Inbound connections in admission order, for eviction of the oldest one
@@ -338,20 +260,23 @@ struct Inner {
 /// All TCP connections: by id (Via `i=`), by peer address (reuse), with O(1)
 /// limit checks per accept (per-IP counts in a map, Kamailio issue #3759).
 #[derive(Debug)]
-pub struct ConnTable {
-    inner: RwLock<Inner>,
+pub struct ConnTable<B: ConnIo> {
+    inner: RwLock<Inner<B>>,
     /// [`TableLimits`], replaceable by a reload (read once per admission).
     max_connections: AtomicUsize,
     max_per_ip: AtomicUsize,
     write_queue_bytes: AtomicUsize,
 }
 
-impl ConnTable {
-    pub fn new(limits: TableLimits) -> ConnTable {
+impl<B: ConnIo> ConnTable<B> {
+    pub fn new(limits: TableLimits) -> Self {
         ConnTable {
             inner: RwLock::new(Inner {
+                by_id: HashMap::new(),
+                by_addr: HashMap::new(),
+                per_ip: HashMap::new(),
+                init_fifo: VecDeque::new(),
                 next_id: 1,
-                ..Inner::default()
             }),
             max_connections: AtomicUsize::new(limits.max_connections),
             max_per_ip: AtomicUsize::new(limits.max_per_ip),
@@ -378,11 +303,11 @@ impl ConnTable {
             .store(l.write_queue_bytes, Ordering::Relaxed);
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner<B>> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<B>> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -397,11 +322,7 @@ impl ConnTable {
     /// Admit an accepted connection. When the table is full, the oldest
     /// connection that never delivered a complete SIP message is evicted
     /// (returned so the caller can count it); when there is none, refuse.
-    pub fn admit(
-        &self,
-        peer: SocketAddr,
-        local: usize,
-    ) -> Result<(Arc<Conn>, Option<Arc<Conn>>), Refused> {
+    pub fn admit(&self, peer: SocketAddr, local: usize) -> Result<Admitted<B>, Refused> {
         let lim = self.limits();
         let mut t = self.write();
         if t.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= lim.max_per_ip {
@@ -436,15 +357,15 @@ impl ConnTable {
     }
 
     fn insert_locked(
-        t: &mut Inner,
+        t: &mut Inner<B>,
         peer: SocketAddr,
         local: usize,
         outbound: bool,
         limit: usize,
-    ) -> Arc<Conn> {
+    ) -> Arc<Conn<B>> {
         let id = t.next_id;
         t.next_id += 1;
-        let conn = Arc::new(Conn::new(id, peer, local, outbound, limit));
+        let conn = Arc::new(Conn::new(id, peer, local, outbound, B::new(limit)));
         t.by_id.insert(id, conn.clone());
         t.by_addr.insert(peer, id);
         *t.per_ip.entry(peer.ip()).or_insert(0) += 1;
@@ -458,7 +379,7 @@ impl ConnTable {
         &self,
         peer: SocketAddr,
         local: usize,
-    ) -> Option<(Arc<Conn>, bool)> {
+    ) -> Option<(Arc<Conn<B>>, bool)> {
         if let Some(c) = self.by_addr(peer) {
             return Some((c, false));
         }
@@ -476,11 +397,11 @@ impl ConnTable {
         Some((c, true))
     }
 
-    pub fn get(&self, id: ConnId) -> Option<Arc<Conn>> {
+    pub fn get(&self, id: ConnId) -> Option<Arc<Conn<B>>> {
         self.read().by_id.get(&id).filter(|c| c.is_alive()).cloned()
     }
 
-    pub fn by_addr(&self, peer: SocketAddr) -> Option<Arc<Conn>> {
+    pub fn by_addr(&self, peer: SocketAddr) -> Option<Arc<Conn<B>>> {
         let t = self.read();
         t.by_addr
             .get(&peer)
@@ -489,7 +410,7 @@ impl ConnTable {
             .cloned()
     }
 
-    fn remove_locked(t: &mut Inner, c: &Conn) -> bool {
+    fn remove_locked(t: &mut Inner<B>, c: &Conn<B>) -> bool {
         if t.by_id.remove(&c.id).is_none() {
             return false;
         }
@@ -507,14 +428,14 @@ impl ConnTable {
 
     /// `release_conn`: remove from the table, drop the write queue and our
     /// socket reference. Returns the bytes of queued data dropped. Idempotent.
-    pub fn release(&self, c: &Conn) -> usize {
+    pub fn release(&self, c: &Conn<B>) -> usize {
         Self::remove_locked(&mut self.write(), c);
         c.set_state(ConnState::Released);
-        c.close()
+        c.io.close()
     }
 
     /// Every connection (shutdown).
-    pub fn all(&self) -> Vec<Arc<Conn>> {
+    pub fn all(&self) -> Vec<Arc<Conn<B>>> {
         self.read().by_id.values().cloned().collect()
     }
 }
@@ -522,28 +443,34 @@ impl ConnTable {
 /// A tiny per-task cache of connection handles, so the hot path (a reader
 /// forwarding to the same upstream connection, replies to the same client)
 /// does not take the table lock for every message.
-#[derive(Debug, Default)]
-pub struct ConnCache {
-    by_id: Vec<Arc<Conn>>,
+#[derive(Debug)]
+pub struct ConnCache<B: ConnIo> {
+    by_id: Vec<Arc<Conn<B>>>,
+}
+
+impl<B: ConnIo> Default for ConnCache<B> {
+    fn default() -> Self {
+        ConnCache { by_id: Vec::new() }
+    }
 }
 
 const CACHE_SIZE: usize = 8;
 
-impl ConnCache {
-    pub fn by_id(&mut self, table: &ConnTable, id: ConnId) -> Option<Arc<Conn>> {
+impl<B: ConnIo> ConnCache<B> {
+    pub fn by_id(&mut self, table: &ConnTable<B>, id: ConnId) -> Option<Arc<Conn<B>>> {
         self.lookup(|c| c.id == id, || table.get(id))
     }
 
-    pub fn by_addr(&mut self, table: &ConnTable, addr: SocketAddr) -> Option<Arc<Conn>> {
+    pub fn by_addr(&mut self, table: &ConnTable<B>, addr: SocketAddr) -> Option<Arc<Conn<B>>> {
         self.lookup(|c| c.peer == addr, || table.by_addr(addr))
     }
 
     /// A live cached handle matching `hit`, else `fetch` from the table (and cache it).
     fn lookup(
         &mut self,
-        hit: impl Fn(&Conn) -> bool,
-        fetch: impl FnOnce() -> Option<Arc<Conn>>,
-    ) -> Option<Arc<Conn>> {
+        hit: impl Fn(&Conn<B>) -> bool,
+        fetch: impl FnOnce() -> Option<Arc<Conn<B>>>,
+    ) -> Option<Arc<Conn<B>>> {
         self.by_id.retain(|c| c.is_alive());
         if let Some(c) = self.by_id.iter().find(|c| hit(c)) {
             return Some(c.clone());
@@ -557,7 +484,7 @@ impl ConnCache {
         self.by_id.iter().any(|c| c.id == id)
     }
 
-    pub fn put(&mut self, c: Arc<Conn>) {
+    pub fn put(&mut self, c: Arc<Conn<B>>) {
         if self.by_id.len() >= CACHE_SIZE {
             self.by_id.remove(0);
         }
@@ -568,6 +495,9 @@ impl ConnCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::kernel::KernelIo;
+    type ConnTable = super::ConnTable<KernelIo>;
+    type ConnCache = super::ConnCache<KernelIo>;
 
     #[test]
     fn a4_reloaded_limits_apply_to_new_admissions() {

@@ -2,7 +2,7 @@
 //! a second one stops at once; SIGHUP reloads), the graceful drain, and the
 //! configuration reload that swaps the core's [`Live`] settings.
 
-use super::conn::{ConnTable, ReleaseReason, TableLimits};
+use super::conn::{ConnIo, ConnTable, ReleaseReason, TableLimits};
 use crate::config::{Config, TcpLimits, plan_reload};
 use crate::core::Core;
 use crate::metrics::{Metrics, ReloadResult};
@@ -94,7 +94,7 @@ pub async fn until_stop(control: &mut mpsc::UnboundedReceiver<Control>, reloader
 /// false when it was cut short by a signal.
 pub async fn drain(
     metrics: &Metrics,
-    conns: Option<(&ConnTable, &dyn Fn() -> u64)>,
+    conns: Option<(&dyn DrainConns, &dyn Fn() -> u64)>,
     timeout: Duration,
     control: &mut mpsc::UnboundedReceiver<Control>,
 ) -> bool {
@@ -102,7 +102,7 @@ pub async fn drain(
     let deadline = t0 + timeout;
     tracing::info!(
         timeout_secs = timeout.as_secs_f64(),
-        connections = conns.map_or(0, |(t, _)| t.len()),
+        connections = conns.map_or(0, |(t, _)| t.open()),
         "draining: new TCP connections refused, /ready 503; existing connections and UDP \
          exchanges continue (a second SIGTERM or SIGINT stops at once)"
     );
@@ -113,19 +113,14 @@ pub async fn drain(
     loop {
         let now = Instant::now();
         if let Some((table, now_s)) = conns {
-            let now_s = now_s();
-            for c in table.all() {
-                if now_s.saturating_sub(c.last_active()) >= idle_secs && !c.has_backlog() {
-                    c.kill(ReleaseReason::Shutdown);
-                }
-            }
+            table.close_idle(now_s(), idle_secs);
         }
         let udp = metrics.udp_bytes_in();
         if udp != udp_seen {
             udp_seen = udp;
             udp_quiet_since = now;
         }
-        let open = conns.map_or(0, |(t, _)| t.len());
+        let open = conns.map_or(0, |(t, _)| t.open());
         if open == 0 && now.duration_since(udp_quiet_since) >= DRAIN_IDLE {
             tracing::info!(
                 after_secs = t0.elapsed().as_secs_f64(),
@@ -153,9 +148,32 @@ pub async fn drain(
     }
 }
 
+/// What the drain needs of a connection table (either backend's).
+pub trait DrainConns {
+    /// Connections open.
+    fn open(&self) -> usize;
+    /// Ask every connection idle for `idle_secs` (nothing sent or received,
+    /// nothing queued) to close, reason `shutdown`.
+    fn close_idle(&self, now_s: u64, idle_secs: u64);
+}
+
+impl<B: ConnIo> DrainConns for ConnTable<B> {
+    fn open(&self) -> usize {
+        self.len()
+    }
+
+    fn close_idle(&self, now_s: u64, idle_secs: u64) {
+        for c in self.all() {
+            if now_s.saturating_sub(c.last_active()) >= idle_secs && !c.has_backlog() {
+                c.kill(ReleaseReason::Shutdown);
+            }
+        }
+    }
+}
+
 /// Ask every connection to close (reason `shutdown`, FIN) and wait a little
 /// ([`CLOSE_WAIT`]) for their tasks to do it; skipped when `graceful` is false.
-pub async fn close_all(table: &ConnTable, graceful: bool) {
+pub async fn close_all<B: ConnIo>(table: &ConnTable<B>, graceful: bool) {
     for c in table.all() {
         c.kill(ReleaseReason::Shutdown);
     }
@@ -485,7 +503,7 @@ mod tests {
     async fn drain_closes_idle_connections_only() {
         let metrics = Metrics::new();
         let (_tx, mut rx) = mpsc::unbounded_channel();
-        let table = ConnTable::new(TableLimits {
+        let table = ConnTable::<crate::transport::kernel::KernelIo>::new(TableLimits {
             max_connections: 10,
             max_per_ip: 10,
             write_queue_bytes: 1 << 16,
@@ -504,7 +522,7 @@ mod tests {
         };
         tokio::select! {
             // no reader tasks here: the killed connection stays in the table
-            _ = drain(&metrics, Some((&table, &now_s)), Duration::from_secs(3), &mut rx) => {}
+            _ = drain(&metrics, Some((&table as &dyn DrainConns, &now_s)), Duration::from_secs(3), &mut rx) => {}
             _ = keep_busy => panic!("keep_busy ran out first"),
         }
         assert_eq!(idle.kill_reason(), Some(ReleaseReason::Shutdown));

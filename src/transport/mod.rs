@@ -8,18 +8,23 @@
 //! by the connection's own task.
 
 pub mod conn;
+pub mod egress;
 pub mod kernel;
 pub mod lifecycle;
 pub mod probe;
+pub mod stream;
 pub mod tcp;
 pub mod udp;
 pub mod userspace;
 
 use crate::config::{Config, Transport};
+use crate::core::Core;
 use crate::core::nosip::NosipHook;
-use crate::core::{Core, Dest, DropReason, Outcome, Scratch, SendKind};
 use crate::metrics::Metrics;
 use conn::{ConnCache, ConnTable, ReleaseReason};
+pub use egress::{DNS_TTL, DnsCache, Step};
+pub(crate) use egress::{count_send, pick_addr, resolved_to_self};
+use kernel::{KernelEgress, KernelIo};
 pub use lifecycle::{Control, RunOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,50 +35,49 @@ pub struct Ctx {
     /// `core.live()` holds the reloadable settings, `[tcp]` among them.
     pub core: Arc<Core>,
     pub metrics: Arc<Metrics>,
-    pub conns: ConnTable,
+    pub conns: ConnTable<KernelIo>,
     /// Per listen index: a UDP socket to send from (for tasks that do not own one).
     pub udp: Vec<Option<Arc<UdpSocket>>>,
-    /// Time base of the coarse clock used for idle timers.
+    /// Per listen index: the address of its UDP socket ([`egress::pick_local`]).
+    pub udp_locals: Vec<Option<std::net::SocketAddr>>,
+    /// UDP sends waiting for socket room ([`kernel::UDP_RETRIES_MAX`]).
+    pub(crate) udp_retries: std::sync::atomic::AtomicUsize,
+    /// Time base of the clocks of connections (ms for deadlines, s for idle).
     pub epoch: Instant,
     /// Host names of next hops (Route / Request-URI) resolved recently.
     pub dns: DnsCache,
-}
-
-/// A small cache of host name → address, so a dialog's requests do not each
-/// wait for the resolver. Bounded; entries live [`DNS_TTL`].
-#[derive(Debug, Default)]
-pub struct DnsCache {
-    map: std::sync::RwLock<std::collections::HashMap<String, (std::net::IpAddr, Instant)>>,
-}
-
-/// How long a resolved name is reused.
-pub const DNS_TTL: Duration = Duration::from_secs(60);
-/// Names kept at most (the cache is emptied when full).
-const DNS_CACHE_MAX: usize = 4096;
-/// Longest wait for the resolver.
-const DNS_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl DnsCache {
-    pub(crate) fn get(&self, host: &str) -> Option<std::net::IpAddr> {
-        let m = self.map.read().unwrap_or_else(|p| p.into_inner());
-        m.get(host)
-            .filter(|(_, at)| at.elapsed() < DNS_TTL)
-            .map(|(ip, _)| *ip)
-    }
-
-    pub(crate) fn put(&self, host: &str, ip: std::net::IpAddr) {
-        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= DNS_CACHE_MAX {
-            m.clear();
-        }
-        m.insert(host.to_string(), (ip, Instant::now()));
-    }
 }
 
 impl Ctx {
     /// Seconds since start (coarse clock for idle lifetimes).
     pub fn now_s(&self) -> u64 {
         self.epoch.elapsed().as_secs()
+    }
+
+    /// Milliseconds since start (the stream deadlines' clock).
+    pub fn now_ms(&self) -> stream::Millis {
+        self.now_ms_at(Instant::now())
+    }
+
+    /// `t` on the milliseconds clock.
+    pub fn now_ms_at(&self, t: Instant) -> stream::Millis {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The instant of `ms` on the milliseconds clock (far away when out of range).
+    pub fn instant_at(&self, ms: stream::Millis) -> Instant {
+        self.epoch
+            .checked_add(Duration::from_millis(ms))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86400))
+    }
+
+    /// The synchronous per-message step over this context.
+    pub fn step(&self) -> Step<'_> {
+        Step {
+            core: &self.core,
+            metrics: &self.metrics,
+            dns: &self.dns,
+        }
     }
 }
 
@@ -189,6 +193,11 @@ pub async fn serve(
         metrics: metrics.clone(),
         conns: ConnTable::new(lifecycle::table_limits(&cfg.tcp)),
         udp: udp_socks.iter().map(|v| v.first().cloned()).collect(),
+        udp_locals: udp_socks
+            .iter()
+            .map(|v| v.first().and_then(|s| s.local_addr().ok()))
+            .collect(),
+        udp_retries: Default::default(),
         epoch: Instant::now(),
         dns: DnsCache::default(),
     });
@@ -242,7 +251,7 @@ pub async fn serve(
     let now_s = || ctx.now_s();
     let graceful = lifecycle::drain(
         &ctx.metrics,
-        Some((&ctx.conns, &now_s)),
+        Some((&ctx.conns as &dyn lifecycle::DrainConns, &now_s)),
         ctx.core.live().drain_timeout,
         &mut control,
     )
@@ -262,137 +271,6 @@ fn metrics_ready_off(ctx: &Ctx) {
     ctx.metrics.readiness().set_draining();
 }
 
-/// Send what the core produced (`sc.out`). `own_udp`: the calling UDP
-/// worker's socket and its listen index; `cache`: the calling task's
-/// connection handles. A next hop given by name is resolved first (cached;
-/// on a miss the send continues in its own task so this one is not held up).
-pub async fn dispatch(
-    ctx: &Arc<Ctx>,
-    outcome: Outcome,
-    sc: &Scratch,
-    received_at: Instant,
-    own_udp: Option<(&UdpSocket, usize)>,
-    cache: &mut ConnCache,
-) {
-    let (dest, kind) = match outcome {
-        Outcome::Txn => {
-            deliver_txn(ctx, &sc.txn, received_at, own_udp, cache).await;
-            return;
-        }
-        Outcome::Send { dest, kind } => (dest, kind),
-        Outcome::Resolve { dest, kind } => match ctx.dns.get(&sc.resolve) {
-            Some(ip) => {
-                let mut d = dest;
-                d.addr.set_ip(ip);
-                (d, kind)
-            }
-            None => {
-                tokio::spawn(resolve_and_send(
-                    ctx.clone(),
-                    sc.resolve.clone(),
-                    dest,
-                    kind,
-                    sc.out.clone(),
-                    received_at,
-                ));
-                return;
-            }
-        },
-        _ => return,
-    };
-    let resolved = matches!(outcome, Outcome::Resolve { .. });
-    deliver(
-        ctx,
-        &dest,
-        kind,
-        &sc.out,
-        received_at,
-        resolved,
-        own_udp,
-        cache,
-    )
-    .await;
-}
-
-/// Send to `dest` and count it. `resolved`: the address came from a host
-/// name, so it may turn out to be our own (dropped as a loop). `false`:
-/// not sent.
-#[allow(clippy::too_many_arguments)]
-async fn deliver(
-    ctx: &Arc<Ctx>,
-    dest: &Dest,
-    kind: SendKind,
-    out: &[u8],
-    received_at: Instant,
-    resolved: bool,
-    own_udp: Option<(&UdpSocket, usize)>,
-    cache: &mut ConnCache,
-) -> bool {
-    if resolved_to_self(&ctx.core, &ctx.metrics, dest, resolved) {
-        return false;
-    }
-    let ok = match dest.transport {
-        Transport::Udp => send_udp(ctx, dest, out, own_udp).await,
-        Transport::Tcp => send_tcp(ctx, dest, out, cache),
-    };
-    count_send(&ctx.metrics, dest, kind, out.len(), received_at, ok);
-    ok
-}
-
-/// Send the transaction layer's messages (stateful mode). A try that
-/// cannot be sent fails over at once (bounded: each round uses up a try).
-async fn deliver_txn(
-    ctx: &Arc<Ctx>,
-    out: &crate::core::transaction::Out,
-    received_at: Instant,
-    own_udp: Option<(&UdpSocket, usize)>,
-    cache: &mut ConnCache,
-) {
-    let mut failed = Vec::new();
-    for s in &out.sends {
-        let ok = deliver(
-            ctx,
-            &s.dest,
-            s.kind,
-            out.bytes(s),
-            received_at,
-            false,
-            own_udp,
-            cache,
-        )
-        .await;
-        if !ok && let Some(r) = s.txn {
-            failed.push(r);
-        }
-    }
-    let mut next = crate::core::transaction::Out::default();
-    for _ in 0..crate::core::transaction::MAX_TRIES {
-        if failed.is_empty() {
-            break;
-        }
-        next.clear();
-        for r in failed.drain(..) {
-            ctx.core.transaction_send_failed(r, &mut next);
-        }
-        for s in &next.sends {
-            let ok = deliver(
-                ctx,
-                &s.dest,
-                s.kind,
-                next.bytes(s),
-                received_at,
-                false,
-                own_udp,
-                cache,
-            )
-            .await;
-            if !ok && let Some(r) = s.txn {
-                failed.push(r);
-            }
-        }
-    }
-}
-
 /// Stateful mode: run transaction shard `shard`'s timers every
 /// [`TXN_TICK`] and send what they produce.
 async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
@@ -405,144 +283,15 @@ async fn transaction_timers(ctx: Arc<Ctx>, shard: usize) {
         out.clear();
         ctx.core.poll_transactions(shard, &mut out);
         if !out.sends.is_empty() {
-            deliver_txn(&ctx, &out, Instant::now(), None, &mut cache).await;
+            let mut eg = KernelEgress {
+                ctx: &ctx,
+                own_udp: None,
+                cache: &mut cache,
+            };
+            ctx.step().deliver_txn(&mut eg, &out, Instant::now());
         }
     }
 }
 
 /// Period of the transaction timers (the timer wheel's tick).
 const TXN_TICK: Duration = Duration::from_millis(10);
-
-/// A next hop that came from a host name (`resolved`) and turned out to be
-/// this proxy: a loop, dropped and counted. Both backends check it.
-pub(crate) fn resolved_to_self(
-    core: &Core,
-    metrics: &Metrics,
-    dest: &Dest,
-    resolved: bool,
-) -> bool {
-    let looped = resolved && core.is_local_addr(dest.addr, dest.transport);
-    if looped {
-        metrics.dropped(DropReason::Loop);
-    }
-    looped
-}
-
-/// Count what became of one send, for both backends: bytes out and the
-/// forwarding latency of requests and replies, or a `send_failed` drop.
-pub(crate) fn count_send(
-    metrics: &Metrics,
-    dest: &Dest,
-    kind: SendKind,
-    out_len: usize,
-    received_at: Instant,
-    ok: bool,
-) {
-    if ok {
-        metrics.bytes_out(dest.transport, out_len);
-        if matches!(kind, SendKind::Request | SendKind::Reply) {
-            metrics.forward_latency(received_at.elapsed().as_secs_f64());
-        }
-    } else {
-        metrics.dropped(DropReason::SendFailed);
-        tracing::debug!(dest = %dest.addr, transport = dest.transport.as_str(), "send failed");
-    }
-}
-
-/// The address a host-name next hop resolves to: the first of the family
-/// our Via names (`want_v4`), else the first of any family.
-pub(crate) fn pick_addr(
-    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
-    want_v4: bool,
-) -> Option<std::net::SocketAddr> {
-    let mut first = None;
-    for a in addrs {
-        if a.is_ipv4() == want_v4 {
-            return Some(a);
-        }
-        first.get_or_insert(a);
-    }
-    first
-}
-
-/// Resolve `host` (A/AAAA, preferring the family of the socket our Via
-/// names), cache it, then send `out` there.
-async fn resolve_and_send(
-    ctx: Arc<Ctx>,
-    host: String,
-    mut dest: Dest,
-    kind: SendKind,
-    out: Vec<u8>,
-    received_at: Instant,
-) {
-    let port = dest.addr.port();
-    let want_v4 = dest.addr.is_ipv4();
-    let found =
-        match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-            .await
-        {
-            Ok(Ok(addrs)) => pick_addr(addrs, want_v4),
-            _ => None,
-        };
-    let Some(addr) = found else {
-        tracing::debug!(%host, "next hop does not resolve");
-        ctx.metrics.dropped(DropReason::NoRoute);
-        return;
-    };
-    ctx.dns.put(&host, addr.ip());
-    dest.addr = addr;
-    let mut cache = ConnCache::default();
-    deliver(&ctx, &dest, kind, &out, received_at, true, None, &mut cache).await;
-}
-
-async fn send_udp(
-    ctx: &Arc<Ctx>,
-    dest: &Dest,
-    out: &[u8],
-    own_udp: Option<(&UdpSocket, usize)>,
-) -> bool {
-    let sock: &UdpSocket = match own_udp {
-        Some((s, i)) if i == dest.local => s,
-        _ => match ctx.udp.get(dest.local).and_then(|s| s.as_deref()) {
-            Some(s) => s,
-            None => match ctx.udp.iter().flatten().find(|s| {
-                s.local_addr()
-                    .is_ok_and(|a| a.is_ipv4() == dest.addr.is_ipv4())
-            }) {
-                Some(s) => s,
-                None => return false,
-            },
-        },
-    };
-    match sock.try_send_to(out, dest.addr) {
-        Ok(_) => true,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let r = tokio::time::timeout(Duration::from_millis(500), sock.send_to(out, dest.addr));
-            matches!(r.await, Ok(Ok(_)))
-        }
-        Err(_) => false,
-    }
-}
-
-pub(crate) fn send_tcp(ctx: &Arc<Ctx>, dest: &Dest, out: &[u8], cache: &mut ConnCache) -> bool {
-    let now = ctx.now_s();
-    // RFC 3261 §18.2.2: the connection the request came on, if still open
-    if let Some(id) = dest.conn
-        && let Some(c) = cache.by_id(&ctx.conns, id)
-    {
-        return c.send(out, now).is_ok();
-    }
-    if let Some(c) = cache.by_addr(&ctx.conns, dest.addr) {
-        return c.send(out, now).is_ok();
-    }
-    let Some((c, is_new)) = ctx.conns.get_or_create_outbound(dest.addr, dest.local) else {
-        tracing::debug!(dest = %dest.addr, "connection table full: not opening an outbound connection");
-        return false;
-    };
-    if is_new {
-        ctx.metrics.tcp_opened(true);
-        tokio::spawn(tcp::connect_and_run(ctx.clone(), c.clone()));
-    }
-    cache.put(c.clone());
-    c.send(out, now).is_ok()
-}

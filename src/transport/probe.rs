@@ -12,11 +12,13 @@
 //! to the probe's source port instead (servers forcing rport) goes through
 //! the core the same way. TCP probes use the connection to the target.
 
+use super::Ctx;
 use super::conn::ConnCache;
-use super::{Ctx, send_tcp};
+use super::egress::{Egress, SendResult, rcv_udp};
+use super::kernel::KernelEgress;
 use crate::config::Transport;
 use crate::core::upstream::{ProbeReply, Prober, TargetId};
-use crate::core::{ProbeSink, RcvInfo, Scratch};
+use crate::core::{ProbeSink, Scratch};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::io::ErrorKind;
@@ -71,13 +73,7 @@ async fn probe_socket(
         loop {
             match r.recv(&mut buf).await {
                 Ok(n) => {
-                    let rcv = RcvInfo {
-                        src: target,
-                        local,
-                        transport: Transport::Udp,
-                        conn: None,
-                        outbound: false,
-                    };
+                    let rcv = rcv_udp(target, local);
                     ctx.metrics.bytes_in(Transport::Udp, n);
                     let _ = ctx.core.receive_datagram(&buf[..n], &rcv, &mut sc);
                 }
@@ -121,7 +117,16 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ProbeReply>) {
                 continue;
             };
             let ok = match dest.transport {
-                Transport::Tcp => send_tcp(&ctx, &dest, &out, &mut cache),
+                // the backend's TCP send (not `Step::deliver`: a probe is
+                // not forwarded traffic, its failure is the prober's)
+                Transport::Tcp => {
+                    let mut eg = KernelEgress {
+                        ctx: &ctx,
+                        own_udp: None,
+                        cache: &mut cache,
+                    };
+                    eg.send_tcp(&dest, &out) == SendResult::Sent
+                }
                 Transport::Udp => {
                     if let Entry::Vacant(slot) = socks.entry(p.target) {
                         let ip = ctx

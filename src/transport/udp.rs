@@ -1,10 +1,10 @@
 //! UDP receive: one task per worker socket. A datagram is one message
 //! (RFC 3261 §18.3); a parse failure only drops it (after the nosip hook).
 
+use super::Ctx;
 use super::conn::ConnCache;
-use super::{Ctx, dispatch};
-use crate::config::Transport;
-use crate::core::{RcvInfo, Scratch};
+use super::kernel::KernelEgress;
+use crate::core::Scratch;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UdpSocket;
@@ -26,23 +26,12 @@ pub async fn udp_worker(ctx: Arc<Ctx>, sock: Arc<UdpSocket>, local: usize) {
             }
         };
         let received_at = Instant::now();
-        ctx.metrics.bytes_in(Transport::Udp, n);
-        let rcv = RcvInfo {
-            src,
-            local,
-            transport: Transport::Udp,
-            conn: None,
-            outbound: false,
+        let mut eg = KernelEgress {
+            ctx: &ctx,
+            own_udp: Some((&sock, local)),
+            cache: &mut cache,
         };
-        let outcome = ctx.core.receive_datagram(&buf[..n], &rcv, &mut sc);
-        dispatch(
-            &ctx,
-            outcome,
-            &sc,
-            received_at,
-            Some((&sock, local)),
-            &mut cache,
-        )
-        .await;
+        ctx.step()
+            .receive_datagram(&mut eg, &buf[..n], src, local, &mut sc, received_at);
     }
 }

@@ -1,8 +1,16 @@
-//! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP on the
-//! embedded stack ([`crate::netstack`]). One thread runs the stack to
-//! completion — frame in → IP → UDP → `receive_msg` → UDP out → frame out —
-//! with no channel hop on the hot path (DESIGN.md). The main thread keeps a
-//! small tokio runtime for the signal handler and the `/metrics` endpoint.
+//! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP and TCP
+//! on the embedded stack ([`crate::netstack`]). One thread runs the stack to
+//! completion — frame in → IP → UDP/TCP → reader loop → `receive_msg` →
+//! forward → frame out — with no channel hop on the hot path (DESIGN.md).
+//! The main thread keeps a small tokio runtime for the signal handler, the
+//! drain and the `/metrics` endpoint (a kernel socket: the management plane).
+//!
+//! - `udp.rs`: the listen sockets' receive path;
+//! - `tcp.rs`: listeners, accept, outbound connect, `handle_io` /
+//!   `read_req` over the shared [`crate::transport::stream::StreamState`]
+//!   and `receive_tcp_msg`, `release_conn` (RST / FIN), deadlines;
+//! - `egress.rs`: the [`crate::transport::egress::Egress`] of the stack thread;
+//! - `timers.rs`: the per-connection deadline heap.
 //!
 //! Host-name next hops are resolved off the stack thread by one resolver
 //! thread (the system resolver, whatever interface it uses), cached for
@@ -16,10 +24,19 @@ use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::Context as _;
 
-use super::{DnsCache, Hooks, count_send, pick_addr, resolved_to_self};
+mod egress;
+mod tcp;
+mod timers;
+mod udp;
+
+pub use tcp::StackIo;
+
+use super::conn::ConnTable;
+use super::egress::{DnsCache, Egress, SendResult, pick_addr};
+use super::{Hooks, lifecycle};
 use crate::config::{Config, Transport};
 use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
-use crate::core::{Core, Dest, DropReason, Outcome, RcvInfo, Scratch, SendKind};
+use crate::core::{Core, Dest, Scratch, SendKind};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
@@ -64,20 +81,39 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     let ncfg = st.netstack_config(dev.mac().0, dev.mtu());
     let mut stack = Stack::new(ncfg, driver::now());
     metrics.register_netstack(stack.counters())?;
-    let mut handles: Vec<(UdpHandle, SocketAddr)> = Vec::new();
-    for l in &cfg.listen {
-        let h = stack
-            .udp_bind(l.addr)
-            .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
-        handles.push((h, l.addr));
+    let conns = Arc::new(ConnTable::<StackIo>::new(lifecycle::table_limits(&cfg.tcp)));
+    let mut net = Net {
+        udp: Vec::new(),
+        udp_locals: Vec::new(),
+        locals: cfg.listen.iter().map(|l| l.addr).collect(),
+        tcp: tcp::TcpSide::new(conns.clone(), st.tcp_release),
+    };
+    for (i, l) in cfg.listen.iter().enumerate() {
+        match l.transport {
+            Transport::Udp => {
+                let h = stack
+                    .udp_bind(l.addr)
+                    .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
+                net.udp.push(Some(h));
+                net.udp_locals.push(Some(l.addr));
+            }
+            Transport::Tcp => {
+                net.tcp
+                    .listen(&mut stack, l.addr, i)
+                    .with_context(|| format!("listen tcp:{} on the userspace stack", l.addr))?;
+                net.udp.push(None);
+                net.udp_locals.push(None);
+            }
+        }
     }
     tracing::info!(
         interface = %st.interface,
         mac = %stack.config().mac,
         ipv4 = ?st.ipv4.map(|(a, p)| format!("{a}/{p}")),
         ipv6 = ?st.ipv6.map(|(a, p)| format!("{a}/{p}")),
-        listen = ?cfg.listen.iter().map(|l| format!("udp:{}", l.addr)).collect::<Vec<_>>(),
+        listen = ?cfg.listen.iter().map(|l| format!("{}:{}", l.transport.as_str(), l.addr)).collect::<Vec<_>>(),
         upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+        tcp_release = st.tcp_release.as_str(),
         "sipedge running on the userspace stack (afpacket)"
     );
 
@@ -105,19 +141,25 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
                     },
                     core: stack_core,
                     metrics,
-                    handles,
+                    net,
                     sc: Scratch::new(),
                     dns: DnsCache::default(),
                     req_tx,
                     res_rx,
                     txn_timers: Default::default(),
                 };
-                driver::run(
+                let mut drv = driver::Driver::new();
+                let ran = drv.run(
                     &mut dev,
                     &mut stack,
                     &stop,
-                    |s: &mut Stack, now: Instant| app.step(s, now),
-                )
+                    &mut |s: &mut Stack, now: Instant| app.step(s, now),
+                );
+                // stop: every connection left gets its FIN (reason
+                // shutdown), flushed by one last round
+                app.shutdown(&mut stack);
+                let _ = drv.step(&mut dev, &mut stack, driver::now(), &mut |_, _| {});
+                ran
             })?
     };
 
@@ -139,12 +181,24 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         metrics.readiness().set_started();
         use super::lifecycle;
         let mut control = lifecycle::signals();
+        let table = {
+            let conns = conns.clone();
+            Arc::new(move |l| conns.set_limits(l)) as Arc<dyn Fn(_) + Send + Sync>
+        };
         let mut reloader =
-            lifecycle::Reloader::new(cfg, opts, custom_nosip, core, metrics.clone(), None);
+            lifecycle::Reloader::new(cfg, opts, custom_nosip, core, metrics.clone(), Some(table));
         lifecycle::until_stop(&mut control, &mut reloader).await;
+        // the stack thread closes the listeners when it sees this
         metrics.readiness().set_draining();
         let timeout = reloader.current().drain_timeout_secs;
-        lifecycle::drain(&metrics, None, Duration::from_secs(timeout), &mut control).await;
+        let now_s = || tcp::secs(driver::now());
+        lifecycle::drain(
+            &metrics,
+            Some((&*conns, &now_s)),
+            Duration::from_secs(timeout),
+            &mut control,
+        )
+        .await;
         Ok(())
     });
     tracing::info!("shutting down");
@@ -174,12 +228,22 @@ fn resolver_loop(rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<(Pending, Option<
     }
 }
 
+/// The sockets of the stack thread (what a send borrows).
+struct Net {
+    /// Per listen index: the UDP socket (None for a `tcp:` listen).
+    udp: Vec<Option<UdpHandle>>,
+    /// Per listen index: its address when it is a UDP one.
+    udp_locals: Vec<Option<SocketAddr>>,
+    /// Per listen index: its address.
+    locals: Vec<SocketAddr>,
+    tcp: tcp::TcpSide,
+}
+
 /// The SIP application on the stack thread.
 struct App {
     core: Arc<Core>,
     metrics: Arc<Metrics>,
-    /// Per listen index: its socket and address.
-    handles: Vec<(UdpHandle, SocketAddr)>,
+    net: Net,
     sc: Scratch,
     /// Host-name next hops resolved recently (shared cache type with the
     /// kernel backend).
@@ -237,11 +301,27 @@ impl App {
                         }
                     }
                 }
-                // TCP events: the TCP transport (issue 7) drives those.
-                _ => {}
+                ev => self.handle_io(s, now, ev),
             }
         }
+        let cx = tcp::Ctx {
+            core: &self.core,
+            metrics: &self.metrics,
+        };
+        if self.metrics.readiness().is_draining() {
+            self.net.tcp.close_listeners(s);
+        }
+        self.net.tcp.poll(s, &cx, now);
         self.probe(s, now);
+    }
+
+    /// Stop: release every connection (FIN, reason `shutdown`).
+    fn shutdown(&mut self, s: &mut Stack) {
+        let cx = tcp::Ctx {
+            core: &self.core,
+            metrics: &self.metrics,
+        };
+        self.net.tcp.shutdown(s, &cx);
     }
 
     /// Hand probe replies to the prober; send the probes that are due.
@@ -268,165 +348,30 @@ impl App {
             return;
         }
         p.prober.poll(now_ms, &mut p.due);
+        let mut eg = Self::egress(
+            s,
+            now,
+            &self.core,
+            &self.metrics,
+            &mut self.net,
+            &self.req_tx,
+        );
         for d in p.due.drain(..) {
-            let sent = self.core.write_probe(d, &mut p.out).is_some_and(|dest| {
-                dest.transport == Transport::Udp
-                    && self
-                        .handles
-                        .get(dest.local)
-                        .is_some_and(|(h, _)| s.udp_send_to(now, *h, dest.addr, &p.out).is_ok())
-            });
-            if sent {
-                self.metrics.bytes_out(Transport::Udp, p.out.len());
+            let Some(dest) = self.core.write_probe(d, &mut p.out) else {
+                p.prober.send_failed(d, now_ms);
+                continue;
+            };
+            // UDP from the listen socket; TCP on the connection to the target
+            let r = match dest.transport {
+                Transport::Udp => eg.send_udp(&dest, &p.out),
+                Transport::Tcp => eg.send_tcp(&dest, &p.out),
+            };
+            if r == SendResult::Sent {
+                self.metrics.bytes_out(dest.transport, p.out.len());
             } else {
                 p.prober.send_failed(d, now_ms);
             }
         }
         p.next = p.prober.next_wakeup();
-    }
-
-    fn readable(&mut self, s: &mut Stack, now: Instant, h: UdpHandle) {
-        let Some(local) = self.handles.iter().position(|(x, _)| *x == h) else {
-            return;
-        };
-        for _ in 0..BATCH {
-            let Some(d) = s.udp_recv_from(h) else {
-                return;
-            };
-            let received_at = StdInstant::now();
-            self.metrics.bytes_in(Transport::Udp, d.data.len());
-            let rcv = RcvInfo {
-                src: d.src,
-                local,
-                transport: Transport::Udp,
-                conn: None,
-                outbound: false,
-            };
-            let outcome = self.core.receive_datagram(&d.data, &rcv, &mut self.sc);
-            s.recycle(d.data);
-            match outcome {
-                Outcome::Txn => {
-                    let out = std::mem::take(&mut self.sc.txn);
-                    self.deliver_txn(s, now, &out, received_at);
-                    self.sc.txn = out;
-                }
-                Outcome::Send { dest, kind } => {
-                    let out = std::mem::take(&mut self.sc.out);
-                    self.deliver(s, now, &dest, kind, &out, received_at, false);
-                    self.sc.out = out;
-                }
-                Outcome::Resolve { dest, kind } => self.resolve(s, now, dest, kind, received_at),
-                _ => {}
-            }
-        }
-        // more queued: come back after other sockets had their turn
-        if s.udp_pending(h) {
-            s.requeue_readable(h);
-        }
-    }
-
-    fn resolve(&mut self, s: &mut Stack, now: Instant, dest: Dest, kind: SendKind, at: StdInstant) {
-        let host = self.sc.resolve.clone();
-        if let Some(ip) = self.dns.get(&host) {
-            let mut d = dest;
-            d.addr.set_ip(ip);
-            let out = std::mem::take(&mut self.sc.out);
-            self.deliver(s, now, &d, kind, &out, at, true);
-            self.sc.out = out;
-            return;
-        }
-        let p = Pending {
-            host,
-            dest,
-            kind,
-            out: self.sc.out.clone(),
-            received_at: at,
-        };
-        if self.req_tx.try_send(p).is_err() {
-            self.metrics.dropped(DropReason::NoRoute);
-        }
-    }
-
-    fn resolved(&mut self, s: &mut Stack, now: Instant, p: Pending, ip: Option<IpAddr>) {
-        let Some(ip) = ip else {
-            tracing::debug!(host = %p.host, "next hop does not resolve");
-            self.metrics.dropped(DropReason::NoRoute);
-            return;
-        };
-        self.dns.put(&p.host, ip);
-        let mut d = p.dest;
-        d.addr.set_ip(ip);
-        self.deliver(s, now, &d, p.kind, &p.out, p.received_at, true);
-    }
-
-    /// Send the transaction layer's messages; a try that cannot be sent
-    /// fails over at once (bounded: each round uses up a try).
-    fn deliver_txn(
-        &mut self,
-        s: &mut Stack,
-        now: Instant,
-        out: &crate::core::transaction::Out,
-        at: StdInstant,
-    ) {
-        let mut failed = Vec::new();
-        for m in &out.sends {
-            if !self.deliver(s, now, &m.dest, m.kind, out.bytes(m), at, false)
-                && let Some(r) = m.txn
-            {
-                failed.push(r);
-            }
-        }
-        let mut next = crate::core::transaction::Out::default();
-        for _ in 0..crate::core::transaction::MAX_TRIES {
-            if failed.is_empty() {
-                break;
-            }
-            next.clear();
-            for r in failed.drain(..) {
-                self.core.transaction_send_failed(r, &mut next);
-            }
-            for m in &next.sends {
-                if !self.deliver(s, now, &m.dest, m.kind, next.bytes(m), at, false)
-                    && let Some(r) = m.txn
-                {
-                    failed.push(r);
-                }
-            }
-        }
-    }
-
-    /// Send `out` to `dest` over the stack and count it (the kernel
-    /// backend's `deliver`, for one UDP-only stack thread). `false`: not sent.
-    #[allow(clippy::too_many_arguments)]
-    fn deliver(
-        &mut self,
-        s: &mut Stack,
-        now: Instant,
-        dest: &Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: StdInstant,
-        resolved: bool,
-    ) -> bool {
-        if resolved_to_self(&self.core, &self.metrics, dest, resolved) {
-            return false;
-        }
-        if dest.transport != Transport::Udp {
-            tracing::debug!(dest = %dest.addr, "TCP next hop: not available on the userspace stack yet");
-            count_send(&self.metrics, dest, kind, out.len(), received_at, false);
-            return false;
-        }
-        let family = dest.addr.is_ipv4();
-        let h = match self.handles.get(dest.local) {
-            Some((h, a)) if a.is_ipv4() == family => Some(*h),
-            _ => self
-                .handles
-                .iter()
-                .find(|(_, a)| a.is_ipv4() == family)
-                .map(|(h, _)| *h),
-        };
-        let ok = h.is_some_and(|h| s.udp_send_to(now, h, dest.addr, out).is_ok());
-        count_send(&self.metrics, dest, kind, out.len(), received_at, ok);
-        ok
     }
 }

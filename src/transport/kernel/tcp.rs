@@ -1,0 +1,282 @@
+//! The kernel driver of the TCP reader loop: one tokio task per connection
+//! runs `handle_io`, a thin `select!` over readiness, kill requests and one
+//! timer; `read_req` reads into the worker's buffer and hands the bytes to
+//! the sans-IO [`StreamState`]; each message goes through the shared,
+//! synchronous [`receive_tcp_msg`].
+
+use super::{KernelEgress, KernelIo};
+use crate::config::Transport;
+use crate::core::Scratch;
+use crate::core::upstream::Signal;
+use crate::transport::Ctx;
+use crate::transport::conn::{Conn, ConnCache, ConnState, ReleaseReason};
+use crate::transport::egress::rcv_tcp;
+use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
+use crate::transport::tcp::{receive_tcp_msg, release_conn, upstream_signal};
+use std::cell::RefCell;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Size of the per-worker read buffer.
+pub const READ_BUF: usize = 64 * 1024;
+/// Reads per readiness event before yielding to other connections.
+const READS_PER_WAKEUP: usize = 8;
+
+/// What every connection task on a worker thread shares: the read buffer,
+/// the core's scratch and a few connection handles. Only used between two
+/// `.await`s (never held across one).
+struct Worker {
+    buf: Box<[u8]>,
+    sc: Scratch,
+    cache: ConnCache<KernelIo>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with this worker thread's buffer, scratch and cache (made on
+/// first use; a nested call, which the driver never makes, gets fresh ones).
+fn with_worker<R>(f: impl FnOnce(&mut Worker) -> R) -> R {
+    let fresh = || Worker {
+        buf: vec![0u8; READ_BUF].into_boxed_slice(),
+        sc: Scratch::new(),
+        cache: ConnCache::default(),
+    };
+    WORKER.with(|w| match w.try_borrow_mut() {
+        Ok(mut slot) => f(slot.get_or_insert_with(fresh)),
+        Err(_) => f(&mut fresh()),
+    })
+}
+
+/// Accept loop of one TCP listen socket: admission (limits, eviction) then one
+/// `handle_io` task per connection.
+pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, local: usize) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        ctx.metrics.tcp_opened(false);
+        match ctx.conns.admit(peer, local) {
+            Ok((conn, evicted)) => {
+                if let Some(v) = evicted {
+                    tracing::debug!(peer = %v.peer, "evicting idle connection for {peer}");
+                    v.kill(ReleaseReason::Evicted);
+                }
+                let _ = stream.set_nodelay(true);
+                let stream = Arc::new(stream);
+                conn.attach(stream.clone());
+                tokio::spawn(handle_io(ctx.clone(), conn, stream));
+            }
+            Err(why) => {
+                tracing::debug!(%peer, ?why, "connection refused by limits");
+                ctx.metrics.tcp_refused();
+                ctx.metrics.tcp_released(ReleaseReason::Limit);
+                drop(stream);
+            }
+        }
+    }
+}
+
+/// Open an outbound connection (to an upstream or a client's Via address),
+/// then run its reader loop. Data queued while connecting is sent first.
+pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
+    let timeout = Duration::from_secs(ctx.core.live().tcp.connect_timeout_secs.max(1));
+    match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            let stream = Arc::new(stream);
+            conn.attach(stream.clone());
+            handle_io(ctx, conn, stream).await;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %conn.peer, "connect failed: {e}");
+            upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
+            release_conn(
+                &ctx.conns,
+                &ctx.metrics,
+                &conn,
+                ReleaseReason::ConnectFailed,
+            );
+        }
+        Err(_) => {
+            tracing::warn!(peer = %conn.peer, "connect timed out");
+            upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
+            release_conn(
+                &ctx.conns,
+                &ctx.metrics,
+                &conn,
+                ReleaseReason::ConnectFailed,
+            );
+        }
+    }
+}
+
+/// `handle_io`: wait for readiness, a kill request or the stream's next
+/// deadline; on error release the connection (state Bad unless the cause
+/// is EOF).
+pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>, stream: Arc<TcpStream>) {
+    let cfg = StreamConfig::from_limits(&ctx.core.live().tcp);
+    let mut st = StreamState::new(cfg, conn.outbound, ctx.now_ms());
+    let mut armed: Millis = st.poll_timeout(0).0;
+    let sleep = tokio::time::sleep_until(ctx.instant_at(armed).into());
+    tokio::pin!(sleep);
+    let reason = loop {
+        if let Some(reason) = conn.kill_reason() {
+            break reason;
+        }
+        let (deadline, _) = st.poll_timeout(conn.last_tx() * 1000);
+        if deadline != armed {
+            armed = deadline;
+            sleep.as_mut().reset(ctx.instant_at(deadline).into());
+        }
+        let want_write = conn.has_backlog();
+        tokio::select! {
+            biased;
+            _ = conn.io.notify.notified() => {}
+            res = stream.writable(), if want_write => {
+                if res.is_err() || conn.flush().is_err() {
+                    break ReleaseReason::Reset;
+                }
+            }
+            res = stream.readable() => {
+                if res.is_err() {
+                    break ReleaseReason::Reset;
+                }
+                if let Err(reason) = read_req(&ctx, &conn, &stream, &mut st) {
+                    break reason;
+                }
+            }
+            _ = &mut sleep => {
+                // the idle deadline may have moved (a send on this connection)
+                if let Some(why) = st.handle_timeout(ctx.now_ms(), conn.last_tx() * 1000) {
+                    break why;
+                }
+            }
+        }
+    };
+    if reason == ReleaseReason::Reset {
+        upstream_signal(&ctx.core, &conn, Signal::Reset);
+    }
+    if reason != ReleaseReason::Eof {
+        conn.set_state(ConnState::Bad);
+    } else {
+        conn.set_state(ConnState::Eof);
+    }
+    release_conn(&ctx.conns, &ctx.metrics, &conn, reason);
+}
+
+/// `read_req`: read what is available into the worker's buffer, frame it
+/// (the stream state keeps only an incomplete message) and hand each
+/// message to `receive_tcp_msg`; a ping is answered with CRLF. Any error is
+/// returned up to `handle_io`.
+fn read_req(
+    ctx: &Arc<Ctx>,
+    conn: &Arc<Conn<KernelIo>>,
+    stream: &TcpStream,
+    st: &mut StreamState,
+) -> Result<(), ReleaseReason> {
+    with_worker(|w| {
+        for _ in 0..READS_PER_WAKEUP {
+            let n = match stream.try_read(&mut w.buf) {
+                Ok(0) => return Err(ReleaseReason::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(ReleaseReason::Reset),
+            };
+            let received_at = Instant::now();
+            let now = ctx.now_ms_at(received_at);
+            let now_s = now / 1000;
+            conn.touch_rx(now_s);
+            ctx.metrics.bytes_in(Transport::Tcp, n);
+            let rcv = rcv_tcp(conn.peer, conn.local, conn.id, conn.outbound);
+            let step = ctx.step();
+            let Worker { buf, sc, cache } = &mut *w;
+            // the connection we read from is the first candidate for replies
+            if !cache.contains(conn.id) {
+                cache.put(conn.clone());
+            }
+            let mut eg = KernelEgress {
+                ctx,
+                own_udp: None,
+                cache,
+            };
+            let pong = st.config().crlf_pong;
+            let mut delivered = false;
+            let r = st.on_bytes(&buf[..n], now, |item| match item {
+                Item::Message { bytes, body_offset } => {
+                    if receive_tcp_msg(&step, &mut eg, &rcv, bytes, body_offset, sc, received_at)? {
+                        delivered = true;
+                        conn.mark_ok();
+                    }
+                    Ok(())
+                }
+                Item::Ping => {
+                    ctx.metrics.keepalive_ping();
+                    if pong && conn.send(b"\r\n", now_s).is_ok() {
+                        ctx.metrics.keepalive_pong();
+                    }
+                    Ok(())
+                }
+            });
+            if delivered {
+                st.mark_ok();
+            }
+            r?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::Core;
+    use crate::core::nosip::NoneHook;
+    use crate::metrics::Metrics;
+    use crate::transport::conn::{ConnTable, TableLimits};
+    use crate::transport::egress::DnsCache;
+
+    /// Memory per idle connection: the reader task's future stays small
+    /// (no buffer, no scratch in it; the stream state and one timer).
+    #[tokio::test]
+    async fn idle_connection_task_future_is_small() {
+        let cfg = Config::default_config();
+        let metrics = Arc::new(Metrics::new());
+        let core = Arc::new(Core::new(&cfg, Box::new(NoneHook), metrics.clone()));
+        let ctx = Arc::new(Ctx {
+            core,
+            metrics,
+            conns: ConnTable::new(TableLimits {
+                max_connections: 4,
+                max_per_ip: 4,
+                write_queue_bytes: 1024,
+            }),
+            udp: Vec::new(),
+            udp_locals: Vec::new(),
+            udp_retries: Default::default(),
+            epoch: Instant::now(),
+            dns: DnsCache::default(),
+        });
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let (conn, _) = ctx.conns.admit(peer, 0).unwrap();
+        let fut = handle_io(ctx.clone(), conn, Arc::new(stream));
+        let n = std::mem::size_of_val(&fut);
+        let c = std::mem::size_of::<Conn<KernelIo>>();
+        println!("handle_io future: {n} bytes; Conn<KernelIo>: {c} bytes");
+        assert!(n <= 768, "handle_io future is {n} bytes");
+        drop((fut, client));
+    }
+}

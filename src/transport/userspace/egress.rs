@@ -1,0 +1,148 @@
+//! The [`Egress`] of the stack thread: UDP from the listen sockets, TCP on
+//! the stack's connections (opening one when needed), host names resolved
+//! by the resolver thread. The send and dispatch rules themselves are the
+//! shared [`crate::transport::egress::Step`]'s (one copy for both modes).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::time::Instant as StdInstant;
+
+use super::tcp::{Ctx, TcpSide};
+use super::{App, Pending};
+use crate::core::{Core, Dest, DropReason, SendKind};
+use crate::metrics::Metrics;
+use crate::netstack::{Instant, Stack, UdpHandle};
+use crate::transport::egress::{Egress, SendResult, Step, pick_local};
+
+/// Everything a send from the stack thread touches, borrowed for one step.
+pub(super) struct StackEgress<'a> {
+    pub s: &'a mut Stack,
+    pub now: Instant,
+    pub core: &'a Core,
+    pub metrics: &'a Metrics,
+    /// Per listen index: the UDP socket (None for a `tcp:` listen).
+    pub udp: &'a [Option<UdpHandle>],
+    /// Per listen index: its address when it is a UDP one ([`pick_local`]).
+    pub udp_locals: &'a [Option<SocketAddr>],
+    /// Per listen index: its address (outbound TCP leaves from its IP).
+    pub locals: &'a [SocketAddr],
+    pub tcp: &'a mut TcpSide,
+    pub req_tx: &'a mpsc::SyncSender<Pending>,
+}
+
+impl Egress for StackEgress<'_> {
+    fn send_udp(&mut self, dest: &Dest, out: &[u8]) -> SendResult {
+        let Some(h) = pick_local(self.udp_locals, dest).and_then(|i| self.udp[i]) else {
+            return SendResult::Failed;
+        };
+        match self.s.udp_send_to(self.now, h, dest.addr, out) {
+            Ok(_) => SendResult::Sent,
+            Err(crate::netstack::StackError::NoBufferSpace) => SendResult::WouldBlock,
+            Err(_) => SendResult::Failed,
+        }
+    }
+
+    fn send_tcp(&mut self, dest: &Dest, out: &[u8]) -> SendResult {
+        let cx = Ctx {
+            core: self.core,
+            metrics: self.metrics,
+        };
+        self.tcp
+            .send_tcp(self.s, &cx, self.now, self.locals, dest, out)
+    }
+
+    fn resolve_later(
+        &mut self,
+        host: &str,
+        dest: Dest,
+        kind: SendKind,
+        out: &[u8],
+        received_at: StdInstant,
+    ) {
+        let p = Pending {
+            host: host.to_string(),
+            dest,
+            kind,
+            out: out.to_vec(),
+            received_at,
+        };
+        if self.req_tx.try_send(p).is_err() {
+            self.metrics.dropped(DropReason::NoRoute);
+        }
+    }
+}
+
+impl App {
+    /// Borrow what a send needs (the rest of `App` stays free: the
+    /// scratch, the probes, the DNS cache).
+    pub(super) fn egress<'a>(
+        s: &'a mut Stack,
+        now: Instant,
+        core: &'a Core,
+        metrics: &'a Metrics,
+        net: &'a mut super::Net,
+        req_tx: &'a mpsc::SyncSender<Pending>,
+    ) -> StackEgress<'a> {
+        StackEgress {
+            s,
+            now,
+            core,
+            metrics,
+            udp: &net.udp,
+            udp_locals: &net.udp_locals,
+            locals: &net.locals,
+            tcp: &mut net.tcp,
+            req_tx,
+        }
+    }
+
+    /// A host name came back from the resolver thread: cache it and send.
+    pub(super) fn resolved(&mut self, s: &mut Stack, now: Instant, p: Pending, ip: Option<IpAddr>) {
+        let Some(ip) = ip else {
+            tracing::debug!(host = %p.host, "next hop does not resolve");
+            self.metrics.dropped(DropReason::NoRoute);
+            return;
+        };
+        self.dns.put(&p.host, ip);
+        let mut d = p.dest;
+        d.addr.set_ip(ip);
+        let step = Step {
+            core: &self.core,
+            metrics: &self.metrics,
+            dns: &self.dns,
+        };
+        let mut eg = Self::egress(
+            s,
+            now,
+            &self.core,
+            &self.metrics,
+            &mut self.net,
+            &self.req_tx,
+        );
+        step.deliver(&mut eg, &d, p.kind, &p.out, p.received_at, true);
+    }
+
+    /// Stateful mode: the transaction layer's timer sends.
+    pub(super) fn deliver_txn(
+        &mut self,
+        s: &mut Stack,
+        now: Instant,
+        out: &crate::core::transaction::Out,
+        at: StdInstant,
+    ) {
+        let step = Step {
+            core: &self.core,
+            metrics: &self.metrics,
+            dns: &self.dns,
+        };
+        let mut eg = Self::egress(
+            s,
+            now,
+            &self.core,
+            &self.metrics,
+            &mut self.net,
+            &self.req_tx,
+        );
+        step.deliver_txn(&mut eg, out, at);
+    }
+}

@@ -1,0 +1,874 @@
+//! SIP over the userspace TCP: the stack-thread driver of the shared TCP
+//! reader loop (DESIGN.md "The transport seam").
+//!
+//! ```text
+//! SocketEvent::TcpReadable(h) → handle_io → read_req: recv into the thread's
+//!   one read buffer → StreamState::on_bytes → receive_tcp_msg (shared) per message
+//! SocketEvent::TcpAcceptable(l) → accept: ConnTable::admit (limits, eviction)
+//! SocketEvent::TcpConnected / TcpWritable → flush the connection's queue
+//! SocketEvent::TcpClosed(h, err) → release_conn (Eof / Reset / ConnectFailed)
+//! ```
+//!
+//! Everything runs to completion on the stack thread: no channel hop, no
+//! lock that can wait (the table's and [`StackIo`]'s locks are only ever
+//! taken by this thread, except the drain's scan on the main thread).
+//!
+//! Per-connection deadlines (idle, message, first message, connect) live
+//! in one [`Deadlines`] heap; a round touches only the entries that are
+//! due. `release_conn` maps the release reason onto the stack's close:
+//! bad input (parse / framing errors, oversize, no Content-Length, the
+//! message and first-message deadlines) → abort with RST, or FIN with
+//! `stack.tcp_release = "fin"`; idle, evicted, EOF, shutdown → FIN; a
+//! reset, a failed connect, a full write queue → abort.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use std::time::Instant as StdInstant;
+
+use super::App;
+use super::timers::Deadlines;
+use crate::config::{TcpRelease, Transport};
+use crate::core::upstream::Signal;
+use crate::core::{Core, Dest};
+use crate::metrics::Metrics;
+use crate::netstack::{Instant, SocketEvent, Stack, TcpError, TcpHandle};
+use crate::transport::conn::{Conn, ConnCache, ConnIo, ConnState, ConnTable, ReleaseReason};
+use crate::transport::egress::{SendResult, Step, rcv_tcp};
+use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
+use crate::transport::tcp::receive_tcp_msg;
+
+/// Size of the stack thread's one read buffer.
+pub(super) const READ_BUF: usize = 64 * 1024;
+/// Accept backlog of a listener (capped by `stack.limits.tcp_syn_backlog_max`).
+const LISTEN_BACKLOG: usize = 4096;
+
+/// A connection killed from outside the stack thread (the drain) or by a
+/// send: the stack thread looks at the table's kill reasons when this is
+/// set (once per kill burst, not per round).
+static KILL_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Milliseconds of the stack clock.
+pub(super) fn ms(now: Instant) -> Millis {
+    u64::try_from(now.total_millis()).unwrap_or(0)
+}
+
+/// The stack clock in whole seconds (the connection table's coarse clock,
+/// also what the drain compares `last_active` with).
+pub(super) fn secs(now: Instant) -> u64 {
+    ms(now) / 1000
+}
+
+/// The backend part of a connection on the stack: the netstack handle and
+/// the bytes the stack's send buffer did not take yet (bounded by
+/// `[tcp] write_queue_bytes`; no allocation while nothing is queued).
+#[derive(Debug)]
+pub struct StackIo {
+    st: Mutex<IoState>,
+    write_limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct IoState {
+    handle: Option<TcpHandle>,
+    /// Established (outbound: after TcpConnected).
+    connected: bool,
+    queue: VecDeque<Vec<u8>>,
+    /// Bytes of `queue.front()` already handed to the stack.
+    head_sent: usize,
+    queued: usize,
+    /// Last send (idle deadline), stack milliseconds.
+    last_tx: Millis,
+}
+
+impl ConnIo for StackIo {
+    fn new(write_limit: usize) -> Self {
+        StackIo {
+            st: Mutex::new(IoState::default()),
+            write_limit,
+        }
+    }
+
+    fn wake(&self) {
+        KILL_REQUESTED.store(true, Ordering::Release);
+    }
+
+    fn close(&self) -> usize {
+        let mut st = self.lock();
+        let dropped = st.queued;
+        st.queue = VecDeque::new();
+        st.queued = 0;
+        st.head_sent = 0;
+        st.handle = None;
+        dropped
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.lock().queued > 0
+    }
+}
+
+/// Write as much of `data` as the socket's send buffer takes; stops at
+/// WouldBlock (which also asks the stack for a TcpWritable event).
+fn write_some(s: &mut Stack, h: TcpHandle, data: &[u8]) -> Result<usize, TcpError> {
+    let mut sock = s.tcp(h).ok_or(TcpError::InvalidHandle)?;
+    let mut off = 0;
+    while off < data.len() {
+        match sock.send(&data[off..]) {
+            Ok(n) => off += n,
+            Err(TcpError::WouldBlock) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(off)
+}
+
+impl StackIo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IoState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attach(&self, h: TcpHandle, connected: bool, now: Millis) {
+        let mut st = self.lock();
+        st.handle = Some(h);
+        st.connected = connected;
+        st.last_tx = now;
+    }
+
+    fn take_handle(&self) -> Option<TcpHandle> {
+        self.lock().handle.take()
+    }
+
+    fn last_tx(&self) -> Millis {
+        self.lock().last_tx
+    }
+
+    fn is_connected(&self) -> bool {
+        self.lock().connected
+    }
+
+    /// Send a whole message: written at once when nothing is queued and
+    /// the connection is established, the rest queued (over the limit:
+    /// `WriteQueueFull`). An error of the socket: `Reset`.
+    fn send(&self, s: &mut Stack, data: &[u8], now: Millis) -> Result<(), ReleaseReason> {
+        let mut st = self.lock();
+        let Some(h) = st.handle else {
+            return Err(ReleaseReason::Reset);
+        };
+        let mut rest = data;
+        if st.connected && st.queue.is_empty() {
+            let n = write_some(s, h, rest).map_err(|_| ReleaseReason::Reset)?;
+            rest = &rest[n..];
+        }
+        st.last_tx = now;
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if st.queued + rest.len() > self.write_limit {
+            return Err(ReleaseReason::WriteQueueFull);
+        }
+        st.queued += rest.len();
+        st.queue.push_back(rest.to_vec());
+        Ok(())
+    }
+
+    /// Established / writable: push the queue out until the send buffer is full.
+    fn flush(&self, s: &mut Stack, connected: bool) -> Result<(), TcpError> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if connected {
+            st.connected = true;
+        }
+        let Some(h) = st.handle else {
+            return Ok(());
+        };
+        if !st.connected {
+            return Ok(());
+        }
+        while let Some(front) = st.queue.front() {
+            let n = write_some(s, h, &front[st.head_sent..])?;
+            st.head_sent += n;
+            st.queued -= n;
+            if st.head_sent < front.len() {
+                break;
+            }
+            st.queue.pop_front();
+            st.head_sent = 0;
+        }
+        if st.queue.is_empty() && st.queue.capacity() > 0 {
+            st.queue = VecDeque::new();
+        }
+        Ok(())
+    }
+}
+
+/// What the stack thread keeps per connection (the table's [`Conn`] is
+/// shared; this is not).
+struct Entry {
+    h: TcpHandle,
+    conn: Arc<Conn<StackIo>>,
+    /// `None` only while `read_req` runs on it.
+    stream: Option<StreamState>,
+    /// Outbound, not yet established: fails with `connect_failed` then.
+    connect_by: Option<Millis>,
+    /// Scheduling generation (stale heap entries carry an older one).
+    generation: u32,
+    /// The deadline in the heap under `generation` (`u64::MAX`: none).
+    scheduled: Millis,
+}
+
+/// The TCP side of the stack thread.
+pub(super) struct TcpSide {
+    pub(super) conns: Arc<ConnTable<StackIo>>,
+    /// TCP listeners: handle and listen index.
+    listeners: Vec<(TcpHandle, usize)>,
+    /// Per netstack slot (`TcpHandle::slot`).
+    entries: Vec<Option<Entry>>,
+    deadlines: Deadlines,
+    cache: ConnCache<StackIo>,
+    /// The one read buffer of the thread.
+    rbuf: Vec<u8>,
+    release: TcpRelease,
+    listeners_closed: bool,
+}
+
+/// How `release_conn` ends the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseHow {
+    Fin,
+    Rst,
+}
+
+/// The stack's close for a release reason (see the module doc).
+fn close_how(reason: ReleaseReason, bad_input: TcpRelease) -> CloseHow {
+    use ReleaseReason as R;
+    match reason {
+        R::ParseError
+        | R::FramingError
+        | R::Oversize
+        | R::NoContentLength
+        | R::MessageTimeout
+        | R::FirstMessageTimeout => match bad_input {
+            TcpRelease::Rst => CloseHow::Rst,
+            TcpRelease::Fin => CloseHow::Fin,
+        },
+        R::Eof | R::IdleTimeout | R::Evicted | R::Shutdown => CloseHow::Fin,
+        R::Reset | R::WriteQueueFull | R::Limit | R::ConnectFailed => CloseHow::Rst,
+    }
+}
+
+/// The release reason (and upstream signal) of a connection the stack
+/// closed: `err` from `TcpClosed`, `connected` whether it was established.
+fn closed_reason(err: Option<TcpError>, connected: bool) -> (ReleaseReason, Option<Signal>) {
+    match err {
+        None => (ReleaseReason::Eof, None),
+        Some(TcpError::HostUnreachable) if !connected => {
+            (ReleaseReason::ConnectFailed, Some(Signal::Unreachable))
+        }
+        Some(_) if !connected => (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed)),
+        Some(TcpError::HostUnreachable) => (ReleaseReason::Reset, Some(Signal::Unreachable)),
+        Some(_) => (ReleaseReason::Reset, Some(Signal::Reset)),
+    }
+}
+
+/// What the TCP code needs from the rest of the stack thread for a step.
+pub(super) struct Ctx<'a> {
+    pub core: &'a Core,
+    pub metrics: &'a Metrics,
+}
+
+impl TcpSide {
+    pub(super) fn new(conns: Arc<ConnTable<StackIo>>, release: TcpRelease) -> TcpSide {
+        TcpSide {
+            conns,
+            listeners: Vec::new(),
+            entries: Vec::new(),
+            deadlines: Deadlines::default(),
+            cache: ConnCache::default(),
+            rbuf: vec![0; READ_BUF],
+            release,
+            listeners_closed: false,
+        }
+    }
+
+    /// `listen(2)` on a `tcp:` listen address of index `local`.
+    pub(super) fn listen(
+        &mut self,
+        s: &mut Stack,
+        addr: SocketAddr,
+        local: usize,
+    ) -> Result<(), TcpError> {
+        let h = s.tcp_listen(addr, LISTEN_BACKLOG)?;
+        self.listeners.push((h, local));
+        Ok(())
+    }
+
+    /// Draining: close the listeners (new connections get RST from the
+    /// stack, as from a closed kernel socket). Once.
+    pub(super) fn close_listeners(&mut self, s: &mut Stack) {
+        if self.listeners_closed {
+            return;
+        }
+        self.listeners_closed = true;
+        for (h, _) in self.listeners.drain(..) {
+            if let Some(mut l) = s.tcp(h) {
+                l.close();
+            }
+        }
+    }
+
+    fn entry(&mut self, h: TcpHandle) -> Option<&mut Entry> {
+        self.entries
+            .get_mut(h.slot as usize)
+            .and_then(|e| e.as_mut())
+            .filter(|e| e.h == h)
+    }
+
+    fn insert(
+        &mut self,
+        h: TcpHandle,
+        conn: Arc<Conn<StackIo>>,
+        st: StreamState,
+        connect_by: Option<Millis>,
+    ) {
+        let i = h.slot as usize;
+        if self.entries.len() <= i {
+            self.entries.resize_with(i + 1, || None);
+        }
+        self.entries[i] = Some(Entry {
+            h,
+            conn,
+            stream: Some(st),
+            connect_by,
+            generation: 0,
+            scheduled: u64::MAX,
+        });
+        self.schedule(h);
+    }
+
+    /// Put the connection's earliest deadline in the heap when it is
+    /// earlier than the one there (a later one is found when the earlier
+    /// entry fires).
+    fn schedule(&mut self, h: TcpHandle) {
+        let Some(e) = self.entry(h) else {
+            return;
+        };
+        let Some(st) = &e.stream else {
+            return;
+        };
+        let (mut at, _) = st.poll_timeout(e.conn.io.last_tx());
+        if let Some(c) = e.connect_by {
+            at = at.min(c);
+        }
+        if at < e.scheduled {
+            e.generation = e.generation.wrapping_add(1);
+            e.scheduled = at;
+            let (slot, generation) = (h.slot, e.generation);
+            self.deadlines.push(at, slot, generation);
+        }
+    }
+
+    /// `TcpAcceptable`: accept every queued connection; admission by the
+    /// table (limits, eviction of the oldest connection still in Init); a
+    /// refused one is aborted and counted.
+    pub(super) fn accept(&mut self, s: &mut Stack, cx: &Ctx<'_>, now: Instant, l: TcpHandle) {
+        let Some(&(_, local)) = self.listeners.iter().find(|(x, _)| *x == l) else {
+            return;
+        };
+        let now_ms = ms(now);
+        let cfg = StreamConfig::from_limits(&cx.core.live().tcp);
+        while let Some((h, peer)) = s.tcp(l).and_then(|mut x| x.accept()) {
+            cx.metrics.tcp_opened(false);
+            match self.conns.admit(peer, local) {
+                Ok((conn, evicted)) => {
+                    if let Some(v) = evicted {
+                        tracing::debug!(peer = %v.peer, "evicting idle connection for {peer}");
+                        self.release_conn(s, cx, &v, ReleaseReason::Evicted);
+                    }
+                    conn.io.attach(h, true, now_ms);
+                    conn.touch_rx(secs(now));
+                    self.insert(h, conn, StreamState::new(cfg, false, now_ms), None);
+                }
+                Err(why) => {
+                    tracing::debug!(%peer, ?why, "connection refused by limits");
+                    cx.metrics.tcp_refused();
+                    cx.metrics.tcp_released(ReleaseReason::Limit);
+                    if let Some(mut x) = s.tcp(h) {
+                        x.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    /// `TcpConnected` / `TcpWritable`: push the queue out.
+    pub(super) fn writable(&mut self, s: &mut Stack, cx: &Ctx<'_>, h: TcpHandle, connected: bool) {
+        let Some(conn) = self.entry(h).map(|e| e.conn.clone()) else {
+            return;
+        };
+        if connected && let Some(e) = self.entry(h) {
+            e.connect_by = None;
+        }
+        if conn.io.flush(s, connected).is_err() {
+            self.release_conn(s, cx, &conn, ReleaseReason::Reset);
+        }
+    }
+
+    /// `TcpClosed`: the stack closed the connection (peer RST, refused or
+    /// timed-out connect, unreachable, or an orderly close both ways).
+    pub(super) fn closed(
+        &mut self,
+        s: &mut Stack,
+        cx: &Ctx<'_>,
+        h: TcpHandle,
+        err: Option<TcpError>,
+    ) {
+        let Some(conn) = self.entry(h).map(|e| e.conn.clone()) else {
+            // released already (our close / abort frees it)
+            return;
+        };
+        let (reason, signal) = closed_reason(err, conn.io.is_connected());
+        if let Some(sig) = signal {
+            self.upstream_signal(cx, &conn, sig);
+        }
+        self.release_conn(s, cx, &conn, reason);
+    }
+
+    /// Passive upstream health: a connection we opened to an upstream
+    /// target failed (refused / unreachable / timed-out connect, reset).
+    fn upstream_signal(&self, cx: &Ctx<'_>, conn: &Conn<StackIo>, signal: Signal) {
+        if conn.outbound {
+            tracing::debug!(peer = %conn.peer, signal = signal.as_str(), "upstream TCP failure");
+            cx.core.upstreams().mark_failure_at(
+                conn.peer,
+                Some(Transport::Tcp),
+                signal,
+                cx.core.now_ms(),
+            );
+        }
+    }
+
+    /// `Egress::send_tcp` on the stack: the connection `dest.conn` if
+    /// still open (RFC 3261 §18.2.2), else an open one to `dest.addr`, else
+    /// a new outbound connection (data queued until it is established).
+    /// `locals`: the listen addresses (an outbound connection leaves from
+    /// the IP of `dest.local` when it is a specific one of dest's family).
+    pub(super) fn send_tcp(
+        &mut self,
+        s: &mut Stack,
+        cx: &Ctx<'_>,
+        now: Instant,
+        locals: &[SocketAddr],
+        dest: &Dest,
+        out: &[u8],
+    ) -> SendResult {
+        let found = match dest.conn {
+            Some(id) => self.cache.by_id(&self.conns, id),
+            None => None,
+        };
+        let conn = match found.or_else(|| self.cache.by_addr(&self.conns, dest.addr)) {
+            Some(c) => c,
+            None => match self.conns.get_or_create_outbound(dest.addr, dest.local) {
+                None => {
+                    tracing::debug!(dest = %dest.addr, "connection table full: not opening an outbound connection");
+                    return SendResult::Failed;
+                }
+                Some((c, false)) => c,
+                Some((c, true)) => {
+                    if !self.connect(s, cx, now, locals, dest, &c) {
+                        return SendResult::Failed;
+                    }
+                    self.cache.put(c.clone());
+                    c
+                }
+            },
+        };
+        self.send_on(s, now, &conn, out)
+    }
+
+    /// Open the outbound connection `c` (table entry made by the caller).
+    fn connect(
+        &mut self,
+        s: &mut Stack,
+        cx: &Ctx<'_>,
+        now: Instant,
+        locals: &[SocketAddr],
+        dest: &Dest,
+        c: &Arc<Conn<StackIo>>,
+    ) -> bool {
+        cx.metrics.tcp_opened(true);
+        let from = locals
+            .get(dest.local)
+            .filter(|a| a.is_ipv4() == dest.addr.is_ipv4() && !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(a.ip(), 0));
+        match s.tcp_connect(now, from, dest.addr) {
+            Ok(h) => {
+                let now_ms = ms(now);
+                c.io.attach(h, false, now_ms);
+                let live = cx.core.live();
+                let cfg = StreamConfig::from_limits(&live.tcp);
+                let connect_ms = live.tcp.connect_timeout_secs.max(1).saturating_mul(1000);
+                let st = StreamState::new(cfg, true, now_ms);
+                self.insert(h, c.clone(), st, Some(now_ms.saturating_add(connect_ms)));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(peer = %dest.addr, "connect failed: {e}");
+                let sig = if e == TcpError::HostUnreachable {
+                    Signal::Unreachable
+                } else {
+                    Signal::ConnectFailed
+                };
+                self.upstream_signal(cx, c, sig);
+                self.release_conn(s, cx, c, ReleaseReason::ConnectFailed);
+                false
+            }
+        }
+    }
+
+    /// Send on one connection; a failure kills it (released by the next
+    /// [`Self::poll`], or by its own reader right after the message).
+    pub(super) fn send_on(
+        &mut self,
+        s: &mut Stack,
+        now: Instant,
+        conn: &Conn<StackIo>,
+        out: &[u8],
+    ) -> SendResult {
+        if !conn.is_alive() {
+            return SendResult::Failed;
+        }
+        match conn.io.send(s, out, ms(now)) {
+            Ok(()) => {
+                conn.touch_tx(secs(now));
+                SendResult::Sent
+            }
+            Err(r) => {
+                conn.kill(r);
+                SendResult::Failed
+            }
+        }
+    }
+
+    /// `read_req` starts on `h`: its connection and stream state (taken
+    /// out of the entry until [`Self::end_read`]).
+    pub(super) fn begin_read(&mut self, h: TcpHandle) -> Option<(Arc<Conn<StackIo>>, StreamState)> {
+        let e = self.entry(h)?;
+        let st = e.stream.take()?;
+        Some((e.conn.clone(), st))
+    }
+
+    /// `read_req` ended: put the state back and reschedule, or release.
+    pub(super) fn end_read(
+        &mut self,
+        s: &mut Stack,
+        cx: &Ctx<'_>,
+        h: TcpHandle,
+        conn: &Conn<StackIo>,
+        st: StreamState,
+        result: Result<(), ReleaseReason>,
+    ) {
+        match result {
+            Ok(()) => {
+                if let Some(e) = self.entry(h) {
+                    e.stream = Some(st);
+                    self.schedule(h);
+                }
+            }
+            Err(reason) => {
+                if reason == ReleaseReason::Reset {
+                    self.upstream_signal(cx, conn, Signal::Reset);
+                }
+                self.release_conn(s, cx, conn, reason);
+            }
+        }
+    }
+
+    /// Take the thread's read buffer (given back with [`Self::put_rbuf`]).
+    pub(super) fn take_rbuf(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.rbuf)
+    }
+
+    pub(super) fn put_rbuf(&mut self, b: Vec<u8>) {
+        self.rbuf = b;
+    }
+
+    /// `release_conn`: close or abort the socket (see [`close_how`]),
+    /// forget the connection, count the reason.
+    pub(super) fn release_conn(
+        &mut self,
+        s: &mut Stack,
+        cx: &Ctx<'_>,
+        conn: &Conn<StackIo>,
+        reason: ReleaseReason,
+    ) {
+        if conn.state() == ConnState::Released {
+            return;
+        }
+        conn.set_state(if reason == ReleaseReason::Eof {
+            ConnState::Eof
+        } else {
+            ConnState::Bad
+        });
+        let how = close_how(reason, self.release);
+        if let Some(h) = conn.io.take_handle() {
+            if let Some(slot) = self.entries.get_mut(h.slot as usize)
+                && slot.as_ref().is_some_and(|e| e.h == h)
+            {
+                *slot = None;
+            }
+            if let Some(mut x) = s.tcp(h) {
+                match how {
+                    CloseHow::Rst => x.abort(),
+                    CloseHow::Fin => x.close(),
+                }
+            }
+        }
+        let dropped = self.conns.release(conn);
+        cx.metrics.tcp_released(reason);
+        tracing::debug!(
+            conn = conn.id,
+            peer = %conn.peer,
+            reason = reason.as_str(),
+            close = ?how,
+            dropped_bytes = dropped,
+            "connection released"
+        );
+    }
+
+    /// Deadlines due at `now`, and kill requests (drain, write-queue
+    /// overflow).
+    pub(super) fn poll(&mut self, s: &mut Stack, cx: &Ctx<'_>, now: Instant) {
+        if KILL_REQUESTED.swap(false, Ordering::AcqRel) {
+            for c in self.conns.all() {
+                if let Some(r) = c.kill_reason() {
+                    self.release_conn(s, cx, &c, r);
+                }
+            }
+        }
+        let now_ms = ms(now);
+        while let Some((slot, generation)) = self.deadlines.pop_due(now_ms) {
+            let Some(e) = self.entries.get_mut(slot as usize).and_then(|e| e.as_mut()) else {
+                continue;
+            };
+            if e.generation != generation {
+                continue;
+            }
+            e.scheduled = u64::MAX;
+            let h = e.h;
+            let conn = e.conn.clone();
+            let last_tx = conn.io.last_tx();
+            let why = if e.connect_by.is_some_and(|c| now_ms >= c) {
+                Some(ReleaseReason::ConnectFailed)
+            } else {
+                e.stream
+                    .as_mut()
+                    .and_then(|st| st.handle_timeout(now_ms, last_tx))
+            };
+            match why {
+                Some(ReleaseReason::ConnectFailed) => {
+                    tracing::warn!(peer = %conn.peer, "connect timed out");
+                    self.upstream_signal(cx, &conn, Signal::ConnectFailed);
+                    self.release_conn(s, cx, &conn, ReleaseReason::ConnectFailed);
+                }
+                Some(r) => self.release_conn(s, cx, &conn, r),
+                None => self.schedule(h),
+            }
+        }
+        let entries = &self.entries;
+        self.deadlines
+            .compact_if_large(self.conns.len(), |slot, g| {
+                entries
+                    .get(slot as usize)
+                    .and_then(|e| e.as_ref())
+                    .is_some_and(|e| e.generation == g)
+            });
+    }
+
+    /// Stop: every connection released (FIN), reason `shutdown`.
+    pub(super) fn shutdown(&mut self, s: &mut Stack, cx: &Ctx<'_>) {
+        self.close_listeners(s);
+        for c in self.conns.all() {
+            self.release_conn(s, cx, &c, ReleaseReason::Shutdown);
+        }
+    }
+}
+
+impl App {
+    /// `handle_io` on the stack thread: one TCP socket event.
+    pub(super) fn handle_io(&mut self, s: &mut Stack, now: Instant, ev: SocketEvent) {
+        let cx = Ctx {
+            core: &self.core,
+            metrics: &self.metrics,
+        };
+        let tcp = &mut self.net.tcp;
+        match ev {
+            SocketEvent::TcpAcceptable(l) => tcp.accept(s, &cx, now, l),
+            SocketEvent::TcpConnected(h) => tcp.writable(s, &cx, h, true),
+            SocketEvent::TcpWritable(h) => tcp.writable(s, &cx, h, false),
+            SocketEvent::TcpClosed(h, err) => tcp.closed(s, &cx, h, err),
+            SocketEvent::TcpReadable(h) => self.read_req(s, now, h),
+            _ => {}
+        }
+    }
+
+    /// `read_req`: everything readable on `h` into the thread's one buffer
+    /// → [`StreamState::on_bytes`] → [`receive_tcp_msg`] per message (a
+    /// CRLFCRLF ping answered with CRLF); an error releases the connection.
+    fn read_req(&mut self, s: &mut Stack, now: Instant, h: TcpHandle) {
+        let Some((conn, mut st)) = self.net.tcp.begin_read(h) else {
+            return;
+        };
+        let mut buf = self.net.tcp.take_rbuf();
+        let now_ms = ms(now);
+        let rcv = rcv_tcp(conn.peer, conn.local, conn.id, conn.outbound);
+        let pong = st.config().crlf_pong;
+        let result = loop {
+            let n = match s.tcp(h).map(|mut x| x.recv(&mut buf)) {
+                None => break Err(ReleaseReason::Reset),
+                Some(Ok(0)) => break Err(ReleaseReason::Eof),
+                Some(Ok(n)) => n,
+                Some(Err(TcpError::WouldBlock)) => break Ok(()),
+                Some(Err(_)) => break Err(ReleaseReason::Reset),
+            };
+            self.metrics.bytes_in(Transport::Tcp, n);
+            conn.touch_rx(secs(now));
+            let received_at = StdInstant::now();
+            let step = Step {
+                core: &self.core,
+                metrics: &self.metrics,
+                dns: &self.dns,
+            };
+            let metrics = &self.metrics;
+            let sc = &mut self.sc;
+            let mut eg = Self::egress(
+                s,
+                now,
+                &self.core,
+                &self.metrics,
+                &mut self.net,
+                &self.req_tx,
+            );
+            let mut ok = false;
+            let r = st.on_bytes(&buf[..n], now_ms, |item| match item {
+                Item::Message { bytes, body_offset } => {
+                    ok |=
+                        receive_tcp_msg(&step, &mut eg, &rcv, bytes, body_offset, sc, received_at)?;
+                    Ok(())
+                }
+                Item::Ping => {
+                    metrics.keepalive_ping();
+                    if pong && eg.tcp.send_on(eg.s, now, &conn, b"\r\n") == SendResult::Sent {
+                        metrics.keepalive_pong();
+                    }
+                    Ok(())
+                }
+            });
+            if ok {
+                st.mark_ok();
+                conn.mark_ok();
+            }
+            if let Err(reason) = r {
+                break Err(reason);
+            }
+            if let Some(reason) = conn.kill_reason() {
+                break Err(reason);
+            }
+        };
+        self.net.tcp.put_rbuf(buf);
+        let cx = Ctx {
+            core: &self.core,
+            metrics: &self.metrics,
+        };
+        self.net.tcp.end_read(s, &cx, h, &conn, st, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue8_bad_input_is_aborted_with_rst_by_default_or_fin_when_configured() {
+        use ReleaseReason as R;
+        for r in [
+            R::ParseError,
+            R::FramingError,
+            R::Oversize,
+            R::NoContentLength,
+            R::MessageTimeout,
+            R::FirstMessageTimeout,
+        ] {
+            assert_eq!(close_how(r, TcpRelease::Rst), CloseHow::Rst, "{r:?}");
+            assert_eq!(close_how(r, TcpRelease::Fin), CloseHow::Fin, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn issue8_idle_evicted_eof_shutdown_always_close_with_fin() {
+        use ReleaseReason as R;
+        for r in [R::IdleTimeout, R::Evicted, R::Eof, R::Shutdown] {
+            for how in [TcpRelease::Rst, TcpRelease::Fin] {
+                assert_eq!(close_how(r, how), CloseHow::Fin, "{r:?}");
+            }
+        }
+        for r in [R::Reset, R::WriteQueueFull, R::Limit, R::ConnectFailed] {
+            assert_eq!(close_how(r, TcpRelease::Fin), CloseHow::Rst, "{r:?}");
+        }
+        // every reason has a rule
+        for r in ReleaseReason::ALL {
+            let _ = close_how(r, TcpRelease::Rst);
+        }
+    }
+
+    #[test]
+    fn issue8_upstream_reset_refusal_and_unreachable_are_passive_signals() {
+        assert_eq!(closed_reason(None, true), (ReleaseReason::Eof, None));
+        assert_eq!(
+            closed_reason(Some(TcpError::ConnectionRefused), false),
+            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::TimedOut), false),
+            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::HostUnreachable), false),
+            (ReleaseReason::ConnectFailed, Some(Signal::Unreachable))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::ConnectionReset), true),
+            (ReleaseReason::Reset, Some(Signal::Reset))
+        );
+        assert_eq!(
+            closed_reason(Some(TcpError::HostUnreachable), true),
+            (ReleaseReason::Reset, Some(Signal::Unreachable))
+        );
+    }
+
+    #[test]
+    fn stack_io_holds_nothing_while_idle_and_drops_its_queue_on_close() {
+        let io = StackIo::new(100);
+        assert!(!io.has_backlog());
+        assert_eq!(io.lock().queue.capacity(), 0);
+        // not attached / not connected: everything queues, bounded
+        io.attach(
+            TcpHandle {
+                slot: 0,
+                generation: 0,
+            },
+            false,
+            5,
+        );
+        let mut st = io.lock();
+        st.queue.push_back(vec![0; 60]);
+        st.queued = 60;
+        drop(st);
+        assert!(io.has_backlog());
+        assert_eq!(io.close(), 60);
+        assert!(!io.has_backlog());
+        assert!(io.take_handle().is_none());
+    }
+}
