@@ -21,6 +21,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 MODE="${1:-all}"
+case $MODE in
+  all|proxy|afpacket|floor) ;;
+  *) echo "docker/test.sh: unknown mode $MODE (all, proxy, afpacket, floor)" >&2; exit 2 ;;
+esac
 PROJECT="${SIPEDGE_COMPOSE_PROJECT:-sipedge-test}"
 WALL="${SIPEDGE_DOCKER_TIMEOUT:-300}"
 export SIPEDGE_IMAGE="${SIPEDGE_IMAGE:-sipedge:test}"
@@ -107,14 +111,11 @@ case $MODE in
     run_file docker/compose.afpacket.yml "$PROJECT-af" || rc=$?
     ;;
   all)
+    # both run; the exit status is the first failing one's
     run_file docker/compose.yml "$PROJECT" || rc=$?
-    if [[ $rc -eq 0 ]]; then
-      run_file docker/compose.afpacket.yml "$PROJECT-af" || rc=$?
-    fi
-    ;;
-  *)
-    log "unknown mode $MODE (all, proxy, afpacket, floor)"
-    exit 2
+    rc2=0
+    run_file docker/compose.afpacket.yml "$PROJECT-af" || rc2=$?
+    ((rc != 0)) || rc=$rc2
     ;;
 esac
 log "done in $(($(date +%s) - t0)) s, exit $rc"
