@@ -572,28 +572,29 @@ impl Drop for TcpUas {
     }
 }
 
-/// Issue 8: SIP over the userspace TCP end to end. sipp `-t t1` (one
-/// connection for all calls) → sipedge's TCP listener on its own stack →
-/// an outbound connection from the stack to a sipp TCP UAS; replies travel
-/// back over the client's own connection (`;i=` in Via).
-#[test]
-fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
-    if skip_unless_root() || skip_unless_sipp() {
-        return;
-    }
+/// sipp over TCP (`transport`) from the peer's Linux stack to sipedge's
+/// TCP listener on its own stack (`v6`: the IPv6 address) → an outbound
+/// connection from the stack to a sipp TCP UAS (IPv4); replies travel
+/// back over the client's own connection (`;i=` in Via). All `calls`
+/// succeed; the stack's TCP counters moved.
+fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32, rate: u32) {
     let _load = load_lock();
     let pair = NetnsPair::new();
     must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
     let uas = TcpUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
-    const CALLS: u32 = 200;
+    let (local, target): (IpAddr, IpAddr) = if v6 {
+        (pair.peer_v6().into(), pair.stack_v6().into())
+    } else {
+        (pair.peer_v4().into(), pair.stack_v4().into())
+    };
     let run = run_uac(&UacOpts {
-        target: SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
-        transport: SippTransport::T1,
-        calls: CALLS,
-        rate: RATE,
+        target: SocketAddr::new(target, SIP_PORT),
+        transport,
+        calls,
+        rate,
         netns: Some(pair.peer_ns.clone()),
-        local: Some(pair.peer_v4().into()),
+        local: Some(local),
     });
     let m = proxy.metrics();
     let q = |g: &str, c: &str| {
@@ -615,16 +616,91 @@ fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
         run.report(),
         proxy.log_tail()
     );
-    assert!(
-        run.all_ok(CALLS),
-        "{CALLS} calls over TCP t1 through sipedge (afpacket): expected all successful, 0 failed\n{report}"
+    let name = format!(
+        "TCP {} over IPv{}",
+        transport.flag(),
+        if v6 { 6 } else { 4 }
     );
-    eprintln!("TCP t1: {} calls ok in {:?}", run.successful, run.wall);
-    // one connection from the UAC, one to the UAS
+    assert!(
+        run.all_ok(calls),
+        "{calls} calls, {name}, through sipedge (afpacket): expected all successful, 0 failed\n{report}"
+    );
+    eprintln!("{name}: {} calls ok in {:?}", run.successful, run.wall);
+    // the UAC's connection(s) accepted, one to the UAS opened
     assert!(passive >= 1.0 && active >= 1.0, "{report}");
-    assert!(fwd_req >= 3.0 * f64::from(CALLS), "{report}");
-    assert!(in_segs > 0.0, "{report}");
+    if transport == SippTransport::Tn {
+        assert!(
+            passive >= f64::from(calls),
+            "one connection per call\n{report}"
+        );
+    }
+    assert!(fwd_req >= 3.0 * f64::from(calls), "{report}");
+    assert!(in_segs > 0.0 && tcp_in > 0.0, "{report}");
     drop(uas);
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// Issue 8: SIP over the userspace TCP end to end, sipp `-t t1` (one
+/// connection for all calls), IPv4.
+#[test]
+fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    tcp_calls_through_the_stack(SippTransport::T1, false, 200, RATE);
+}
+
+/// Issue 8: sipp `-t tn` (a connection per call) over IPv6 to the stack,
+/// IPv4 TCP to the upstream.
+#[test]
+fn afpacket_tcp_tn_v6_calls_pass_through_the_userspace_stack() {
+    if skip_unless_root() || skip_unless_sipp() {
+        return;
+    }
+    tcp_calls_through_the_stack(SippTransport::Tn, true, 100, RATE);
+}
+
+/// SPEC A.2 on the userspace TCP: a connection that sends nothing is
+/// released at the first-message deadline (RST by default) and counted.
+#[test]
+fn afpacket_tcp_first_message_deadline_fires() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "\n[tcp]\nfirst_message_timeout_secs = 1\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let q = "sipedge_tcp_released_total{reason=\"first_message_timeout\"}";
+    let before = metric(&proxy.metrics(), q);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let end = pair.in_peer(move || -> Result<(String, Duration), String> {
+        let mut s = connect_from(from, to)?;
+        let t0 = Instant::now();
+        Ok((read_end(&mut s, Duration::from_secs(5)), t0.elapsed()))
+    });
+    let (end, after) = end.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        end,
+        "reset",
+        "released after {after:?}\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "released too early: {after:?}"
+    );
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, q) < before + 1.0 && t0.elapsed() < Duration::from_secs(3) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert!(metric(&m, q) >= before + 1.0, "{m}");
     let (st, log) = proxy.stop();
     assert!(
         st.is_some_and(|s| s.success()),
@@ -818,6 +894,116 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
     assert!(
         st.is_some_and(|s| s.success()),
         "sipedge did not exit 0 after SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// SPEC A.4 on the userspace TCP: the connection table's admission applies
+/// (here `max_connections_per_ip = 1`): a connection over the limit is
+/// aborted (the client sees RST) and counted; the admitted one still works.
+#[test]
+fn afpacket_tcp_connection_over_the_per_ip_limit_is_refused() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "\n[tcp]\nmax_connections_per_ip = 1\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<(String, u16), String> {
+        let mut a = connect_from(from, to)?;
+        let mut b = connect_from(from, to)?;
+        let b_end = read_end(&mut b, Duration::from_secs(3));
+        let local = a.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-lim",
+            70,
+        );
+        a.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let reply = read_sip_message(&mut a, Duration::from_secs(3))?;
+        Ok((b_end, status_code(&reply).unwrap_or(0)))
+    });
+    let (b_end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(b_end, "reset", "{}", proxy.log_tail());
+    assert_eq!(code, 200);
+    let m = proxy.metrics();
+    assert!(metric(&m, "sipedge_tcp_refused_total") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "sipedge_tcp_released_total{reason=\"limit\"}") >= 1.0,
+        "{m}"
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// Issue 8: a refused TCP connect to an upstream target (the peer's Linux
+/// answers the stack's SYN with RST) is a passive signal: with
+/// `hold_down_ms` the target goes down at the first one, and the failed
+/// connect is counted (release reason connect_failed, Tcp AttemptFails).
+#[test]
+fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let peer = pair.peer_v4();
+    let sets = format!(
+        "\n[[upstream_set]]\nname = \"core\"\nping_interval_ms = 500\nping_timeout_ms = 400\n\
+         down_after = 3\nup_after = 2\nhold_down_ms = 60000\n\
+         [[upstream_set.target]]\nuri = \"sip:{peer}:5099;transport=tcp\"\n"
+    );
+    let mut proxy = AfSipedge::start(&pair, &(afpacket_tcp_config(&pair) + &sets));
+    let t0 = Instant::now();
+    let up = |m: &str| {
+        samples(m)
+            .into_iter()
+            .find(|s| s.name == "sipedge_upstream_up")
+            .map(|s| s.value)
+    };
+    let mut m = proxy.metrics();
+    while up(&m) != Some(0.0) && t0.elapsed() < Duration::from_secs(5) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    let took = t0.elapsed();
+    assert_eq!(
+        up(&m),
+        Some(0.0),
+        "target not down within 5 s\n{m}\n{}",
+        proxy.log_tail()
+    );
+    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(
+        log.contains("signal=\"connect_failed\""),
+        "{}",
+        proxy.log_tail()
+    );
+    assert!(
+        metric(&m, "sipedge_tcp_released_total{reason=\"connect_failed\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"AttemptFails\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    eprintln!("refused upstream down after {took:?}");
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
     );
 }
 

@@ -27,6 +27,7 @@ pub(super) struct RawUpstreamSet {
     up_after: i64,
     alive_codes: Vec<String>,
     failure_codes: Vec<String>,
+    hold_down_ms: i64,
     target: Vec<RawTarget>,
 }
 
@@ -42,6 +43,7 @@ impl Default for RawUpstreamSet {
             up_after: i64::from(h.up_after),
             alive_codes: h.alive_codes.items(),
             failure_codes: h.failure_codes.items(),
+            hold_down_ms: int_i64(h.hold_down_ms),
             target: Vec::new(),
         }
     }
@@ -144,6 +146,7 @@ pub(super) fn from_raw(raw: &[RawUpstreamSet]) -> Result<Vec<SetSpec>, ConfigErr
             up_after: bounded(&key("up_after"), r.up_after, 1, t)? as u32,
             alive_codes: codes(&key("alive_codes"), &r.alive_codes)?,
             failure_codes: codes(&key("failure_codes"), &r.failure_codes)?,
+            hold_down_ms: bounded(&key("hold_down_ms"), r.hold_down_ms, 0, max_ms)?,
         };
         if r.target.is_empty() {
             return Err(invalid(
@@ -185,6 +188,7 @@ pub(super) fn to_raw(sets: &[SetSpec]) -> Vec<RawUpstreamSet> {
             up_after: i64::from(s.health.up_after),
             alive_codes: s.health.alive_codes.items(),
             failure_codes: s.health.failure_codes.items(),
+            hold_down_ms: int_i64(s.health.hold_down_ms),
             target: s
                 .targets
                 .iter()
@@ -266,6 +270,7 @@ down_after = 2
 up_after = 3
 alive_codes = ["2xx", "404"]
 failure_codes = ["503", "6xx"]
+hold_down_ms = 30000
 [[upstream_set.target]]
 uri = "sip:127.0.0.1:5081"
 priority = 1
@@ -291,6 +296,8 @@ uri = "sip:127.0.0.1:5083"
         assert!(s[0].health.alive_codes.contains(204) && s[0].health.alive_codes.contains(404));
         assert!(!s[0].health.alive_codes.contains(503));
         assert!(s[0].health.failure_codes.contains(603));
+        assert_eq!(s[0].health.hold_down_ms, 30000);
+        assert_eq!(s[1].health.hold_down_ms, 0, "default: no hold-down");
         assert_eq!((s[0].targets[0].weight, s[0].targets[0].priority), (1, 1));
         assert_eq!(s[0].targets[1].weight, 5);
         assert_eq!(s[1].algorithm, Algorithm::RoundRobin);
@@ -334,6 +341,10 @@ uri = "sip:127.0.0.1:5083"
         err_for(
             &set(&format!("down_after = 0\n{tgt}")),
             "upstream_set[0].down_after",
+        );
+        err_for(
+            &set(&format!("hold_down_ms = -1\n{tgt}")),
+            "upstream_set[0].hold_down_ms",
         );
         err_for(
             &set(&format!("alive_codes = [\"7xx\"]\n{tgt}")),

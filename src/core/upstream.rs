@@ -167,6 +167,12 @@ pub struct HealthSpec {
     /// Reply codes that count as a failure, to probes and to requests
     /// (default: 503).
     pub failure_codes: CodeSet,
+    /// Hold-down after a passive transport signal (ICMP unreachable, TCP
+    /// connect failure or reset): when not 0, such a signal takes the
+    /// target down at once (not one of `down_after`), and successful probes
+    /// bring it back only once this long has passed. 0 (default): a passive
+    /// signal is one failure like the others.
+    pub hold_down_ms: u64,
 }
 
 impl Default for HealthSpec {
@@ -178,6 +184,7 @@ impl Default for HealthSpec {
             up_after: 2,
             alive_codes: CodeSet::any_final(),
             failure_codes: CodeSet::of(&[503]),
+            hold_down_ms: 0,
         }
     }
 }
@@ -227,6 +234,15 @@ pub enum Signal {
 }
 
 impl Signal {
+    /// A transport-level signal about the target's address (not a probe or
+    /// SIP outcome): these start the hold-down (`hold_down_ms`).
+    pub fn is_passive_transport(self) -> bool {
+        matches!(
+            self,
+            Signal::Unreachable | Signal::ConnectFailed | Signal::Reset
+        )
+    }
+
     /// Label / log form.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -251,6 +267,8 @@ struct Health {
     oks: AtomicU32,
     /// When `up` last changed.
     changed_at: AtomicU64,
+    /// Successful probes do not count before this (hold-down).
+    held_until: AtomicU64,
 }
 
 /// Metric children of one target, resolved at start-up.
@@ -464,6 +482,7 @@ impl UpstreamSets {
                         fails: AtomicU32::new(0),
                         oks: AtomicU32::new(0),
                         changed_at: AtomicU64::new(0),
+                        held_until: AtomicU64::new(0),
                     },
                     metrics,
                 });
@@ -658,7 +677,14 @@ impl UpstreamSets {
         }
         let h = &t.health;
         h.oks.store(0, Ordering::Relaxed);
-        let fails = h.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let mut fails = h.fails.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if s.health.hold_down_ms > 0 && signal.is_passive_transport() {
+            // down at once, and held down
+            h.held_until
+                .store(now.saturating_add(s.health.hold_down_ms), Ordering::Relaxed);
+            fails = fails.max(s.health.down_after);
+            h.fails.store(fails, Ordering::Relaxed);
+        }
         if fails >= s.health.down_after && h.up.swap(false, Ordering::AcqRel) {
             h.changed_at.store(now, Ordering::Relaxed);
             self.transition(t, s, false, Some(signal), fails);
@@ -676,6 +702,10 @@ impl UpstreamSets {
             h.fails.store(0, Ordering::Relaxed);
         }
         if h.up.load(Ordering::Relaxed) {
+            return;
+        }
+        if now < h.held_until.load(Ordering::Relaxed) {
+            // hold-down: this success does not count
             return;
         }
         let oks = h.oks.fetch_add(1, Ordering::Relaxed).saturating_add(1);

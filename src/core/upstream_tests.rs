@@ -509,3 +509,54 @@ fn icmp_unreachable_ends_the_probe_in_flight_counted_once() {
         "the other target answers nothing yet but has one timeout"
     );
 }
+
+#[test]
+fn issue8_passive_signal_holds_a_target_down_for_hold_down_ms() {
+    let u = UpstreamSets::new(
+        &[SetSpec {
+            name: "s".into(),
+            algorithm: Algorithm::RoundRobin,
+            targets: vec![target(1, 1, 0), target(2, 1, 0)],
+            health: HealthSpec {
+                hold_down_ms: 5_000,
+                ..health()
+            },
+        }],
+        None,
+    );
+    let (a, b) = (TargetId(0), TargetId(1));
+    // a probe timeout is one failure of down_after (2): still up
+    u.mark_failure(b, Signal::ProbeTimeout, 10);
+    assert!(u.is_up(b));
+    // a TCP reset from the target: down at once
+    u.mark_failure(a, Signal::Reset, 1_000);
+    assert!(!u.is_up(a));
+    assert_eq!(pick(&u, "c", &[]), Some(1));
+    // good probes during the hold-down do not count
+    u.mark_success(a, 2_000);
+    u.mark_success(a, 3_000);
+    u.mark_success(a, 5_999);
+    assert!(!u.is_up(a), "held down until 6000");
+    // after it, up_after (2) good probes bring it back
+    u.mark_success(a, 6_000);
+    assert!(!u.is_up(a));
+    u.mark_success(a, 7_000);
+    assert!(u.is_up(a));
+    // ICMP unreachable and a refused connect hold down too
+    for sig in [Signal::Unreachable, Signal::ConnectFailed] {
+        u.mark_failure(a, sig, 10_000);
+        assert!(!u.is_up(a), "{sig:?}");
+        u.mark_success(a, 20_000);
+        u.mark_success(a, 21_000);
+        assert!(u.is_up(a), "{sig:?}");
+    }
+}
+
+#[test]
+fn without_hold_down_a_passive_signal_is_one_failure() {
+    let u = sets(Algorithm::RoundRobin, vec![target(1, 1, 0)]);
+    u.mark_failure(TargetId(0), Signal::Reset, 1);
+    assert!(u.is_up(TargetId(0)), "down_after = 2");
+    u.mark_failure(TargetId(0), Signal::Reset, 2);
+    assert!(!u.is_up(TargetId(0)));
+}

@@ -23,7 +23,6 @@ use crate::core::nosip::NosipHook;
 use crate::metrics::Metrics;
 use conn::{ConnCache, ConnTable, ReleaseReason};
 pub use egress::{DNS_TTL, DnsCache, Step};
-pub(crate) use egress::{count_send, pick_addr, resolved_to_self};
 use kernel::{KernelEgress, KernelIo};
 pub use lifecycle::{Control, RunOpts};
 use std::sync::Arc;

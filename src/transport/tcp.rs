@@ -29,12 +29,15 @@ pub use super::kernel::tcp::{accept_loop, connect_and_run, handle_io};
 
 /// `receive_tcp_msg`: one framed message → `core.receive_msg` → dispatch,
 /// all synchronous. A parse error not consumed by the nosip hook is
-/// `Err(ParseError)` (the driver releases the connection). `Ok(true)`: a
-/// SIP message that is not the nosip hook's reply — the driver marks the
-/// connection Ok (`Conn::mark_ok`, `StreamState::mark_ok`).
-pub fn receive_tcp_msg(
+/// `Err(ParseError)` (the driver releases the connection). A SIP message
+/// that is not the nosip hook's reply marks `conn` Ok before anything is
+/// sent (eviction spares it from then on) and returns `Ok(true)`: the
+/// driver then calls `StreamState::mark_ok`.
+#[allow(clippy::too_many_arguments)]
+pub fn receive_tcp_msg<B: ConnIo>(
     step: &Step,
     eg: &mut impl Egress,
+    conn: &Conn<B>,
     rcv: &RcvInfo,
     bytes: &[u8],
     body_offset: usize,
@@ -51,6 +54,9 @@ pub fn receive_tcp_msg(
         } => false,
         Outcome::Send { .. } | Outcome::Resolve { .. } | Outcome::Dropped(_) | Outcome::Txn => true,
     };
+    if ok {
+        conn.mark_ok();
+    }
     step.dispatch(eg, outcome, sc, received_at);
     Ok(ok)
 }

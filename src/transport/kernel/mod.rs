@@ -45,9 +45,9 @@ use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::Notify;
 
 pub mod tcp;
 
@@ -63,13 +63,14 @@ struct WriteState {
     stream: Option<Arc<TcpStream>>,
     queue: VecDeque<Bytes>,
     queued: usize,
+    /// The reader task, woken for a kill request or queued data.
+    waker: Option<Waker>,
 }
 
-/// The kernel backend's part of a connection: the reader task's wake-up,
-/// the stream (once connected) and the bounded write queue.
+/// The kernel backend's part of a connection: the reader task's waker, the
+/// stream (once connected) and the bounded write queue.
 #[derive(Debug)]
 pub struct KernelIo {
-    pub(crate) notify: Notify,
     backlog: AtomicBool,
     write_limit: usize,
     write: Mutex<WriteState>,
@@ -78,7 +79,6 @@ pub struct KernelIo {
 impl ConnIo for KernelIo {
     fn new(write_limit: usize) -> Self {
         KernelIo {
-            notify: Notify::new(),
             backlog: AtomicBool::new(false),
             write_limit,
             write: Mutex::new(WriteState::default()),
@@ -86,7 +86,9 @@ impl ConnIo for KernelIo {
     }
 
     fn wake(&self) {
-        self.notify.notify_one();
+        if let Some(w) = &self.lock().waker {
+            w.wake_by_ref();
+        }
     }
 
     /// Drop the write queue and our reference to the socket.
@@ -96,6 +98,7 @@ impl ConnIo for KernelIo {
         w.queue = VecDeque::new();
         w.queued = 0;
         w.stream = None;
+        w.waker = None;
         self.backlog.store(false, Ordering::Release);
         dropped
     }
@@ -106,6 +109,14 @@ impl ConnIo for KernelIo {
 }
 
 impl KernelIo {
+    /// The reader task to wake for a kill request or queued data.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut w = self.lock();
+        if !w.waker.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            w.waker = Some(waker.clone());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, WriteState> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -119,7 +130,7 @@ impl Conn<KernelIo> {
         if !w.queue.is_empty() {
             self.io.backlog.store(true, Ordering::Release);
             drop(w);
-            self.io.notify.notify_one();
+            self.io.wake();
         }
     }
 
@@ -157,8 +168,11 @@ impl Conn<KernelIo> {
         w.queued += rest.len();
         w.queue.push_back(Bytes::copy_from_slice(rest));
         self.io.backlog.store(true, Ordering::Release);
+        let wake = w.waker.clone();
         drop(w);
-        self.io.notify.notify_one();
+        if let Some(w) = wake {
+            w.wake();
+        }
         Ok(())
     }
 

@@ -14,10 +14,14 @@ use crate::transport::egress::rcv_tcp;
 use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
 use crate::transport::tcp::{receive_tcp_msg, release_conn, upstream_signal};
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 
 /// Size of the per-worker read buffer.
 pub const READ_BUF: usize = 64 * 1024;
@@ -122,47 +126,28 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
 
 /// `handle_io`: wait for readiness, a kill request or the stream's next
 /// deadline; on error release the connection (state Bad unless the cause
-/// is EOF).
+/// is EOF). The wait is one hand-written poll ([`poll_io`]) rather than a
+/// `select!`: it keeps the task small (memory per idle connection) — the
+/// readiness wakers live in tokio's I/O registration, the kill / backlog
+/// waker in the connection, and there is one timer.
 pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>, stream: Arc<TcpStream>) {
     let cfg = StreamConfig::from_limits(&ctx.core.live().tcp);
     let mut st = StreamState::new(cfg, conn.outbound, ctx.now_ms());
     let mut armed: Millis = st.poll_timeout(0).0;
     let sleep = tokio::time::sleep_until(ctx.instant_at(armed).into());
     tokio::pin!(sleep);
-    let reason = loop {
-        if let Some(reason) = conn.kill_reason() {
-            break reason;
-        }
-        let (deadline, _) = st.poll_timeout(conn.last_tx() * 1000);
-        if deadline != armed {
-            armed = deadline;
-            sleep.as_mut().reset(ctx.instant_at(deadline).into());
-        }
-        let want_write = conn.has_backlog();
-        tokio::select! {
-            biased;
-            _ = conn.io.notify.notified() => {}
-            res = stream.writable(), if want_write => {
-                if res.is_err() || conn.flush().is_err() {
-                    break ReleaseReason::Reset;
-                }
-            }
-            res = stream.readable() => {
-                if res.is_err() {
-                    break ReleaseReason::Reset;
-                }
-                if let Err(reason) = read_req(&ctx, &conn, &stream, &mut st) {
-                    break reason;
-                }
-            }
-            _ = &mut sleep => {
-                // the idle deadline may have moved (a send on this connection)
-                if let Some(why) = st.handle_timeout(ctx.now_ms(), conn.last_tx() * 1000) {
-                    break why;
-                }
-            }
-        }
-    };
+    let reason = std::future::poll_fn(|cx| {
+        poll_io(
+            cx,
+            &ctx,
+            &conn,
+            &stream,
+            &mut st,
+            &mut armed,
+            sleep.as_mut(),
+        )
+    })
+    .await;
     if reason == ReleaseReason::Reset {
         upstream_signal(&ctx.core, &conn, Signal::Reset);
     }
@@ -174,22 +159,94 @@ pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>, stream: Arc<Tcp
     release_conn(&ctx.conns, &ctx.metrics, &conn, reason);
 }
 
+/// Rounds of work per poll before yielding to other tasks.
+const PASSES: usize = 4;
+
+/// One poll of a connection: a kill request, queued writes, reads, the
+/// deadline. Ready with the release reason.
+fn poll_io(
+    cx: &mut Context<'_>,
+    ctx: &Arc<Ctx>,
+    conn: &Arc<Conn<KernelIo>>,
+    stream: &TcpStream,
+    st: &mut StreamState,
+    armed: &mut Millis,
+    mut sleep: Pin<&mut Sleep>,
+) -> Poll<ReleaseReason> {
+    // before the checks: a kill or a queued write after them wakes us
+    conn.io.register(cx.waker());
+    for _ in 0..PASSES {
+        if let Some(reason) = conn.kill_reason() {
+            return Poll::Ready(reason);
+        }
+        if conn.has_backlog() {
+            match stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if conn.flush().is_err() {
+                        return Poll::Ready(ReleaseReason::Reset);
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(ReleaseReason::Reset),
+                Poll::Pending => {}
+            }
+        }
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => match read_req(ctx, conn, stream, st) {
+                Err(reason) => return Poll::Ready(reason),
+                // drained: go round to wait for the next readiness
+                Ok(true) => continue,
+                // more to read: let other connections have a turn
+                Ok(false) => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            },
+            Poll::Ready(Err(_)) => return Poll::Ready(ReleaseReason::Reset),
+            Poll::Pending => {}
+        }
+        // the timer: moved earlier at once; a later deadline (traffic) is
+        // found when the armed one fires
+        let last_tx = conn.last_tx().saturating_mul(1000);
+        let (deadline, _) = st.poll_timeout(last_tx);
+        if deadline < *armed {
+            *armed = deadline;
+            sleep.as_mut().reset(ctx.instant_at(deadline).into());
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                if let Some(why) = st.handle_timeout(ctx.now_ms(), last_tx) {
+                    return Poll::Ready(why);
+                }
+                // not due yet (it moved, or clock rounding): arm again
+                let next = deadline.max(ctx.now_ms() + 1);
+                *armed = next;
+                sleep.as_mut().reset(ctx.instant_at(next).into());
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
 /// `read_req`: read what is available into the worker's buffer, frame it
 /// (the stream state keeps only an incomplete message) and hand each
 /// message to `receive_tcp_msg`; a ping is answered with CRLF. Any error is
-/// returned up to `handle_io`.
+/// returned up to `handle_io`. `Ok(true)`: the socket is drained (would
+/// block); `Ok(false)`: the read budget is used up, more may be waiting.
 fn read_req(
     ctx: &Arc<Ctx>,
     conn: &Arc<Conn<KernelIo>>,
     stream: &TcpStream,
     st: &mut StreamState,
-) -> Result<(), ReleaseReason> {
+) -> Result<bool, ReleaseReason> {
     with_worker(|w| {
         for _ in 0..READS_PER_WAKEUP {
             let n = match stream.try_read(&mut w.buf) {
                 Ok(0) => return Err(ReleaseReason::Eof),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(ReleaseReason::Reset),
             };
@@ -214,10 +271,16 @@ fn read_req(
             let mut delivered = false;
             let r = st.on_bytes(&buf[..n], now, |item| match item {
                 Item::Message { bytes, body_offset } => {
-                    if receive_tcp_msg(&step, &mut eg, &rcv, bytes, body_offset, sc, received_at)? {
-                        delivered = true;
-                        conn.mark_ok();
-                    }
+                    delivered |= receive_tcp_msg(
+                        &step,
+                        &mut eg,
+                        conn,
+                        &rcv,
+                        bytes,
+                        body_offset,
+                        sc,
+                        received_at,
+                    )?;
                     Ok(())
                 }
                 Item::Ping => {
@@ -233,7 +296,7 @@ fn read_req(
             }
             r?;
         }
-        Ok(())
+        Ok(false)
     })
 }
 

@@ -232,6 +232,9 @@ pub(super) struct TcpSide {
     rbuf: Vec<u8>,
     release: TcpRelease,
     listeners_closed: bool,
+    /// Scheduling generations come from one counter, so a heap entry of a
+    /// released connection never matches the next occupant of its slot.
+    next_generation: u32,
 }
 
 /// How `release_conn` ends the socket.
@@ -290,6 +293,7 @@ impl TcpSide {
             rbuf: vec![0; READ_BUF],
             release,
             listeners_closed: false,
+            next_generation: 0,
         }
     }
 
@@ -352,6 +356,8 @@ impl TcpSide {
     /// earlier than the one there (a later one is found when the earlier
     /// entry fires).
     fn schedule(&mut self, h: TcpHandle) {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
         let Some(e) = self.entry(h) else {
             return;
         };
@@ -363,10 +369,9 @@ impl TcpSide {
             at = at.min(c);
         }
         if at < e.scheduled {
-            e.generation = e.generation.wrapping_add(1);
+            e.generation = generation;
             e.scheduled = at;
-            let (slot, generation) = (h.slot, e.generation);
-            self.deadlines.push(at, slot, generation);
+            self.deadlines.push(at, h.slot, generation);
         }
     }
 
@@ -754,8 +759,16 @@ impl App {
             let mut ok = false;
             let r = st.on_bytes(&buf[..n], now_ms, |item| match item {
                 Item::Message { bytes, body_offset } => {
-                    ok |=
-                        receive_tcp_msg(&step, &mut eg, &rcv, bytes, body_offset, sc, received_at)?;
+                    ok |= receive_tcp_msg(
+                        &step,
+                        &mut eg,
+                        &conn,
+                        &rcv,
+                        bytes,
+                        body_offset,
+                        sc,
+                        received_at,
+                    )?;
                     Ok(())
                 }
                 Item::Ping => {
@@ -767,8 +780,8 @@ impl App {
                 }
             });
             if ok {
+                // (the connection itself is marked by receive_tcp_msg)
                 st.mark_ok();
-                conn.mark_ok();
             }
             if let Err(reason) = r {
                 break Err(reason);
