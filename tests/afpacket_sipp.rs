@@ -491,11 +491,18 @@ fn afpacket_silent_connection_is_released_at_the_first_message_deadline() {
 // loss and reordering
 // ---------------------------------------------------------------------------
 
+/// tests/sipp/uas_lossy.xml: sipp's uas that also answers an INVITE
+/// retransmission arriving after its 200 (see the file).
+fn uas_lossy_scenario() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/uas_lossy.xml")
+}
+
 /// Calls over `transport` through the impairing middlebox (1 % loss, 2 %
 /// reordering, both directions; see the module doc for why not netem):
 /// SIP retransmissions (UDP: sipp's 500 ms timer on INVITE and BYE, the
 /// UAS's on its 200) and TCP retransmissions (the stack's and Linux's)
-/// repair every loss; zero failed calls.
+/// repair every loss; zero failed calls. The UAS runs
+/// tests/sipp/uas_lossy.xml (see there why not the built-in uas).
 fn impaired(transport: SippTransport) {
     if skip() {
         return;
@@ -507,11 +514,13 @@ fn impaired(transport: SippTransport) {
         duplicate_pct: 0.0,
     });
     let mut proxy = AfSipedge::start(&pair, &af_config(&pair, transport.is_tcp(), ""));
-    let uas = SippUas::start_in_with(
+    let lossy_uas = uas_lossy_scenario().to_string_lossy().into_owned();
+    let uas = SippUas::start_in_args(
         &pair.peer_ns,
         pair.peer_v4().into(),
         AF_UPSTREAM_PORT,
         transport.uas_side(),
+        &["-sf", &lossy_uas],
     );
     calls_through(
         &pair,
