@@ -22,6 +22,8 @@
 #       ready when its log says "sipedge running on the userspace stack".
 #   (b) sipedge-kernel: 198.18.201.2/24 on the stack-side veth; sipedge --listen
 #       udp:198.18.201.2:5060 --listen tcp:198.18.201.2:5060 with its default workers (= CPUs).
+#   (b') sipedge-kernel-before: the same with another binary, $SIPEDGE_BEFORE_BIN (e.g. a build
+#       from before a change, to compare kernel mode's cost per call before and after it).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
 #       198.18.201.1:5080), kamailio -DD -E -m 1024 -M 16 as the harness runs it.
@@ -43,6 +45,7 @@
 #      REPEATS (3) SETTLE (2) TRANSPORTS ("u1 t1 tn") TN_MAX_CALLS (6000) TW_MAX (1000)
 #      PROXIES ("sipedge-afpacket sipedge-kernel kamailio-stateless")
 #      SKIP_BUILD=1 (don't run cargo build --release)  SIPEDGE_BIN (target/release/sipedge)
+#      SIPEDGE_BEFORE_BIN (the binary of sipedge-kernel-before; needed only for that row)
 #      SHARED_BENCH (../shared/bench, from the repo root)  KAM_SHM_MB (1024) KAM_PKG_MB (16)
 #      SIPP_BUF (4194304)  KEEP_TMP=1 (keep the per-step sipp/proxy files)
 # output: one JSON line per step, appended to bench/results/afpacket-sip-YYYYmmdd-HHMMSS.jsonl;
@@ -92,8 +95,9 @@ CLK_TCK=$(getconf CLK_TCK)
 
 for p in $PROXIES; do
   case $p in
-    sipedge-afpacket|sipedge-kernel|kamailio-stateless) ;;
-    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-kernel, kamailio-stateless)" >&2; exit 2 ;;
+    sipedge-afpacket|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-kernel, sipedge-kernel-before," \
+         "kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
 for t in $TRANSPORTS; do
@@ -113,6 +117,11 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 [[ -x "$SIPEDGE_BIN" ]] || { echo "missing $SIPEDGE_BIN (cargo build --release)" >&2; exit 1; }
 SIPEDGE_BIN=$(realpath "$SIPEDGE_BIN")
+if [[ " $PROXIES " == *" sipedge-kernel-before "* ]]; then
+  [[ -x "${SIPEDGE_BEFORE_BIN:-}" ]] ||
+    { echo "sipedge-kernel-before needs SIPEDGE_BEFORE_BIN (an executable)" >&2; exit 1; }
+  SIPEDGE_BEFORE_BIN=$(realpath "$SIPEDGE_BEFORE_BIN")
+fi
 if [[ -f "$SHARED_BENCH/uac.xml" ]]; then
   UAC_XML=$(realpath "$SHARED_BENCH/uac.xml")
 else
@@ -299,9 +308,11 @@ start_proxy() {
       PROXY_PID=$!
       wait_until 15 "$PROXY_PID" "$name" sipedge_ready "$dir/proxy.log"
       ;;
-    sipedge-kernel)
+    sipedge-kernel|sipedge-kernel-before)
+      local bin=$SIPEDGE_BIN
+      [[ $name == sipedge-kernel ]] || bin=$SIPEDGE_BEFORE_BIN
       stack_addrs_kernel
-      ip netns exec "$NS_STK" "$SIPEDGE_BIN" --listen "udp:$STK4:$SIP_PORT" \
+      ip netns exec "$NS_STK" "$bin" --listen "udp:$STK4:$SIP_PORT" \
         --listen "tcp:$STK4:$SIP_PORT" --upstream "sip:$PEER4:$UAS_PORT" --metrics "$METRICS" \
         </dev/null >"$dir/proxy.log" 2>&1 &
       PROXY_PID=$!
@@ -503,7 +514,8 @@ done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-order = {"sipedge-afpacket": 0, "sipedge-kernel": 1, "kamailio-stateless": 2}
+order = {"sipedge-afpacket": 0, "sipedge-kernel": 1, "sipedge-kernel-before": 2,
+         "kamailio-stateless": 3}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:
