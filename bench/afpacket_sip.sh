@@ -525,7 +525,7 @@ def med(xs):
     return statistics.median(xs) if xs else None
 ref = {(t, rate): med([r["proxy_cpu_s_per_1000_calls"] for r in rs])
        for (p, t, rate), rs in groups.items() if p == "kamailio-stateless"}
-print(f"\n{'proxy':18} {'tr':2} {'rate':>5} {'runs':>4} {'pass':>4} {'offered':>7} {'failed':>6} {'rtx%':>6} "
+print(f"\n{'proxy':21} {'tr':2} {'rate':>5} {'runs':>4} {'pass':>4} {'offered':>7} {'failed':>6} {'rtx%':>6} "
       f"{'p99ms':>5} {'cpu%':>5} {'CPUs/1k':>8} {'vs kam':>6}")
 for (p, t, rate), rs in sorted(groups.items(),
                                key=lambda kv: (torder.get(kv[0][1], 9), order.get(kv[0][0], 9),
@@ -536,7 +536,7 @@ for (p, t, rate), rs in sorted(groups.items(),
     p99 = med([r["rt_ms"]["p99"] for r in rs])
     pct = med([r["proxy_cpu_pct_of_core"] for r in rs])
     f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"
-    print(f"{p:18} {t:2} {rate:>5} {len(rs):>4} {sum(r['pass'] for r in rs):>4} {f(off):>7} "
+    print(f"{p:21} {t:2} {rate:>5} {len(rs):>4} {sum(r['pass'] for r in rs):>4} {f(off):>7} "
           f"{sum(r['failed'] for r in rs):>6} {f(med([r['retrans_pct'] for r in rs]), 2):>6} "
           f"{f(p99):>5} {f(pct):>5} {f(c, 3):>8} {ratio:>6}")
 print("\nmax passing rate (a rate counts when it passed in every round; all rounds in brackets),"
@@ -552,7 +552,7 @@ for t in sorted({k[1] for k in groups}, key=lambda t: torder.get(t, 9)):
         best = max(every) if every else 0
         c = med([r["proxy_cpu_s_per_1000_calls"] for r in groups[(p, t, best)]]) if best else None
         cs = "-" if c is None else f"{c:.3f}"
-        print(f"  {t} {p:18} {best:>5} ({', '.join(map(str, per))})  CPU-s/1k {cs}")
+        print(f"  {t} {p:21} {best:>5} ({', '.join(map(str, per))})  CPU-s/1k {cs}")
 print("(medians over rounds; CPUs/1k = proxy CPU seconds per 1000 successful calls; vs kam = that / "
       "kamailio-stateless's at the same rate; cpu% = proxy CPU / measurement window, of one core; "
       "failed = sum)")
