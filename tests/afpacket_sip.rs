@@ -625,7 +625,18 @@ fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32, r
         run.all_ok(calls),
         "{calls} calls, {name}, through sipedge (afpacket): expected all successful, 0 failed\n{report}"
     );
-    eprintln!("{name}: {} calls ok in {:?}", run.successful, run.wall);
+    let per_call = |c: &str| q("Tcp", c) / f64::from(calls);
+    eprintln!(
+        "{name}: {} calls ok in {:?}; per call: Tcp InSegs {:.1} OutSegs {:.1}, delayed ACKs {:.1}",
+        run.successful,
+        run.wall,
+        per_call("InSegs"),
+        per_call("OutSegs"),
+        metric(
+            &m,
+            "sipedge_netstack_mib_total{group=\"TcpExt\",counter=\"DelayedACKs\"}"
+        ) / f64::from(calls)
+    );
     // the UAC's connection(s) accepted, one to the UAS opened
     assert!(passive >= 1.0 && active >= 1.0, "{report}");
     if transport == SippTransport::Tn {
@@ -897,6 +908,156 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
     );
 }
 
+/// SPEC A.2 on the userspace TCP, the other deadlines: a message trickled
+/// byte by byte is released at the message deadline (slowloris: the
+/// trickle does not extend it; RST), an idle connection after its idle
+/// lifetime (FIN).
+#[test]
+fn afpacket_tcp_slowloris_and_idle_deadlines_fire() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg =
+        afpacket_tcp_config(&pair) + "\n[tcp]\nmessage_timeout_secs = 1\nidle_lifetime_secs = 2\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<_, String> {
+        // slowloris: one byte every 200 ms
+        let mut a = connect_from(from, to)?;
+        let local = a.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-slow",
+            70,
+        );
+        let t0 = Instant::now();
+        let mut a_end = String::from("open");
+        for b in req.as_bytes().iter().take(40) {
+            if a.write_all(std::slice::from_ref(b)).is_err() {
+                a_end = "write failed".into();
+                break;
+            }
+            let e = read_end(&mut a, Duration::from_millis(200));
+            if e != "open" {
+                a_end = e;
+                break;
+            }
+        }
+        let a_after = t0.elapsed();
+        // idle: one message, then nothing
+        let mut b = connect_from(from, to)?;
+        let local = b.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-idle",
+            70,
+        );
+        b.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        read_sip_message(&mut b, Duration::from_secs(3))?;
+        let t1 = Instant::now();
+        let b_end = read_end(&mut b, Duration::from_secs(6));
+        Ok((a_end, a_after, b_end, t1.elapsed()))
+    });
+    let (a_end, a_after, b_end, b_after) =
+        r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        a_end,
+        "reset",
+        "slowloris after {a_after:?}\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        a_after < Duration::from_secs(3),
+        "the trickle extended the message deadline: {a_after:?}"
+    );
+    assert_eq!(b_end, "fin", "idle after {b_after:?}\n{}", proxy.log_tail());
+    assert!(
+        b_after >= Duration::from_millis(1500),
+        "idle release too early: {b_after:?}"
+    );
+    let released = |r: &str| format!("sipedge_tcp_released_total{{reason=\"{r}\"}}");
+    let t0 = Instant::now();
+    let mut m = proxy.metrics();
+    while metric(&m, &released("idle_timeout")) < 1.0 && t0.elapsed() < Duration::from_secs(3) {
+        sleep(Duration::from_millis(50));
+        m = proxy.metrics();
+    }
+    assert!(metric(&m, &released("message_timeout")) >= 1.0, "{m}");
+    assert!(metric(&m, &released("idle_timeout")) >= 1.0, "{m}");
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
+/// The nosip `match` hook on the userspace TCP: matching junk is consumed
+/// (counted, not a release) and the connection keeps serving SIP.
+#[test]
+fn afpacket_tcp_nosip_match_keeps_the_connection() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let cfg = afpacket_tcp_config(&pair) + "\n[nosip]\nhook = \"match\"\npattern = '^GARBAGE'\n";
+    let mut proxy = AfSipedge::start(&pair, &cfg);
+    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let r = pair.in_peer(move || -> Result<_, String> {
+        let mut s = connect_from(from, to)?;
+        s.write_all(b"GARBAGE\r\n\r\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let end = read_end(&mut s, Duration::from_millis(500));
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-nosip",
+            70,
+        );
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let reply = read_sip_message(&mut s, Duration::from_secs(3))?;
+        Ok((end, status_code(&reply)))
+    });
+    let (end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert_eq!(
+        end,
+        "open",
+        "matched junk must not close the connection\n{}",
+        proxy.log_tail()
+    );
+    assert_eq!(code, Some(200));
+    let m = proxy.metrics();
+    assert!(
+        metric(&m, "sipedge_nosip_total{verdict=\"drop\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "sipedge_tcp_released_total{reason=\"parse_error\"}"),
+        0.0,
+        "{m}"
+    );
+    let (st, log) = proxy.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+    );
+}
+
 /// SPEC A.4 on the userspace TCP: the connection table's admission applies
 /// (here `max_connections_per_ip = 1`): a connection over the limit is
 /// aborted (the client sees RST) and counted; the admitted one still works.
@@ -912,9 +1073,8 @@ fn afpacket_tcp_connection_over_the_per_ip_limit_is_refused() {
     let mut proxy = AfSipedge::start(&pair, &cfg);
     let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
     let r = pair.in_peer(move || -> Result<(String, u16), String> {
+        // A is admitted and served first; B (same IP) is over the limit
         let mut a = connect_from(from, to)?;
-        let mut b = connect_from(from, to)?;
-        let b_end = read_end(&mut b, Duration::from_secs(3));
         let local = a.local_addr().map_err(|e| e.to_string())?;
         let req = sip_request(
             "OPTIONS",
@@ -927,6 +1087,12 @@ fn afpacket_tcp_connection_over_the_per_ip_limit_is_refused() {
         a.write_all(req.as_bytes())
             .map_err(|e| format!("write: {e}"))?;
         let reply = read_sip_message(&mut a, Duration::from_secs(3))?;
+        // the RST can beat connect()'s own completion check
+        let b_end = match connect_from(from, to) {
+            Ok(mut b) => read_end(&mut b, Duration::from_secs(3)),
+            Err(e) if e.contains("reset") => "reset".to_string(),
+            Err(e) => return Err(e),
+        };
         Ok((b_end, status_code(&reply).unwrap_or(0)))
     });
     let (b_end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
@@ -995,6 +1161,13 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
     assert!(
         metric(
             &m,
+            "sipedge_upstream_failure_signals_total{signal=\"connect_failed\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
             "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"AttemptFails\"}"
         ) >= 1.0,
         "{m}"
@@ -1005,6 +1178,84 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
         st.is_some_and(|s| s.success()),
         "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
     );
+}
+
+/// Issue 8, CLI overrides: afpacket mode from flags alone (no file):
+/// `--stack afpacket --iface --ipv4 --ipv6 --listen tcp:… --upstream`;
+/// an OPTIONS over TCP to the stack's address is answered.
+#[test]
+fn afpacket_mode_from_command_line_flags_only() {
+    use std::io::Write;
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
+    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
+    let dir = unique_temp_dir("afflags");
+    let log = dir.join("sipedge.log");
+    let logf = File::create(&log).expect("create the log");
+    let mut child = netns_exec(&pair.stack_ns, sipedge_bin())
+        .args(["--stack", "afpacket", "--iface", &pair.stack_if])
+        .args(["--ipv4", &format!("{v4}/24"), "--ipv6", &format!("{v6}/64")])
+        .args(["--listen", &format!("tcp:{v4}:{SIP_PORT}")])
+        .args(["--listen", &format!("udp:{v4}:{SIP_PORT}")])
+        .args([
+            "--upstream",
+            &format!("sip:{up}:{UPSTREAM_PORT};transport=tcp"),
+        ])
+        .args(["--metrics", "off"])
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone().expect("dup"))
+        .stderr(logf)
+        .spawn()
+        .expect("spawn sipedge");
+    let t0 = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("sipedge exited during start-up ({st})\n{}", tail(&log, 40));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not ready within 10 s\n{}",
+            tail(&log, 40)
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let to: IpAddr = v4.into();
+    let from: IpAddr = up.into();
+    let r = pair.in_peer(move || -> Result<Option<u16>, String> {
+        let mut s = connect_from(from, to)?;
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let req = sip_request(
+            "OPTIONS",
+            &format!("sip:{to}:{SIP_PORT}"),
+            "TCP",
+            local,
+            "af-cli",
+            70,
+        );
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(status_code(&read_sip_message(
+            &mut s,
+            Duration::from_secs(3),
+        )?))
+    });
+    let code = r.unwrap_or_else(|e| panic!("{e}\n{}", tail(&log, 40)));
+    assert_eq!(code, Some(200), "{}", tail(&log, 40));
+    signal_pid(child.id(), "TERM");
+    let st = wait_child(&mut child, Duration::from_secs(5));
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = wait_child(&mut child, Duration::from_secs(5));
+    }
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{st:?}\n{}",
+        tail(&log, 40)
+    );
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).

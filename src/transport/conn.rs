@@ -59,7 +59,7 @@ impl ReleaseReason {
 use crate::core::ConnId;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// The backend's part of a connection: kernel `KernelIo` (tokio Notify,
@@ -131,14 +131,19 @@ pub struct Conn<B: ConnIo> {
     state: AtomicU8,
     /// Set (then `io.wake()`) to make the reader release the connection.
     kill: AtomicU8,
-    /// Seconds since the table's epoch of the last byte sent (idle lifetime).
-    last_tx: AtomicU64,
+    /// Seconds since the backend's epoch of the last byte sent (idle lifetime).
+    last_tx: AtomicU32,
     /// Same clock: the last bytes received (the drain closes idle connections).
-    last_rx: AtomicU64,
+    last_rx: AtomicU32,
     pub io: B,
 }
 
 const NO_KILL: u8 = u8::MAX;
+
+/// Seconds on the connection clock, stored in 32 bits (136 years).
+fn secs32(s: u64) -> u32 {
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
 
 impl<B: ConnIo> Conn<B> {
     fn new(id: ConnId, peer: SocketAddr, local: usize, outbound: bool, io: B) -> Self {
@@ -153,8 +158,8 @@ impl<B: ConnIo> Conn<B> {
                 ConnState::Init
             } as u8),
             kill: AtomicU8::new(NO_KILL),
-            last_tx: AtomicU64::new(0),
-            last_rx: AtomicU64::new(0),
+            last_tx: AtomicU32::new(0),
+            last_rx: AtomicU32::new(0),
             io,
         }
     }
@@ -203,11 +208,12 @@ impl<B: ConnIo> Conn<B> {
     }
 
     pub fn last_tx(&self) -> u64 {
-        self.last_tx.load(Ordering::Relaxed)
+        self.last_tx.load(Ordering::Relaxed).into()
     }
 
     /// Bytes sent at `now_s` (a store only when the second changed).
     pub fn touch_tx(&self, now_s: u64) {
+        let now_s = secs32(now_s);
         if self.last_tx.load(Ordering::Relaxed) != now_s {
             self.last_tx.store(now_s, Ordering::Relaxed);
         }
@@ -215,6 +221,7 @@ impl<B: ConnIo> Conn<B> {
 
     /// Bytes arrived at `now_s` (the reader; a store only when the second changed).
     pub fn touch_rx(&self, now_s: u64) {
+        let now_s = secs32(now_s);
         if self.last_rx.load(Ordering::Relaxed) != now_s {
             self.last_rx.store(now_s, Ordering::Relaxed);
         }
@@ -222,7 +229,8 @@ impl<B: ConnIo> Conn<B> {
 
     /// The last second anything was sent or received.
     pub fn last_active(&self) -> u64 {
-        self.last_tx().max(self.last_rx.load(Ordering::Relaxed))
+        self.last_tx()
+            .max(self.last_rx.load(Ordering::Relaxed).into())
     }
 }
 
@@ -255,6 +263,8 @@ struct Inner<B: ConnIo> {
     /// still in Init (stale entries are skipped lazily, compacted when large).
     init_fifo: VecDeque<ConnId>,
     next_id: ConnId,
+    /// `init_fifo.len()` after its last compaction.
+    fifo_kept: usize,
 }
 
 /// All TCP connections: by id (Via `i=`), by peer address (reuse), with O(1)
@@ -277,6 +287,7 @@ impl<B: ConnIo> ConnTable<B> {
                 per_ip: HashMap::new(),
                 init_fifo: VecDeque::new(),
                 next_id: 1,
+                fifo_kept: 0,
             }),
             max_connections: AtomicUsize::new(limits.max_connections),
             max_per_ip: AtomicUsize::new(limits.max_per_ip),
@@ -347,11 +358,21 @@ impl<B: ConnIo> ConnTable<B> {
         }
         let conn = Self::insert_locked(&mut t, peer, local, false, lim.write_queue_bytes);
         t.init_fifo.push_back(conn.id);
-        if t.init_fifo.len() > 2 * lim.max_connections.max(16) {
+        // stale entries (released, or delivered a message) are dropped when
+        // the queue has doubled since its last compaction: amortized O(1),
+        // at most about twice the connections still in Init
+        if t.init_fifo.len() > 2 * t.fifo_kept + 16 {
             let Inner {
-                init_fifo, by_id, ..
+                init_fifo,
+                by_id,
+                fifo_kept,
+                ..
             } = &mut *t;
             init_fifo.retain(|id| by_id.get(id).is_some_and(|c| c.state() == ConnState::Init));
+            if init_fifo.capacity() > 4 * init_fifo.len() + 64 {
+                init_fifo.shrink_to_fit();
+            }
+            *fifo_kept = init_fifo.len();
         }
         Ok((conn, evicted))
     }
@@ -432,6 +453,13 @@ impl<B: ConnIo> ConnTable<B> {
         Self::remove_locked(&mut self.write(), c);
         c.set_state(ConnState::Released);
         c.io.close()
+    }
+
+    /// Visit every connection under the table's read lock (keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Conn<B>>)) {
+        for c in self.read().by_id.values() {
+            f(c);
+        }
     }
 
     /// Every connection (shutdown).
@@ -527,6 +555,28 @@ mod tests {
 
     fn addr(i: u8, port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, i], port))
+    }
+
+    #[test]
+    fn a4_eviction_queue_stays_small_when_connections_deliver() {
+        let t = ConnTable::new(limits(100_000, 100_000));
+        let mut kept = Vec::new();
+        for i in 0..10_000u32 {
+            let peer = SocketAddr::from(([127, 1, (i >> 8) as u8, i as u8], 5060));
+            let (c, _) = t.admit(peer, 0).unwrap();
+            c.mark_ok();
+            kept.push(c);
+        }
+        let n = t.read().init_fifo.len();
+        assert!(
+            n <= 64,
+            "eviction queue holds {n} ids for 0 connections in Init"
+        );
+        // the oldest Init one is still found
+        let (a, _) = t.admit(addr(3, 1), 0).unwrap();
+        t.set_limits(limits(t.len(), 100_000));
+        let (_b, ev) = t.admit(addr(3, 2), 0).unwrap();
+        assert_eq!(ev.map(|c| c.id), Some(a.id));
     }
 
     #[test]

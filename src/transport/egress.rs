@@ -270,6 +270,165 @@ pub(crate) fn pick_addr(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::core::nosip::NoneHook;
+    use std::sync::Arc;
+
+    /// An egress that records what it was asked to do.
+    struct Mock {
+        result: SendResult,
+        sent: Vec<(Transport, SocketAddr, Vec<u8>)>,
+        resolve: Vec<(String, Dest)>,
+    }
+
+    impl Mock {
+        fn new(result: SendResult) -> Self {
+            Mock {
+                result,
+                sent: Vec::new(),
+                resolve: Vec::new(),
+            }
+        }
+    }
+
+    impl Egress for Mock {
+        fn send_udp(&mut self, dest: &Dest, out: &[u8]) -> SendResult {
+            self.sent.push((Transport::Udp, dest.addr, out.to_vec()));
+            self.result
+        }
+        fn send_tcp(&mut self, dest: &Dest, out: &[u8]) -> SendResult {
+            self.sent.push((Transport::Tcp, dest.addr, out.to_vec()));
+            self.result
+        }
+        fn resolve_later(&mut self, host: &str, dest: Dest, _: SendKind, _: &[u8], _: Instant) {
+            self.resolve.push((host.to_string(), dest));
+        }
+    }
+
+    struct Rig {
+        core: Core,
+        metrics: Arc<Metrics>,
+        dns: DnsCache,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let metrics = Arc::new(Metrics::new());
+            let cfg = Config::default_config();
+            let core = Core::new(&cfg, Box::new(NoneHook), metrics.clone());
+            Rig {
+                core,
+                metrics,
+                dns: DnsCache::default(),
+            }
+        }
+        fn step(&self) -> Step<'_> {
+            Step {
+                core: &self.core,
+                metrics: &self.metrics,
+                dns: &self.dns,
+            }
+        }
+        fn metric(&self, series: &str) -> f64 {
+            self.metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0)
+        }
+    }
+
+    #[test]
+    fn deliver_counts_bytes_when_sent_and_send_failed_when_not() {
+        let r = Rig::new();
+        let d = dest("192.0.2.9:5060", 0);
+        let mut eg = Mock::new(SendResult::Sent);
+        assert!(r.step().deliver(
+            &mut eg,
+            &d,
+            SendKind::Request,
+            b"abc",
+            Instant::now(),
+            false
+        ));
+        assert_eq!(r.metric("sipedge_bytes_sent_total{transport=\"udp\"}"), 3.0);
+        let mut eg = Mock::new(SendResult::WouldBlock);
+        assert!(!r.step().deliver(
+            &mut eg,
+            &d,
+            SendKind::Request,
+            b"abc",
+            Instant::now(),
+            false
+        ));
+        assert_eq!(
+            r.metric("sipedge_dropped_total{reason=\"send_failed\"}"),
+            1.0
+        );
+        assert_eq!(r.metric("sipedge_bytes_sent_total{transport=\"udp\"}"), 3.0);
+    }
+
+    #[test]
+    fn next_hop_name_not_cached_is_resolved_later_cached_one_is_sent() {
+        let r = Rig::new();
+        let mut sc = Scratch::new();
+        sc.resolve = "next.example".into();
+        sc.out = b"INVITE".to_vec();
+        let outcome = Outcome::Resolve {
+            dest: dest("0.0.0.0:5080", 0),
+            kind: SendKind::Request,
+        };
+        let mut eg = Mock::new(SendResult::Sent);
+        r.step().dispatch(&mut eg, outcome, &sc, Instant::now());
+        assert_eq!(eg.resolve.len(), 1);
+        assert_eq!(eg.resolve[0].0, "next.example");
+        assert!(eg.sent.is_empty(), "no send before the name resolves");
+        r.dns.put("next.example", "192.0.2.7".parse().unwrap());
+        r.step().dispatch(&mut eg, outcome, &sc, Instant::now());
+        assert_eq!(eg.resolve.len(), 1);
+        let to: SocketAddr = "192.0.2.7:5080".parse().unwrap();
+        assert_eq!(eg.sent, vec![(Transport::Udp, to, b"INVITE".to_vec())]);
+    }
+
+    #[test]
+    fn next_hop_name_resolving_to_the_proxy_is_a_loop() {
+        let r = Rig::new();
+        // the default config listens on udp:127.0.0.1:5060
+        let d = dest("127.0.0.1:5060", 0);
+        let mut eg = Mock::new(SendResult::Sent);
+        assert!(
+            !r.step()
+                .deliver(&mut eg, &d, SendKind::Request, b"x", Instant::now(), true)
+        );
+        assert!(eg.sent.is_empty());
+        assert_eq!(r.metric("sipedge_dropped_total{reason=\"loop\"}"), 1.0);
+    }
+
+    #[test]
+    fn datagram_receive_answers_options_to_the_proxy_through_the_egress() {
+        let r = Rig::new();
+        let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let msg = b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-egress-1\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1:5060>\r\n\
+Call-ID: egress-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let mut eg = Mock::new(SendResult::Sent);
+        let mut sc = Scratch::new();
+        r.step()
+            .receive_datagram(&mut eg, msg, src, 0, &mut sc, Instant::now());
+        assert_eq!(eg.sent.len(), 1);
+        let (t, to, out) = &eg.sent[0];
+        assert_eq!((*t, *to), (Transport::Udp, src));
+        assert!(
+            out.starts_with(b"SIP/2.0 200"),
+            "{}",
+            String::from_utf8_lossy(out)
+        );
+        assert_eq!(
+            r.metric("sipedge_bytes_received_total{transport=\"udp\"}"),
+            msg.len() as f64
+        );
+    }
 
     fn dest(addr: &str, local: usize) -> Dest {
         Dest {

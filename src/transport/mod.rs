@@ -1,11 +1,19 @@
 //! Transport: connections, the Kamailio-shaped TCP reader loop, UDP receive,
 //! and the kernel backend (tokio + socket2).
 //!
-//! Threads: one tokio multi-thread runtime. UDP: one receive task per worker
-//! on its own SO_REUSEPORT socket. TCP: one task per connection running
-//! `handle_io`; sends to a connection are written directly by the sending
-//! task when the connection has no backlog, else queued (bounded) and flushed
-//! by the connection's own task.
+//! Shared by both backends: [`stream`] (the sans-IO framing and deadline
+//! state of a TCP connection), [`egress`] (the synchronous per-message step
+//! that sends through a backend's [`egress::Egress`]), [`tcp`]
+//! (`receive_tcp_msg`, release), [`conn`] (the connection table, generic
+//! over the backend's handle).
+//!
+//! Kernel backend ([`kernel`]): one tokio multi-thread runtime. UDP: one
+//! receive task per worker on its own SO_REUSEPORT socket. TCP: one small
+//! task per connection (`handle_io`, a hand-written poll over readiness,
+//! kill requests and the stream's deadline, woken for deadlines by one
+//! sweeper task); reads go into a per-worker buffer. Sends to a connection
+//! are written directly by the sending task when the connection has no
+//! backlog, else queued (bounded) and flushed by the connection's own task.
 
 pub mod conn;
 pub mod egress;
@@ -216,23 +224,16 @@ pub async fn serve(
             tasks.spawn(transaction_timers(ctx.clone(), shard));
         }
     }
+    tasks.spawn(kernel::sweep_deadlines(ctx.clone()));
     // always: a reload (SIGHUP) may turn health checks on
     tasks.spawn(probe::run(ctx.clone(), probe_rx));
-    if let Some(addr) = cfg.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("metrics.listen {addr}"))?;
-        let m = metrics.clone();
-        tasks.spawn(async move {
-            if let Err(e) = crate::metrics::serve_listener(listener, m).await {
-                tracing::error!("metrics endpoint failed: {e}");
-            }
-        });
+    if let Some(serve) = bind_metrics(&cfg, &metrics).await? {
+        tasks.spawn(serve);
     }
     metrics.readiness().set_started();
     tracing::info!(
-        listen = ?cfg.listen.iter().map(|l| format!("{}:{}", l.transport.as_str(), l.addr)).collect::<Vec<_>>(),
-        upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+        listen = ?listen_specs(&cfg),
+        upstreams = ?upstream_uris(&cfg),
         workers,
         "sipedge running"
     );
@@ -263,6 +264,41 @@ pub async fn serve(
         ctx.metrics.tcp_released(ReleaseReason::Shutdown);
     }
     Ok(())
+}
+
+/// The `/metrics` endpoint of both backends (a kernel socket: the
+/// management plane): bound now, so a busy address fails start-up naming
+/// `metrics.listen`; the returned future serves it (spawn it).
+pub(crate) async fn bind_metrics(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<impl std::future::Future<Output = ()> + Send + 'static>> {
+    use anyhow::Context as _;
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics.listen {addr}"))?;
+    let m = metrics.clone();
+    Ok(Some(async move {
+        if let Err(e) = crate::metrics::serve_listener(listener, m).await {
+            tracing::error!("metrics endpoint failed: {e}");
+        }
+    }))
+}
+
+/// `proxy.listen` as `transport:addr` strings (the start-up log line).
+pub(crate) fn listen_specs(cfg: &Config) -> Vec<String> {
+    cfg.listen
+        .iter()
+        .map(|l| format!("{}:{}", l.transport.as_str(), l.addr))
+        .collect()
+}
+
+/// The upstream URIs (the start-up log line).
+pub(crate) fn upstream_uris(cfg: &Config) -> Vec<&str> {
+    cfg.upstreams.iter().map(|u| u.uri.as_str()).collect()
 }
 
 /// `/ready` answers 503 from now on.

@@ -50,20 +50,37 @@ pub enum Item<'a> {
     Ping,
 }
 
-/// Framing and deadline state of one connection.
+/// Framing and deadline state of one connection. Kept small (memory per
+/// idle connection): the settings are stored compactly (deadlines in u32
+/// milliseconds, so at most about 49 days; longer ones are capped).
 #[derive(Debug)]
 pub struct StreamState {
     framer: Framer,
-    /// Bytes of an incomplete message (no capacity while none is pending).
-    partial: Vec<u8>,
+    /// Bytes of an incomplete message (`None` while none is pending; boxed:
+    /// one pointer in the connection's state).
+    #[allow(clippy::box_collection)] // deliberate: 8 bytes while idle, not 24
+    partial: Option<Box<Vec<u8>>>,
     created: Millis,
     last_rx: Millis,
-    /// When the message being framed began (trickled bytes do not move it).
-    msg_started: Option<Millis>,
-    cfg: StreamConfig,
+    /// When the message being framed began ([`NONE`] between messages);
+    /// trickled bytes do not move it.
+    msg_started: Millis,
+    idle_ms: u32,
+    message_timeout_ms: u32,
+    first_message_timeout_ms: u32,
+    max_message_size: u32,
+    require_content_length: bool,
+    crlf_pong: bool,
     outbound: bool,
     /// A complete SIP message was delivered (Init → Ok).
     ok: bool,
+}
+
+/// `msg_started` between messages.
+const NONE: Millis = Millis::MAX;
+
+fn ms32(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 /// Framing error → release reason (SPEC A.4).
@@ -112,19 +129,31 @@ impl StreamState {
                 max_msg_size: cfg.max_message_size,
                 require_content_length: cfg.require_content_length,
             }),
-            partial: Vec::new(),
+            partial: None,
             created: now,
             last_rx: now,
-            msg_started: None,
-            cfg,
+            msg_started: NONE,
+            idle_ms: ms32(cfg.idle_ms),
+            message_timeout_ms: ms32(cfg.message_timeout_ms),
+            first_message_timeout_ms: ms32(cfg.first_message_timeout_ms),
+            max_message_size: u32::try_from(cfg.max_message_size).unwrap_or(u32::MAX),
+            require_content_length: cfg.require_content_length,
+            crlf_pong: cfg.crlf_pong,
             outbound,
             ok: outbound,
         }
     }
 
-    /// The settings this connection runs with.
-    pub fn config(&self) -> &StreamConfig {
-        &self.cfg
+    /// The settings this connection runs with (deadlines capped as above).
+    pub fn config(&self) -> StreamConfig {
+        StreamConfig {
+            max_message_size: self.max_message_size as usize,
+            require_content_length: self.require_content_length,
+            idle_ms: self.idle_ms.into(),
+            message_timeout_ms: self.message_timeout_ms.into(),
+            first_message_timeout_ms: self.first_message_timeout_ms.into(),
+            crlf_pong: self.crlf_pong,
+        }
     }
 
     /// Bytes read at `now` (`chunk` is the driver's per-worker read buffer).
@@ -140,40 +169,34 @@ impl StreamState {
         mut on_item: impl FnMut(Item<'_>) -> Result<(), ReleaseReason>,
     ) -> Result<(), ReleaseReason> {
         self.last_rx = now;
-        let delivered = if self.partial.is_empty() {
-            let (pos, delivered) = frame_all(&mut self.framer, chunk, &mut on_item)?;
-            if pos < chunk.len() {
-                self.partial.extend_from_slice(&chunk[pos..]);
-            }
-            delivered
-        } else {
-            self.partial.extend_from_slice(chunk);
-            let r = frame_all(&mut self.framer, &self.partial, &mut on_item);
-            let (pos, delivered) = match r {
-                Ok(v) => v,
-                Err(e) => {
-                    self.partial = Vec::new();
-                    return Err(e);
+        let delivered = match self.partial.take() {
+            None => {
+                let (pos, delivered) = frame_all(&mut self.framer, chunk, &mut on_item)?;
+                if pos < chunk.len() {
+                    self.partial = Some(Box::new(chunk[pos..].to_vec()));
                 }
-            };
-            if pos >= self.partial.len() {
-                self.partial = Vec::new();
-            } else if pos > 0 {
-                self.partial.drain(..pos);
-                // a large read left only a small tail: give the rest back
-                if self.partial.capacity() > 2 * self.partial.len() + 4096 {
-                    self.partial.shrink_to_fit();
-                }
+                delivered
             }
-            delivered
+            Some(mut partial) => {
+                partial.extend_from_slice(chunk);
+                // on an error the partial message is dropped with `partial`
+                let (pos, delivered) = frame_all(&mut self.framer, &partial, &mut on_item)?;
+                if pos < partial.len() {
+                    partial.drain(..pos);
+                    // a large read left only a small tail: give the rest back
+                    if partial.capacity() > 2 * partial.len() + 4096 {
+                        partial.shrink_to_fit();
+                    }
+                    self.partial = Some(partial);
+                }
+                delivered
+            }
         };
-        if delivered {
-            self.msg_started = None;
+        if delivered || !self.framer.in_message() {
+            self.msg_started = NONE;
         }
-        if self.framer.in_message() {
-            self.msg_started.get_or_insert(now);
-        } else {
-            self.msg_started = None;
+        if self.framer.in_message() && self.msg_started == NONE {
+            self.msg_started = now;
         }
         Ok(())
     }
@@ -190,10 +213,15 @@ impl StreamState {
     /// message (inbound only, created + first_message_timeout while no
     /// message was delivered).
     pub fn poll_timeout(&self, last_tx: Millis) -> (Millis, ReleaseReason) {
-        let mut deadline = self.last_rx.max(last_tx).saturating_add(self.cfg.idle_ms);
+        let mut deadline = self
+            .last_rx
+            .max(last_tx)
+            .saturating_add(self.idle_ms.into());
         let mut why = ReleaseReason::IdleTimeout;
-        if let Some(s) = self.msg_started {
-            let d = s.saturating_add(self.cfg.message_timeout_ms);
+        if self.msg_started != NONE {
+            let d = self
+                .msg_started
+                .saturating_add(self.message_timeout_ms.into());
             if d < deadline {
                 deadline = d;
                 why = ReleaseReason::MessageTimeout;
@@ -202,7 +230,7 @@ impl StreamState {
         if !self.outbound && !self.ok {
             let d = self
                 .created
-                .saturating_add(self.cfg.first_message_timeout_ms);
+                .saturating_add(self.first_message_timeout_ms.into());
             if d < deadline {
                 deadline = d;
                 why = ReleaseReason::FirstMessageTimeout;
@@ -219,12 +247,12 @@ impl StreamState {
 
     /// Bytes held for an incomplete message (memory accounting / tests).
     pub fn pending(&self) -> usize {
-        self.partial.len()
+        self.partial.as_ref().map_or(0, |p| p.len())
     }
 
     /// Heap capacity held (memory accounting / tests).
     pub fn capacity(&self) -> usize {
-        self.partial.capacity()
+        self.partial.as_ref().map_or(0, |p| p.capacity())
     }
 }
 
@@ -447,6 +475,6 @@ mod tests {
     fn stream_state_is_small() {
         let n = std::mem::size_of::<StreamState>();
         println!("StreamState: {n} bytes");
-        assert!(n <= 192, "StreamState is {n} bytes");
+        assert!(n <= 112, "StreamState is {n} bytes");
     }
 }

@@ -91,3 +91,126 @@ pub fn release_conn<B: ConnIo>(
         "connection released"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::nosip::NoneHook;
+    use crate::core::{Dest, Scratch};
+    use crate::transport::conn::{ConnTable, TableLimits};
+    use crate::transport::egress::{DnsCache, SendResult, rcv_tcp};
+    use crate::transport::kernel::KernelIo;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    #[derive(Default)]
+    struct Sink(Vec<(Transport, Option<u64>, Vec<u8>)>);
+
+    impl Egress for Sink {
+        fn send_udp(&mut self, d: &Dest, out: &[u8]) -> SendResult {
+            self.0.push((Transport::Udp, d.conn, out.to_vec()));
+            SendResult::Sent
+        }
+        fn send_tcp(&mut self, d: &Dest, out: &[u8]) -> SendResult {
+            self.0.push((Transport::Tcp, d.conn, out.to_vec()));
+            SendResult::Sent
+        }
+        fn resolve_later(&mut self, _: &str, _: Dest, _: SendKind, _: &[u8], _: Instant) {}
+    }
+
+    fn options(peer: SocketAddr) -> Vec<u8> {
+        format!(
+            "OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/TCP {peer};branch=z9hG4bK-t1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:a@{peer}>;tag=1\r\nTo: <sip:127.0.0.1:5060>\r\n\
+             Call-ID: tcp-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a4_first_sip_message_marks_the_connection_ok_and_replies_on_it() {
+        let metrics = Arc::new(Metrics::new());
+        let core = Core::new(
+            &Config::default_config(),
+            Box::new(NoneHook),
+            metrics.clone(),
+        );
+        let dns = DnsCache::default();
+        let step = Step {
+            core: &core,
+            metrics: &metrics,
+            dns: &dns,
+        };
+        let table = ConnTable::<KernelIo>::new(TableLimits {
+            max_connections: 4,
+            max_per_ip: 4,
+            write_queue_bytes: 1024,
+        });
+        let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let (conn, _) = table.admit(peer, 1).unwrap();
+        let rcv = rcv_tcp(peer, 1, conn.id, false);
+        let (mut eg, mut sc) = (Sink::default(), Scratch::new());
+        let msg = options(peer);
+        let body = msg.len();
+        let ok = receive_tcp_msg(
+            &step,
+            &mut eg,
+            &conn,
+            &rcv,
+            &msg,
+            body,
+            &mut sc,
+            Instant::now(),
+        );
+        assert_eq!(ok, Ok(true));
+        assert_eq!(conn.state(), ConnState::Ok);
+        assert_eq!(eg.0.len(), 1);
+        let (t, on, out) = &eg.0[0];
+        assert_eq!(
+            (*t, *on),
+            (Transport::Tcp, Some(conn.id)),
+            "reply on the same connection"
+        );
+        assert!(out.starts_with(b"SIP/2.0 200"));
+    }
+
+    #[test]
+    fn a4_unparseable_bytes_release_with_parse_error_and_send_nothing() {
+        let metrics = Arc::new(Metrics::new());
+        let core = Core::new(
+            &Config::default_config(),
+            Box::new(NoneHook),
+            metrics.clone(),
+        );
+        let dns = DnsCache::default();
+        let step = Step {
+            core: &core,
+            metrics: &metrics,
+            dns: &dns,
+        };
+        let table = ConnTable::<KernelIo>::new(TableLimits {
+            max_connections: 4,
+            max_per_ip: 4,
+            write_queue_bytes: 1024,
+        });
+        let peer: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let (conn, _) = table.admit(peer, 1).unwrap();
+        let rcv = rcv_tcp(peer, 1, conn.id, false);
+        let (mut eg, mut sc) = (Sink::default(), Scratch::new());
+        let junk = b"\x16\x03\x01 not sip at all";
+        let r = receive_tcp_msg(
+            &step,
+            &mut eg,
+            &conn,
+            &rcv,
+            junk,
+            junk.len(),
+            &mut sc,
+            Instant::now(),
+        );
+        assert_eq!(r, Err(ReleaseReason::ParseError));
+        assert_eq!(conn.state(), ConnState::Init);
+        assert!(eg.0.is_empty());
+    }
+}

@@ -43,9 +43,10 @@ use super::egress::{Egress, SendResult, pick_addr, pick_local};
 use crate::core::{Dest, DropReason, SendKind};
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -60,28 +61,39 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct WriteState {
-    stream: Option<Arc<TcpStream>>,
-    queue: VecDeque<Bytes>,
-    queued: usize,
-    /// The reader task, woken for a kill request or queued data.
+    /// The socket (once accepted / connected; dropped, i.e. closed, at release).
+    stream: Option<TcpStream>,
+    /// Data the socket did not take at once (`None` while nothing is queued).
+    queue: Option<Box<WriteQueue>>,
+    /// The reader task, woken for a kill request, queued data or a deadline.
     waker: Option<Waker>,
 }
 
-/// The kernel backend's part of a connection: the reader task's waker, the
-/// stream (once connected) and the bounded write queue.
+#[derive(Debug, Default)]
+struct WriteQueue {
+    bufs: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// The kernel backend's part of a connection: the socket, the bounded write
+/// queue, the reader task's waker and its next deadline (for the sweeper,
+/// [`sweep_deadlines`]). Small: memory per idle connection.
 #[derive(Debug)]
 pub struct KernelIo {
-    backlog: AtomicBool,
-    write_limit: usize,
     write: Mutex<WriteState>,
+    /// The reader's next deadline, ms on `Ctx`'s clock.
+    deadline: AtomicU64,
+    write_limit: u32,
+    backlog: AtomicBool,
 }
 
 impl ConnIo for KernelIo {
     fn new(write_limit: usize) -> Self {
         KernelIo {
-            backlog: AtomicBool::new(false),
-            write_limit,
             write: Mutex::new(WriteState::default()),
+            deadline: AtomicU64::new(u64::MAX),
+            write_limit: u32::try_from(write_limit).unwrap_or(u32::MAX),
+            backlog: AtomicBool::new(false),
         }
     }
 
@@ -91,12 +103,10 @@ impl ConnIo for KernelIo {
         }
     }
 
-    /// Drop the write queue and our reference to the socket.
+    /// Drop the write queue and the socket (closing it).
     fn close(&self) -> usize {
         let mut w = self.lock();
-        let dropped = w.queued;
-        w.queue = VecDeque::new();
-        w.queued = 0;
+        let dropped = w.queue.take().map_or(0, |q| q.bytes);
         w.stream = None;
         w.waker = None;
         self.backlog.store(false, Ordering::Release);
@@ -109,11 +119,18 @@ impl ConnIo for KernelIo {
 }
 
 impl KernelIo {
-    /// The reader task to wake for a kill request or queued data.
+    /// The reader task to wake for a kill request, queued data or a deadline.
     pub(crate) fn register(&self, waker: &Waker) {
         let mut w = self.lock();
         if !w.waker.as_ref().is_some_and(|old| old.will_wake(waker)) {
             w.waker = Some(waker.clone());
+        }
+    }
+
+    /// The reader's next deadline (ms), for the sweeper.
+    pub(crate) fn set_deadline(&self, ms: u64) {
+        if self.deadline.load(Ordering::Relaxed) != ms {
+            self.deadline.store(ms, Ordering::Relaxed);
         }
     }
 
@@ -122,15 +139,43 @@ impl KernelIo {
     }
 }
 
+/// Wake every connection whose deadline has passed, every [`SWEEP_TICK`]
+/// ([`SWEEP_IDLE`] while there is no connection): one timer for all
+/// connections instead of one per connection (memory per idle connection);
+/// deadlines fire at most a tick late.
+pub async fn sweep_deadlines(ctx: Arc<Ctx>) {
+    loop {
+        let wait = if ctx.conns.is_empty() {
+            SWEEP_IDLE
+        } else {
+            SWEEP_TICK
+        };
+        tokio::time::sleep(wait).await;
+        let now = ctx.now_ms();
+        ctx.conns.for_each(|c| {
+            if c.io.deadline.load(Ordering::Relaxed) <= now {
+                c.io.wake();
+            }
+        });
+    }
+}
+
+/// Period of the deadline sweep.
+pub const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// Period of the sweep while no connection is open (a new one's first
+/// deadline is seconds away).
+pub const SWEEP_IDLE: Duration = Duration::from_secs(1);
+
 impl Conn<KernelIo> {
     /// Attach the socket (outbound: once connected) and push out what queued meanwhile.
-    pub fn attach(&self, stream: Arc<TcpStream>) {
+    pub fn attach(&self, stream: TcpStream) {
         let mut w = self.io.lock();
         w.stream = Some(stream);
-        if !w.queue.is_empty() {
+        if w.queue.is_some() {
             self.io.backlog.store(true, Ordering::Release);
-            drop(w);
-            self.io.wake();
+            if let Some(k) = &w.waker {
+                k.wake_by_ref();
+            }
         }
     }
 
@@ -143,7 +188,7 @@ impl Conn<KernelIo> {
         }
         let mut w = self.io.lock();
         let mut rest = data;
-        if w.queue.is_empty()
+        if w.queue.is_none()
             && let Some(s) = &w.stream
         {
             match s.try_write(rest) {
@@ -160,18 +205,18 @@ impl Conn<KernelIo> {
         if rest.is_empty() {
             return Ok(());
         }
-        if w.queued + rest.len() > self.io.write_limit {
+        let queued = w.queue.as_ref().map_or(0, |q| q.bytes);
+        if queued + rest.len() > self.io.write_limit as usize {
             drop(w);
             self.kill(ReleaseReason::WriteQueueFull);
             return Err(SendError::QueueFull);
         }
-        w.queued += rest.len();
-        w.queue.push_back(Bytes::copy_from_slice(rest));
+        let q = w.queue.get_or_insert_with(Default::default);
+        q.bytes += rest.len();
+        q.bufs.push_back(Bytes::copy_from_slice(rest));
         self.io.backlog.store(true, Ordering::Release);
-        let wake = w.waker.clone();
-        drop(w);
-        if let Some(w) = wake {
-            w.wake();
+        if let Some(k) = &w.waker {
+            k.wake_by_ref();
         }
         Ok(())
     }
@@ -181,27 +226,51 @@ impl Conn<KernelIo> {
     pub fn flush(&self) -> io::Result<()> {
         let mut guard = self.io.lock();
         let w = &mut *guard;
-        let Some(s) = w.stream.clone() else {
+        let (Some(s), Some(q)) = (&w.stream, &mut w.queue) else {
             return Ok(());
         };
-        while let Some(front) = w.queue.front_mut() {
+        while let Some(front) = q.bufs.front_mut() {
             match s.try_write(front) {
                 Ok(n) => {
                     front.advance(n);
-                    w.queued -= n;
+                    q.bytes -= n;
                     if front.is_empty() {
-                        w.queue.pop_front();
+                        q.bufs.pop_front();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        if w.queue.is_empty() {
-            w.queue = VecDeque::new();
+        if q.bufs.is_empty() {
+            w.queue = None;
             self.io.backlog.store(false, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Read readiness of the socket (registers the task's waker).
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.io.lock().stream {
+            Some(s) => s.poll_read_ready(cx),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    /// Write readiness of the socket (registers the task's waker).
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.io.lock().stream {
+            Some(s) => s.poll_write_ready(cx),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    /// Read what the socket has into `buf` (never waits).
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.io.lock().stream {
+            Some(s) => s.try_read(buf),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::core::upstream::Signal;
 use crate::transport::Ctx;
 use crate::transport::conn::{Conn, ConnCache, ConnState, ReleaseReason};
 use crate::transport::egress::rcv_tcp;
-use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
+use crate::transport::stream::{Item, StreamConfig, StreamState};
 use crate::transport::tcp::{receive_tcp_msg, release_conn, upstream_signal};
 use std::cell::RefCell;
 use std::future::Future;
@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Sleep;
 
 /// Size of the per-worker read buffer.
 pub const READ_BUF: usize = 64 * 1024;
@@ -76,9 +75,8 @@ pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, local: usize) {
                     v.kill(ReleaseReason::Evicted);
                 }
                 let _ = stream.set_nodelay(true);
-                let stream = Arc::new(stream);
-                conn.attach(stream.clone());
-                tokio::spawn(handle_io(ctx.clone(), conn, stream));
+                conn.attach(stream);
+                tokio::spawn(handle_io(ctx.clone(), conn));
             }
             Err(why) => {
                 tracing::debug!(%peer, ?why, "connection refused by limits");
@@ -97,9 +95,8 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
     match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            let stream = Arc::new(stream);
-            conn.attach(stream.clone());
-            handle_io(ctx, conn, stream).await;
+            conn.attach(stream);
+            handle_io(ctx, conn).await;
         }
         Ok(Err(e)) => {
             tracing::warn!(peer = %conn.peer, "connect failed: {e}");
@@ -126,37 +123,49 @@ pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
 
 /// `handle_io`: wait for readiness, a kill request or the stream's next
 /// deadline; on error release the connection (state Bad unless the cause
-/// is EOF). The wait is one hand-written poll ([`poll_io`]) rather than a
-/// `select!`: it keeps the task small (memory per idle connection) — the
-/// readiness wakers live in tokio's I/O registration, the kill / backlog
-/// waker in the connection, and there is one timer.
-pub async fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>, stream: Arc<TcpStream>) {
+/// is EOF). The wait is one hand-written poll (`poll_io`) rather than a
+/// `select!`, and the deadline is woken by the table-wide sweeper
+/// ([`super::sweep_deadlines`]) rather than a timer per connection: it keeps
+/// the task small (memory per idle connection) — the readiness wakers live
+/// in tokio's I/O registration, the kill / backlog / deadline waker in the
+/// connection.
+pub fn handle_io(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) -> HandleIo {
     let cfg = StreamConfig::from_limits(&ctx.core.live().tcp);
-    let mut st = StreamState::new(cfg, conn.outbound, ctx.now_ms());
-    let mut armed: Millis = st.poll_timeout(0).0;
-    let sleep = tokio::time::sleep_until(ctx.instant_at(armed).into());
-    tokio::pin!(sleep);
-    let reason = std::future::poll_fn(|cx| {
-        poll_io(
-            cx,
-            &ctx,
-            &conn,
-            &stream,
-            &mut st,
-            &mut armed,
-            sleep.as_mut(),
-        )
-    })
-    .await;
-    if reason == ReleaseReason::Reset {
-        upstream_signal(&ctx.core, &conn, Signal::Reset);
+    let st = StreamState::new(cfg, conn.outbound, ctx.now_ms());
+    HandleIo { ctx, conn, st }
+}
+
+/// The future of [`handle_io`]: a connection's whole reader task, two
+/// pointers and the stream state (no async state machine around it).
+pub struct HandleIo {
+    ctx: Arc<Ctx>,
+    conn: Arc<Conn<KernelIo>>,
+    st: StreamState,
+}
+
+impl Future for HandleIo {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let HandleIo { ctx, conn, st } = self.get_mut();
+        if conn.state() == ConnState::Released {
+            // released already (a poll after completion does nothing)
+            return Poll::Ready(());
+        }
+        let Poll::Ready(reason) = poll_io(cx, ctx, conn, st) else {
+            return Poll::Pending;
+        };
+        if reason == ReleaseReason::Reset {
+            upstream_signal(&ctx.core, conn, Signal::Reset);
+        }
+        if reason != ReleaseReason::Eof {
+            conn.set_state(ConnState::Bad);
+        } else {
+            conn.set_state(ConnState::Eof);
+        }
+        release_conn(&ctx.conns, &ctx.metrics, conn, reason);
+        Poll::Ready(())
     }
-    if reason != ReleaseReason::Eof {
-        conn.set_state(ConnState::Bad);
-    } else {
-        conn.set_state(ConnState::Eof);
-    }
-    release_conn(&ctx.conns, &ctx.metrics, &conn, reason);
 }
 
 /// Rounds of work per poll before yielding to other tasks.
@@ -168,19 +177,16 @@ fn poll_io(
     cx: &mut Context<'_>,
     ctx: &Arc<Ctx>,
     conn: &Arc<Conn<KernelIo>>,
-    stream: &TcpStream,
     st: &mut StreamState,
-    armed: &mut Millis,
-    mut sleep: Pin<&mut Sleep>,
 ) -> Poll<ReleaseReason> {
-    // before the checks: a kill or a queued write after them wakes us
+    // before the checks: a kill, a queued write or the sweeper after them wakes us
     conn.io.register(cx.waker());
     for _ in 0..PASSES {
         if let Some(reason) = conn.kill_reason() {
             return Poll::Ready(reason);
         }
         if conn.has_backlog() {
-            match stream.poll_write_ready(cx) {
+            match conn.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     if conn.flush().is_err() {
                         return Poll::Ready(ReleaseReason::Reset);
@@ -191,8 +197,8 @@ fn poll_io(
                 Poll::Pending => {}
             }
         }
-        match stream.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => match read_req(ctx, conn, stream, st) {
+        match conn.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => match read_req(ctx, conn, st) {
                 Err(reason) => return Poll::Ready(reason),
                 // drained: go round to wait for the next readiness
                 Ok(true) => continue,
@@ -205,26 +211,12 @@ fn poll_io(
             Poll::Ready(Err(_)) => return Poll::Ready(ReleaseReason::Reset),
             Poll::Pending => {}
         }
-        // the timer: moved earlier at once; a later deadline (traffic) is
-        // found when the armed one fires
         let last_tx = conn.last_tx().saturating_mul(1000);
-        let (deadline, _) = st.poll_timeout(last_tx);
-        if deadline < *armed {
-            *armed = deadline;
-            sleep.as_mut().reset(ctx.instant_at(deadline).into());
+        if let Some(why) = st.handle_timeout(ctx.now_ms(), last_tx) {
+            return Poll::Ready(why);
         }
-        match sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                if let Some(why) = st.handle_timeout(ctx.now_ms(), last_tx) {
-                    return Poll::Ready(why);
-                }
-                // not due yet (it moved, or clock rounding): arm again
-                let next = deadline.max(ctx.now_ms() + 1);
-                *armed = next;
-                sleep.as_mut().reset(ctx.instant_at(next).into());
-            }
-            Poll::Pending => return Poll::Pending,
-        }
+        conn.io.set_deadline(st.poll_timeout(last_tx).0);
+        return Poll::Pending;
     }
     cx.waker().wake_by_ref();
     Poll::Pending
@@ -238,12 +230,11 @@ fn poll_io(
 fn read_req(
     ctx: &Arc<Ctx>,
     conn: &Arc<Conn<KernelIo>>,
-    stream: &TcpStream,
     st: &mut StreamState,
 ) -> Result<bool, ReleaseReason> {
     with_worker(|w| {
         for _ in 0..READS_PER_WAKEUP {
-            let n = match stream.try_read(&mut w.buf) {
+            let n = match conn.try_read(&mut w.buf) {
                 Ok(0) => return Err(ReleaseReason::Eof),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
@@ -335,11 +326,12 @@ mod tests {
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         let (conn, _) = ctx.conns.admit(peer, 0).unwrap();
-        let fut = handle_io(ctx.clone(), conn, Arc::new(stream));
+        conn.attach(stream);
+        let fut = handle_io(ctx.clone(), conn);
         let n = std::mem::size_of_val(&fut);
         let c = std::mem::size_of::<Conn<KernelIo>>();
         println!("handle_io future: {n} bytes; Conn<KernelIo>: {c} bytes");
-        assert!(n <= 768, "handle_io future is {n} bytes");
+        assert!(n <= 160, "handle_io future is {n} bytes");
         drop((fut, client));
     }
 }

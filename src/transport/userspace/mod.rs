@@ -111,8 +111,8 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         mac = %stack.config().mac,
         ipv4 = ?st.ipv4.map(|(a, p)| format!("{a}/{p}")),
         ipv6 = ?st.ipv6.map(|(a, p)| format!("{a}/{p}")),
-        listen = ?cfg.listen.iter().map(|l| format!("{}:{}", l.transport.as_str(), l.addr)).collect::<Vec<_>>(),
-        upstreams = ?cfg.upstreams.iter().map(|u| u.uri.as_str()).collect::<Vec<_>>(),
+        listen = ?super::listen_specs(&cfg),
+        upstreams = ?super::upstream_uris(&cfg),
         tcp_release = st.tcp_release.as_str(),
         "sipedge running on the userspace stack (afpacket)"
     );
@@ -167,16 +167,9 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         .enable_all()
         .build()?;
     let served: anyhow::Result<()> = rt.block_on(async {
-        if let Some(addr) = cfg.metrics_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("metrics.listen {addr}"))?;
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve_listener(listener, m).await {
-                    tracing::error!("metrics endpoint failed: {e}");
-                }
-            });
+        // the management plane stays on a kernel socket
+        if let Some(serve) = super::bind_metrics(&cfg, &metrics).await? {
+            tokio::spawn(serve);
         }
         metrics.readiness().set_started();
         use super::lifecycle;

@@ -38,7 +38,7 @@ use crate::netstack::{Instant, SocketEvent, Stack, TcpError, TcpHandle};
 use crate::transport::conn::{Conn, ConnCache, ConnIo, ConnState, ConnTable, ReleaseReason};
 use crate::transport::egress::{SendResult, Step, rcv_tcp};
 use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
-use crate::transport::tcp::receive_tcp_msg;
+use crate::transport::tcp::{self, receive_tcp_msg};
 
 /// Size of the stack thread's one read buffer.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -64,9 +64,13 @@ pub(super) fn secs(now: Instant) -> u64 {
 /// The backend part of a connection on the stack: the netstack handle and
 /// the bytes the stack's send buffer did not take yet (bounded by
 /// `[tcp] write_queue_bytes`; no allocation while nothing is queued).
+/// Only the stack thread takes the lock (so it never waits); the drain on
+/// the main thread reads `backlog` only.
 #[derive(Debug)]
 pub struct StackIo {
     st: Mutex<IoState>,
+    /// Data is queued (`IoState::queued > 0`), readable without the lock.
+    backlog: AtomicBool,
     write_limit: usize,
 }
 
@@ -87,6 +91,7 @@ impl ConnIo for StackIo {
     fn new(write_limit: usize) -> Self {
         StackIo {
             st: Mutex::new(IoState::default()),
+            backlog: AtomicBool::new(false),
             write_limit,
         }
     }
@@ -102,11 +107,12 @@ impl ConnIo for StackIo {
         st.queued = 0;
         st.head_sent = 0;
         st.handle = None;
+        self.backlog.store(false, Ordering::Release);
         dropped
     }
 
     fn has_backlog(&self) -> bool {
-        self.lock().queued > 0
+        self.backlog.load(Ordering::Acquire)
     }
 }
 
@@ -171,6 +177,7 @@ impl StackIo {
         }
         st.queued += rest.len();
         st.queue.push_back(rest.to_vec());
+        self.backlog.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -197,8 +204,11 @@ impl StackIo {
             st.queue.pop_front();
             st.head_sent = 0;
         }
-        if st.queue.is_empty() && st.queue.capacity() > 0 {
-            st.queue = VecDeque::new();
+        if st.queue.is_empty() {
+            self.backlog.store(false, Ordering::Release);
+            if st.queue.capacity() > 0 {
+                st.queue = VecDeque::new();
+            }
         }
         Ok(())
     }
@@ -446,13 +456,8 @@ impl TcpSide {
     fn upstream_signal(&self, cx: &Ctx<'_>, conn: &Conn<StackIo>, signal: Signal) {
         if conn.outbound {
             tracing::debug!(peer = %conn.peer, signal = signal.as_str(), "upstream TCP failure");
-            cx.core.upstreams().mark_failure_at(
-                conn.peer,
-                Some(Transport::Tcp),
-                signal,
-                cx.core.now_ms(),
-            );
         }
+        tcp::upstream_signal(cx.core, conn, signal);
     }
 
     /// `Egress::send_tcp` on the stack: the connection `dest.conn` if
@@ -631,16 +636,7 @@ impl TcpSide {
                 }
             }
         }
-        let dropped = self.conns.release(conn);
-        cx.metrics.tcp_released(reason);
-        tracing::debug!(
-            conn = conn.id,
-            peer = %conn.peer,
-            reason = reason.as_str(),
-            close = ?how,
-            dropped_bytes = dropped,
-            "connection released"
-        );
+        tcp::release_conn(&self.conns, cx.metrics, conn, reason);
     }
 
     /// Deadlines due at `now`, and kill requests (drain, write-queue
@@ -879,9 +875,162 @@ mod tests {
         st.queue.push_back(vec![0; 60]);
         st.queued = 60;
         drop(st);
+        io.backlog.store(true, Ordering::Release);
         assert!(io.has_backlog());
         assert_eq!(io.close(), 60);
         assert!(!io.has_backlog());
         assert!(io.take_handle().is_none());
+    }
+
+    /// Two stacks over an in-memory link in virtual time: A (ours,
+    /// 198.18.0.2) and B (the peer, 198.18.0.1, listening on :5080).
+    struct Link {
+        a: Stack,
+        b: Stack,
+        da: crate::netstack::device::MemoryDevice,
+        db: crate::netstack::device::MemoryDevice,
+        now: Instant,
+    }
+
+    impl Link {
+        fn new(wmem: usize) -> Link {
+            use crate::netstack::device::MemoryDevice;
+            use crate::netstack::testutil::*;
+            use crate::netstack::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
+            let (da, db) =
+                MemoryDevice::pair(EthernetAddress(OUR_MAC), EthernetAddress(PEER_MAC), 1500);
+            let mut ca = config();
+            ca.limits.tcp_wmem = wmem;
+            let mut cb = config();
+            cb.mac = EthernetAddress(PEER_MAC);
+            cb.ipv4 = Some(Ipv4Cidr::new(PEER4, 24));
+            cb.ipv6 = Some(Ipv6Cidr::new(PEER6, 64));
+            cb.limits.tcp_rmem = 4096;
+            Link {
+                a: Stack::new(ca, t0()),
+                b: Stack::new(cb, t0()),
+                da,
+                db,
+                now: t0(),
+            }
+        }
+
+        /// One round: frames both ways, timers, 1 ms of virtual time.
+        fn round(&mut self) {
+            use crate::netstack::device::Device;
+            while let Some(f) = self.a.pop_tx() {
+                let _ = self.da.send(&f);
+                self.a.recycle(f);
+            }
+            while let Some(f) = self.b.pop_tx() {
+                let _ = self.db.send(&f);
+                self.b.recycle(f);
+            }
+            let (now, a, b) = (self.now, &mut self.a, &mut self.b);
+            let _ = self
+                .da
+                .recv_batch(4096, &mut |m, f| a.receive_frame(now, m, f));
+            let _ = self
+                .db
+                .recv_batch(4096, &mut |m, f| b.receive_frame(now, m, f));
+            self.a.poll(self.now);
+            self.b.poll(self.now);
+            self.now += crate::netstack::Duration::from_millis(1);
+        }
+    }
+
+    fn byte(i: usize) -> u8 {
+        (i.wrapping_mul(2_654_435_761) >> 13) as u8
+    }
+
+    /// SPEC A.4 on the stack: data sent before the connection is
+    /// established, or beyond the stack's send buffer, waits in the
+    /// connection's queue and goes out in order on TcpConnected /
+    /// TcpWritable; the queue is bounded by `write_queue_bytes` (over it:
+    /// `write_queue_full`) and holds no memory once empty.
+    #[test]
+    fn a4_stack_write_queue_is_bounded_and_flushed_in_order() {
+        let peer: SocketAddr = "198.18.0.1:5080".parse().unwrap();
+        let mut l = Link::new(4096);
+        let lh = l.b.tcp_listen(peer, 16).unwrap();
+        let h = l.a.tcp_connect(l.now, None, peer).unwrap();
+        let io = StackIo::new(20_000);
+        io.attach(h, false, 0);
+        // not established yet: queued
+        let mut sent = 0usize;
+        let msg: Vec<u8> = (0..3000).map(byte).collect();
+        io.send(&mut l.a, &msg, 0).unwrap();
+        sent += msg.len();
+        assert!(io.has_backlog());
+        // establish; the application flushes on TcpConnected
+        let mut connected = false;
+        let mut bh = None;
+        for _ in 0..2000 {
+            l.round();
+            while let Some(ev) = l.a.poll_event() {
+                if ev == SocketEvent::TcpConnected(h) {
+                    connected = true;
+                    io.flush(&mut l.a, true).unwrap();
+                }
+            }
+            while let Some(ev) = l.b.poll_event() {
+                if ev == SocketEvent::TcpAcceptable(lh) {
+                    bh = l.b.tcp(lh).and_then(|mut x| x.accept()).map(|(h, _)| h);
+                }
+            }
+            if connected && bh.is_some() {
+                break;
+            }
+        }
+        let bh = bh.expect("accepted");
+        assert!(connected);
+        // B does not read: A's send buffer (4 KiB) and B's window fill, the
+        // rest queues until the limit
+        let mut full = false;
+        for k in 0..100 {
+            let m: Vec<u8> = (sent..sent + 1000).map(byte).collect();
+            match io.send(&mut l.a, &m, k) {
+                Ok(()) => sent += m.len(),
+                Err(r) => {
+                    assert_eq!(r, ReleaseReason::WriteQueueFull);
+                    full = true;
+                    break;
+                }
+            }
+            assert!(io.lock().queued <= 20_000);
+            l.round();
+        }
+        assert!(full, "the queue is bounded");
+        assert!(io.has_backlog());
+        // B reads everything; A flushes on TcpWritable
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..20_000 {
+            l.round();
+            while let Some(ev) = l.a.poll_event() {
+                if ev == SocketEvent::TcpWritable(h) {
+                    io.flush(&mut l.a, false).unwrap();
+                }
+            }
+            while let Some(ev) = l.b.poll_event() {
+                let _ = ev;
+            }
+            for _ in 0..64 {
+                match l.b.tcp(bh).map(|mut x| x.recv(&mut buf)) {
+                    Some(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            if got.len() >= sent {
+                break;
+            }
+        }
+        assert_eq!(got.len(), sent);
+        assert!(
+            got.iter().enumerate().all(|(i, b)| *b == byte(i)),
+            "in order"
+        );
+        assert!(!io.has_backlog());
+        assert_eq!(io.lock().queue.capacity(), 0, "no memory held once empty");
     }
 }
