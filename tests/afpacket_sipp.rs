@@ -68,6 +68,23 @@ fn metric(text: &str, q: &str) -> f64 {
     metric_value(text, q).unwrap_or(0.0)
 }
 
+/// The non-zero drop counters and the neighbour / ARP / NDP and UDP
+/// error counters of a scrape (for failure messages).
+fn drop_lines(m: &str) -> String {
+    m.lines()
+        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+        .filter(|l| {
+            l.contains("drop")
+                || l.contains("Neigh")
+                || l.contains("neigh")
+                || l.contains("Errors")
+                || l.contains("Arp")
+                || l.contains("Icmp6")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn skip() -> bool {
     skip_unless_root() || skip_unless_sipp()
 }
@@ -121,10 +138,11 @@ fn calls_through(
     assert!(
         res.all_ok(calls),
         "{calls} calls through sipedge (afpacket) over {} {fam}: expected all successful, \
-         0 failed\n{}\n{}",
+         0 failed\n{}\n{}\n--- drops and neighbour counters ---\n{}",
         transport.flag(),
         res.report(),
-        proxy.log_tail()
+        proxy.log_tail(),
+        drop_lines(&proxy.metrics())
     );
     let after = proxy.metrics();
     let delta = |q: &str| metric(&after, q) - metric(&before, q);
