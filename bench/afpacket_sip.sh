@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# SIP over UDP through the proxy across a veth pair: sipedge in afpacket mode (its own userspace
-# stack), sipedge in kernel mode, and Kamailio 5.6 stateless, interleaved in one run.
+# SIP through the proxy across a veth pair (the namespace topology of tests/afpacket_sipp.rs):
+# sipedge in afpacket mode (its own userspace stack), sipedge in kernel mode, and Kamailio 5.6
+# stateless, interleaved in one run, over UDP (u1), TCP with one connection (t1) and TCP with a
+# connection per call (tn): max calls/s with zero failures and proxy CPU-seconds per 1000 calls.
 #
 # usage (as root, from anywhere in the repo):
 #   sudo bench/afpacket_sip.sh
 #   RATES="2000 4000 8000" DURATION=10 REPEATS=3 bench/afpacket_sip.sh
 #   SKIP_BUILD=1 RATES=500 DURATION=3 REPEATS=1 bench/afpacket_sip.sh        # smoke test
 #   PROXIES="sipedge-afpacket kamailio-stateless" bench/afpacket_sip.sh        # a subset
+#   TRANSPORTS=u1 bench/afpacket_sip.sh                                          # UDP only
 #
 # Layout: netns "nss-peer-PID" (sipp, veth 198.18.201.1/24) <-> netns "nss-stk-PID" (the proxy).
-#   sipp UAS: -sn uas on 198.18.201.1:5080 (peer netns)
+#   sipp UAS: -sn uas on 198.18.201.1:5080 (peer netns), -t u1 for u1 steps, -t t1 for t1/tn
 #   sipp UAC: -sf uac.xml (../shared/bench/uac.xml, else tests/sipp/uac.xml) from
-#             198.18.201.1:15090 to 198.18.201.2:5060 (peer netns), -t u1
+#             198.18.201.1:15090 to 198.18.201.2:5060 (peer netns), -t u1|t1|tn
 #   proxies, each in the stack netns:
 #   (a) sipedge-afpacket: stack-side veth without any kernel address, disable_ipv6=1; sipedge
 #       with [stack] mode = "afpacket", ipv4 = 198.18.201.2/24 (one stack thread does the whole
-#       path); ready when its log says "sipedge running on the userspace stack".
+#       path), listening on udp: (u1 steps) or udp: and tcp: (t1/tn steps) 198.18.201.2:5060;
+#       ready when its log says "sipedge running on the userspace stack".
 #   (b) sipedge-kernel: 198.18.201.2/24 on the stack-side veth; sipedge --listen
-#       udp:198.18.201.2:5060 with its default workers (= CPUs).
+#       udp:198.18.201.2:5060 --listen tcp:198.18.201.2:5060 with its default workers (= CPUs).
+#   (b') sipedge-kernel-before: the same with another binary, $SIPEDGE_BEFORE_BIN (e.g. a build
+#       from before a change, to compare kernel mode's cost per call before and after it).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
 #       198.18.201.1:5080), kamailio -DD -E -m 1024 -M 16 as the harness runs it.
@@ -25,26 +31,30 @@
 #   upstream sip:198.18.201.1:5080; metrics on 127.0.0.1:9090 inside the stack netns).
 #
 # One step = fresh UAS + fresh proxy, then the UAC runs RATE x DURATION calls. Rounds are
-# interleaved: for each round, for each rate, every proxy once, the proxy order rotating between
-# rounds. Method of ../shared/bench/BASELINE.md: a step passes with 0 failed and 0 unfinished
+# interleaved: for each round, for each transport, for each rate, every proxy once, the proxy
+# order rotating between rounds. tn (as ../shared/bench/BASELINE.md explains): the UAC's side
+# keeps a TIME_WAIT socket per call for 60 s, so tn steps run TN_RATES, at most TN_MAX_CALLS
+# calls, and start once the peer netns holds fewer than TW_MAX TIME_WAIT sockets. Method of ../shared/bench/BASELINE.md: a step passes with 0 failed and 0 unfinished
 # calls, all calls created, retransmissions (UAC+UAS) < 1 % of the calls, offered rate >= 90 % of
 # the target and the proxy still alive. Proxy CPU = utime+stime from /proc/PID/stat of the proxy
 # process and all its descendants (Kamailio's children; sipedge is one process, threads included),
 # from just before the UAC starts to SETTLE seconds after it ends. Nothing is pinned; nproc is
 # recorded in every line.
 #
-# env: RATES ("2000 4000 8000") DURATION (10) REPEATS (3) SETTLE (2)
+# env: RATES ("2000 4000 8000", u1 and t1) TN_RATES ("250 500 1000 2000") DURATION (10)
+#      REPEATS (3) SETTLE (2) TRANSPORTS ("u1 t1 tn") TN_MAX_CALLS (6000) TW_MAX (1000)
 #      PROXIES ("sipedge-afpacket sipedge-kernel kamailio-stateless")
 #      SKIP_BUILD=1 (don't run cargo build --release)  SIPEDGE_BIN (target/release/sipedge)
+#      SIPEDGE_BEFORE_BIN (the binary of sipedge-kernel-before; needed only for that row)
 #      SHARED_BENCH (../shared/bench, from the repo root)  KAM_SHM_MB (1024) KAM_PKG_MB (16)
 #      SIPP_BUF (4194304)  KEEP_TMP=1 (keep the per-step sipp/proxy files)
 # output: one JSON line per step, appended to bench/results/afpacket-sip-YYYYmmdd-HHMMSS.jsonl;
-#         then a table per proxy and rate: median CPU-s per 1000 calls, ratio to Kamailio's, and
-#         the highest rate that passed in every round.
+#         then a table per proxy, transport and rate: median CPU-s per 1000 calls, ratio to
+#         Kamailio's, and the highest rate that passed in every round.
 set -euo pipefail
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,43p' "$0"; exit 0
+  sed -n '2,50p' "$0"; exit 0
 fi
 if [[ "$(id -u)" != 0 ]]; then
   echo "afpacket_sip.sh: must run as root (network namespaces, AF_PACKET)" >&2; exit 1
@@ -54,6 +64,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 RATES=${RATES:-"2000 4000 8000"}
+TN_RATES=${TN_RATES:-"250 500 1000 2000"}
+TRANSPORTS=${TRANSPORTS:-"u1 t1 tn"}
+TN_MAX_CALLS=${TN_MAX_CALLS:-6000}
+TW_MAX=${TW_MAX:-1000}
 DURATION=${DURATION:-10}
 REPEATS=${REPEATS:-3}
 SETTLE=${SETTLE:-2}
@@ -81,8 +95,15 @@ CLK_TCK=$(getconf CLK_TCK)
 
 for p in $PROXIES; do
   case $p in
-    sipedge-afpacket|sipedge-kernel|kamailio-stateless) ;;
-    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-kernel, kamailio-stateless)" >&2; exit 2 ;;
+    sipedge-afpacket|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-kernel, sipedge-kernel-before," \
+         "kamailio-stateless)" >&2; exit 2 ;;
+  esac
+done
+for t in $TRANSPORTS; do
+  case $t in
+    u1|t1|tn) ;;
+    *) echo "unknown transport $t (u1, t1, tn)" >&2; exit 2 ;;
   esac
 done
 command -v sipp >/dev/null || { echo "sipp missing: apt-get install -y sip-tester" >&2; exit 1; }
@@ -96,6 +117,11 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 [[ -x "$SIPEDGE_BIN" ]] || { echo "missing $SIPEDGE_BIN (cargo build --release)" >&2; exit 1; }
 SIPEDGE_BIN=$(realpath "$SIPEDGE_BIN")
+if [[ " $PROXIES " == *" sipedge-kernel-before "* ]]; then
+  [[ -x "${SIPEDGE_BEFORE_BIN:-}" ]] ||
+    { echo "sipedge-kernel-before needs SIPEDGE_BEFORE_BIN (an executable)" >&2; exit 1; }
+  SIPEDGE_BEFORE_BIN=$(realpath "$SIPEDGE_BEFORE_BIN")
+fi
 if [[ -f "$SHARED_BENCH/uac.xml" ]]; then
   UAC_XML=$(realpath "$SHARED_BENCH/uac.xml")
 else
@@ -166,9 +192,16 @@ stack_addrs_none() {
 }
 
 # --- configurations ------------------------------------------------------------------------
-cat >"$TMP/sipedge-afpacket.toml" <<EOF
+# u1 steps: UDP only; t1/tn steps: UDP and TCP.
+for tr in udp tcp; do
+  if [[ $tr == udp ]]; then
+    LISTEN="\"udp:$STK4:$SIP_PORT\""
+  else
+    LISTEN="\"udp:$STK4:$SIP_PORT\", \"tcp:$STK4:$SIP_PORT\""
+  fi
+  cat >"$TMP/sipedge-afpacket-$tr.toml" <<EOF
 [proxy]
-listen = ["udp:$STK4:$SIP_PORT"]
+listen = [$LISTEN]
 upstreams = ["sip:$PEER4:$UAS_PORT"]
 
 [metrics]
@@ -182,6 +215,7 @@ mode = "afpacket"
 interface = "$IF_STK"
 ipv4 = "$STK4/24"
 EOF
+done
 if [[ " $PROXIES " == *" kamailio-stateless "* ]]; then
   sed -e "s/127\.0\.0\.1:15060/$STK4:$SIP_PORT/g" \
       -e "s/\"127\.0\.0\.1\", *15080/\"$PEER4\", $UAS_PORT/g" \
@@ -260,25 +294,30 @@ sipedge_ready() {
     ip netns exec "$NS_STK" curl -sf -m 1 -o /dev/null "http://$METRICS/metrics"
 }
 
-# start_proxy NAME DIR: starts it in the stack netns (PROXY_PID) and waits until it serves.
+# start_proxy NAME DIR TRANSPORT: starts it in the stack netns (PROXY_PID) and waits until it
+# serves.
 start_proxy() {
-  local name=$1 dir=$2
+  local name=$1 dir=$2 transport=$3 cfg=udp
+  [[ $transport == u1 ]] || cfg=tcp
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
     sipedge-afpacket)
       stack_addrs_none
-      ip netns exec "$NS_STK" "$SIPEDGE_BIN" --config "$TMP/sipedge-afpacket.toml" \
+      ip netns exec "$NS_STK" "$SIPEDGE_BIN" --config "$TMP/sipedge-afpacket-$cfg.toml" \
         </dev/null >"$dir/proxy.log" 2>&1 &
       PROXY_PID=$!
       wait_until 15 "$PROXY_PID" "$name" sipedge_ready "$dir/proxy.log"
       ;;
-    sipedge-kernel)
+    sipedge-kernel|sipedge-kernel-before)
+      local bin=$SIPEDGE_BIN
+      [[ $name == sipedge-kernel ]] || bin=$SIPEDGE_BEFORE_BIN
       stack_addrs_kernel
-      ip netns exec "$NS_STK" "$SIPEDGE_BIN" --listen "udp:$STK4:$SIP_PORT" \
-        --upstream "sip:$PEER4:$UAS_PORT" --metrics "$METRICS" \
+      ip netns exec "$NS_STK" "$bin" --listen "udp:$STK4:$SIP_PORT" \
+        --listen "tcp:$STK4:$SIP_PORT" --upstream "sip:$PEER4:$UAS_PORT" --metrics "$METRICS" \
         </dev/null >"$dir/proxy.log" 2>&1 &
       PROXY_PID=$!
       wait_until 15 "$PROXY_PID" "$name" listening "$NS_STK" udp "$STK4:$SIP_PORT"
+      [[ $cfg == udp ]] || wait_until 15 "$PROXY_PID" "$name" listening "$NS_STK" tcp "$STK4:$SIP_PORT"
       ;;
     kamailio-stateless)
       stack_addrs_kernel
@@ -287,6 +326,7 @@ start_proxy() {
         -m "$KAM_SHM_MB" -M "$KAM_PKG_MB" -Y "$dir/run" </dev/null >"$dir/proxy.log" 2>&1 &
       PROXY_PID=$!
       wait_until 20 "$PROXY_PID" "$name" listening "$NS_STK" udp "$STK4:$SIP_PORT"
+      [[ $cfg == udp ]] || wait_until 20 "$PROXY_PID" "$name" listening "$NS_STK" tcp "$STK4:$SIP_PORT"
       ;;
   esac
   sleep 1 # let workers finish forking / binding (as the harness does)
@@ -298,16 +338,29 @@ STEP_LINE_PY='
 import json, sys
 r = json.loads(sys.stdin.read())
 verdict = "PASS" if r["pass"] else "FAIL: " + r["fail_reason"]
-print("round %d %-18s %5d cps: offered %s, ok %d/%d, failed %d, rtx %s%%, cpu %s s (%s s/1000 calls) %s"
-      % (r["round"], r["proxy"], r["target_cps"], r["offered_cps"], r["successful"],
+print("round %d %-18s %s %5d cps: offered %s, ok %d/%d, failed %d, rtx %s%%, cpu %s s (%s s/1000 calls) %s"
+      % (r["round"], r["proxy"], r["transport"], r["target_cps"], r["offered_cps"], r["successful"],
          r["calls_target"], r["failed"], r["retrans_pct"], r["proxy_cpu_s"],
          r["proxy_cpu_s_per_1000_calls"], verdict))
 '
 
-# run_step PROXY RATE ROUND: one measurement, one JSON line appended to $OUT.
+# time_wait NS: TIME_WAIT sockets in NS.
+time_wait() { ip netns exec "$1" ss -Htan state time-wait 2>/dev/null | wc -l; }
+
+# run_step PROXY RATE ROUND TRANSPORT: one measurement, one JSON line appended to $OUT.
 run_step() {
-  local name=$1 rate=$2 round=$3
-  local dir="$TMP/r$round-$rate-$name" calls=$((rate * DURATION))
+  local name=$1 rate=$2 round=$3 transport=$4
+  local dir="$TMP/r$round-$transport-$rate-$name" calls=$((rate * DURATION))
+  local uas_t=u1 tw_wait=0
+  [[ $transport == u1 ]] || uas_t=t1
+  if [[ $transport == tn ]]; then
+    ((calls <= TN_MAX_CALLS)) || calls=$TN_MAX_CALLS
+    local tw_deadline=$((SECONDS + 75))
+    while (($(time_wait "$NS_PEER") >= TW_MAX && SECONDS < tw_deadline)); do
+      sleep 1
+      tw_wait=$((tw_wait + 1))
+    done
+  fi
   local freq=1 f
   for f in 200 100 50 25 20 10 5 4 2 1; do
     if ((calls % f == 0)); then freq=$f; break; fi
@@ -315,12 +368,18 @@ run_step() {
   mkdir -p "$dir"
   local load1; load1=$(cut -d' ' -f1 /proc/loadavg)
   # UAS (stats written on exit: stopped after the proxy)
-  ip netns exec "$NS_PEER" sipp -sn uas -i "$PEER4" -p "$UAS_PORT" -t u1 -nostdin \
+  ip netns exec "$NS_PEER" sipp -sn uas -i "$PEER4" -p "$UAS_PORT" -t "$uas_t" -nostdin \
     -buff_size "$SIPP_BUF" -trace_stat -stf "$dir/uas_stat.csv" -fd 1 \
     -trace_err -error_file "$dir/uas_err.log" </dev/null >"$dir/uas.out" 2>&1 &
   UAS_PID=$!
-  wait_until 10 "$UAS_PID" "sipp UAS" listening "$NS_PEER" udp "$PEER4:$UAS_PORT"
-  start_proxy "$name" "$dir"
+  if [[ $uas_t == u1 ]]; then
+    wait_until 10 "$UAS_PID" "sipp UAS" listening "$NS_PEER" udp "$PEER4:$UAS_PORT"
+  else
+    wait_until 10 "$UAS_PID" "sipp UAS" listening "$NS_PEER" tcp "$PEER4:$UAS_PORT"
+  fi
+  start_proxy "$name" "$dir" "$transport"
+  local extra=()
+  [[ $transport != tn ]] || extra=(-max_socket 18000)
   local p0 p1 u0 u1 t0 t1 uac_rc=0 nprocs _
   local ks0 kp0 sn0 ks1 kp1 sn1
   ks0=$(udp_errs "$NS_STK"); kp0=$(udp_errs "$NS_PEER"); sn0=$(softnet_drops)
@@ -330,7 +389,8 @@ run_step() {
   # SIGKILL 5 s later). Run from $dir: sipp writes its -trace_rtt file in the working directory.
   (cd "$dir" && exec timeout -s INT -k 5 $((DURATION * 3 / 2 + 25)) \
     ip netns exec "$NS_PEER" sipp -sf "$UAC_XML" "$STK4:$SIP_PORT" -i "$PEER4" -p "$UAC_PORT" \
-      -t u1 -r "$rate" -rp 1000 -m "$calls" -l $((rate * 3 > 100 ? rate * 3 : 100)) -nostdin \
+      -t "$transport" "${extra[@]}" -r "$rate" -rp 1000 -m "$calls" \
+      -l $((rate * 3 > 100 ? rate * 3 : 100)) -nostdin \
       -buff_size "$SIPP_BUF" -timeout "$((DURATION + 30))s" \
       -trace_stat -stf "$dir/uac_stat.csv" -fd 1 -trace_rtt -rtt_freq "$freq" \
       -trace_err -error_file "$dir/uac_err.log" </dev/null >"$dir/uac.out" 2>&1) || uac_rc=$?
@@ -349,11 +409,11 @@ run_step() {
   stop_uas
   python3 - "$dir" "$name" "$rate" "$calls" "$round" "$p0" "$p1" "$u0" "$u1" "$t0" "$t_uac" "$t1" \
       "$uac_rc" "$alive" "$NPROC" "$CLK_TCK" "$load1" "$nprocs" "$nthreads" "$DURATION" \
-      "$ks0" "$ks1" "$kp0" "$kp1" "$sn0" "$sn1" >>"$OUT" <<'EOF'
+      "$ks0" "$ks1" "$kp0" "$kp1" "$sn0" "$sn1" "$transport" "$tw_wait" >>"$OUT" <<'EOF'
 import glob, json, os, sys
 from datetime import datetime
 (d, name, rate, calls, rnd, p0, p1, u0, u1, t0, tuac, t1, rc, alive, nproc, tck, load1,
- nprocs, nthreads, dur, ks0, ks1, kp0, kp1, sn0, sn1) = sys.argv[1:]
+ nprocs, nthreads, dur, ks0, ks1, kp0, kp1, sn0, sn1, transport, tw_wait) = sys.argv[1:]
 def udp_delta(a, b):
     names = ("rcvbuf_errors", "sndbuf_errors", "in_errors")
     return {n: int(y) - int(x) for n, x, y in zip(names, a.split(), b.split())}
@@ -410,6 +470,7 @@ if offered is None or offered < 0.9 * rate:
 if alive != "1":
     reasons.append("proxy died")
 r = {"ts": datetime.now().isoformat(timespec="seconds"), "proxy": name, "round": rnd,
+     "transport": transport, "time_wait_waited_s": int(tw_wait),
      "target_cps": rate, "duration_s": float(dur), "calls_target": calls,
      "offered_cps": offered, "calls_created": created, "successful": ok, "failed": failed,
      "failed_detail": fails, "unfinished": unfinished, "uac_retrans": uac_rtx,
@@ -433,12 +494,18 @@ EOF
 
 read -r -a PROXY_LIST <<<"$PROXIES"
 NPROXY=${#PROXY_LIST[@]}
-echo "afpacket SIP: proxies [$PROXIES] rates [$RATES] duration ${DURATION}s repeats $REPEATS nproc $NPROC -> $OUT" >&2
-# Interleaved: per round, per rate, every proxy once; the order rotates between rounds.
+echo "netns SIP: proxies [$PROXIES] transports [$TRANSPORTS] rates [$RATES] tn rates [$TN_RATES]" \
+  "duration ${DURATION}s repeats $REPEATS nproc $NPROC -> $OUT" >&2
+# Interleaved: per round, per transport, per rate, every proxy once; the order rotates between
+# rounds.
 for round in $(seq "$REPEATS"); do
-  for rate in $RATES; do
-    for i in $(seq 0 $((NPROXY - 1))); do
-      run_step "${PROXY_LIST[$(((i + round - 1) % NPROXY))]}" "$rate" "$round"
+  for transport in $TRANSPORTS; do
+    rates=$RATES
+    [[ $transport != tn ]] || rates=$TN_RATES
+    for rate in $rates; do
+      for i in $(seq 0 $((NPROXY - 1))); do
+        run_step "${PROXY_LIST[$(((i + round - 1) % NPROXY))]}" "$rate" "$round" "$transport"
+      done
     done
   done
 done
@@ -447,35 +514,45 @@ done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-order = {"sipedge-afpacket": 0, "sipedge-kernel": 1, "kamailio-stateless": 2}
+order = {"sipedge-afpacket": 0, "sipedge-kernel": 1, "sipedge-kernel-before": 2,
+         "kamailio-stateless": 3}
+torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:
-    groups.setdefault((r["proxy"], r["target_cps"]), []).append(r)
+    groups.setdefault((r["proxy"], r.get("transport", "u1"), r["target_cps"]), []).append(r)
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-ref = {rate: med([r["proxy_cpu_s_per_1000_calls"] for r in rs])
-       for (p, rate), rs in groups.items() if p == "kamailio-stateless"}
-print(f"\n{'proxy':18} {'rate':>5} {'runs':>4} {'pass':>4} {'offered':>7} {'failed':>6} {'rtx%':>6} "
+ref = {(t, rate): med([r["proxy_cpu_s_per_1000_calls"] for r in rs])
+       for (p, t, rate), rs in groups.items() if p == "kamailio-stateless"}
+print(f"\n{'proxy':21} {'tr':2} {'rate':>5} {'runs':>4} {'pass':>4} {'offered':>7} {'failed':>6} {'rtx%':>6} "
       f"{'p99ms':>5} {'cpu%':>5} {'CPUs/1k':>8} {'vs kam':>6}")
-for (p, rate), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
+for (p, t, rate), rs in sorted(groups.items(),
+                               key=lambda kv: (torder.get(kv[0][1], 9), order.get(kv[0][0], 9),
+                                               kv[0][2])):
     c = med([r["proxy_cpu_s_per_1000_calls"] for r in rs])
-    ratio = f"{c / ref[rate]:.2f}" if c is not None and ref.get(rate) else "-"
+    ratio = f"{c / ref[(t, rate)]:.2f}" if c is not None and ref.get((t, rate)) else "-"
     off = med([r["offered_cps"] for r in rs])
     p99 = med([r["rt_ms"]["p99"] for r in rs])
     pct = med([r["proxy_cpu_pct_of_core"] for r in rs])
     f = lambda v, d=0: "-" if v is None else f"{v:.{d}f}"
-    print(f"{p:18} {rate:>5} {len(rs):>4} {sum(r['pass'] for r in rs):>4} {f(off):>7} "
+    print(f"{p:21} {t:2} {rate:>5} {len(rs):>4} {sum(r['pass'] for r in rs):>4} {f(off):>7} "
           f"{sum(r['failed'] for r in rs):>6} {f(med([r['retrans_pct'] for r in rs]), 2):>6} "
           f"{f(p99):>5} {f(pct):>5} {f(c, 3):>8} {ratio:>6}")
-print("\nmax passing rate (a rate counts when it passed in every round; all rounds in brackets):")
-for p in sorted({k[0] for k in groups}, key=lambda p: order.get(p, 9)):
-    rates = sorted(rate for (q, rate) in groups if q == p)
-    every = [rate for rate in rates if all(r["pass"] for r in groups[(p, rate)])]
-    rounds = sorted({r["round"] for (q, _), rs in groups.items() if q == p for r in rs})
-    per = [max([r["target_cps"] for (q, _), rs in groups.items() if q == p for r in rs
-                if r["round"] == n and r["pass"]], default=0) for n in rounds]
-    print(f"  {p:18} {max(every) if every else 0:>5} ({', '.join(map(str, per))})")
+print("\nmax passing rate (a rate counts when it passed in every round; all rounds in brackets),"
+      " and median CPU-s per 1000 calls at that rate:")
+for t in sorted({k[1] for k in groups}, key=lambda t: torder.get(t, 9)):
+    for p in sorted({k[0] for k in groups if k[1] == t}, key=lambda p: order.get(p, 9)):
+        rates = sorted(rate for (q, u, rate) in groups if q == p and u == t)
+        every = [rate for rate in rates if all(r["pass"] for r in groups[(p, t, rate)])]
+        mine = [(q, u, rate) for (q, u, rate) in groups if q == p and u == t]
+        rounds = sorted({r["round"] for k in mine for r in groups[k]})
+        per = [max([r["target_cps"] for k in mine for r in groups[k]
+                    if r["round"] == n and r["pass"]], default=0) for n in rounds]
+        best = max(every) if every else 0
+        c = med([r["proxy_cpu_s_per_1000_calls"] for r in groups[(p, t, best)]]) if best else None
+        cs = "-" if c is None else f"{c:.3f}"
+        print(f"  {t} {p:21} {best:>5} ({', '.join(map(str, per))})  CPU-s/1k {cs}")
 print("(medians over rounds; CPUs/1k = proxy CPU seconds per 1000 successful calls; vs kam = that / "
       "kamailio-stateless's at the same rate; cpu% = proxy CPU / measurement window, of one core; "
       "failed = sum)")

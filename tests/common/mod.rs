@@ -7,6 +7,7 @@
 //! is stopped by its own PID. Traffic stays on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod afpacket;
 pub mod netns;
 pub mod uas;
 
@@ -452,7 +453,9 @@ pub struct SippUas {
 impl SippUas {
     pub fn start(transport: SippTransport) -> SippUas {
         let port = free_port();
-        let mut uas = Self::spawn(Command::new("sipp"), LOCALHOST, port, transport);
+        let mut cmd = Command::new("sipp");
+        cmd.args(["-sn", "uas"]);
+        let mut uas = Self::spawn(cmd, LOCALHOST, port, transport);
         if !wait_listening(port, transport.is_tcp(), Duration::from_secs(10)) {
             let st = uas.child.try_wait();
             panic!(
@@ -465,15 +468,39 @@ impl SippUas {
 
     /// A UDP UAS on `ip:port` inside network namespace `ns`.
     pub fn start_in(ns: &str, ip: IpAddr, port: u16) -> SippUas {
-        let mut uas = Self::spawn(
-            netns::netns_exec(ns, "sipp"),
-            &ip.to_string(),
-            port,
-            SippTransport::U1,
-        );
+        Self::start_in_with(ns, ip, port, SippTransport::U1)
+    }
+
+    /// A UAS on `ip:port` inside network namespace `ns` over `transport`
+    /// (u1: a bound UDP socket; t1: a listening TCP socket).
+    pub fn start_in_with(ns: &str, ip: IpAddr, port: u16, transport: SippTransport) -> SippUas {
+        Self::start_in_args(ns, ip, port, transport, &[])
+    }
+
+    /// [`Self::start_in_with`] with more sipp arguments.
+    pub fn start_in_args(
+        ns: &str,
+        ip: IpAddr,
+        port: u16,
+        transport: SippTransport,
+        extra: &[&str],
+    ) -> SippUas {
+        let mut cmd = netns::netns_exec(ns, "sipp");
+        if !extra.contains(&"-sf") {
+            cmd.args(["-sn", "uas"]);
+        }
+        cmd.args(extra);
+        let mut uas = Self::spawn(cmd, &ip.to_string(), port, transport);
         let addr = SocketAddr::new(ip, port);
+        let ready = |pid: u32| {
+            if transport.is_tcp() {
+                netns::tcp_listening_in_pid(pid, addr)
+            } else {
+                netns::udp_bound_in_pid(pid, addr)
+            }
+        };
         let t0 = Instant::now();
-        while !netns::udp_bound_in_pid(uas.child.id(), addr) {
+        while !ready(uas.child.id()) {
             let st = uas.child.try_wait();
             if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
                 panic!(
@@ -490,7 +517,7 @@ impl SippUas {
         let dir = unique_temp_dir("uas");
         let out = File::create(dir.join("uas.out")).expect("create uas.out");
         let child = cmd
-            .args(["-sn", "uas", "-i", ip, "-p", &port.to_string()])
+            .args(["-i", ip, "-p", &port.to_string()])
             .args(["-t", transport.flag(), "-nostdin", "-buff_size", "4194304"])
             .args(["-trace_err", "-error_file"])
             .arg(dir.join("uas_err.log"))

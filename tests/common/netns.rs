@@ -602,6 +602,28 @@ pub fn udp_bound_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
     })
 }
 
+/// Is a TCP socket listening on `addr` in the network namespace of process
+/// `pid`? Reads /proc/PID/net/tcp{,6} (state 0A = LISTEN; no packet sent).
+pub fn tcp_listening_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
+    let (file, ip_hex) = match addr.ip() {
+        std::net::IpAddr::V4(ip) => ("tcp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
+        std::net::IpAddr::V6(ip) => (
+            "tcp6",
+            ip.octets()
+                .chunks(4)
+                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+        ),
+    };
+    let want = format!("{ip_hex}:{:04X}", addr.port());
+    std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+    })
+}
+
 impl NetnsPair {
     /// Add 198.18.N.`host`/24 to the peer's veth (an extra Linux client
     /// address); returns it.
