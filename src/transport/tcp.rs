@@ -89,11 +89,7 @@ pub fn txn_transport_failed(
         return;
     }
     let mut out = crate::core::transaction::Out::default();
-    if step
-        .core
-        .transport_failed(peer, Transport::Tcp, &mut out)
-        > 0
-    {
+    if step.core.transport_failed(peer, Transport::Tcp, &mut out) > 0 {
         step.deliver_txn(eg, &out, Instant::now());
     }
 }
