@@ -94,6 +94,8 @@ pub(crate) struct TopVia {
     pub index: usize,
     /// Its first via-parm; `None` when it does not parse.
     pub via: Option<Via>,
+    /// [`Core::branch_hash`] of `via`, once the transaction layer computed it.
+    pub branch_hash: Option<u64>,
 }
 
 impl TopVia {
@@ -108,6 +110,7 @@ impl TopVia {
             h: *h,
             index,
             via: parse_via(msg.buf, h.value).ok(),
+            branch_hash: None,
         })
     }
 }
@@ -420,8 +423,8 @@ impl Core {
             }
             Err(_) => return self.parse_failure(buf, rcv, sc),
         };
-        let top = TopVia::of(&msg);
-        let top = top.as_ref();
+        let top_via = TopVia::of(&msg);
+        let top = top_via.as_ref();
         out.clear();
         resolve.clear();
         edits.clear();
@@ -447,9 +450,14 @@ impl Core {
                         Pre::Done => return Outcome::Txn,
                         Pre::Stateless => {}
                         Pre::Route { hash, caller } => {
+                            // our Via's branch is this hash: not computed twice
+                            let mut hashed = top_via;
+                            if let Some(t) = hashed.as_mut() {
+                                t.branch_hash = Some(hash);
+                            }
                             let o = self.route_request(
                                 &msg,
-                                top,
+                                hashed.as_ref(),
                                 version_ok,
                                 add_content_length,
                                 rcv,
@@ -1064,7 +1072,10 @@ impl Core {
         rfc3261_16_6_step2_request_uri(msg, pre, b);
         // inserted right after the start line in this order (edits at one
         // offset keep their order): Via on top, Record-Route, Max-Forwards
-        self.rfc3261_16_6_step8_via(msg, &via, out_local, rcv, b);
+        let branch = top
+            .branch_hash
+            .unwrap_or_else(|| self.branch_hash(msg, &via));
+        self.rfc3261_16_6_step8_via(msg, branch, out_local, rcv, b);
         self.rfc3261_16_6_step4_record_route(msg, out_local, rcv, b);
         rfc3261_16_6_step3_max_forwards_add(msg, mf, b);
         rfc3261_18_2_1_received(msg, &via, rcv, b);
@@ -1090,7 +1101,7 @@ impl Core {
     fn rfc3261_16_6_step8_via(
         &self,
         msg: &SipMsg<'_>,
-        via: &Via,
+        branch: u64,
         out_local: usize,
         rcv: &RcvInfo,
         b: &mut Builder<'_>,
@@ -1099,9 +1110,10 @@ impl Core {
         let t0 = b.tmp.len();
         b.tmp.extend_from_slice(&self.locals[out_local].via_prefix);
         b.tmp.extend_from_slice(BRANCH_PREFIX);
-        let _ = write!(b.tmp, "{:016x}", self.branch_hash(msg, via));
+        push_hex16(&mut b.tmp, branch);
         if let (Transport::Tcp, Some(c)) = (rcv.transport, rcv.conn) {
-            let _ = write!(b.tmp, ";i={c}");
+            b.tmp.extend_from_slice(b";i=");
+            push_dec(&mut b.tmp, c);
         }
         b.tmp.extend_from_slice(b"\r\n");
         b.push_tmp(at, at, t0);
@@ -1225,6 +1237,7 @@ impl Core {
             h: top_h,
             index: vi,
             via,
+            ..
         }) = top_via
         else {
             return drop(DropReason::ReplyNoVia);
@@ -1564,6 +1577,32 @@ fn rfc3261_16_6_step3_max_forwards_add(
     }
 }
 
+/// `n` as 16 lower-case hex digits (what `{:016x}` writes), without the
+/// formatting machinery.
+fn push_hex16(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut d = [0u8; 16];
+    for (i, x) in d.iter_mut().enumerate() {
+        *x = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out.extend_from_slice(&d);
+}
+
+/// `n` in decimal (what `{}` writes), without the formatting machinery.
+fn push_dec(out: &mut Vec<u8>, mut n: u64) {
+    let mut d = [0u8; 20];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&d[i..]);
+}
+
 /// RFC 3261 §16.6 step 3: decrement Max-Forwards.
 fn rfc3261_16_6_step3_max_forwards_decrement(
     mf: Option<(&HeaderSpan, Option<u32>)>,
@@ -1571,7 +1610,7 @@ fn rfc3261_16_6_step3_max_forwards_decrement(
 ) {
     if let Some((h, Some(v))) = mf {
         let t0 = b.tmp.len();
-        let _ = write!(b.tmp, "{}", v - 1);
+        push_dec(&mut b.tmp, u64::from(v - 1));
         b.push_tmp(h.value.start, h.value.end, t0);
     }
 }
