@@ -1110,10 +1110,10 @@ impl Core {
         let t0 = b.tmp.len();
         b.tmp.extend_from_slice(&self.locals[out_local].via_prefix);
         b.tmp.extend_from_slice(BRANCH_PREFIX);
-        push_hex16(&mut b.tmp, branch);
+        push_hex16(b.tmp, branch);
         if let (Transport::Tcp, Some(c)) = (rcv.transport, rcv.conn) {
             b.tmp.extend_from_slice(b";i=");
-            push_dec(&mut b.tmp, c);
+            push_dec(b.tmp, c);
         }
         b.tmp.extend_from_slice(b"\r\n");
         b.push_tmp(at, at, t0);
@@ -1610,7 +1610,7 @@ fn rfc3261_16_6_step3_max_forwards_decrement(
 ) {
     if let Some((h, Some(v))) = mf {
         let t0 = b.tmp.len();
-        push_dec(&mut b.tmp, u64::from(v - 1));
+        push_dec(b.tmp, u64::from(v - 1));
         b.push_tmp(h.value.start, h.value.end, t0);
     }
 }
