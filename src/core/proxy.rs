@@ -83,6 +83,38 @@ pub enum Outcome {
     Txn,
 }
 
+/// A message's top Via, found and parsed once per message: the transaction
+/// layer (key, reply destination), the §16.3 checks, forwarding (§16.6 step
+/// 8, §18.2.1 `received`) and reply routing (§16.7 step 3) all read it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TopVia {
+    /// Its header (the first Via header of the message).
+    pub h: HeaderSpan,
+    /// Index of `h` in the message's headers.
+    pub index: usize,
+    /// Its first via-parm; `None` when it does not parse.
+    pub via: Option<Via>,
+    /// [`Core::branch_hash`] of `via`, once the transaction layer computed it.
+    pub branch_hash: Option<u64>,
+}
+
+impl TopVia {
+    /// The top Via of `msg` (`None`: the message has no Via header).
+    pub(crate) fn of(msg: &SipMsg<'_>) -> Option<TopVia> {
+        let (index, h) = msg
+            .headers
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.kind == HeaderKind::Via)?;
+        Some(TopVia {
+            h: *h,
+            index,
+            via: parse_via(msg.buf, h.value).ok(),
+            branch_hash: None,
+        })
+    }
+}
+
 /// Per-worker reusable buffers (no per-message allocation in steady state).
 #[derive(Debug, Default)]
 pub struct Scratch {
@@ -391,6 +423,8 @@ impl Core {
             }
             Err(_) => return self.parse_failure(buf, rcv, sc),
         };
+        let top_via = TopVia::of(&msg);
+        let top = top_via.as_ref();
         out.clear();
         resolve.clear();
         edits.clear();
@@ -407,17 +441,23 @@ impl Core {
             txn.clear();
             match msg.start {
                 StartLine::Response { code, .. } => {
-                    if st.on_reply(self, &msg, code, rcv, txn) {
+                    if st.on_reply(self, &msg, top, code, rcv, txn) {
                         return Outcome::Txn;
                     }
                 }
                 StartLine::Request { version_ok, .. } => {
-                    match st.before_request(self, &msg, rcv, txn) {
+                    match st.before_request(self, &msg, top, rcv, txn) {
                         Pre::Done => return Outcome::Txn,
                         Pre::Stateless => {}
                         Pre::Route { hash, caller } => {
+                            // our Via's branch is this hash: not computed twice
+                            let mut hashed = top_via;
+                            if let Some(t) = hashed.as_mut() {
+                                t.branch_hash = Some(hash);
+                            }
                             let o = self.route_request(
                                 &msg,
+                                hashed.as_ref(),
                                 version_ok,
                                 add_content_length,
                                 rcv,
@@ -431,10 +471,16 @@ impl Core {
             }
         }
         match msg.start {
-            StartLine::Response { code, .. } => self.route_reply(&msg, code, rcv, &mut b),
-            StartLine::Request { version_ok, .. } => {
-                self.route_request(&msg, version_ok, add_content_length, rcv, &mut b, routes)
-            }
+            StartLine::Response { code, .. } => self.route_reply(&msg, top, code, rcv, &mut b),
+            StartLine::Request { version_ok, .. } => self.route_request(
+                &msg,
+                top,
+                version_ok,
+                add_content_length,
+                rcv,
+                &mut b,
+                routes,
+            ),
         }
     }
 
@@ -673,31 +719,47 @@ impl Core {
     }
 
     /// RFC 3261 §16.3 request validation (plus §8.2.2.1 scheme, §18.3 length).
-    fn sanity(&self, msg: &SipMsg<'_>) -> Result<(), (u16, &'static str)> {
-        let once = |k: HeaderKind, missing: &'static str| match msg.count(k) {
-            0 => Err((400, missing)),
-            _ => Ok(()),
-        };
-        once(HeaderKind::Via, "Missing Via")?;
-        once(HeaderKind::From, "Missing From")?;
-        once(HeaderKind::To, "Missing To")?;
-        once(HeaderKind::CallId, "Missing Call-ID")?;
-        once(HeaderKind::CSeq, "Missing CSeq")?;
-        for (k, why) in [
-            (HeaderKind::From, "Duplicate From"),
-            (HeaderKind::To, "Duplicate To"),
-            (HeaderKind::CallId, "Duplicate Call-ID"),
-            (HeaderKind::CSeq, "Duplicate CSeq"),
+    /// Returns the parsed Request-URI when it is a SIP or SIPS URI.
+    fn sanity(
+        &self,
+        msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
+    ) -> Result<Option<UriParts>, (u16, &'static str)> {
+        let top = top.ok_or((400, "Missing Via"))?;
+        // one pass over the headers counts the ones that must appear once
+        let (mut from, mut to, mut call_id, mut cseq, mut mf) = (0u32, 0u32, 0u32, 0u32, 0u32);
+        for h in msg.headers {
+            match h.kind {
+                HeaderKind::From => from += 1,
+                HeaderKind::To => to += 1,
+                HeaderKind::CallId => call_id += 1,
+                HeaderKind::CSeq => cseq += 1,
+                HeaderKind::MaxForwards => mf += 1,
+                _ => {}
+            }
+        }
+        for (n, missing) in [
+            (from, "Missing From"),
+            (to, "Missing To"),
+            (call_id, "Missing Call-ID"),
+            (cseq, "Missing CSeq"),
         ] {
-            if msg.count(k) > 1 {
+            if n == 0 {
+                return Err((400, missing));
+            }
+        }
+        for (n, why) in [
+            (from, "Duplicate From"),
+            (to, "Duplicate To"),
+            (call_id, "Duplicate Call-ID"),
+            (cseq, "Duplicate CSeq"),
+            (mf, "Duplicate Max-Forwards"),
+        ] {
+            if n > 1 {
                 return Err((400, why));
             }
         }
-        if msg.count(HeaderKind::MaxForwards) > 1 {
-            return Err((400, "Duplicate Max-Forwards"));
-        }
-        let top = msg.first(HeaderKind::Via).ok_or((400, "Missing Via"))?;
-        let via = parse_via(msg.buf, top.value).map_err(|_| (400, "Bad Via"))?;
+        let via = top.via.ok_or((400, "Bad Via"))?;
         // RFC 4475 §3.2.1: the magic cookie without an identifier cannot be
         // told apart from other such requests; reject it statelessly
         if via.branch.is_some_and(|b| b.get(msg.buf) == b"z9hG4bK") {
@@ -746,6 +808,7 @@ impl Core {
             return Err((400, "Bad Max-Forwards"));
         }
         let uri = msg.uri();
+        let mut ruri = None;
         match uri_scheme(uri) {
             Some(s) if s.eq_ignore_ascii_case(b"sip") || s.eq_ignore_ascii_case(b"sips") => {
                 let span = match msg.start {
@@ -764,6 +827,7 @@ impl Core {
                 if !sip_uri_valid(msg.buf, span, &parts) {
                     return Err((400, "Bad Request-URI"));
                 }
+                ruri = Some(parts);
             }
             Some(s) if s.eq_ignore_ascii_case(b"tel") => {}
             Some(_) => return Err((416, "Unsupported URI Scheme")),
@@ -774,16 +838,18 @@ impl Core {
         if msg.headers.iter().any(|h| is_proxy_require(msg, h)) {
             return Err((420, "Bad Extension"));
         }
-        Ok(())
+        Ok(ruri)
     }
 
     /// RFC 3261 §16 for one request, one function per step: validate (§16.3),
     /// preprocess routing information (§16.4), determine the target (§16.5),
     /// forward (§16.6). A step that refuses the request ends it with a local
     /// reply or a counted drop ([`Refuse`]).
+    #[allow(clippy::too_many_arguments)]
     fn route_request(
         &self,
         msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
         version_ok: bool,
         add_content_length: bool,
         rcv: &RcvInfo,
@@ -791,24 +857,29 @@ impl Core {
         routes: &mut Vec<(usize, NameAddr)>,
     ) -> Outcome {
         self.metrics.request(msg.method());
-        match self.route_request_steps(msg, version_ok, add_content_length, rcv, b, routes) {
+        match self.route_request_steps(msg, top, version_ok, add_content_length, rcv, b, routes) {
             Ok(o) => o,
             Err(r) => self.refuse(msg, rcv, r, b),
         }
     }
 
     /// The §16 steps in order; see [`Self::route_request`].
+    #[allow(clippy::too_many_arguments)]
     fn route_request_steps(
         &self,
         msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
         version_ok: bool,
         add_content_length: bool,
         rcv: &RcvInfo,
         b: &mut Builder<'_>,
         routes: &mut Vec<(usize, NameAddr)>,
     ) -> Result<Outcome, Refuse> {
-        self.rfc3261_16_3_validate(msg, version_ok)?;
-        let ruri = parse_sip_uri(msg.buf, ruri_span(msg));
+        // the Request-URI as the §16.3 checks parsed it (a tel: URI: parsed here)
+        let ruri = match self.rfc3261_16_3_validate(msg, top, version_ok)? {
+            Some(u) => Some(u),
+            None => parse_sip_uri(msg.buf, ruri_span(msg)),
+        };
         let pre = self.rfc3261_16_4_preprocess_route(msg, ruri.as_ref(), routes)?;
         let remaining = &routes[pre.popped..pre.live];
         // OPTIONS to the proxy itself: answer it (§16.3 step 3 / §11)
@@ -819,7 +890,7 @@ impl Core {
         }
         let mf = rfc3261_16_3_step3_max_forwards(msg)?;
         let hop = self.rfc3261_16_5_targets(msg, ruri, &pre, remaining, ruri_ours, rcv)?;
-        self.rfc3261_16_6_forward(msg, add_content_length, rcv, b, routes, &pre, mf, hop)
+        self.rfc3261_16_6_forward(msg, top, add_content_length, rcv, b, routes, &pre, mf, hop)
     }
 
     /// Answer or drop a refused request: a local reply, except for an ACK,
@@ -842,11 +913,16 @@ impl Core {
     /// reasonable-syntax checks of [`Self::sanity`] (400 / 416). Max-Forwards
     /// (step 3) is [`rfc3261_16_3_step3_max_forwards`], after the OPTIONS-to-us
     /// check.
-    fn rfc3261_16_3_validate(&self, msg: &SipMsg<'_>, version_ok: bool) -> Result<(), Refuse> {
+    fn rfc3261_16_3_validate(
+        &self,
+        msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
+        version_ok: bool,
+    ) -> Result<Option<UriParts>, Refuse> {
         if !version_ok {
             return Err(Refuse::Reply(505, "Version Not Supported"));
         }
-        self.sanity(msg).map_err(|(c, r)| Refuse::Reply(c, r))
+        self.sanity(msg, top).map_err(|(c, r)| Refuse::Reply(c, r))
     }
 
     /// RFC 3261 §16.4 route information preprocessing: parse the Route
@@ -976,6 +1052,7 @@ impl Core {
     fn rfc3261_16_6_forward(
         &self,
         msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
         add_content_length: bool,
         rcv: &RcvInfo,
         b: &mut Builder<'_>,
@@ -986,16 +1063,19 @@ impl Core {
     ) -> Result<Outcome, Refuse> {
         let out_local = self.rfc3261_16_6_step7_next_hop(&hop, rcv)?;
         let buf = msg.buf;
-        let Some(top_via_h) = msg.first(HeaderKind::Via) else {
+        let Some(top) = top else {
             return Err(Refuse::Reply(400, "Missing Via"));
         };
-        let Ok(via) = parse_via(buf, top_via_h.value) else {
+        let Some(via) = top.via else {
             return Err(Refuse::Reply(400, "Bad Via"));
         };
         rfc3261_16_6_step2_request_uri(msg, pre, b);
         // inserted right after the start line in this order (edits at one
         // offset keep their order): Via on top, Record-Route, Max-Forwards
-        self.rfc3261_16_6_step8_via(msg, &via, out_local, rcv, b);
+        let branch = top
+            .branch_hash
+            .unwrap_or_else(|| self.branch_hash(msg, &via));
+        self.rfc3261_16_6_step8_via(msg, branch, out_local, rcv, b);
         self.rfc3261_16_6_step4_record_route(msg, out_local, rcv, b);
         rfc3261_16_6_step3_max_forwards_add(msg, mf, b);
         rfc3261_18_2_1_received(msg, &via, rcv, b);
@@ -1021,7 +1101,7 @@ impl Core {
     fn rfc3261_16_6_step8_via(
         &self,
         msg: &SipMsg<'_>,
-        via: &Via,
+        branch: u64,
         out_local: usize,
         rcv: &RcvInfo,
         b: &mut Builder<'_>,
@@ -1030,9 +1110,10 @@ impl Core {
         let t0 = b.tmp.len();
         b.tmp.extend_from_slice(&self.locals[out_local].via_prefix);
         b.tmp.extend_from_slice(BRANCH_PREFIX);
-        let _ = write!(b.tmp, "{:016x}", self.branch_hash(msg, via));
+        push_hex16(b.tmp, branch);
         if let (Transport::Tcp, Some(c)) = (rcv.transport, rcv.conn) {
-            let _ = write!(b.tmp, ";i={c}");
+            b.tmp.extend_from_slice(b";i=");
+            push_dec(b.tmp, c);
         }
         b.tmp.extend_from_slice(b"\r\n");
         b.push_tmp(at, at, t0);
@@ -1138,6 +1219,7 @@ impl Core {
     fn route_reply(
         &self,
         msg: &SipMsg<'_>,
+        top_via: Option<&TopVia>,
         code: u16,
         rcv: &RcvInfo,
         b: &mut Builder<'_>,
@@ -1151,15 +1233,16 @@ impl Core {
         if !reply_sane(msg) {
             return drop(DropReason::BadReply);
         }
-        let Some((vi, top_h)) = msg
-            .headers
-            .iter()
-            .enumerate()
-            .find(|(_, h)| h.kind == HeaderKind::Via)
+        let Some(&TopVia {
+            h: top_h,
+            index: vi,
+            via,
+            ..
+        }) = top_via
         else {
             return drop(DropReason::ReplyNoVia);
         };
-        let Ok(top) = parse_via(buf, top_h.value) else {
+        let Some(top) = via else {
             return drop(DropReason::ReplyNotOurs);
         };
         if self
@@ -1494,6 +1577,32 @@ fn rfc3261_16_6_step3_max_forwards_add(
     }
 }
 
+/// `n` as 16 lower-case hex digits (what `{:016x}` writes), without the
+/// formatting machinery.
+fn push_hex16(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut d = [0u8; 16];
+    for (i, x) in d.iter_mut().enumerate() {
+        *x = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out.extend_from_slice(&d);
+}
+
+/// `n` in decimal (what `{}` writes), without the formatting machinery.
+fn push_dec(out: &mut Vec<u8>, mut n: u64) {
+    let mut d = [0u8; 20];
+    let mut i = d.len();
+    loop {
+        i -= 1;
+        d[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&d[i..]);
+}
+
 /// RFC 3261 §16.6 step 3: decrement Max-Forwards.
 fn rfc3261_16_6_step3_max_forwards_decrement(
     mf: Option<(&HeaderSpan, Option<u32>)>,
@@ -1501,7 +1610,7 @@ fn rfc3261_16_6_step3_max_forwards_decrement(
 ) {
     if let Some((h, Some(v))) = mf {
         let t0 = b.tmp.len();
-        let _ = write!(b.tmp, "{}", v - 1);
+        push_dec(b.tmp, u64::from(v - 1));
         b.push_tmp(h.value.start, h.value.end, t0);
     }
 }

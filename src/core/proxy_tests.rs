@@ -761,3 +761,25 @@ v=0\n";
     assert_eq!(rr, "Record-Route: <sip:192.0.2.10:5060;lr>");
     assert_eq!(rest, want.split_once("\r\n").unwrap().1);
 }
+
+#[test]
+fn rfc3261_16_6_step8_branch_digits_and_numbers_as_the_formatter_writes_them() {
+    for n in [
+        0u64,
+        1,
+        9,
+        10,
+        255,
+        0xdead_beef,
+        u64::MAX,
+        1 << 63,
+        12_345_678_901,
+    ] {
+        let mut h = Vec::new();
+        super::push_hex16(&mut h, n);
+        assert_eq!(h, format!("{n:016x}").into_bytes());
+        let mut d = Vec::new();
+        super::push_dec(&mut d, n);
+        assert_eq!(d, n.to_string().into_bytes());
+    }
+}

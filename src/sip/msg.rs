@@ -59,24 +59,22 @@ impl HeaderKind {
                 _ => HeaderKind::Other,
             };
         }
-        const NAMES: [(&[u8], HeaderKind); 10] = [
-            (b"via", HeaderKind::Via),
-            (b"from", HeaderKind::From),
-            (b"to", HeaderKind::To),
-            (b"call-id", HeaderKind::CallId),
-            (b"cseq", HeaderKind::CSeq),
-            (b"max-forwards", HeaderKind::MaxForwards),
-            (b"route", HeaderKind::Route),
-            (b"record-route", HeaderKind::RecordRoute),
-            (b"content-length", HeaderKind::ContentLength),
-            (b"contact", HeaderKind::Contact),
-        ];
-        for (n, k) in NAMES {
-            if n.eq_ignore_ascii_case(name) {
-                return k;
-            }
+        // by length first, then literal comparisons (the compiler unrolls
+        // them): at most two names compared
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is(b"to") => HeaderKind::To,
+            3 if is(b"via") => HeaderKind::Via,
+            4 if is(b"from") => HeaderKind::From,
+            4 if is(b"cseq") => HeaderKind::CSeq,
+            5 if is(b"route") => HeaderKind::Route,
+            7 if is(b"call-id") => HeaderKind::CallId,
+            7 if is(b"contact") => HeaderKind::Contact,
+            12 if is(b"max-forwards") => HeaderKind::MaxForwards,
+            12 if is(b"record-route") => HeaderKind::RecordRoute,
+            14 if is(b"content-length") => HeaderKind::ContentLength,
+            _ => HeaderKind::Other,
         }
-        HeaderKind::Other
     }
 }
 
@@ -172,6 +170,26 @@ fn trim(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
     (s, e)
 }
 
+/// The common header line: a token name at `pos`, optional white space, a
+/// colon. Returns (colon, name end); `None` sends the caller to the general
+/// rule (first colon of the line, the trimmed name all token characters),
+/// which gives the same answer for every line this one accepts.
+#[inline]
+fn header_name_fast(buf: &[u8], pos: usize, e: usize) -> Option<(usize, usize)> {
+    let mut i = pos;
+    while i < e && is_token_char(buf[i]) {
+        i += 1;
+    }
+    if i == pos {
+        return None;
+    }
+    let ne = i;
+    while i < e && matches!(buf[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    (i < e && buf[i] == b':').then_some((i, ne))
+}
+
 /// End of the line starting at `from` (index after its `\n`), or `limit`.
 fn line_end(buf: &[u8], from: usize, limit: usize) -> usize {
     match memchr::memchr(b'\n', &buf[from..limit]) {
@@ -262,10 +280,16 @@ impl<'a> SipMsg<'a> {
             while e < headers_end && is_ws(buf[e]) {
                 e = line_end(buf, e, headers_end);
             }
-            let colon = memchr::memchr(b':', &buf[pos..e]).map(|i| pos + i);
-            let name = colon.map(|c| trim(buf, pos, c)).filter(|&(ns, ne)| {
-                ns == pos && ns < ne && buf[ns..ne].iter().all(|&b| is_token_char(b))
-            });
+            let (colon, name) = match header_name_fast(buf, pos, e) {
+                Some((c, ne)) => (Some(c), Some((pos, ne))),
+                None => {
+                    let colon = memchr::memchr(b':', &buf[pos..e]).map(|i| pos + i);
+                    let name = colon.map(|c| trim(buf, pos, c)).filter(|&(ns, ne)| {
+                        ns == pos && ns < ne && buf[ns..ne].iter().all(|&b| is_token_char(b))
+                    });
+                    (colon, name)
+                }
+            };
             let (Some(colon), Some((ns, ne))) = (colon, name) else {
                 if !lenient {
                     return Err(ParseError::HeaderLine);
@@ -715,7 +739,10 @@ pub fn check_addr_value(buf: &[u8], value: Span, list: bool) -> bool {
                     i = q;
                 } else {
                     i = vs;
-                    while i < v.len() && !is_lws(v[i]) && !b";,\"<>".contains(&v[i]) {
+                    while i < v.len()
+                        && !is_lws(v[i])
+                        && !matches!(v[i], b';' | b',' | b'"' | b'<' | b'>')
+                    {
                         if v[i] < b' ' || v[i] == 0x7f {
                             return false;
                         }
@@ -741,7 +768,10 @@ pub fn check_addr_value(buf: &[u8], value: Span, list: bool) -> bool {
 /// One name-addr or addr-spec starting at `v[i]`; the index after it.
 fn addr_entry(v: &[u8], i: usize, list: bool) -> Option<usize> {
     let uri_ok = |u: &[u8]| {
-        uri_scheme(u).is_some() && !u.iter().any(|&c| c <= b' ' || b"<>\"\x7f".contains(&c))
+        uri_scheme(u).is_some()
+            && !u
+                .iter()
+                .any(|&c| c <= b' ' || matches!(c, b'<' | b'>' | b'"' | 0x7f))
     };
     let laquot = if v.get(i) == Some(&b'"') {
         // quoted display name, then optional LWS and '<'
@@ -866,7 +896,7 @@ pub fn uri_scheme(uri: &[u8]) -> Option<&[u8]> {
         || !scheme[0].is_ascii_alphabetic()
         || !scheme
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
     {
         return None;
     }
@@ -958,7 +988,31 @@ pub fn sip_uri_valid(buf: &[u8], uri: Span, parts: &UriParts) -> bool {
             i += 3;
             continue;
         }
-        if !(c.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,[]".contains(&c)) {
+        if !(c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b';'
+                    | b'/'
+                    | b'?'
+                    | b':'
+                    | b'@'
+                    | b'&'
+                    | b'='
+                    | b'+'
+                    | b'$'
+                    | b','
+                    | b'['
+                    | b']'
+            ))
+        {
             return false;
         }
         i += 1;
@@ -973,7 +1027,7 @@ pub fn sip_uri_valid(buf: &[u8], uri: Span, parts: &UriParts) -> bool {
     !host.is_empty()
         && host
             .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
 }
 
 /// `CSeq` value: (number, method); LWS, folded lines included, separates them.
@@ -1025,6 +1079,82 @@ pub fn trim_bytes(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general header-name rule of `parse_inner`: (colon, name end).
+    fn header_name_general(buf: &[u8], pos: usize, e: usize) -> Option<(usize, usize)> {
+        let colon = memchr::memchr(b':', &buf[pos..e]).map(|i| pos + i)?;
+        let (ns, ne) = trim(buf, pos, colon);
+        (ns == pos && ns < ne && buf[ns..ne].iter().all(|&b| is_token_char(b)))
+            .then_some((colon, ne))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rfc3261_7_3_1_header_name_fast_path_agrees_with_the_general_rule(
+            line in proptest::collection::vec(
+                proptest::sample::select(b"aZ9-.!%*_+`'~:; \t\r\n,<>\"@[]/".to_vec()),
+                0..24,
+            )
+        ) {
+            let fast = header_name_fast(&line, 0, line.len());
+            if fast.is_some() {
+                proptest::prop_assert_eq!(fast, header_name_general(&line, 0, line.len()));
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3261_7_3_1_header_name_fast_path_cases() {
+        for (line, want) in [
+            (&b"Via: x"[..], Some((3, 3))),
+            (b"Via : x", Some((4, 3))),
+            (b"Via\t:x", Some((4, 3))),
+            (b": x", None),
+            (b" Via: x", None),
+            (b"Via x: y", None),
+            (b"Vi@a: x", None),
+            (b"Via", None),
+        ] {
+            assert_eq!(header_name_fast(line, 0, line.len()), want, "{:?}", line);
+            if let Some(w) = want {
+                assert_eq!(header_name_general(line, 0, line.len()), Some(w));
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3261_7_3_3_header_names_long_and_compact_any_case() {
+        use HeaderKind as K;
+        for (name, kind) in [
+            (&b"Via"[..], K::Via),
+            (b"v", K::Via),
+            (b"FROM", K::From),
+            (b"f", K::From),
+            (b"to", K::To),
+            (b"T", K::To),
+            (b"Call-ID", K::CallId),
+            (b"i", K::CallId),
+            (b"CSeq", K::CSeq),
+            (b"Max-Forwards", K::MaxForwards),
+            (b"Route", K::Route),
+            (b"Record-Route", K::RecordRoute),
+            (b"content-LENGTH", K::ContentLength),
+            (b"l", K::ContentLength),
+            (b"Contact", K::Contact),
+            (b"m", K::Contact),
+            // near misses stay Other
+            (b"Vias", K::Other),
+            (b"Tx", K::Other),
+            (b"Content-Type", K::Other),
+            (b"Proxy-Require", K::Other),
+            (b"Record-Routes", K::Other),
+            (b"x", K::Other),
+            (b"", K::Other),
+            (b"Max_Forwards", K::Other),
+        ] {
+            assert_eq!(HeaderKind::classify(name), kind, "{:?}", name);
+        }
+    }
 
     const INVITE: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK776asdhds;rport\r\n\

@@ -16,10 +16,10 @@ use super::{
     MAX_SHARDS, Out, ReqVerdict, Stats, TargetId, TxnConfig, TxnRef, TxnTable, Upstreams,
     branch_shard,
 };
-use crate::core::proxy::{Core, Dest, Outcome, RcvInfo, SendKind};
+use crate::core::proxy::{Core, Dest, Outcome, RcvInfo, SendKind, TopVia};
 use crate::core::upstream::{Signal, UpstreamSets};
 use crate::metrics::Metrics;
-use crate::sip::msg::{HeaderKind, SipMsg, parse_via};
+use crate::sip::msg::SipMsg;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 struct Shard {
@@ -85,13 +85,11 @@ impl Stateful {
         &self,
         core: &Core,
         msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
         rcv: &RcvInfo,
         out: &mut Out,
     ) -> Pre {
-        let Some(via) = msg
-            .first(HeaderKind::Via)
-            .and_then(|h| parse_via(msg.buf, h.value).ok())
-        else {
+        let Some(via) = top.and_then(|t| t.via) else {
             return Pre::Stateless; // the core answers 400
         };
         let hash = core.branch_hash(msg, &via);
@@ -168,14 +166,17 @@ impl Stateful {
         &self,
         core: &Core,
         msg: &SipMsg<'_>,
+        top: Option<&TopVia>,
         code: u16,
         rcv: &RcvInfo,
         out: &mut Out,
     ) -> bool {
-        let Some(vh) = msg.first(HeaderKind::Via) else {
-            return false;
-        };
-        let Ok(via) = parse_via(msg.buf, vh.value) else {
+        let Some(TopVia {
+            h: vh,
+            via: Some(via),
+            ..
+        }) = top
+        else {
             return false;
         };
         let Some(shard) = via.branch.and_then(|b| branch_shard(b.get(msg.buf))) else {
@@ -189,7 +190,7 @@ impl Stateful {
         let mut sh = self.lock(shard);
         let taken = sh
             .table
-            .on_reply_via(now, msg, &via, vh.value, rcv, out, &mut up);
+            .on_reply_via(now, msg, via, vh.value, rcv, out, &mut up);
         self.publish(&mut sh);
         drop(sh);
         if taken {
