@@ -92,35 +92,27 @@ pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, local: usize) {
 /// then run its reader loop. Data queued while connecting is sent first.
 pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
     let timeout = Duration::from_secs(ctx.core.live().tcp.connect_timeout_secs.max(1));
-    match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
+    let err = match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             conn.attach(stream);
             handle_io(ctx, conn).await;
+            return;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(peer = %conn.peer, "connect failed: {e}");
-            upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
-            release_conn(
-                &ctx.conns,
-                &ctx.metrics,
-                &conn,
-                ReleaseReason::ConnectFailed,
-            );
-            fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
-        }
-        Err(_) => {
-            tracing::warn!(peer = %conn.peer, "connect timed out");
-            upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
-            release_conn(
-                &ctx.conns,
-                &ctx.metrics,
-                &conn,
-                ReleaseReason::ConnectFailed,
-            );
-            fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
-        }
-    }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    // refused or timed out: a passive signal, the connection released, its
+    // transactions failed over
+    tracing::warn!(peer = %conn.peer, "connect failed: {err}");
+    upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
+    release_conn(
+        &ctx.conns,
+        &ctx.metrics,
+        &conn,
+        ReleaseReason::ConnectFailed,
+    );
+    fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
 }
 
 /// `handle_io`: wait for readiness, a kill request or the stream's next

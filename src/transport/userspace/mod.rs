@@ -342,16 +342,11 @@ impl App {
             return;
         }
         p.prober.poll(now_ms, &mut p.due);
-        let mut eg = Self::egress(
-            s,
-            now,
-            &self.core,
-            &self.metrics,
-            &mut self.net,
-            &self.req_tx,
-        );
+        let egress::StepParts {
+            mut eg, probes: p, ..
+        } = self.split(s, now);
         for d in p.due.drain(..) {
-            let Some(dest) = self.core.write_probe(d, &mut p.out) else {
+            let Some(dest) = eg.core.write_probe(d, &mut p.out) else {
                 p.prober.send_failed(d, now_ms);
                 continue;
             };
@@ -361,7 +356,7 @@ impl App {
                 Transport::Tcp => eg.send_tcp(&dest, &p.out),
             };
             if r == SendResult::Sent {
-                self.metrics.bytes_out(dest.transport, p.out.len());
+                eg.metrics.bytes_out(dest.transport, p.out.len());
             } else {
                 p.prober.send_failed(d, now_ms);
             }

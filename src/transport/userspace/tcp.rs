@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 use super::App;
+use super::egress::StepParts;
 use super::timers::Deadlines;
 use crate::config::{TcpRelease, Transport};
 use crate::core::upstream::Signal;
@@ -36,7 +37,7 @@ use crate::core::{Core, Dest};
 use crate::metrics::Metrics;
 use crate::netstack::{Instant, SocketEvent, Stack, TcpError, TcpHandle};
 use crate::transport::conn::{Conn, ConnCache, ConnIo, ConnState, ConnTable, ReleaseReason};
-use crate::transport::egress::{SendResult, Step, rcv_tcp};
+use crate::transport::egress::{SendResult, rcv_tcp};
 use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
 use crate::transport::tcp::{self, receive_tcp_msg};
 
@@ -757,21 +758,10 @@ impl App {
             self.metrics.bytes_in(Transport::Tcp, n);
             conn.touch_rx(secs(now));
             let received_at = StdInstant::now();
-            let step = Step {
-                core: &self.core,
-                metrics: &self.metrics,
-                dns: &self.dns,
-            };
-            let metrics = &self.metrics;
-            let sc = &mut self.sc;
-            let mut eg = Self::egress(
-                s,
-                now,
-                &self.core,
-                &self.metrics,
-                &mut self.net,
-                &self.req_tx,
-            );
+            let StepParts {
+                step, mut eg, sc, ..
+            } = self.split(s, now);
+            let metrics = step.metrics;
             let mut ok = false;
             let r = st.on_bytes(&buf[..n], now_ms, |item| match item {
                 Item::Message { bytes, body_offset } => {
