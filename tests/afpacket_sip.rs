@@ -372,8 +372,11 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
     );
     assert_eq!(status_code(&reply), Some(200), "{reply}");
     assert_eq!(&pong, b"\r\n");
-    let now =
-        proxy.wait_metric_at_least(&released("parse_error"), before + 1.0, Duration::from_secs(5));
+    let now = proxy.wait_metric_at_least(
+        &released("parse_error"),
+        before + 1.0,
+        Duration::from_secs(5),
+    );
     let m = proxy.metrics();
     assert!(now >= before + 1.0, "{m}");
     assert!(

@@ -27,15 +27,17 @@ pub trait Egress {
     fn send_tcp(&mut self, dest: &Dest, out: &[u8]) -> SendResult;
     /// Host-name next hop not in the DNS cache: resolve off the hot path
     /// (kernel: a task; stack: the resolver thread), then the backend calls
-    /// [`Step::deliver`] with `resolved = true`. Copies `out`.
-    fn resolve_later(
-        &mut self,
-        host: &str,
-        dest: Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: Instant,
-    );
+    /// [`Step::deliver_resolved`].
+    fn resolve_later(&mut self, p: Pending);
+}
+
+/// A message waiting for its next hop's name to resolve (both backends).
+pub struct Pending {
+    pub host: String,
+    pub dest: Dest,
+    pub kind: SendKind,
+    pub out: Vec<u8>,
+    pub received_at: Instant,
 }
 
 /// Shared context of the step (both backends have these).
@@ -66,10 +68,35 @@ impl Step<'_> {
                     d.addr.set_ip(ip);
                     self.deliver(eg, &d, kind, &sc.out, received_at, true);
                 }
-                None => eg.resolve_later(&sc.resolve, dest, kind, &sc.out, received_at),
+                None => eg.resolve_later(Pending {
+                    host: sc.resolve.clone(),
+                    dest,
+                    kind,
+                    out: sc.out.clone(),
+                    received_at,
+                }),
             },
             _ => {}
         }
+    }
+
+    /// The resolver answered for `p` (`ip`: None when the name does not
+    /// resolve: dropped, NoRoute): cache the address, then send.
+    pub fn deliver_resolved(
+        &self,
+        eg: &mut impl Egress,
+        p: &Pending,
+        ip: Option<std::net::IpAddr>,
+    ) {
+        let Some(ip) = ip else {
+            tracing::debug!(host = %p.host, "next hop does not resolve");
+            self.metrics.dropped(DropReason::NoRoute);
+            return;
+        };
+        self.dns.put(&p.host, ip);
+        let mut d = p.dest;
+        d.addr.set_ip(ip);
+        self.deliver(eg, &d, p.kind, &p.out, p.received_at, true);
     }
 
     /// One send and its counting. `resolved`: the address came from a host
@@ -300,8 +327,8 @@ mod tests {
             self.sent.push((Transport::Tcp, dest.addr, out.to_vec()));
             self.result
         }
-        fn resolve_later(&mut self, host: &str, dest: Dest, _: SendKind, _: &[u8], _: Instant) {
-            self.resolve.push((host.to_string(), dest));
+        fn resolve_later(&mut self, p: Pending) {
+            self.resolve.push((p.host, p.dest));
         }
     }
 

@@ -19,6 +19,7 @@
 
 use super::conn::{Conn, ConnIo, ConnState, ConnTable, ReleaseReason};
 use super::egress::{Egress, Step};
+use super::stream::{Item, Millis, StreamState};
 use crate::config::Transport;
 use crate::core::upstream::Signal;
 use crate::core::{Core, Outcome, RcvInfo, Scratch, SendKind};
@@ -59,6 +60,45 @@ pub fn receive_tcp_msg<B: ConnIo>(
     }
     step.dispatch(eg, outcome, sc, received_at);
     Ok(ok)
+}
+
+/// One chunk read from `conn` → [`StreamState::on_bytes`]: every framed
+/// message through [`receive_tcp_msg`]; a CRLFCRLF ping is counted and,
+/// with `crlf_pong`, answered by `pong` (the backend's send of CRLF on
+/// `conn`; `true`: sent, counted). The stream is marked Ok once a message
+/// was delivered, even when a later one in the chunk failed.
+#[allow(clippy::too_many_arguments)]
+pub fn read_chunk<B: ConnIo, E: Egress>(
+    st: &mut StreamState,
+    chunk: &[u8],
+    now: Millis,
+    step: &Step,
+    eg: &mut E,
+    conn: &Conn<B>,
+    rcv: &RcvInfo,
+    sc: &mut Scratch,
+    received_at: Instant,
+    mut pong: impl FnMut(&mut E) -> bool,
+) -> Result<(), ReleaseReason> {
+    let crlf_pong = st.config().crlf_pong;
+    let mut delivered = false;
+    let r = st.on_bytes(chunk, now, |item| match item {
+        Item::Message { bytes, body_offset } => {
+            delivered |= receive_tcp_msg(step, eg, conn, rcv, bytes, body_offset, sc, received_at)?;
+            Ok(())
+        }
+        Item::Ping => {
+            step.metrics.keepalive_ping();
+            if crlf_pong && pong(eg) {
+                step.metrics.keepalive_pong();
+            }
+            Ok(())
+        }
+    });
+    if delivered {
+        st.mark_ok();
+    }
+    r
 }
 
 /// Passive upstream health: a connection we opened to an upstream target
@@ -140,7 +180,7 @@ mod tests {
             self.0.push((Transport::Tcp, d.conn, out.to_vec()));
             SendResult::Sent
         }
-        fn resolve_later(&mut self, _: &str, _: Dest, _: SendKind, _: &[u8], _: Instant) {}
+        fn resolve_later(&mut self, _: crate::transport::egress::Pending) {}
     }
 
     fn options(peer: SocketAddr) -> Vec<u8> {

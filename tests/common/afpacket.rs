@@ -69,7 +69,10 @@ pub fn af_tcp_config(pair: &NetnsPair, extra: &str) -> String {
     let up = format!("\"sip:{}:{AF_UPSTREAM_PORT}\"", pair.peer_v4());
     af_config(pair, true, extra).replacen(
         &up,
-        &format!("\"sip:{}:{AF_UPSTREAM_PORT};transport=tcp\"", pair.peer_v4()),
+        &format!(
+            "\"sip:{}:{AF_UPSTREAM_PORT};transport=tcp\"",
+            pair.peer_v4()
+        ),
         1,
     )
 }

@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::time::Instant as StdInstant;
 
+use super::App;
 use super::tcp::{Ctx, TcpSide};
-use super::{App, Pending};
-use crate::core::{Core, Dest, DropReason, Scratch, SendKind};
+use crate::core::{Core, Dest, DropReason, Scratch};
 use crate::metrics::Metrics;
 use crate::netstack::{Instant, Stack, UdpHandle};
-use crate::transport::egress::{Egress, SendResult, Step, pick_local};
+use crate::transport::egress::{Egress, Pending, SendResult, Step, pick_local};
 
 /// Everything a send from the stack thread touches, borrowed for one step.
 pub(super) struct StackEgress<'a> {
@@ -51,21 +51,7 @@ impl Egress for StackEgress<'_> {
             .send_tcp(self.s, &cx, self.now, self.locals, dest, out)
     }
 
-    fn resolve_later(
-        &mut self,
-        host: &str,
-        dest: Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: StdInstant,
-    ) {
-        let p = Pending {
-            host: host.to_string(),
-            dest,
-            kind,
-            out: out.to_vec(),
-            received_at,
-        };
+    fn resolve_later(&mut self, p: Pending) {
         if self.req_tx.try_send(p).is_err() {
             self.metrics.dropped(DropReason::NoRoute);
         }
@@ -97,11 +83,7 @@ impl App {
         } = self;
         let net: &'a mut super::Net = net;
         StepParts {
-            step: Step {
-                core,
-                metrics,
-                dns,
-            },
+            step: Step { core, metrics, dns },
             eg: StackEgress {
                 s,
                 now,
@@ -120,16 +102,8 @@ impl App {
 
     /// A host name came back from the resolver thread: cache it and send.
     pub(super) fn resolved(&mut self, s: &mut Stack, now: Instant, p: Pending, ip: Option<IpAddr>) {
-        let Some(ip) = ip else {
-            tracing::debug!(host = %p.host, "next hop does not resolve");
-            self.metrics.dropped(DropReason::NoRoute);
-            return;
-        };
-        self.dns.put(&p.host, ip);
-        let mut d = p.dest;
-        d.addr.set_ip(ip);
         let StepParts { step, mut eg, .. } = self.split(s, now);
-        step.deliver(&mut eg, &d, p.kind, &p.out, p.received_at, true);
+        step.deliver_resolved(&mut eg, &p, ip);
     }
 
     /// Stateful mode: the transaction layer's timer sends.

@@ -32,11 +32,11 @@ mod udp;
 pub use tcp::StackIo;
 
 use super::conn::ConnTable;
-use super::egress::{DnsCache, Egress, SendResult, pick_addr};
+use super::egress::{DnsCache, Egress, Pending, SendResult, pick_addr};
 use super::{Hooks, lifecycle};
 use crate::config::{Config, Transport};
 use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
-use crate::core::{Core, Dest, Scratch, SendKind};
+use crate::core::{Core, Scratch};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
@@ -46,15 +46,6 @@ use crate::netstack::{Instant, SocketErrorKind, SocketEvent, Stack, UdpHandle, d
 const BATCH: usize = 64;
 /// Messages waiting for a host name to resolve.
 const RESOLVE_QUEUE: usize = 256;
-
-/// A message waiting for its next hop's name to resolve.
-struct Pending {
-    host: String,
-    dest: Dest,
-    kind: SendKind,
-    out: Vec<u8>,
-    received_at: StdInstant,
-}
 
 /// Run the proxy on the embedded stack until SIGINT/SIGTERM (after a drain
 /// of the UDP exchanges); SIGHUP reloads.

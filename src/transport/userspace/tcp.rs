@@ -38,8 +38,8 @@ use crate::metrics::Metrics;
 use crate::netstack::{Instant, SocketEvent, Stack, TcpError, TcpHandle};
 use crate::transport::conn::{Conn, ConnCache, ConnIo, ConnState, ConnTable, ReleaseReason};
 use crate::transport::egress::{SendResult, rcv_tcp};
-use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
-use crate::transport::tcp::{self, receive_tcp_msg};
+use crate::transport::stream::{Millis, StreamConfig, StreamState};
+use crate::transport::tcp;
 
 /// Size of the stack thread's one read buffer.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -737,7 +737,7 @@ impl App {
     }
 
     /// `read_req`: everything readable on `h` into the thread's one buffer
-    /// → [`StreamState::on_bytes`] → [`receive_tcp_msg`] per message (a
+    /// → [`StreamState::on_bytes`] → [`tcp::read_chunk`] per message (a
     /// CRLFCRLF ping answered with CRLF); an error releases the connection.
     fn read_req(&mut self, s: &mut Stack, now: Instant, h: TcpHandle) {
         let Some((conn, mut st)) = self.net.tcp.begin_read(h) else {
@@ -746,7 +746,6 @@ impl App {
         let mut buf = self.net.tcp.take_rbuf();
         let now_ms = ms(now);
         let rcv = rcv_tcp(conn.peer, conn.local, conn.id, conn.outbound);
-        let pong = st.config().crlf_pong;
         let result = loop {
             let n = match s.tcp(h).map(|mut x| x.recv(&mut buf)) {
                 None => break Err(ReleaseReason::Reset),
@@ -761,34 +760,18 @@ impl App {
             let StepParts {
                 step, mut eg, sc, ..
             } = self.split(s, now);
-            let metrics = step.metrics;
-            let mut ok = false;
-            let r = st.on_bytes(&buf[..n], now_ms, |item| match item {
-                Item::Message { bytes, body_offset } => {
-                    ok |= receive_tcp_msg(
-                        &step,
-                        &mut eg,
-                        &conn,
-                        &rcv,
-                        bytes,
-                        body_offset,
-                        sc,
-                        received_at,
-                    )?;
-                    Ok(())
-                }
-                Item::Ping => {
-                    metrics.keepalive_ping();
-                    if pong && eg.tcp.send_on(eg.s, now, &conn, b"\r\n") == SendResult::Sent {
-                        metrics.keepalive_pong();
-                    }
-                    Ok(())
-                }
-            });
-            if ok {
-                // (the connection itself is marked by receive_tcp_msg)
-                st.mark_ok();
-            }
+            let r = tcp::read_chunk(
+                &mut st,
+                &buf[..n],
+                now_ms,
+                &step,
+                &mut eg,
+                &conn,
+                &rcv,
+                sc,
+                received_at,
+                |eg| eg.tcp.send_on(eg.s, now, &conn, b"\r\n") == SendResult::Sent,
+            );
             if let Err(reason) = r {
                 break Err(reason);
             }

@@ -18,7 +18,9 @@ impl App {
                 return;
             };
             let received_at = StdInstant::now();
-            let StepParts { step, mut eg, sc, .. } = self.split(s, now);
+            let StepParts {
+                step, mut eg, sc, ..
+            } = self.split(s, now);
             step.receive_datagram(&mut eg, &d.data, d.src, local, sc, received_at);
             s.recycle(d.data);
         }
