@@ -356,6 +356,21 @@ mod tests {
                 dns: &self.dns,
             }
         }
+        /// `deliver` of `out` to `d` through a Mock answering `result`:
+        /// whether it counted as sent, and the Mock.
+        fn deliver(
+            &self,
+            result: SendResult,
+            d: &Dest,
+            out: &[u8],
+            resolved: bool,
+        ) -> (bool, Mock) {
+            let mut eg = Mock::new(result);
+            let sent =
+                self.step()
+                    .deliver(&mut eg, d, SendKind::Request, out, Instant::now(), resolved);
+            (sent, eg)
+        }
         fn metric(&self, series: &str) -> f64 {
             self.metrics
                 .encode()
@@ -369,25 +384,9 @@ mod tests {
     fn deliver_counts_bytes_when_sent_and_send_failed_when_not() {
         let r = Rig::new();
         let d = dest("192.0.2.9:5060", 0);
-        let mut eg = Mock::new(SendResult::Sent);
-        assert!(r.step().deliver(
-            &mut eg,
-            &d,
-            SendKind::Request,
-            b"abc",
-            Instant::now(),
-            false
-        ));
+        assert!(r.deliver(SendResult::Sent, &d, b"abc", false).0);
         assert_eq!(r.metric("sipedge_bytes_sent_total{transport=\"udp\"}"), 3.0);
-        let mut eg = Mock::new(SendResult::WouldBlock);
-        assert!(!r.step().deliver(
-            &mut eg,
-            &d,
-            SendKind::Request,
-            b"abc",
-            Instant::now(),
-            false
-        ));
+        assert!(!r.deliver(SendResult::WouldBlock, &d, b"abc", false).0);
         assert_eq!(
             r.metric("sipedge_dropped_total{reason=\"send_failed\"}"),
             1.0
@@ -418,15 +417,34 @@ mod tests {
     }
 
     #[test]
+    fn resolved_next_hop_is_cached_and_sent_unresolvable_one_dropped_no_route() {
+        let r = Rig::new();
+        let p = Pending {
+            host: "next.example".into(),
+            dest: dest("0.0.0.0:5080", 0),
+            kind: SendKind::Request,
+            out: b"INVITE".to_vec(),
+            received_at: Instant::now(),
+        };
+        let mut eg = Mock::new(SendResult::Sent);
+        r.step().deliver_resolved(&mut eg, &p, None);
+        assert!(eg.sent.is_empty());
+        assert_eq!(r.metric("sipedge_dropped_total{reason=\"no_route\"}"), 1.0);
+        assert_eq!(r.dns.get("next.example"), None);
+        let ip = "192.0.2.7".parse().unwrap();
+        r.step().deliver_resolved(&mut eg, &p, Some(ip));
+        let to: SocketAddr = "192.0.2.7:5080".parse().unwrap();
+        assert_eq!(eg.sent, vec![(Transport::Udp, to, b"INVITE".to_vec())]);
+        assert_eq!(r.dns.get("next.example"), Some(ip));
+    }
+
+    #[test]
     fn next_hop_name_resolving_to_the_proxy_is_a_loop() {
         let r = Rig::new();
         // the default config listens on udp:127.0.0.1:5060
         let d = dest("127.0.0.1:5060", 0);
-        let mut eg = Mock::new(SendResult::Sent);
-        assert!(
-            !r.step()
-                .deliver(&mut eg, &d, SendKind::Request, b"x", Instant::now(), true)
-        );
+        let (sent, eg) = r.deliver(SendResult::Sent, &d, b"x", true);
+        assert!(!sent);
         assert!(eg.sent.is_empty());
         assert_eq!(r.metric("sipedge_dropped_total{reason=\"loop\"}"), 1.0);
     }
