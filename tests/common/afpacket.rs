@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::netns::{NetnsPair, in_netns, must, netns_exec};
 use super::{
-    metric_value, metrics_scrape, read_sip_message, signal_pid, sip_request, sipedge_bin, tail,
-    unique_temp_dir, wait_child,
+    metric_value, metrics_scrape, poll_at_least, read_sip_message, signal_pid, sip_request,
+    sipedge_bin, tail, unique_temp_dir, wait_child,
 };
 
 /// The stack's SIP port (UDP and TCP).
@@ -237,14 +237,7 @@ impl AfSipedge {
 
     /// Poll (bounded) until `metric(query) >= want`; returns the last value.
     pub fn wait_metric_at_least(&self, query: &str, want: f64, timeout: Duration) -> f64 {
-        let t0 = Instant::now();
-        loop {
-            let v = self.metric(query);
-            if v >= want || t0.elapsed() >= timeout {
-                return v;
-            }
-            sleep(Duration::from_millis(50));
-        }
+        poll_at_least(|| self.metric(query), want, timeout)
     }
 
     pub fn alive(&mut self) -> bool {

@@ -827,27 +827,48 @@ mod tests {
 
     #[test]
     fn issue8_upstream_reset_refusal_and_unreachable_are_passive_signals() {
-        assert_eq!(closed_reason(None, true), (ReleaseReason::Eof, None));
-        assert_eq!(
-            closed_reason(Some(TcpError::ConnectionRefused), false),
-            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::TimedOut), false),
-            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::HostUnreachable), false),
-            (ReleaseReason::ConnectFailed, Some(Signal::Unreachable))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::ConnectionReset), true),
-            (ReleaseReason::Reset, Some(Signal::Reset))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::HostUnreachable), true),
-            (ReleaseReason::Reset, Some(Signal::Unreachable))
-        );
+        use ReleaseReason as R;
+        use TcpError as E;
+        let cases = [
+            (None, true, R::Eof, None),
+            (
+                Some(E::ConnectionRefused),
+                false,
+                R::ConnectFailed,
+                Some(Signal::ConnectFailed),
+            ),
+            (
+                Some(E::TimedOut),
+                false,
+                R::ConnectFailed,
+                Some(Signal::ConnectFailed),
+            ),
+            (
+                Some(E::HostUnreachable),
+                false,
+                R::ConnectFailed,
+                Some(Signal::Unreachable),
+            ),
+            (
+                Some(E::ConnectionReset),
+                true,
+                R::Reset,
+                Some(Signal::Reset),
+            ),
+            (
+                Some(E::HostUnreachable),
+                true,
+                R::Reset,
+                Some(Signal::Unreachable),
+            ),
+        ];
+        for (err, connected, reason, signal) in cases {
+            assert_eq!(
+                closed_reason(err, connected),
+                (reason, signal),
+                "{err:?} connected={connected}"
+            );
+        }
     }
 
     #[test]
