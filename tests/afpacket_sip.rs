@@ -3,7 +3,10 @@
 //! kernel address) and carries SIP over UDP on its own IPv4/IPv6 stack; sipp
 //! (UAS and UAC) and raw sockets run on the Linux stack of the peer
 //! namespace (198.18.N.1, 2001:db8:N::1). The metrics endpoint stays on a
-//! kernel socket, 127.0.0.1 inside the stack namespace.
+//! kernel socket, 127.0.0.1 inside the stack namespace. The harness is
+//! tests/common/afpacket.rs; the sipp suites over TCP, the TCP read path
+//! (non-SIP bytes, nosip, deadlines) and the command-line-only start are in
+//! tests/afpacket_sipp.rs.
 //!
 //! Needs root (namespaces, AF_PACKET) and sipp: skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The

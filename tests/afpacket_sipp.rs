@@ -12,8 +12,9 @@
 //! - Non-SIP bytes on TCP: the connection is aborted (the client's read
 //!   fails with ECONNRESET) and `sipedge_tcp_released_total{reason=
 //!   "parse_error"}` moves; the nosip `match` hook keeps the connection;
-//!   the slowloris (`message_timeout_secs`) and first-message deadlines
-//!   fire as in kernel mode.
+//!   the slowloris (`message_timeout_secs`, RST), first-message (RST) and
+//!   idle-lifetime (FIN) deadlines fire as in kernel mode.
+//! - afpacket mode from command-line flags alone (no configuration file).
 //! - `/metrics` (a kernel socket inside the stack namespace) shows the
 //!   netstack and TCP counters moving.
 //! - Loss and reordering: calls over UDP and TCP complete with zero failed
