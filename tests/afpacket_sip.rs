@@ -3,7 +3,10 @@
 //! kernel address) and carries SIP over UDP on its own IPv4/IPv6 stack; sipp
 //! (UAS and UAC) and raw sockets run on the Linux stack of the peer
 //! namespace (198.18.N.1, 2001:db8:N::1). The metrics endpoint stays on a
-//! kernel socket, 127.0.0.1 inside the stack namespace.
+//! kernel socket, 127.0.0.1 inside the stack namespace. The harness is
+//! tests/common/afpacket.rs; the sipp suites over TCP, the TCP read path
+//! (non-SIP bytes, nosip, deadlines) and the command-line-only start are in
+//! tests/afpacket_sipp.rs.
 //!
 //! Needs root (namespaces, AF_PACKET) and sipp: skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The
@@ -16,146 +19,24 @@
 
 mod common;
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::afpacket::*;
 use common::netns::*;
 use common::*;
 
-const SIP_PORT: u16 = 5060;
-const UPSTREAM_PORT: u16 = 5080;
-/// Inside the stack namespace (fresh, so free).
-const METRICS_PORT: u16 = 9090;
-const READY_LINE: &str = "sipedge running on the userspace stack";
 const CALLS_V4: u32 = 200;
 const CALLS_V6: u32 = 100;
 const RATE: u32 = 100;
 
-/// The afpacket configuration for `pair`: both stack addresses listen,
-/// the upstream is the peer's 198.18.N.1:5080.
+/// The UDP-only afpacket configuration (see `af_config`).
 fn afpacket_config(pair: &NetnsPair) -> String {
-    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
-    format!(
-        "[proxy]\n\
-         listen = [\"udp:{v4}:{SIP_PORT}\", \"udp:[{v6}]:{SIP_PORT}\"]\n\
-         upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]\n\n\
-         [metrics]\n\
-         listen = \"127.0.0.1:{METRICS_PORT}\"\n\n\
-         [log]\n\
-         level = \"info\"\n\n\
-         [stack]\n\
-         mode = \"afpacket\"\n\
-         interface = \"{}\"\n\
-         ipv4 = \"{v4}/24\"\n\
-         ipv6 = \"{v6}/64\"\n",
-        pair.stack_if
-    )
-}
-
-// ---------------------------------------------------------------------------
-// sipedge in the stack namespace
-// ---------------------------------------------------------------------------
-
-/// sipedge running in afpacket mode inside the stack namespace; SIGKILLed
-/// by PID on drop if still running. Its stderr is in `log`; the temp dir is
-/// kept when the test panics.
-struct AfSipedge {
-    child: Child,
-    stack_ns: String,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl AfSipedge {
-    /// Write `config`, start `ip netns exec STACK sipedge --config FILE`, and
-    /// wait (≤ 10 s) for its "running on the userspace stack" log line and
-    /// an answer from `/metrics`.
-    fn start(pair: &NetnsPair, config: &str) -> AfSipedge {
-        let dir = unique_temp_dir("afpacket");
-        let cfg = dir.join("sipedge.toml");
-        fs::write(&cfg, config).expect("write the config");
-        let log = dir.join("sipedge.log");
-        let logf = File::create(&log).expect("create the log");
-        let child = netns_exec(&pair.stack_ns, sipedge_bin())
-            .arg("--config")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawn sipedge");
-        let mut p = AfSipedge {
-            child,
-            stack_ns: pair.stack_ns.clone(),
-            dir,
-            log,
-        };
-        let t0 = Instant::now();
-        let mut last = String::from("no ready line in the log");
-        while t0.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!("sipedge exited during start-up ({st})\n{}", p.log_tail());
-            }
-            if fs::read_to_string(&p.log).is_ok_and(|t| t.contains(READY_LINE)) {
-                match p.try_metrics() {
-                    Ok(_) => return p,
-                    Err(e) => last = format!("metrics: {e}"),
-                }
-            }
-            sleep(Duration::from_millis(50));
-        }
-        panic!("sipedge not ready within 10 s ({last})\n{}", p.log_tail());
-    }
-
-    /// `GET /metrics` from a thread inside the stack namespace.
-    fn try_metrics(&self) -> Result<String, String> {
-        in_netns(&self.stack_ns, || {
-            metrics_scrape(SocketAddr::from(([127, 0, 0, 1], METRICS_PORT)))
-        })
-    }
-
-    fn metrics(&self) -> String {
-        self.try_metrics()
-            .unwrap_or_else(|e| panic!("scrape /metrics: {e}\n{}", self.log_tail()))
-    }
-
-    fn log_tail(&self) -> String {
-        format!(
-            "--- sipedge log tail ({}) ---\n{}",
-            self.log.display(),
-            tail(&self.log, 40)
-        )
-    }
-
-    /// SIGTERM to its PID; the exit status if it exits within 5 s (else it
-    /// is SIGKILLed and None returned), and the whole log.
-    fn stop(&mut self) -> (Option<ExitStatus>, String) {
-        signal_pid(self.child.id(), "TERM");
-        let st = wait_child(&mut self.child, Duration::from_secs(5));
-        if st.is_none() {
-            let _ = self.child.kill();
-            let _ = wait_child(&mut self.child, Duration::from_secs(5));
-        }
-        (st, fs::read_to_string(&self.log).unwrap_or_default())
-    }
-}
-
-impl Drop for AfSipedge {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = wait_child(&mut self.child, Duration::from_secs(5));
-        }
-        if std::thread::panicking() {
-            eprintln!("sipedge files kept in {:?}", self.dir);
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
+    af_config(pair, false, "")
 }
 
 /// tests/sipp/uac.xml over UDP inside the peer namespace, from `local`.
@@ -182,10 +63,6 @@ fn neigh_has(pair: &NetnsPair, addr: IpAddr, mac: [u8; 6]) -> (bool, String) {
     (ok, out)
 }
 
-fn metric(text: &str, q: &str) -> f64 {
-    metric_value(text, q).unwrap_or(0.0)
-}
-
 // ---------------------------------------------------------------------------
 // tests
 // ---------------------------------------------------------------------------
@@ -197,15 +74,14 @@ fn afpacket_udp_calls_pass_through_the_userspace_stack() {
     }
     let _load = load_lock();
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let mut proxy = AfSipedge::start(&pair, &afpacket_config(&pair));
-    let uas = SippUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
+    let uas = SippUas::start_in(&pair.peer_ns, pair.peer_v4().into(), AF_UPSTREAM_PORT);
 
     // IPv4: UAC 198.18.N.1 → sipedge 198.18.N.2:5060 → UAS 198.18.N.1:5080.
     let v4 = run_uac_in(
         &pair.peer_ns,
         pair.peer_v4().into(),
-        SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
+        SocketAddr::new(pair.stack_v4().into(), AF_SIP_PORT),
         CALLS_V4,
         RATE,
     );
@@ -222,7 +98,7 @@ fn afpacket_udp_calls_pass_through_the_userspace_stack() {
     let v6 = run_uac_in(
         &pair.peer_ns,
         pair.peer_v6().into(),
-        SocketAddr::new(pair.stack_v6().into(), SIP_PORT),
+        SocketAddr::new(pair.stack_v6().into(), AF_SIP_PORT),
         CALLS_V6,
         RATE,
     );
@@ -297,11 +173,7 @@ fn afpacket_udp_calls_pass_through_the_userspace_stack() {
     );
 
     drop(uas);
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 /// Stateful mode on the userspace stack (issue #10): the transaction
@@ -315,23 +187,22 @@ fn afpacket_stateful_calls_fail_over_from_a_dead_upstream() {
     }
     let _load = load_lock();
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let up = pair.peer_v4();
     let cfg = afpacket_config(&pair).replace(
-        &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]\n"),
+        &format!("upstreams = [\"sip:{up}:{AF_UPSTREAM_PORT}\"]\n"),
         &format!(
-            "upstreams = [\"sip:{up}:5081\", \"sip:{up}:{UPSTREAM_PORT}\"]\n\
+            "upstreams = [\"sip:{up}:5081\", \"sip:{up}:{AF_UPSTREAM_PORT}\"]\n\
              mode = \"stateful\"\n\n[transaction]\nfr_timeout_ms = 1000\n"
         ),
     );
     assert!(cfg.contains("stateful"), "{cfg}");
     let mut proxy = AfSipedge::start(&pair, &cfg);
-    let uas = SippUas::start_in(&pair.peer_ns, up.into(), UPSTREAM_PORT);
+    let uas = SippUas::start_in(&pair.peer_ns, up.into(), AF_UPSTREAM_PORT);
     const CALLS: u32 = 60;
     let run = run_uac_in(
         &pair.peer_ns,
         up.into(),
-        SocketAddr::new(pair.stack_v4().into(), SIP_PORT),
+        SocketAddr::new(pair.stack_v4().into(), AF_SIP_PORT),
         CALLS,
         20,
     );
@@ -359,11 +230,7 @@ fn afpacket_stateful_calls_fail_over_from_a_dead_upstream() {
     );
     eprintln!("{}", report.lines().take(2).collect::<Vec<_>>().join("\n"));
     drop(uas);
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 #[test]
@@ -372,7 +239,6 @@ fn afpacket_upstream_down_is_reported_by_icmp() {
         return;
     }
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let mut proxy = AfSipedge::start(&pair, &afpacket_config(&pair));
     let before = proxy.metrics();
     let q = "sipedge_netstack_mib_total{group=\"Icmp\",counter=\"InDestUnreachs\"}";
@@ -380,21 +246,17 @@ fn afpacket_upstream_down_is_reported_by_icmp() {
 
     // One OPTIONS for the upstream (nobody listens on 198.18.N.1:5080).
     let (from, to) = (pair.peer_v4(), pair.stack_v4());
-    let upstream = format!("sip:bob@{}:{UPSTREAM_PORT}", pair.peer_v4());
+    let upstream = format!("sip:bob@{}:{AF_UPSTREAM_PORT}", pair.peer_v4());
     pair.in_peer(move || {
         let s = UdpSocket::bind((from, 0)).expect("bind in the peer namespace");
         let local = s.local_addr().expect("local addr");
         let req = sip_request("OPTIONS", &upstream, "UDP", local, "af-icmp", 70);
-        s.send_to(req.as_bytes(), (to, SIP_PORT))
+        s.send_to(req.as_bytes(), (to, AF_SIP_PORT))
             .expect("send the OPTIONS");
     });
 
-    let t0 = Instant::now();
-    let mut m = before;
-    while metric(&m, q) < 1.0 && t0.elapsed() < Duration::from_secs(5) {
-        sleep(Duration::from_millis(50));
-        m = proxy.metrics();
-    }
+    proxy.wait_metric_at_least(q, 1.0, Duration::from_secs(5));
+    let m = proxy.metrics();
     let fwd = metric(&m, "sipedge_forwarded_total{kind=\"request\"}");
     assert!(
         metric(&m, q) >= 1.0,
@@ -404,11 +266,7 @@ fn afpacket_upstream_down_is_reported_by_icmp() {
     );
     assert!(fwd >= 1.0, "{m}");
 
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 /// Upstream health in afpacket mode: the stack thread sends the OPTIONS
@@ -422,9 +280,8 @@ fn afpacket_upstream_health_probes_and_icmp() {
         return;
     }
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let peer = pair.peer_v4();
-    let (pa, pb) = (UPSTREAM_PORT, UPSTREAM_PORT + 1);
+    let (pa, pb) = (AF_UPSTREAM_PORT, AF_UPSTREAM_PORT + 1);
     let a = pair
         .in_peer(move || TestUas::start_on(peer.into(), pa, UasMode::Normal))
         .expect("UAS A in the peer namespace");
@@ -460,7 +317,7 @@ fn afpacket_upstream_health_probes_and_icmp() {
     };
     wait(pb, 0.0);
     assert_eq!(up(pa), Some(1.0));
-    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    let log = proxy.log_text();
     assert!(
         log.contains("signal=\"unreachable\""),
         "{}",
@@ -473,360 +330,12 @@ fn afpacket_upstream_health_probes_and_icmp() {
         .expect("UAS B in the peer namespace");
     wait(pb, 1.0);
     assert!(b.counts.get("OPTIONS") >= 2);
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 // ---------------------------------------------------------------------------
-// SIP over the userspace TCP
+// SIP over the userspace TCP (the read path and the calls: tests/afpacket_sipp.rs)
 // ---------------------------------------------------------------------------
-
-/// The afpacket configuration with `tcp:` listen addresses on both stack
-/// addresses and a TCP upstream (198.18.N.1:5080;transport=tcp).
-fn afpacket_tcp_config(pair: &NetnsPair) -> String {
-    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
-    afpacket_config(pair)
-        .replace(
-            &format!("listen = [\"udp:{v4}:{SIP_PORT}\", \"udp:[{v6}]:{SIP_PORT}\"]"),
-            &format!(
-                "listen = [\"udp:{v4}:{SIP_PORT}\", \"tcp:{v4}:{SIP_PORT}\", \
-                 \"udp:[{v6}]:{SIP_PORT}\", \"tcp:[{v6}]:{SIP_PORT}\"]"
-            ),
-        )
-        .replace(
-            &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT}\"]"),
-            &format!("upstreams = [\"sip:{up}:{UPSTREAM_PORT};transport=tcp\"]"),
-        )
-}
-
-/// Is a TCP socket of process `pid`'s namespace listening on `addr`
-/// (`/proc/PID/net/tcp`, state 0A)?
-fn tcp_listening_in_pid(pid: u32, addr: SocketAddr) -> bool {
-    let (file, ip_hex) = match addr.ip() {
-        IpAddr::V4(ip) => ("tcp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
-        IpAddr::V6(ip) => (
-            "tcp6",
-            ip.octets()
-                .chunks(4)
-                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        ),
-    };
-    let want = format!("{ip_hex}:{:04X}", addr.port());
-    fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
-        t.lines().skip(1).any(|l| {
-            let mut w = l.split_whitespace();
-            w.nth(1) == Some(want.as_str()) && w.nth(1) == Some("0A")
-        })
-    })
-}
-
-/// `sipp -sn uas -t t1` on `ip:port` inside `ns`; stopped (SIGINT by PID)
-/// on drop.
-struct TcpUas {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl TcpUas {
-    fn start_in(ns: &str, ip: IpAddr, port: u16) -> TcpUas {
-        let dir = unique_temp_dir("tcpuas");
-        let out = File::create(dir.join("uas.out")).expect("create uas.out");
-        let child = netns_exec(ns, "sipp")
-            .args(["-sn", "uas", "-i", &ip.to_string(), "-p", &port.to_string()])
-            .args(["-t", "t1", "-nostdin", "-buff_size", "4194304"])
-            .args(["-max_socket", "1000"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn sipp UAS");
-        let mut uas = TcpUas { child, dir };
-        let addr = SocketAddr::new(ip, port);
-        let t0 = Instant::now();
-        while !tcp_listening_in_pid(uas.child.id(), addr) {
-            let st = uas.child.try_wait();
-            if t0.elapsed() > Duration::from_secs(10) || !matches!(st, Ok(None)) {
-                panic!(
-                    "sipp TCP UAS not listening on {addr} in {ns} within 10 s (status {st:?})\n{}",
-                    tail(&uas.dir.join("uas.out"), 20)
-                );
-            }
-            sleep(Duration::from_millis(25));
-        }
-        uas
-    }
-}
-
-impl Drop for TcpUas {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, "INT", Duration::from_secs(5));
-        if std::thread::panicking() {
-            eprintln!("sipp TCP UAS files kept in {:?}", self.dir);
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// sipp over TCP (`transport`) from the peer's Linux stack to sipedge's
-/// TCP listener on its own stack (`v6`: the IPv6 address) → an outbound
-/// connection from the stack to a sipp TCP UAS (IPv4); replies travel
-/// back over the client's own connection (`;i=` in Via). All `calls`
-/// succeed; the stack's TCP counters moved.
-fn tcp_calls_through_the_stack(transport: SippTransport, v6: bool, calls: u32, rate: u32) {
-    let _load = load_lock();
-    let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
-    let uas = TcpUas::start_in(&pair.peer_ns, pair.peer_v4().into(), UPSTREAM_PORT);
-    let (local, target): (IpAddr, IpAddr) = if v6 {
-        (pair.peer_v6().into(), pair.stack_v6().into())
-    } else {
-        (pair.peer_v4().into(), pair.stack_v4().into())
-    };
-    let run = run_uac(&UacOpts {
-        target: SocketAddr::new(target, SIP_PORT),
-        transport,
-        calls,
-        rate,
-        netns: Some(pair.peer_ns.clone()),
-        local: Some(local),
-    });
-    let m = proxy.metrics();
-    let q = |g: &str, c: &str| {
-        metric(
-            &m,
-            &format!("sipedge_netstack_mib_total{{group=\"{g}\",counter=\"{c}\"}}"),
-        )
-    };
-    let (passive, active, in_segs) = (
-        q("Tcp", "PassiveOpens"),
-        q("Tcp", "ActiveOpens"),
-        q("Tcp", "InSegs"),
-    );
-    let fwd_req = metric(&m, "sipedge_forwarded_total{kind=\"request\"}");
-    let tcp_in = metric(&m, "sipedge_bytes_received_total{transport=\"tcp\"}");
-    let report = format!(
-        "{}\nTcp PassiveOpens {passive} ActiveOpens {active} InSegs {in_segs}; forwarded \
-         requests {fwd_req}; tcp bytes in {tcp_in}\n{}",
-        run.report(),
-        proxy.log_tail()
-    );
-    let name = format!(
-        "TCP {} over IPv{}",
-        transport.flag(),
-        if v6 { 6 } else { 4 }
-    );
-    assert!(
-        run.all_ok(calls),
-        "{calls} calls, {name}, through sipedge (afpacket): expected all successful, 0 failed\n{report}"
-    );
-    let per_call = |c: &str| q("Tcp", c) / f64::from(calls);
-    eprintln!(
-        "{name}: {} calls ok in {:?}; per call: Tcp InSegs {:.1} OutSegs {:.1}, delayed ACKs {:.1}",
-        run.successful,
-        run.wall,
-        per_call("InSegs"),
-        per_call("OutSegs"),
-        metric(
-            &m,
-            "sipedge_netstack_mib_total{group=\"TcpExt\",counter=\"DelayedACKs\"}"
-        ) / f64::from(calls)
-    );
-    // the UAC's connection(s) accepted, one to the UAS opened
-    assert!(passive >= 1.0 && active >= 1.0, "{report}");
-    if transport == SippTransport::Tn {
-        assert!(
-            passive >= f64::from(calls),
-            "one connection per call\n{report}"
-        );
-    }
-    assert!(fwd_req >= 3.0 * f64::from(calls), "{report}");
-    assert!(in_segs > 0.0 && tcp_in > 0.0, "{report}");
-    drop(uas);
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
-}
-
-/// Issue 8: SIP over the userspace TCP end to end, sipp `-t t1` (one
-/// connection for all calls), IPv4.
-#[test]
-fn afpacket_tcp_t1_calls_pass_through_the_userspace_stack() {
-    if skip_unless_root() || skip_unless_sipp() {
-        return;
-    }
-    tcp_calls_through_the_stack(SippTransport::T1, false, 200, RATE);
-}
-
-/// Issue 8: sipp `-t tn` (a connection per call) over IPv6 to the stack,
-/// IPv4 TCP to the upstream.
-#[test]
-fn afpacket_tcp_tn_v6_calls_pass_through_the_userspace_stack() {
-    if skip_unless_root() || skip_unless_sipp() {
-        return;
-    }
-    tcp_calls_through_the_stack(SippTransport::Tn, true, 100, RATE);
-}
-
-/// SPEC A.2 on the userspace TCP: a connection that sends nothing is
-/// released at the first-message deadline (RST by default) and counted.
-#[test]
-fn afpacket_tcp_first_message_deadline_fires() {
-    if skip_unless_root() {
-        return;
-    }
-    let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let cfg = afpacket_tcp_config(&pair) + "\n[tcp]\nfirst_message_timeout_secs = 1\n";
-    let mut proxy = AfSipedge::start(&pair, &cfg);
-    let q = "sipedge_tcp_released_total{reason=\"first_message_timeout\"}";
-    let before = metric(&proxy.metrics(), q);
-    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
-    let end = pair.in_peer(move || -> Result<(String, Duration), String> {
-        let mut s = connect_from(from, to)?;
-        let t0 = Instant::now();
-        Ok((read_end(&mut s, Duration::from_secs(5)), t0.elapsed()))
-    });
-    let (end, after) = end.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    assert_eq!(
-        end,
-        "reset",
-        "released after {after:?}\n{}",
-        proxy.log_tail()
-    );
-    assert!(
-        after >= Duration::from_millis(900),
-        "released too early: {after:?}"
-    );
-    let t0 = Instant::now();
-    let mut m = proxy.metrics();
-    while metric(&m, q) < before + 1.0 && t0.elapsed() < Duration::from_secs(3) {
-        sleep(Duration::from_millis(50));
-        m = proxy.metrics();
-    }
-    assert!(metric(&m, q) >= before + 1.0, "{m}");
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
-}
-
-/// Issue 8 / SPEC A.2: non-SIP bytes on a TCP connection to the stack →
-/// released at once with reason parse_error, and (`stack.tcp_release`
-/// default "rst") the client sees a reset, not an orderly close.
-#[test]
-fn afpacket_tcp_non_sip_bytes_are_released_with_rst() {
-    use std::io::{ErrorKind, Read, Write};
-    if skip_unless_root() {
-        return;
-    }
-    let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let mut proxy = AfSipedge::start(&pair, &afpacket_tcp_config(&pair));
-    let released = "sipedge_tcp_released_total{reason=\"parse_error\"}";
-    let before = metric(&proxy.metrics(), released);
-    let (from, to) = (pair.peer_v4(), pair.stack_v4());
-    let outcome = pair.in_peer(move || -> Result<String, String> {
-        let mut s = connect_from(from.into(), to.into())?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(b"GARBAGE\r\n\r\n")
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = [0u8; 512];
-        for _ in 0..100 {
-            match s.read(&mut buf) {
-                Ok(0) => return Ok("orderly close (FIN)".into()),
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok("reset".into()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        Err("no close".into())
-    });
-    let t0 = Instant::now();
-    let mut m = proxy.metrics();
-    while metric(&m, released) < before + 1.0 && t0.elapsed() < Duration::from_secs(5) {
-        sleep(Duration::from_millis(50));
-        m = proxy.metrics();
-    }
-    assert_eq!(
-        outcome.as_deref(),
-        Ok("reset"),
-        "the client sees RST\n{}",
-        proxy.log_tail()
-    );
-    assert!(
-        metric(&m, released) >= before + 1.0,
-        "{released} did not move\n--- metrics ---\n{m}\n{}",
-        proxy.log_tail()
-    );
-    assert!(
-        metric(
-            &m,
-            "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"OutRsts\"}"
-        ) >= 1.0,
-        "{m}"
-    );
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
-}
-
-/// A TCP connection from `from` (the peer namespace's Linux stack; call
-/// inside it) to sipedge at `to`:5060.
-fn connect_from(from: IpAddr, to: IpAddr) -> Result<std::net::TcpStream, String> {
-    let domain = if to.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let sock =
-        socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(|e| e.to_string())?;
-    sock.bind(&SocketAddr::new(from, 0).into())
-        .map_err(|e| e.to_string())?;
-    sock.connect_timeout(
-        &SocketAddr::new(to, SIP_PORT).into(),
-        Duration::from_secs(3),
-    )
-    .map_err(|e| format!("connect {to}:{SIP_PORT}: {e}"))?;
-    let s: std::net::TcpStream = sock.into();
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
-    Ok(s)
-}
-
-/// Read until the connection ends: "fin" (EOF), "reset", or "open" when
-/// nothing ended it within `timeout`.
-fn read_end(s: &mut std::net::TcpStream, timeout: Duration) -> String {
-    use std::io::{ErrorKind, Read};
-    let t0 = Instant::now();
-    let mut buf = [0u8; 4096];
-    for _ in 0..10_000 {
-        let left = timeout.saturating_sub(t0.elapsed());
-        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
-            break;
-        }
-        match s.read(&mut buf) {
-            Ok(0) => return "fin".into(),
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return "reset".into(),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return format!("error {e}"),
-        }
-    }
-    "open".into()
-}
 
 /// Issue 8 on the userspace TCP: `stack.tcp_release = "fin"` closes a
 /// connection released for non-SIP bytes in order (FIN, still counted as
@@ -840,30 +349,16 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
         return;
     }
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let cfg = afpacket_tcp_config(&pair) + "tcp_release = \"fin\"\n";
-    let mut proxy = AfSipedge::start(&pair, &cfg);
-    let parse_error = "sipedge_tcp_released_total{reason=\"parse_error\"}";
-    let before = metric(&proxy.metrics(), parse_error);
-    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
+    let mut proxy = AfSipedge::start(&pair, &af_tcp_config(&pair, "tcp_release = \"fin\"\n"));
+    let before = proxy.metric(&released("parse_error"));
+    let (from, to) = target(&pair, false);
     let r = pair.in_peer(move || -> Result<_, String> {
         let mut a = connect_from(from, to)?;
         a.write_all(b"GARBAGE\r\n\r\n")
             .map_err(|e| format!("write: {e}"))?;
         let a_end = read_end(&mut a, Duration::from_secs(5));
         let mut b = connect_from(from, to)?;
-        let local = b.local_addr().map_err(|e| e.to_string())?;
-        let req = sip_request(
-            "OPTIONS",
-            &format!("sip:{to}:{SIP_PORT}"),
-            "TCP",
-            local,
-            "af-fin",
-            70,
-        );
-        b.write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        let reply = read_sip_message(&mut b, Duration::from_secs(3))?;
+        let reply = options_over(&mut b, to, "af-fin")?;
         b.write_all(b"\r\n\r\n")
             .map_err(|e| format!("write: {e}"))?;
         let mut pong = [0u8; 2];
@@ -873,189 +368,33 @@ fn afpacket_tcp_release_fin_keepalive_and_drain() {
         Ok((a_end, reply, pong, b))
     });
     let (a_end, reply, pong, mut b) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    assert_eq!(
-        a_end,
-        "fin",
-        "tcp_release = fin: orderly close\n{}",
+    assert!(
+        a_end.is_eof(),
+        "tcp_release = fin: orderly close, got {a_end:?}\n{}",
         proxy.log_tail()
     );
     assert_eq!(status_code(&reply), Some(200), "{reply}");
     assert_eq!(&pong, b"\r\n");
-    let t0 = Instant::now();
-    let mut m = proxy.metrics();
-    while metric(&m, parse_error) < before + 1.0 && t0.elapsed() < Duration::from_secs(5) {
-        sleep(Duration::from_millis(50));
-        m = proxy.metrics();
-    }
-    assert!(metric(&m, parse_error) >= before + 1.0, "{m}");
+    let now = proxy.wait_metric_at_least(
+        &released("parse_error"),
+        before + 1.0,
+        Duration::from_secs(5),
+    );
+    let m = proxy.metrics();
+    assert!(now >= before + 1.0, "{m}");
     assert!(
         metric(&m, "sipedge_keepalives_total{kind=\"pong\"}") >= 1.0,
         "{m}"
     );
     // drain: the idle connection gets FIN
-    signal_pid(proxy.child.id(), "TERM");
+    proxy.signal("TERM");
     let b_end = read_end(&mut b, Duration::from_secs(8));
-    assert_eq!(
-        b_end,
-        "fin",
-        "drain closes idle connections with FIN\n{}",
+    assert!(
+        b_end.is_eof(),
+        "drain closes idle connections with FIN, got {b_end:?}\n{}",
         proxy.log_tail()
     );
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 after SIGTERM ({st:?})\n{log}"
-    );
-}
-
-/// SPEC A.2 on the userspace TCP, the other deadlines: a message trickled
-/// byte by byte is released at the message deadline (slowloris: the
-/// trickle does not extend it; RST), an idle connection after its idle
-/// lifetime (FIN).
-#[test]
-fn afpacket_tcp_slowloris_and_idle_deadlines_fire() {
-    use std::io::Write;
-    if skip_unless_root() {
-        return;
-    }
-    let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let cfg =
-        afpacket_tcp_config(&pair) + "\n[tcp]\nmessage_timeout_secs = 1\nidle_lifetime_secs = 2\n";
-    let mut proxy = AfSipedge::start(&pair, &cfg);
-    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
-    let r = pair.in_peer(move || -> Result<_, String> {
-        // slowloris: one byte every 200 ms
-        let mut a = connect_from(from, to)?;
-        let local = a.local_addr().map_err(|e| e.to_string())?;
-        let req = sip_request(
-            "OPTIONS",
-            &format!("sip:{to}:{SIP_PORT}"),
-            "TCP",
-            local,
-            "af-slow",
-            70,
-        );
-        let t0 = Instant::now();
-        let mut a_end = String::from("open");
-        for b in req.as_bytes().iter().take(40) {
-            if a.write_all(std::slice::from_ref(b)).is_err() {
-                a_end = "write failed".into();
-                break;
-            }
-            let e = read_end(&mut a, Duration::from_millis(200));
-            if e != "open" {
-                a_end = e;
-                break;
-            }
-        }
-        let a_after = t0.elapsed();
-        // idle: one message, then nothing
-        let mut b = connect_from(from, to)?;
-        let local = b.local_addr().map_err(|e| e.to_string())?;
-        let req = sip_request(
-            "OPTIONS",
-            &format!("sip:{to}:{SIP_PORT}"),
-            "TCP",
-            local,
-            "af-idle",
-            70,
-        );
-        b.write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        read_sip_message(&mut b, Duration::from_secs(3))?;
-        let t1 = Instant::now();
-        let b_end = read_end(&mut b, Duration::from_secs(6));
-        Ok((a_end, a_after, b_end, t1.elapsed()))
-    });
-    let (a_end, a_after, b_end, b_after) =
-        r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    assert_eq!(
-        a_end,
-        "reset",
-        "slowloris after {a_after:?}\n{}",
-        proxy.log_tail()
-    );
-    assert!(
-        a_after < Duration::from_secs(3),
-        "the trickle extended the message deadline: {a_after:?}"
-    );
-    assert_eq!(b_end, "fin", "idle after {b_after:?}\n{}", proxy.log_tail());
-    assert!(
-        b_after >= Duration::from_millis(1500),
-        "idle release too early: {b_after:?}"
-    );
-    let released = |r: &str| format!("sipedge_tcp_released_total{{reason=\"{r}\"}}");
-    let t0 = Instant::now();
-    let mut m = proxy.metrics();
-    while metric(&m, &released("idle_timeout")) < 1.0 && t0.elapsed() < Duration::from_secs(3) {
-        sleep(Duration::from_millis(50));
-        m = proxy.metrics();
-    }
-    assert!(metric(&m, &released("message_timeout")) >= 1.0, "{m}");
-    assert!(metric(&m, &released("idle_timeout")) >= 1.0, "{m}");
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
-}
-
-/// The nosip `match` hook on the userspace TCP: matching junk is consumed
-/// (counted, not a release) and the connection keeps serving SIP.
-#[test]
-fn afpacket_tcp_nosip_match_keeps_the_connection() {
-    use std::io::Write;
-    if skip_unless_root() {
-        return;
-    }
-    let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let cfg = afpacket_tcp_config(&pair) + "\n[nosip]\nhook = \"match\"\npattern = '^GARBAGE'\n";
-    let mut proxy = AfSipedge::start(&pair, &cfg);
-    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
-    let r = pair.in_peer(move || -> Result<_, String> {
-        let mut s = connect_from(from, to)?;
-        s.write_all(b"GARBAGE\r\n\r\n")
-            .map_err(|e| format!("write: {e}"))?;
-        let end = read_end(&mut s, Duration::from_millis(500));
-        let local = s.local_addr().map_err(|e| e.to_string())?;
-        let req = sip_request(
-            "OPTIONS",
-            &format!("sip:{to}:{SIP_PORT}"),
-            "TCP",
-            local,
-            "af-nosip",
-            70,
-        );
-        s.write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        let reply = read_sip_message(&mut s, Duration::from_secs(3))?;
-        Ok((end, status_code(&reply)))
-    });
-    let (end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    assert_eq!(
-        end,
-        "open",
-        "matched junk must not close the connection\n{}",
-        proxy.log_tail()
-    );
-    assert_eq!(code, Some(200));
-    let m = proxy.metrics();
-    assert!(
-        metric(&m, "sipedge_nosip_total{verdict=\"drop\"}") >= 1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(&m, "sipedge_tcp_released_total{reason=\"parse_error\"}"),
-        0.0,
-        "{m}"
-    );
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 /// SPEC A.4 on the userspace TCP: the connection table's admission applies
@@ -1063,52 +402,32 @@ fn afpacket_tcp_nosip_match_keeps_the_connection() {
 /// aborted (the client sees RST) and counted; the admitted one still works.
 #[test]
 fn afpacket_tcp_connection_over_the_per_ip_limit_is_refused() {
-    use std::io::Write;
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let cfg = afpacket_tcp_config(&pair) + "\n[tcp]\nmax_connections_per_ip = 1\n";
+    let cfg = af_tcp_config(&pair, "[tcp]\nmax_connections_per_ip = 1\n");
     let mut proxy = AfSipedge::start(&pair, &cfg);
-    let (from, to): (IpAddr, IpAddr) = (pair.peer_v4().into(), pair.stack_v4().into());
-    let r = pair.in_peer(move || -> Result<(String, u16), String> {
+    let (from, to) = target(&pair, false);
+    let r = pair.in_peer(move || -> Result<(bool, u16), String> {
         // A is admitted and served first; B (same IP) is over the limit
         let mut a = connect_from(from, to)?;
-        let local = a.local_addr().map_err(|e| e.to_string())?;
-        let req = sip_request(
-            "OPTIONS",
-            &format!("sip:{to}:{SIP_PORT}"),
-            "TCP",
-            local,
-            "af-lim",
-            70,
-        );
-        a.write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        let reply = read_sip_message(&mut a, Duration::from_secs(3))?;
+        let reply = options_over(&mut a, to, "af-lim")?;
         // the RST can beat connect()'s own completion check
-        let b_end = match connect_from(from, to) {
-            Ok(mut b) => read_end(&mut b, Duration::from_secs(3)),
-            Err(e) if e.contains("reset") => "reset".to_string(),
+        let b_reset = match connect_from(from, to) {
+            Ok(mut b) => read_end(&mut b, Duration::from_secs(3)).is_reset(),
+            Err(e) if e.contains("reset") => true,
             Err(e) => return Err(e),
         };
-        Ok((b_end, status_code(&reply).unwrap_or(0)))
+        Ok((b_reset, status_code(&reply).unwrap_or(0)))
     });
-    let (b_end, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    assert_eq!(b_end, "reset", "{}", proxy.log_tail());
+    let (b_reset, code) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert!(b_reset, "{}", proxy.log_tail());
     assert_eq!(code, 200);
     let m = proxy.metrics();
     assert!(metric(&m, "sipedge_tcp_refused_total") >= 1.0, "{m}");
-    assert!(
-        metric(&m, "sipedge_tcp_released_total{reason=\"limit\"}") >= 1.0,
-        "{m}"
-    );
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    assert!(metric(&m, &released("limit")) >= 1.0, "{m}");
+    proxy.stop_clean();
 }
 
 /// Issue 8: a refused TCP connect to an upstream target (the peer's Linux
@@ -1121,14 +440,13 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
         return;
     }
     let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
     let peer = pair.peer_v4();
     let sets = format!(
         "\n[[upstream_set]]\nname = \"core\"\nping_interval_ms = 500\nping_timeout_ms = 400\n\
          down_after = 3\nup_after = 2\nhold_down_ms = 60000\n\
          [[upstream_set.target]]\nuri = \"sip:{peer}:5099;transport=tcp\"\n"
     );
-    let mut proxy = AfSipedge::start(&pair, &(afpacket_tcp_config(&pair) + &sets));
+    let mut proxy = AfSipedge::start(&pair, &(af_tcp_config(&pair, &sets)));
     let t0 = Instant::now();
     let up = |m: &str| {
         samples(m)
@@ -1148,7 +466,7 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
         "target not down within 5 s\n{m}\n{}",
         proxy.log_tail()
     );
-    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    let log = proxy.log_text();
     assert!(
         log.contains("signal=\"connect_failed\""),
         "{}",
@@ -1173,89 +491,7 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
         "{m}"
     );
     eprintln!("refused upstream down after {took:?}");
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
-}
-
-/// Issue 8, CLI overrides: afpacket mode from flags alone (no file):
-/// `--stack afpacket --iface --ipv4 --ipv6 --listen tcp:… --upstream`;
-/// an OPTIONS over TCP to the stack's address is answered.
-#[test]
-fn afpacket_mode_from_command_line_flags_only() {
-    use std::io::Write;
-    if skip_unless_root() {
-        return;
-    }
-    let pair = NetnsPair::new();
-    must("ip", &["-n", &pair.stack_ns, "link", "set", "lo", "up"]);
-    let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
-    let dir = unique_temp_dir("afflags");
-    let log = dir.join("sipedge.log");
-    let logf = File::create(&log).expect("create the log");
-    let mut child = netns_exec(&pair.stack_ns, sipedge_bin())
-        .args(["--stack", "afpacket", "--iface", &pair.stack_if])
-        .args(["--ipv4", &format!("{v4}/24"), "--ipv6", &format!("{v6}/64")])
-        .args(["--listen", &format!("tcp:{v4}:{SIP_PORT}")])
-        .args(["--listen", &format!("udp:{v4}:{SIP_PORT}")])
-        .args([
-            "--upstream",
-            &format!("sip:{up}:{UPSTREAM_PORT};transport=tcp"),
-        ])
-        .args(["--metrics", "off"])
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().expect("dup"))
-        .stderr(logf)
-        .spawn()
-        .expect("spawn sipedge");
-    let t0 = Instant::now();
-    while !fs::read_to_string(&log).is_ok_and(|t| t.contains(READY_LINE)) {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("sipedge exited during start-up ({st})\n{}", tail(&log, 40));
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "not ready within 10 s\n{}",
-            tail(&log, 40)
-        );
-        sleep(Duration::from_millis(50));
-    }
-    let to: IpAddr = v4.into();
-    let from: IpAddr = up.into();
-    let r = pair.in_peer(move || -> Result<Option<u16>, String> {
-        let mut s = connect_from(from, to)?;
-        let local = s.local_addr().map_err(|e| e.to_string())?;
-        let req = sip_request(
-            "OPTIONS",
-            &format!("sip:{to}:{SIP_PORT}"),
-            "TCP",
-            local,
-            "af-cli",
-            70,
-        );
-        s.write_all(req.as_bytes())
-            .map_err(|e| format!("write: {e}"))?;
-        Ok(status_code(&read_sip_message(
-            &mut s,
-            Duration::from_secs(3),
-        )?))
-    });
-    let code = r.unwrap_or_else(|e| panic!("{e}\n{}", tail(&log, 40)));
-    assert_eq!(code, Some(200), "{}", tail(&log, 40));
-    signal_pid(child.id(), "TERM");
-    let st = wait_child(&mut child, Duration::from_secs(5));
-    if st.is_none() {
-        let _ = child.kill();
-        let _ = wait_child(&mut child, Duration::from_secs(5));
-    }
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{st:?}\n{}",
-        tail(&log, 40)
-    );
-    let _ = fs::remove_dir_all(&dir);
+    proxy.stop_clean();
 }
 
 /// `sipedge check-config FILE` with `text` in FILE: (exit code, stderr).

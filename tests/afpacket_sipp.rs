@@ -12,8 +12,9 @@
 //! - Non-SIP bytes on TCP: the connection is aborted (the client's read
 //!   fails with ECONNRESET) and `sipedge_tcp_released_total{reason=
 //!   "parse_error"}` moves; the nosip `match` hook keeps the connection;
-//!   the slowloris (`message_timeout_secs`) and first-message deadlines
-//!   fire as in kernel mode.
+//!   the slowloris (`message_timeout_secs`, RST), first-message (RST) and
+//!   idle-lifetime (FIN) deadlines fire as in kernel mode.
+//! - afpacket mode from command-line flags alone (no configuration file).
 //! - `/metrics` (a kernel socket inside the stack namespace) shows the
 //!   netstack and TCP counters moving.
 //! - Loss and reordering: calls over UDP and TCP complete with zero failed
@@ -33,7 +34,6 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::afpacket::*;
@@ -56,18 +56,6 @@ const TLS_CLIENT_HELLO: &[u8] = &[
     0x42, 0x13, 0x37, 0xc0, 0x2b, 0xc0, 0x2f,
 ];
 
-fn released(reason: &str) -> String {
-    format!("sipedge_tcp_released_total{{reason=\"{reason}\"}}")
-}
-
-fn mib(group: &str, counter: &str) -> String {
-    format!("sipedge_netstack_mib_total{{group=\"{group}\",counter=\"{counter}\"}}")
-}
-
-fn metric(text: &str, q: &str) -> f64 {
-    metric_value(text, q).unwrap_or(0.0)
-}
-
 /// The non-zero drop counters and the neighbour / ARP / NDP and UDP
 /// error counters of a scrape (for failure messages).
 fn drop_lines(m: &str) -> String {
@@ -87,21 +75,6 @@ fn drop_lines(m: &str) -> String {
 
 fn skip() -> bool {
     skip_unless_root() || skip_unless_sipp()
-}
-
-/// The stack's SIP address of the family of `peer`.
-fn target(pair: &NetnsPair, v6: bool) -> (IpAddr, SocketAddr) {
-    if v6 {
-        (
-            pair.peer_v6().into(),
-            SocketAddr::new(pair.stack_v6().into(), AF_SIP_PORT),
-        )
-    } else {
-        (
-            pair.peer_v4().into(),
-            SocketAddr::new(pair.stack_v4().into(), AF_SIP_PORT),
-        )
-    }
 }
 
 /// `calls` calls of tests/sipp/uac.xml over `transport` from the peer
@@ -230,6 +203,18 @@ fn suite(transport: SippTransport) {
         };
         assert!(passive >= want_passive, "{report}");
         assert!(active >= 1.0, "{report}");
+        assert!(
+            metric(&m, "sipedge_bytes_received_total{transport=\"tcp\"}") > 0.0,
+            "{report}"
+        );
+        let per_call = |q: &str| metric(&m, q) / (2.0 * c);
+        eprintln!(
+            "{}: per call: Tcp InSegs {:.1} OutSegs {:.1}, delayed ACKs {:.1}",
+            transport.flag(),
+            per_call(&mib("Tcp", "InSegs")),
+            per_call(&mib("Tcp", "OutSegs")),
+            per_call(&mib("TcpExt", "DelayedACKs"))
+        );
         // Five messages in per call and leg at least.
         assert!(in_segs >= 5.0 * 2.0 * c, "{report}");
         assert!(out_segs >= 5.0 * 2.0 * c, "{report}");
@@ -246,11 +231,7 @@ fn suite(transport: SippTransport) {
     );
 
     drop(uas);
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 #[test]
@@ -269,7 +250,8 @@ fn afpacket_sipp_calls_tcp_tn_ipv4_and_ipv6() {
 }
 
 /// `--stack afpacket --iface … --ipv4 … --ipv6 … --listen udp:… --listen
-/// tcp:…` with no configuration file: calls over UDP and TCP.
+/// tcp:…` with no configuration file: calls over UDP and TCP, and an
+/// OPTIONS to the stack's own address over TCP is answered 200.
 #[test]
 fn afpacket_cli_overrides_need_no_config_file() {
     if skip() {
@@ -288,11 +270,20 @@ fn afpacket_cli_overrides_need_no_config_file() {
         calls_through(&pair, &mut proxy, transport, false, 100, 100);
         drop(uas);
     }
-    let (st, log) = proxy.stop();
+    let (from, to) = target(&pair, false);
+    let run = tcp_script(
+        &pair,
+        from,
+        to,
+        vec![(options_to_stack(&pair, "af-cli"), Duration::from_secs(2))],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
     assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+        run.got.starts_with(b"SIP/2.0 200"),
+        "{run:?}\n{}",
+        proxy.log_tail()
     );
+    proxy.stop_clean();
 }
 
 // ---------------------------------------------------------------------------
@@ -305,13 +296,6 @@ fn tcp_proxy(extra: &str) -> (NetnsPair, AfSipedge) {
     let pair = NetnsPair::new();
     let proxy = AfSipedge::start(&pair, &af_config(&pair, true, extra));
     (pair, proxy)
-}
-
-/// An OPTIONS to the proxy itself (R-URI = its own address), answered 200.
-fn options_to_stack(pair: &NetnsPair, tag: &str) -> Vec<u8> {
-    let ruri = format!("sip:{}:{AF_SIP_PORT}", pair.stack_v4());
-    let via = SocketAddr::new(pair.peer_v4().into(), 5999);
-    sip_request("OPTIONS", &ruri, "TCP", via, tag, 70).into_bytes()
 }
 
 /// Send `bytes` on a fresh connection from the peer (IPv4 or IPv6);
@@ -330,7 +314,7 @@ fn assert_reset_with_reason(
     let run = tcp_script(pair, from, to, vec![(bytes.to_vec(), wait)])
         .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
     assert!(
-        matches!(run.end, TcpEnd::Reset(_)),
+        run.end.is_reset(),
         "{reason}: expected the connection reset (RST) within {wait:?} after {} bytes, got \
          {:?}; received {:?}\n{}",
         bytes.len(),
@@ -439,7 +423,7 @@ fn afpacket_nosip_match_hook_keeps_the_connection() {
 
 /// SPEC A.4 slowloris: a start line, then one byte a second; the message
 /// deadline (2 s) counts from the first byte and trickling does not
-/// extend it.
+/// extend it: the connection is aborted (RST) between 1.5 s and 3.5 s.
 #[test]
 fn afpacket_slowloris_is_released_at_the_message_deadline() {
     if skip_unless_root() {
@@ -458,17 +442,22 @@ fn afpacket_slowloris_is_released_at_the_message_deadline() {
     let (from, to) = target(&pair, false);
     let run =
         tcp_script(&pair, from, to, steps).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    let after = match run.end {
-        TcpEnd::Reset(t) | TcpEnd::Eof(t) => t,
-        other => panic!(
-            "slowloris connection not released during ~10 s of trickling \
-             (message_timeout_secs = 2): {other:?}\n{}",
+    let TcpEnd::Reset(after) = run.end else {
+        panic!(
+            "slowloris connection not aborted during ~10 s of trickling \
+             (message_timeout_secs = 2): {:?}\n{}",
+            run.end,
             proxy.log_tail()
-        ),
+        );
     };
     assert!(
         after >= Duration::from_millis(1500),
         "released after {after:?}, before the 2 s deadline\n{}",
+        proxy.log_tail()
+    );
+    assert!(
+        after < Duration::from_millis(3500),
+        "the trickle extended the message deadline: released after {after:?}\n{}",
         proxy.log_tail()
     );
     let now = proxy.wait_metric_at_least(
@@ -480,7 +469,8 @@ fn afpacket_slowloris_is_released_at_the_message_deadline() {
 }
 
 /// SPEC A.4: a connection that sends nothing is released at the first
-/// message deadline.
+/// message deadline, aborted (RST, the default `stack.tcp_release`), over
+/// IPv4 and IPv6.
 #[test]
 fn afpacket_silent_connection_is_released_at_the_first_message_deadline() {
     if skip_unless_root() {
@@ -488,26 +478,65 @@ fn afpacket_silent_connection_is_released_at_the_first_message_deadline() {
     }
     let (pair, proxy) =
         tcp_proxy("[tcp]\nfirst_message_timeout_secs = 1\nmessage_timeout_secs = 10\n");
-    let (from, to) = target(&pair, true);
-    let run = tcp_script(&pair, from, to, vec![(Vec::new(), Duration::from_secs(5))])
-        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
-    match run.end {
-        TcpEnd::Reset(t) | TcpEnd::Eof(t) => assert!(
-            t >= Duration::from_millis(800),
-            "released after {t:?}, before the 1 s deadline\n{}",
-            proxy.log_tail()
-        ),
-        other => panic!(
-            "silent connection not released within 5 s (first_message_timeout_secs = 1): \
-             {other:?}\n{}",
-            proxy.log_tail()
-        ),
+    for v6 in [false, true] {
+        let (from, to) = target(&pair, v6);
+        let run = tcp_script(&pair, from, to, vec![(Vec::new(), Duration::from_secs(5))])
+            .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+        match run.end {
+            TcpEnd::Reset(t) => assert!(
+                t >= Duration::from_millis(800),
+                "released after {t:?}, before the 1 s deadline\n{}",
+                proxy.log_tail()
+            ),
+            other => panic!(
+                "silent connection to {to} not aborted within 5 s \
+                 (first_message_timeout_secs = 1): {other:?}\n{}",
+                proxy.log_tail()
+            ),
+        }
     }
     let now = proxy.wait_metric_at_least(
         &released("first_message_timeout"),
-        1.0,
+        2.0,
         Duration::from_secs(3),
     );
+    assert!(now >= 2.0, "{}", proxy.metrics());
+}
+
+/// SPEC A.4: a connection idle after its message is released at the idle
+/// lifetime (2 s) with an orderly close (FIN), and counted.
+#[test]
+fn afpacket_idle_connection_is_released_at_the_idle_lifetime() {
+    if skip_unless_root() {
+        return;
+    }
+    let (pair, proxy) = tcp_proxy("[tcp]\nidle_lifetime_secs = 2\n");
+    let (from, to) = target(&pair, false);
+    let run = tcp_script(
+        &pair,
+        from,
+        to,
+        vec![(options_to_stack(&pair, "af-idle"), Duration::from_secs(6))],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    assert!(
+        run.got.starts_with(b"SIP/2.0 200"),
+        "{run:?}\n{}",
+        proxy.log_tail()
+    );
+    let TcpEnd::Eof(after) = run.end else {
+        panic!(
+            "idle connection not closed with FIN within 6 s (idle_lifetime_secs = 2): {:?}\n{}",
+            run.end,
+            proxy.log_tail()
+        );
+    };
+    assert!(
+        after >= Duration::from_millis(1500),
+        "idle release too early: {after:?}\n{}",
+        proxy.log_tail()
+    );
+    let now = proxy.wait_metric_at_least(&released("idle_timeout"), 1.0, Duration::from_secs(3));
     assert!(now >= 1.0, "{}", proxy.metrics());
 }
 
@@ -569,11 +598,7 @@ fn impaired(transport: SippTransport) {
     });
     assert!(dropped > 0, "the middlebox dropped nothing: {stats}");
     drop(uas);
-    let (st, log) = proxy.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
-    );
+    proxy.stop_clean();
 }
 
 #[test]

@@ -27,15 +27,17 @@ pub trait Egress {
     fn send_tcp(&mut self, dest: &Dest, out: &[u8]) -> SendResult;
     /// Host-name next hop not in the DNS cache: resolve off the hot path
     /// (kernel: a task; stack: the resolver thread), then the backend calls
-    /// [`Step::deliver`] with `resolved = true`. Copies `out`.
-    fn resolve_later(
-        &mut self,
-        host: &str,
-        dest: Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: Instant,
-    );
+    /// [`Step::deliver_resolved`].
+    fn resolve_later(&mut self, p: Pending);
+}
+
+/// A message waiting for its next hop's name to resolve (both backends).
+pub struct Pending {
+    pub host: String,
+    pub dest: Dest,
+    pub kind: SendKind,
+    pub out: Vec<u8>,
+    pub received_at: Instant,
 }
 
 /// Shared context of the step (both backends have these).
@@ -66,10 +68,35 @@ impl Step<'_> {
                     d.addr.set_ip(ip);
                     self.deliver(eg, &d, kind, &sc.out, received_at, true);
                 }
-                None => eg.resolve_later(&sc.resolve, dest, kind, &sc.out, received_at),
+                None => eg.resolve_later(Pending {
+                    host: sc.resolve.clone(),
+                    dest,
+                    kind,
+                    out: sc.out.clone(),
+                    received_at,
+                }),
             },
             _ => {}
         }
+    }
+
+    /// The resolver answered for `p` (`ip`: None when the name does not
+    /// resolve: dropped, NoRoute): cache the address, then send.
+    pub fn deliver_resolved(
+        &self,
+        eg: &mut impl Egress,
+        p: &Pending,
+        ip: Option<std::net::IpAddr>,
+    ) {
+        let Some(ip) = ip else {
+            tracing::debug!(host = %p.host, "next hop does not resolve");
+            self.metrics.dropped(DropReason::NoRoute);
+            return;
+        };
+        self.dns.put(&p.host, ip);
+        let mut d = p.dest;
+        d.addr.set_ip(ip);
+        self.deliver(eg, &d, p.kind, &p.out, p.received_at, true);
     }
 
     /// One send and its counting. `resolved`: the address came from a host
@@ -300,8 +327,8 @@ mod tests {
             self.sent.push((Transport::Tcp, dest.addr, out.to_vec()));
             self.result
         }
-        fn resolve_later(&mut self, host: &str, dest: Dest, _: SendKind, _: &[u8], _: Instant) {
-            self.resolve.push((host.to_string(), dest));
+        fn resolve_later(&mut self, p: Pending) {
+            self.resolve.push((p.host, p.dest));
         }
     }
 
@@ -329,6 +356,21 @@ mod tests {
                 dns: &self.dns,
             }
         }
+        /// `deliver` of `out` to `d` through a Mock answering `result`:
+        /// whether it counted as sent, and the Mock.
+        fn deliver(
+            &self,
+            result: SendResult,
+            d: &Dest,
+            out: &[u8],
+            resolved: bool,
+        ) -> (bool, Mock) {
+            let mut eg = Mock::new(result);
+            let sent =
+                self.step()
+                    .deliver(&mut eg, d, SendKind::Request, out, Instant::now(), resolved);
+            (sent, eg)
+        }
         fn metric(&self, series: &str) -> f64 {
             self.metrics
                 .encode()
@@ -342,25 +384,9 @@ mod tests {
     fn deliver_counts_bytes_when_sent_and_send_failed_when_not() {
         let r = Rig::new();
         let d = dest("192.0.2.9:5060", 0);
-        let mut eg = Mock::new(SendResult::Sent);
-        assert!(r.step().deliver(
-            &mut eg,
-            &d,
-            SendKind::Request,
-            b"abc",
-            Instant::now(),
-            false
-        ));
+        assert!(r.deliver(SendResult::Sent, &d, b"abc", false).0);
         assert_eq!(r.metric("sipedge_bytes_sent_total{transport=\"udp\"}"), 3.0);
-        let mut eg = Mock::new(SendResult::WouldBlock);
-        assert!(!r.step().deliver(
-            &mut eg,
-            &d,
-            SendKind::Request,
-            b"abc",
-            Instant::now(),
-            false
-        ));
+        assert!(!r.deliver(SendResult::WouldBlock, &d, b"abc", false).0);
         assert_eq!(
             r.metric("sipedge_dropped_total{reason=\"send_failed\"}"),
             1.0
@@ -391,15 +417,34 @@ mod tests {
     }
 
     #[test]
+    fn resolved_next_hop_is_cached_and_sent_unresolvable_one_dropped_no_route() {
+        let r = Rig::new();
+        let p = Pending {
+            host: "next.example".into(),
+            dest: dest("0.0.0.0:5080", 0),
+            kind: SendKind::Request,
+            out: b"INVITE".to_vec(),
+            received_at: Instant::now(),
+        };
+        let mut eg = Mock::new(SendResult::Sent);
+        r.step().deliver_resolved(&mut eg, &p, None);
+        assert!(eg.sent.is_empty());
+        assert_eq!(r.metric("sipedge_dropped_total{reason=\"no_route\"}"), 1.0);
+        assert_eq!(r.dns.get("next.example"), None);
+        let ip = "192.0.2.7".parse().unwrap();
+        r.step().deliver_resolved(&mut eg, &p, Some(ip));
+        let to: SocketAddr = "192.0.2.7:5080".parse().unwrap();
+        assert_eq!(eg.sent, vec![(Transport::Udp, to, b"INVITE".to_vec())]);
+        assert_eq!(r.dns.get("next.example"), Some(ip));
+    }
+
+    #[test]
     fn next_hop_name_resolving_to_the_proxy_is_a_loop() {
         let r = Rig::new();
         // the default config listens on udp:127.0.0.1:5060
         let d = dest("127.0.0.1:5060", 0);
-        let mut eg = Mock::new(SendResult::Sent);
-        assert!(
-            !r.step()
-                .deliver(&mut eg, &d, SendKind::Request, b"x", Instant::now(), true)
-        );
+        let (sent, eg) = r.deliver(SendResult::Sent, &d, b"x", true);
+        assert!(!sent);
         assert!(eg.sent.is_empty());
         assert_eq!(r.metric("sipedge_dropped_total{reason=\"loop\"}"), 1.0);
     }

@@ -19,6 +19,7 @@
 
 use super::conn::{Conn, ConnIo, ConnState, ConnTable, ReleaseReason};
 use super::egress::{Egress, Step};
+use super::stream::{Item, Millis, StreamState};
 use crate::config::Transport;
 use crate::core::upstream::Signal;
 use crate::core::{Core, Outcome, RcvInfo, Scratch, SendKind};
@@ -59,6 +60,45 @@ pub fn receive_tcp_msg<B: ConnIo>(
     }
     step.dispatch(eg, outcome, sc, received_at);
     Ok(ok)
+}
+
+/// One chunk read from `conn` → [`StreamState::on_bytes`]: every framed
+/// message through [`receive_tcp_msg`]; a CRLFCRLF ping is counted and,
+/// with `crlf_pong`, answered by `pong` (the backend's send of CRLF on
+/// `conn`; `true`: sent, counted). The stream is marked Ok once a message
+/// was delivered, even when a later one in the chunk failed.
+#[allow(clippy::too_many_arguments)]
+pub fn read_chunk<B: ConnIo, E: Egress>(
+    st: &mut StreamState,
+    chunk: &[u8],
+    now: Millis,
+    step: &Step,
+    eg: &mut E,
+    conn: &Conn<B>,
+    rcv: &RcvInfo,
+    sc: &mut Scratch,
+    received_at: Instant,
+    mut pong: impl FnMut(&mut E) -> bool,
+) -> Result<(), ReleaseReason> {
+    let crlf_pong = st.config().crlf_pong;
+    let mut delivered = false;
+    let r = st.on_bytes(chunk, now, |item| match item {
+        Item::Message { bytes, body_offset } => {
+            delivered |= receive_tcp_msg(step, eg, conn, rcv, bytes, body_offset, sc, received_at)?;
+            Ok(())
+        }
+        Item::Ping => {
+            step.metrics.keepalive_ping();
+            if crlf_pong && pong(eg) {
+                step.metrics.keepalive_pong();
+            }
+            Ok(())
+        }
+    });
+    if delivered {
+        st.mark_ok();
+    }
+    r
 }
 
 /// Passive upstream health: a connection we opened to an upstream target
@@ -140,7 +180,7 @@ mod tests {
             self.0.push((Transport::Tcp, d.conn, out.to_vec()));
             SendResult::Sent
         }
-        fn resolve_later(&mut self, _: &str, _: Dest, _: SendKind, _: &[u8], _: Instant) {}
+        fn resolve_later(&mut self, _: crate::transport::egress::Pending) {}
     }
 
     fn options(peer: SocketAddr) -> Vec<u8> {
@@ -152,8 +192,13 @@ mod tests {
         .into_bytes()
     }
 
-    #[test]
-    fn a4_first_sip_message_marks_the_connection_ok_and_replies_on_it() {
+    /// `receive_tcp_msg` of `msg` (headers up to its end) on a fresh
+    /// inbound connection from 127.0.0.1:`port`: the result, the
+    /// connection after it, and what was sent.
+    fn receive_on_new_conn(
+        port: u16,
+        msg: &[u8],
+    ) -> (Result<bool, ReleaseReason>, Arc<Conn<KernelIo>>, Sink) {
         let metrics = Arc::new(Metrics::new());
         let core = Core::new(
             &Config::default_config(),
@@ -171,22 +216,27 @@ mod tests {
             max_per_ip: 4,
             write_queue_bytes: 1024,
         });
-        let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let peer = SocketAddr::from(([127, 0, 0, 1], port));
         let (conn, _) = table.admit(peer, 1).unwrap();
         let rcv = rcv_tcp(peer, 1, conn.id, false);
         let (mut eg, mut sc) = (Sink::default(), Scratch::new());
-        let msg = options(peer);
-        let body = msg.len();
-        let ok = receive_tcp_msg(
+        let r = receive_tcp_msg(
             &step,
             &mut eg,
             &conn,
             &rcv,
-            &msg,
-            body,
+            msg,
+            msg.len(),
             &mut sc,
             Instant::now(),
         );
+        (r, conn, eg)
+    }
+
+    #[test]
+    fn a4_first_sip_message_marks_the_connection_ok_and_replies_on_it() {
+        let (ok, conn, eg) =
+            receive_on_new_conn(40001, &options("127.0.0.1:40001".parse().unwrap()));
         assert_eq!(ok, Ok(true));
         assert_eq!(conn.state(), ConnState::Ok);
         assert_eq!(eg.0.len(), 1);
@@ -201,38 +251,7 @@ mod tests {
 
     #[test]
     fn a4_unparseable_bytes_release_with_parse_error_and_send_nothing() {
-        let metrics = Arc::new(Metrics::new());
-        let core = Core::new(
-            &Config::default_config(),
-            Box::new(NoneHook),
-            metrics.clone(),
-        );
-        let dns = DnsCache::default();
-        let step = Step {
-            core: &core,
-            metrics: &metrics,
-            dns: &dns,
-        };
-        let table = ConnTable::<KernelIo>::new(TableLimits {
-            max_connections: 4,
-            max_per_ip: 4,
-            write_queue_bytes: 1024,
-        });
-        let peer: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-        let (conn, _) = table.admit(peer, 1).unwrap();
-        let rcv = rcv_tcp(peer, 1, conn.id, false);
-        let (mut eg, mut sc) = (Sink::default(), Scratch::new());
-        let junk = b"\x16\x03\x01 not sip at all";
-        let r = receive_tcp_msg(
-            &step,
-            &mut eg,
-            &conn,
-            &rcv,
-            junk,
-            junk.len(),
-            &mut sc,
-            Instant::now(),
-        );
+        let (r, conn, eg) = receive_on_new_conn(40002, b"\x16\x03\x01 not sip at all");
         assert_eq!(r, Err(ReleaseReason::ParseError));
         assert_eq!(conn.state(), ConnState::Init);
         assert!(eg.0.is_empty());

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::netns::{NetnsPair, in_netns, must, netns_exec};
 use super::{
-    metric_value, metrics_scrape, signal_pid, sipedge_bin, tail, unique_temp_dir, wait_child,
+    metric_value, metrics_scrape, poll_at_least, read_sip_message, signal_pid, sip_request,
+    sipedge_bin, tail, unique_temp_dir, wait_child,
 };
 
 /// The stack's SIP port (UDP and TCP).
@@ -60,6 +61,58 @@ pub fn af_config(pair: &NetnsPair, tcp: bool, extra: &str) -> String {
         listen.join(", "),
         pair.stack_if
     )
+}
+
+/// [`af_config`] with TCP listeners and a TCP upstream
+/// (`sip:198.18.N.1:5080;transport=tcp`); `extra` is appended.
+pub fn af_tcp_config(pair: &NetnsPair, extra: &str) -> String {
+    let up = format!("\"sip:{}:{AF_UPSTREAM_PORT}\"", pair.peer_v4());
+    af_config(pair, true, extra).replacen(
+        &up,
+        &format!(
+            "\"sip:{}:{AF_UPSTREAM_PORT};transport=tcp\"",
+            pair.peer_v4()
+        ),
+        1,
+    )
+}
+
+/// `sipedge_tcp_released_total{reason="REASON"}`.
+pub fn released(reason: &str) -> String {
+    format!("sipedge_tcp_released_total{{reason=\"{reason}\"}}")
+}
+
+/// `sipedge_netstack_mib_total{group="GROUP",counter="COUNTER"}`.
+pub fn mib(group: &str, counter: &str) -> String {
+    format!("sipedge_netstack_mib_total{{group=\"{group}\",counter=\"{counter}\"}}")
+}
+
+/// `metric_value` of a scrape, absent = 0.
+pub fn metric(text: &str, q: &str) -> f64 {
+    metric_value(text, q).unwrap_or(0.0)
+}
+
+/// The peer's address and the stack's SIP address, of one family.
+pub fn target(pair: &NetnsPair, v6: bool) -> (IpAddr, SocketAddr) {
+    if v6 {
+        (
+            pair.peer_v6().into(),
+            SocketAddr::new(pair.stack_v6().into(), AF_SIP_PORT),
+        )
+    } else {
+        (
+            pair.peer_v4().into(),
+            SocketAddr::new(pair.stack_v4().into(), AF_SIP_PORT),
+        )
+    }
+}
+
+/// An OPTIONS to the proxy itself (R-URI = its own IPv4 address), answered
+/// 200.
+pub fn options_to_stack(pair: &NetnsPair, tag: &str) -> Vec<u8> {
+    let ruri = format!("sip:{}:{AF_SIP_PORT}", pair.stack_v4());
+    let via = SocketAddr::new(pair.peer_v4().into(), 5999);
+    sip_request("OPTIONS", &ruri, "TCP", via, tag, 70).into_bytes()
 }
 
 /// The same set-up as [`af_config`] with TCP, on the command line only
@@ -184,14 +237,7 @@ impl AfSipedge {
 
     /// Poll (bounded) until `metric(query) >= want`; returns the last value.
     pub fn wait_metric_at_least(&self, query: &str, want: f64, timeout: Duration) -> f64 {
-        let t0 = Instant::now();
-        loop {
-            let v = self.metric(query);
-            if v >= want || t0.elapsed() >= timeout {
-                return v;
-            }
-            sleep(Duration::from_millis(50));
-        }
+        poll_at_least(|| self.metric(query), want, timeout)
     }
 
     pub fn alive(&mut self) -> bool {
@@ -206,10 +252,29 @@ impl AfSipedge {
         )
     }
 
+    /// Send `sig` (a `kill -s` name such as "TERM") to its PID.
+    pub fn signal(&self, sig: &str) {
+        signal_pid(self.child.id(), sig);
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// [`Self::stop`], asserting that sipedge exited 0 within 5 s.
+    pub fn stop_clean(&mut self) {
+        let (st, log) = self.stop();
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "sipedge did not exit 0 within 5 s of SIGTERM ({st:?})\n{log}"
+        );
+    }
+
     /// SIGTERM to its PID; the exit status if it exits within 5 s (else it
     /// is SIGKILLed and None returned), and the whole log.
     pub fn stop(&mut self) -> (Option<ExitStatus>, String) {
-        signal_pid(self.child.id(), "TERM");
+        self.signal("TERM");
         let st = wait_child(&mut self.child, Duration::from_secs(5));
         if st.is_none() {
             let _ = self.child.kill();
@@ -246,12 +311,82 @@ pub enum TcpEnd {
     Open,
 }
 
+impl TcpEnd {
+    pub fn is_reset(&self) -> bool {
+        matches!(self, TcpEnd::Reset(_))
+    }
+
+    pub fn is_eof(&self) -> bool {
+        matches!(self, TcpEnd::Eof(_))
+    }
+}
+
 /// What one raw TCP exchange in the peer namespace saw.
 #[derive(Debug, Clone)]
 pub struct TcpScript {
     /// Bytes received before the end.
     pub got: Vec<u8>,
     pub end: TcpEnd,
+}
+
+/// A TCP connection from `from` (a peer address; call inside the peer
+/// namespace) to `to`, Nagle off.
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> Result<TcpStream, String> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    sock.bind(&SocketAddr::new(from, 0).into())
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(3))
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    let s: TcpStream = sock.into();
+    let _ = s.set_nodelay(true);
+    let _ = s.set_write_timeout(Some(Duration::from_secs(3)));
+    Ok(s)
+}
+
+/// Read what arrives on `s` into `got` until the connection ends or
+/// `wait` runs out (then `TcpEnd::Open`); the durations in the result
+/// count from `t0`.
+pub fn read_until_end(s: &mut TcpStream, wait: Duration, t0: Instant, got: &mut Vec<u8>) -> TcpEnd {
+    let until = Instant::now() + wait;
+    let mut buf = [0u8; 4096];
+    for _ in 0..100_000 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) => return TcpEnd::Eof(t0.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                return TcpEnd::Reset(t0.elapsed());
+            }
+            Err(e) => return TcpEnd::Error(format!("read: {e}")),
+        }
+    }
+    TcpEnd::Open
+}
+
+/// [`read_until_end`] discarding what arrives, durations from now.
+pub fn read_end(s: &mut TcpStream, wait: Duration) -> TcpEnd {
+    read_until_end(s, wait, Instant::now(), &mut Vec::new())
+}
+
+/// Send an OPTIONS for `sip:TO` (Via: the socket's own address) on `s`
+/// and read the reply (≤ 3 s).
+pub fn options_over(s: &mut TcpStream, to: SocketAddr, tag: &str) -> Result<String, String> {
+    let local = s.local_addr().map_err(|e| e.to_string())?;
+    let req = sip_request("OPTIONS", &format!("sip:{to}"), "TCP", local, tag, 70);
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    read_sip_message(s, Duration::from_secs(3))
 }
 
 /// Connect from `from` (a peer address) to `to`, then for each step send
@@ -266,66 +401,24 @@ pub fn tcp_script(
     steps: Vec<(Vec<u8>, Duration)>,
 ) -> Result<TcpScript, String> {
     pair.in_peer(move || {
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(to),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .map_err(|e| format!("socket: {e}"))?;
-        sock.bind(&SocketAddr::new(from, 0).into())
-            .map_err(|e| format!("bind {from}: {e}"))?;
-        sock.connect_timeout(&to.into(), Duration::from_secs(3))
-            .map_err(|e| format!("connect {to}: {e}"))?;
-        let mut s: TcpStream = sock.into();
-        let _ = s.set_nodelay(true);
-        let _ = s.set_write_timeout(Some(Duration::from_secs(3)));
+        let mut s = connect_from(from, to)?;
         let t0 = Instant::now();
         let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
         for (bytes, wait) in steps {
             if !bytes.is_empty()
                 && let Err(e) = s.write_all(&bytes)
             {
-                return Ok(TcpScript {
-                    got,
-                    end: match e.kind() {
-                        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
-                            TcpEnd::Reset(t0.elapsed())
-                        }
-                        _ => TcpEnd::Error(format!("write: {e}")),
-                    },
-                });
+                let end = match e.kind() {
+                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+                        TcpEnd::Reset(t0.elapsed())
+                    }
+                    _ => TcpEnd::Error(format!("write: {e}")),
+                };
+                return Ok(TcpScript { got, end });
             }
-            let until = Instant::now() + wait;
-            for _ in 0..100_000 {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                let _ = s.set_read_timeout(Some(left));
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        return Ok(TcpScript {
-                            got,
-                            end: TcpEnd::Eof(t0.elapsed()),
-                        });
-                    }
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                        return Ok(TcpScript {
-                            got,
-                            end: TcpEnd::Reset(t0.elapsed()),
-                        });
-                    }
-                    Err(e) => {
-                        return Ok(TcpScript {
-                            got,
-                            end: TcpEnd::Error(format!("read: {e}")),
-                        });
-                    }
-                }
+            let end = read_until_end(&mut s, wait, t0, &mut got);
+            if end != TcpEnd::Open {
+                return Ok(TcpScript { got, end });
             }
         }
         Ok(TcpScript {

@@ -376,14 +376,7 @@ impl Proxy {
     }
     /// Poll (bounded) until `metric(query) >= want`; returns the last value.
     pub fn wait_metric_at_least(&self, query: &str, want: f64, timeout: Duration) -> f64 {
-        let t0 = Instant::now();
-        loop {
-            let v = self.metric(query);
-            if v >= want || t0.elapsed() >= timeout {
-                return v;
-            }
-            sleep(Duration::from_millis(50));
-        }
+        poll_at_least(|| self.metric(query), want, timeout)
     }
     pub fn log_tail(&self) -> String {
         format!("--- sipedge log tail ---\n{}", tail(&self.log, 40))
@@ -1177,4 +1170,17 @@ pub fn assert_options_200(proxy: &Proxy, s: &mut TcpStream, tag: &str) {
         Some(200),
         "OPTIONS ({tag}) on TCP: expected 200, got:\n{reply}"
     );
+}
+
+/// Poll `value` every 50 ms until it is `>= want` or `timeout` ran out;
+/// returns the last value.
+pub fn poll_at_least(value: impl Fn() -> f64, want: f64, timeout: Duration) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let v = value();
+        if v >= want || t0.elapsed() >= timeout {
+            return v;
+        }
+        sleep(Duration::from_millis(50));
+    }
 }

@@ -581,20 +581,30 @@ pub fn netns_exec(ns: &str, prog: impl AsRef<std::ffi::OsStr>) -> Command {
     cmd
 }
 
-/// Is a UDP socket bound to `addr` in the network namespace of process
-/// `pid`? Reads /proc/PID/net/udp{,6} (no packet sent).
-pub fn udp_bound_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
+/// The `/proc/PID/net/` table of `addr`'s family (`proto` or `proto6`)
+/// and the `local_address` column `addr` has there (hex, network order as
+/// the kernel prints it).
+fn proc_net_entry(proto: &str, addr: std::net::SocketAddr) -> (String, String) {
     let (file, ip_hex) = match addr.ip() {
-        std::net::IpAddr::V4(ip) => ("udp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
+        std::net::IpAddr::V4(ip) => (
+            proto.to_string(),
+            format!("{:08X}", u32::from_ne_bytes(ip.octets())),
+        ),
         std::net::IpAddr::V6(ip) => (
-            "udp6",
+            format!("{proto}6"),
             ip.octets()
                 .chunks(4)
                 .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
                 .collect(),
         ),
     };
-    let want = format!("{ip_hex}:{:04X}", addr.port());
+    (file, format!("{ip_hex}:{:04X}", addr.port()))
+}
+
+/// Is a UDP socket bound to `addr` in the network namespace of process
+/// `pid`? Reads /proc/PID/net/udp{,6} (no packet sent).
+pub fn udp_bound_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
+    let (file, want) = proc_net_entry("udp", addr);
     std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
         t.lines()
             .skip(1)
@@ -605,17 +615,7 @@ pub fn udp_bound_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
 /// Is a TCP socket listening on `addr` in the network namespace of process
 /// `pid`? Reads /proc/PID/net/tcp{,6} (state 0A = LISTEN; no packet sent).
 pub fn tcp_listening_in_pid(pid: u32, addr: std::net::SocketAddr) -> bool {
-    let (file, ip_hex) = match addr.ip() {
-        std::net::IpAddr::V4(ip) => ("tcp", format!("{:08X}", u32::from_ne_bytes(ip.octets()))),
-        std::net::IpAddr::V6(ip) => (
-            "tcp6",
-            ip.octets()
-                .chunks(4)
-                .map(|c| format!("{:08X}", u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        ),
-    };
-    let want = format!("{ip_hex}:{:04X}", addr.port());
+    let (file, want) = proc_net_entry("tcp", addr);
     std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
         t.lines().skip(1).any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

@@ -39,15 +39,15 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 
 use super::Ctx;
 use super::conn::{Conn, ConnCache, ConnIo, ReleaseReason, SendError};
-use super::egress::{Egress, SendResult, pick_addr, pick_local};
-use crate::core::{Dest, DropReason, SendKind};
+use super::egress::{Egress, Pending, SendResult, pick_addr, pick_local};
+use crate::core::{Dest, DropReason};
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpStream, UdpSocket};
 
 pub mod tcp;
@@ -347,51 +347,24 @@ impl Egress for KernelEgress<'_> {
         sent(&c)
     }
 
-    fn resolve_later(
-        &mut self,
-        host: &str,
-        dest: Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: Instant,
-    ) {
-        tokio::spawn(resolve_and_send(
-            self.ctx.clone(),
-            host.to_string(),
-            dest,
-            kind,
-            out.to_vec(),
-            received_at,
-        ));
+    fn resolve_later(&mut self, p: Pending) {
+        tokio::spawn(resolve_and_send(self.ctx.clone(), p));
     }
 }
 
 /// Resolve `host` (A/AAAA, preferring the family of the socket our Via
 /// names), cache it, then send `out` there.
-async fn resolve_and_send(
-    ctx: Arc<Ctx>,
-    host: String,
-    mut dest: Dest,
-    kind: SendKind,
-    out: Vec<u8>,
-    received_at: Instant,
-) {
-    let port = dest.addr.port();
-    let want_v4 = dest.addr.is_ipv4();
-    let found =
-        match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-            .await
-        {
-            Ok(Ok(addrs)) => pick_addr(addrs, want_v4),
-            _ => None,
-        };
-    let Some(addr) = found else {
-        tracing::debug!(%host, "next hop does not resolve");
-        ctx.metrics.dropped(DropReason::NoRoute);
-        return;
+async fn resolve_and_send(ctx: Arc<Ctx>, p: Pending) {
+    let (port, want_v4) = (p.dest.addr.port(), p.dest.addr.is_ipv4());
+    let found = match tokio::time::timeout(
+        DNS_TIMEOUT,
+        tokio::net::lookup_host((p.host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(addrs)) => pick_addr(addrs, want_v4),
+        _ => None,
     };
-    ctx.dns.put(&host, addr.ip());
-    dest.addr = addr;
     let mut cache = ConnCache::default();
     let mut eg = KernelEgress {
         ctx: &ctx,
@@ -399,5 +372,5 @@ async fn resolve_and_send(
         cache: &mut cache,
     };
     ctx.step()
-        .deliver(&mut eg, &dest, kind, &out, received_at, true);
+        .deliver_resolved(&mut eg, &p, found.map(|a| a.ip()));
 }

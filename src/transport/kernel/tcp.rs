@@ -11,8 +11,8 @@ use crate::core::upstream::Signal;
 use crate::transport::Ctx;
 use crate::transport::conn::{Conn, ConnCache, ConnState, ReleaseReason};
 use crate::transport::egress::rcv_tcp;
-use crate::transport::stream::{Item, StreamConfig, StreamState};
-use crate::transport::tcp::{receive_tcp_msg, release_conn, txn_transport_failed, upstream_signal};
+use crate::transport::stream::{StreamConfig, StreamState};
+use crate::transport::tcp::{read_chunk, release_conn, txn_transport_failed, upstream_signal};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -92,35 +92,27 @@ pub async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, local: usize) {
 /// then run its reader loop. Data queued while connecting is sent first.
 pub async fn connect_and_run(ctx: Arc<Ctx>, conn: Arc<Conn<KernelIo>>) {
     let timeout = Duration::from_secs(ctx.core.live().tcp.connect_timeout_secs.max(1));
-    match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
+    let err = match tokio::time::timeout(timeout, TcpStream::connect(conn.peer)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             conn.attach(stream);
             handle_io(ctx, conn).await;
+            return;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(peer = %conn.peer, "connect failed: {e}");
-            upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
-            release_conn(
-                &ctx.conns,
-                &ctx.metrics,
-                &conn,
-                ReleaseReason::ConnectFailed,
-            );
-            fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
-        }
-        Err(_) => {
-            tracing::warn!(peer = %conn.peer, "connect timed out");
-            upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
-            release_conn(
-                &ctx.conns,
-                &ctx.metrics,
-                &conn,
-                ReleaseReason::ConnectFailed,
-            );
-            fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
-        }
-    }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    // refused or timed out: a passive signal, the connection released, its
+    // transactions failed over
+    tracing::warn!(peer = %conn.peer, "connect failed: {err}");
+    upstream_signal(&ctx.core, &conn, Signal::ConnectFailed);
+    release_conn(
+        &ctx.conns,
+        &ctx.metrics,
+        &conn,
+        ReleaseReason::ConnectFailed,
+    );
+    fail_over(&ctx, &conn, ReleaseReason::ConnectFailed);
 }
 
 /// `handle_io`: wait for readiness, a kill request or the stream's next
@@ -243,7 +235,7 @@ fn poll_io(
 
 /// `read_req`: read what is available into the worker's buffer, frame it
 /// (the stream state keeps only an incomplete message) and hand each
-/// message to `receive_tcp_msg`; a ping is answered with CRLF. Any error is
+/// message to `receive_tcp_msg` ([`read_chunk`]); a ping is answered with CRLF. Any error is
 /// returned up to `handle_io`. `Ok(true)`: the socket is drained (would
 /// block); `Ok(false)`: the read budget is used up, more may be waiting.
 fn read_req(
@@ -277,34 +269,18 @@ fn read_req(
                 own_udp: None,
                 cache,
             };
-            let pong = st.config().crlf_pong;
-            let mut delivered = false;
-            let r = st.on_bytes(&buf[..n], now, |item| match item {
-                Item::Message { bytes, body_offset } => {
-                    delivered |= receive_tcp_msg(
-                        &step,
-                        &mut eg,
-                        conn,
-                        &rcv,
-                        bytes,
-                        body_offset,
-                        sc,
-                        received_at,
-                    )?;
-                    Ok(())
-                }
-                Item::Ping => {
-                    ctx.metrics.keepalive_ping();
-                    if pong && conn.send(b"\r\n", now_s).is_ok() {
-                        ctx.metrics.keepalive_pong();
-                    }
-                    Ok(())
-                }
-            });
-            if delivered {
-                st.mark_ok();
-            }
-            r?;
+            read_chunk(
+                st,
+                &buf[..n],
+                now,
+                &step,
+                &mut eg,
+                conn,
+                &rcv,
+                sc,
+                received_at,
+                |_| conn.send(b"\r\n", now_s).is_ok(),
+            )?;
         }
         Ok(false)
     })

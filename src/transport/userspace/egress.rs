@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::time::Instant as StdInstant;
 
+use super::App;
 use super::tcp::{Ctx, TcpSide};
-use super::{App, Pending};
-use crate::core::{Core, Dest, DropReason, SendKind};
+use crate::core::{Core, Dest, DropReason, Scratch};
 use crate::metrics::Metrics;
 use crate::netstack::{Instant, Stack, UdpHandle};
-use crate::transport::egress::{Egress, SendResult, Step, pick_local};
+use crate::transport::egress::{Egress, Pending, SendResult, Step, pick_local};
 
 /// Everything a send from the stack thread touches, borrowed for one step.
 pub(super) struct StackEgress<'a> {
@@ -51,75 +51,59 @@ impl Egress for StackEgress<'_> {
             .send_tcp(self.s, &cx, self.now, self.locals, dest, out)
     }
 
-    fn resolve_later(
-        &mut self,
-        host: &str,
-        dest: Dest,
-        kind: SendKind,
-        out: &[u8],
-        received_at: StdInstant,
-    ) {
-        let p = Pending {
-            host: host.to_string(),
-            dest,
-            kind,
-            out: out.to_vec(),
-            received_at,
-        };
+    fn resolve_later(&mut self, p: Pending) {
         if self.req_tx.try_send(p).is_err() {
             self.metrics.dropped(DropReason::NoRoute);
         }
     }
 }
 
+/// `App` split for one step: the shared send rules ([`Step`]), the stack
+/// thread's [`StackEgress`], and the parts of `App` neither borrows.
+pub(super) struct StepParts<'a> {
+    pub step: Step<'a>,
+    pub eg: StackEgress<'a>,
+    pub sc: &'a mut Scratch,
+    pub probes: &'a mut super::Probes,
+}
+
 impl App {
-    /// Borrow what a send needs (the rest of `App` stays free: the
-    /// scratch, the probes, the DNS cache).
-    pub(super) fn egress<'a>(
-        s: &'a mut Stack,
-        now: Instant,
-        core: &'a Core,
-        metrics: &'a Metrics,
-        net: &'a mut super::Net,
-        req_tx: &'a mpsc::SyncSender<Pending>,
-    ) -> StackEgress<'a> {
-        StackEgress {
-            s,
-            now,
+    /// Borrow what a step needs: the [`Step`] and the [`StackEgress`] over
+    /// `s` at `now`, with the scratch and the probes still free.
+    pub(super) fn split<'a>(&'a mut self, s: &'a mut Stack, now: Instant) -> StepParts<'a> {
+        let App {
             core,
             metrics,
-            udp: &net.udp,
-            udp_locals: &net.udp_locals,
-            locals: &net.locals,
-            tcp: &mut net.tcp,
+            net,
+            sc,
+            dns,
             req_tx,
+            probes,
+            ..
+        } = self;
+        let net: &'a mut super::Net = net;
+        StepParts {
+            step: Step { core, metrics, dns },
+            eg: StackEgress {
+                s,
+                now,
+                core,
+                metrics,
+                udp: &net.udp,
+                udp_locals: &net.udp_locals,
+                locals: &net.locals,
+                tcp: &mut net.tcp,
+                req_tx,
+            },
+            sc,
+            probes,
         }
     }
 
     /// A host name came back from the resolver thread: cache it and send.
     pub(super) fn resolved(&mut self, s: &mut Stack, now: Instant, p: Pending, ip: Option<IpAddr>) {
-        let Some(ip) = ip else {
-            tracing::debug!(host = %p.host, "next hop does not resolve");
-            self.metrics.dropped(DropReason::NoRoute);
-            return;
-        };
-        self.dns.put(&p.host, ip);
-        let mut d = p.dest;
-        d.addr.set_ip(ip);
-        let step = Step {
-            core: &self.core,
-            metrics: &self.metrics,
-            dns: &self.dns,
-        };
-        let mut eg = Self::egress(
-            s,
-            now,
-            &self.core,
-            &self.metrics,
-            &mut self.net,
-            &self.req_tx,
-        );
-        step.deliver(&mut eg, &d, p.kind, &p.out, p.received_at, true);
+        let StepParts { step, mut eg, .. } = self.split(s, now);
+        step.deliver_resolved(&mut eg, &p, ip);
     }
 
     /// Stateful mode: the transaction layer's timer sends.
@@ -130,19 +114,7 @@ impl App {
         out: &crate::core::transaction::Out,
         at: StdInstant,
     ) {
-        let step = Step {
-            core: &self.core,
-            metrics: &self.metrics,
-            dns: &self.dns,
-        };
-        let mut eg = Self::egress(
-            s,
-            now,
-            &self.core,
-            &self.metrics,
-            &mut self.net,
-            &self.req_tx,
-        );
+        let StepParts { step, mut eg, .. } = self.split(s, now);
         step.deliver_txn(&mut eg, out, at);
     }
 
@@ -153,19 +125,7 @@ impl App {
         if failed.is_empty() || self.core.stateful().is_none() {
             return;
         }
-        let step = Step {
-            core: &self.core,
-            metrics: &self.metrics,
-            dns: &self.dns,
-        };
-        let mut eg = Self::egress(
-            s,
-            now,
-            &self.core,
-            &self.metrics,
-            &mut self.net,
-            &self.req_tx,
-        );
+        let StepParts { step, mut eg, .. } = self.split(s, now);
         for (peer, why) in failed {
             crate::transport::tcp::txn_transport_failed(&step, &mut eg, peer, true, why);
         }

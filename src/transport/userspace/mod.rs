@@ -32,11 +32,11 @@ mod udp;
 pub use tcp::StackIo;
 
 use super::conn::ConnTable;
-use super::egress::{DnsCache, Egress, SendResult, pick_addr};
+use super::egress::{DnsCache, Egress, Pending, SendResult, pick_addr};
 use super::{Hooks, lifecycle};
 use crate::config::{Config, Transport};
 use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
-use crate::core::{Core, Dest, Scratch, SendKind};
+use crate::core::{Core, Scratch};
 use crate::metrics::Metrics;
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
@@ -46,15 +46,6 @@ use crate::netstack::{Instant, SocketErrorKind, SocketEvent, Stack, UdpHandle, d
 const BATCH: usize = 64;
 /// Messages waiting for a host name to resolve.
 const RESOLVE_QUEUE: usize = 256;
-
-/// A message waiting for its next hop's name to resolve.
-struct Pending {
-    host: String,
-    dest: Dest,
-    kind: SendKind,
-    out: Vec<u8>,
-    received_at: StdInstant,
-}
 
 /// Run the proxy on the embedded stack until SIGINT/SIGTERM (after a drain
 /// of the UDP exchanges); SIGHUP reloads.
@@ -342,16 +333,11 @@ impl App {
             return;
         }
         p.prober.poll(now_ms, &mut p.due);
-        let mut eg = Self::egress(
-            s,
-            now,
-            &self.core,
-            &self.metrics,
-            &mut self.net,
-            &self.req_tx,
-        );
+        let egress::StepParts {
+            mut eg, probes: p, ..
+        } = self.split(s, now);
         for d in p.due.drain(..) {
-            let Some(dest) = self.core.write_probe(d, &mut p.out) else {
+            let Some(dest) = eg.core.write_probe(d, &mut p.out) else {
                 p.prober.send_failed(d, now_ms);
                 continue;
             };
@@ -361,7 +347,7 @@ impl App {
                 Transport::Tcp => eg.send_tcp(&dest, &p.out),
             };
             if r == SendResult::Sent {
-                self.metrics.bytes_out(dest.transport, p.out.len());
+                eg.metrics.bytes_out(dest.transport, p.out.len());
             } else {
                 p.prober.send_failed(d, now_ms);
             }

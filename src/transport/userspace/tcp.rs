@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant as StdInstant;
 
 use super::App;
+use super::egress::StepParts;
 use super::timers::Deadlines;
 use crate::config::{TcpRelease, Transport};
 use crate::core::upstream::Signal;
@@ -36,9 +37,9 @@ use crate::core::{Core, Dest};
 use crate::metrics::Metrics;
 use crate::netstack::{Instant, SocketEvent, Stack, TcpError, TcpHandle};
 use crate::transport::conn::{Conn, ConnCache, ConnIo, ConnState, ConnTable, ReleaseReason};
-use crate::transport::egress::{SendResult, Step, rcv_tcp};
-use crate::transport::stream::{Item, Millis, StreamConfig, StreamState};
-use crate::transport::tcp::{self, receive_tcp_msg};
+use crate::transport::egress::{SendResult, rcv_tcp};
+use crate::transport::stream::{Millis, StreamConfig, StreamState};
+use crate::transport::tcp;
 
 /// Size of the stack thread's one read buffer.
 pub(super) const READ_BUF: usize = 64 * 1024;
@@ -736,7 +737,7 @@ impl App {
     }
 
     /// `read_req`: everything readable on `h` into the thread's one buffer
-    /// → [`StreamState::on_bytes`] → [`receive_tcp_msg`] per message (a
+    /// → [`StreamState::on_bytes`] → [`tcp::read_chunk`] per message (a
     /// CRLFCRLF ping answered with CRLF); an error releases the connection.
     fn read_req(&mut self, s: &mut Stack, now: Instant, h: TcpHandle) {
         let Some((conn, mut st)) = self.net.tcp.begin_read(h) else {
@@ -745,7 +746,6 @@ impl App {
         let mut buf = self.net.tcp.take_rbuf();
         let now_ms = ms(now);
         let rcv = rcv_tcp(conn.peer, conn.local, conn.id, conn.outbound);
-        let pong = st.config().crlf_pong;
         let result = loop {
             let n = match s.tcp(h).map(|mut x| x.recv(&mut buf)) {
                 None => break Err(ReleaseReason::Reset),
@@ -757,48 +757,21 @@ impl App {
             self.metrics.bytes_in(Transport::Tcp, n);
             conn.touch_rx(secs(now));
             let received_at = StdInstant::now();
-            let step = Step {
-                core: &self.core,
-                metrics: &self.metrics,
-                dns: &self.dns,
-            };
-            let metrics = &self.metrics;
-            let sc = &mut self.sc;
-            let mut eg = Self::egress(
-                s,
-                now,
-                &self.core,
-                &self.metrics,
-                &mut self.net,
-                &self.req_tx,
+            let StepParts {
+                step, mut eg, sc, ..
+            } = self.split(s, now);
+            let r = tcp::read_chunk(
+                &mut st,
+                &buf[..n],
+                now_ms,
+                &step,
+                &mut eg,
+                &conn,
+                &rcv,
+                sc,
+                received_at,
+                |eg| eg.tcp.send_on(eg.s, now, &conn, b"\r\n") == SendResult::Sent,
             );
-            let mut ok = false;
-            let r = st.on_bytes(&buf[..n], now_ms, |item| match item {
-                Item::Message { bytes, body_offset } => {
-                    ok |= receive_tcp_msg(
-                        &step,
-                        &mut eg,
-                        &conn,
-                        &rcv,
-                        bytes,
-                        body_offset,
-                        sc,
-                        received_at,
-                    )?;
-                    Ok(())
-                }
-                Item::Ping => {
-                    metrics.keepalive_ping();
-                    if pong && eg.tcp.send_on(eg.s, now, &conn, b"\r\n") == SendResult::Sent {
-                        metrics.keepalive_pong();
-                    }
-                    Ok(())
-                }
-            });
-            if ok {
-                // (the connection itself is marked by receive_tcp_msg)
-                st.mark_ok();
-            }
             if let Err(reason) = r {
                 break Err(reason);
             }
@@ -854,27 +827,48 @@ mod tests {
 
     #[test]
     fn issue8_upstream_reset_refusal_and_unreachable_are_passive_signals() {
-        assert_eq!(closed_reason(None, true), (ReleaseReason::Eof, None));
-        assert_eq!(
-            closed_reason(Some(TcpError::ConnectionRefused), false),
-            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::TimedOut), false),
-            (ReleaseReason::ConnectFailed, Some(Signal::ConnectFailed))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::HostUnreachable), false),
-            (ReleaseReason::ConnectFailed, Some(Signal::Unreachable))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::ConnectionReset), true),
-            (ReleaseReason::Reset, Some(Signal::Reset))
-        );
-        assert_eq!(
-            closed_reason(Some(TcpError::HostUnreachable), true),
-            (ReleaseReason::Reset, Some(Signal::Unreachable))
-        );
+        use ReleaseReason as R;
+        use TcpError as E;
+        let cases = [
+            (None, true, R::Eof, None),
+            (
+                Some(E::ConnectionRefused),
+                false,
+                R::ConnectFailed,
+                Some(Signal::ConnectFailed),
+            ),
+            (
+                Some(E::TimedOut),
+                false,
+                R::ConnectFailed,
+                Some(Signal::ConnectFailed),
+            ),
+            (
+                Some(E::HostUnreachable),
+                false,
+                R::ConnectFailed,
+                Some(Signal::Unreachable),
+            ),
+            (
+                Some(E::ConnectionReset),
+                true,
+                R::Reset,
+                Some(Signal::Reset),
+            ),
+            (
+                Some(E::HostUnreachable),
+                true,
+                R::Reset,
+                Some(Signal::Unreachable),
+            ),
+        ];
+        for (err, connected, reason, signal) in cases {
+            assert_eq!(
+                closed_reason(err, connected),
+                (reason, signal),
+                "{err:?} connected={connected}"
+            );
+        }
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! UDP on the userspace stack: the listen sockets' receive path. The
 //! datagram receive body (bytes in, RcvInfo, the core, dispatch) is the
-//! shared [`Step::receive_datagram`].
+//! shared [`crate::transport::egress::Step::receive_datagram`].
 
+use super::egress::StepParts;
 use super::{App, BATCH};
 use crate::netstack::{Instant, Stack, UdpHandle};
-use crate::transport::egress::Step;
 use std::time::Instant as StdInstant;
 
 impl App {
@@ -18,20 +18,10 @@ impl App {
                 return;
             };
             let received_at = StdInstant::now();
-            let step = Step {
-                core: &self.core,
-                metrics: &self.metrics,
-                dns: &self.dns,
-            };
-            let mut eg = Self::egress(
-                s,
-                now,
-                &self.core,
-                &self.metrics,
-                &mut self.net,
-                &self.req_tx,
-            );
-            step.receive_datagram(&mut eg, &d.data, d.src, local, &mut self.sc, received_at);
+            let StepParts {
+                step, mut eg, sc, ..
+            } = self.split(s, now);
+            step.receive_datagram(&mut eg, &d.data, d.src, local, sc, received_at);
             s.recycle(d.data);
         }
         // more queued: come back after other sockets had their turn
