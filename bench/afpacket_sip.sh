@@ -24,6 +24,7 @@
 #       udp:198.18.201.2:5060 --listen tcp:198.18.201.2:5060 with its default workers (= CPUs).
 #   (b') sipedge-kernel-before: the same with another binary, $SIPEDGE_BEFORE_BIN (e.g. a build
 #       from before a change, to compare kernel mode's cost per call before and after it).
+#   (a') sipedge-afpacket-before: (a) with $SIPEDGE_BEFORE_BIN (afpacket mode before a change).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
 #       198.18.201.1:5080), kamailio -DD -E -m 1024 -M 16 as the harness runs it.
@@ -45,7 +46,7 @@
 #      REPEATS (3) SETTLE (2) TRANSPORTS ("u1 t1 tn") TN_MAX_CALLS (6000) TW_MAX (1000)
 #      PROXIES ("sipedge-afpacket sipedge-kernel kamailio-stateless")
 #      SKIP_BUILD=1 (don't run cargo build --release)  SIPEDGE_BIN (target/release/sipedge)
-#      SIPEDGE_BEFORE_BIN (the binary of sipedge-kernel-before; needed only for that row)
+#      SIPEDGE_BEFORE_BIN (the binary of the sipedge-*-before rows; needed only for them)
 #      SHARED_BENCH (../shared/bench, from the repo root)  KAM_SHM_MB (1024) KAM_PKG_MB (16)
 #      SIPP_BUF (4194304)  KEEP_TMP=1 (keep the per-step sipp/proxy files)
 # output: one JSON line per step, appended to bench/results/afpacket-sip-YYYYmmdd-HHMMSS.jsonl;
@@ -95,8 +96,8 @@ CLK_TCK=$(getconf CLK_TCK)
 
 for p in $PROXIES; do
   case $p in
-    sipedge-afpacket|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
-    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-kernel, sipedge-kernel-before," \
+    sipedge-afpacket|sipedge-afpacket-before|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-kernel, sipedge-kernel-before," \
          "kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
@@ -117,9 +118,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 [[ -x "$SIPEDGE_BIN" ]] || { echo "missing $SIPEDGE_BIN (cargo build --release)" >&2; exit 1; }
 SIPEDGE_BIN=$(realpath "$SIPEDGE_BIN")
-if [[ " $PROXIES " == *" sipedge-kernel-before "* ]]; then
+if [[ " $PROXIES " == *" sipedge-kernel-before "* || " $PROXIES " == *" sipedge-afpacket-before "* ]]; then
   [[ -x "${SIPEDGE_BEFORE_BIN:-}" ]] ||
-    { echo "sipedge-kernel-before needs SIPEDGE_BEFORE_BIN (an executable)" >&2; exit 1; }
+    { echo "sipedge-*-before needs SIPEDGE_BEFORE_BIN (an executable)" >&2; exit 1; }
   SIPEDGE_BEFORE_BIN=$(realpath "$SIPEDGE_BEFORE_BIN")
 fi
 if [[ -f "$SHARED_BENCH/uac.xml" ]]; then
@@ -301,9 +302,11 @@ start_proxy() {
   [[ $transport == u1 ]] || cfg=tcp
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
-    sipedge-afpacket)
+    sipedge-afpacket|sipedge-afpacket-before)
+      local abin=$SIPEDGE_BIN
+      [[ $name == sipedge-afpacket ]] || abin=$SIPEDGE_BEFORE_BIN
       stack_addrs_none
-      ip netns exec "$NS_STK" "$SIPEDGE_BIN" --config "$TMP/sipedge-afpacket-$cfg.toml" \
+      ip netns exec "$NS_STK" "$abin" --config "$TMP/sipedge-afpacket-$cfg.toml" \
         </dev/null >"$dir/proxy.log" 2>&1 &
       PROXY_PID=$!
       wait_until 15 "$PROXY_PID" "$name" sipedge_ready "$dir/proxy.log"
@@ -514,8 +517,8 @@ done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-order = {"sipedge-afpacket": 0, "sipedge-kernel": 1, "sipedge-kernel-before": 2,
-         "kamailio-stateless": 3}
+order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-kernel": 2,
+         "sipedge-kernel-before": 3, "kamailio-stateless": 4}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:

@@ -1,6 +1,7 @@
 //! Frame devices: what moves whole Ethernet frames between the stack and
 //! the outside. Modelled on smoltcp's `phy` module, but simpler: one trait,
-//! batch receive through a callback (no allocation per frame), plain send.
+//! batch receive through a callback (no allocation per frame), batch send
+//! (a loop over `send` unless the device has a better way).
 //!
 //! - [`afpacket::AfPacket`]: an `AF_PACKET` socket bound to one interface
 //!   (the only `unsafe` code of the stack lives there);
@@ -38,6 +39,23 @@ pub trait Device {
     /// try again later"; the caller keeps the frame.
     fn send(&mut self, frame: &[u8]) -> io::Result<()>;
 
+    /// Transmit `frames` in order, as many as the device takes now.
+    /// `Ok(n)`: the first `n` frames were sent (`n < frames.len()` means
+    /// frame `n` was not; the caller keeps it and the rest and learns frame
+    /// `n`'s fate from the next call). `Err(e)`: frame 0 was not sent, with
+    /// the error `send` would give. An empty slice is `Ok(0)`.
+    ///
+    /// The default sends one frame at a time; [`AfPacket`] passes the whole
+    /// batch to one `sendmmsg(2)`.
+    fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        for (i, f) in frames.iter().enumerate() {
+            if let Err(e) = self.send(f) {
+                return if i == 0 { Err(e) } else { Ok(i) };
+            }
+        }
+        Ok(frames.len())
+    }
+
     /// The IP MTU (bytes after the Ethernet header).
     fn mtu(&self) -> usize;
 
@@ -57,6 +75,9 @@ impl<D: Device + ?Sized> Device for &mut D {
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).send(frame)
     }
+    fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        (**self).send_batch(frames)
+    }
     fn mtu(&self) -> usize {
         (**self).mtu()
     }
@@ -74,6 +95,9 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         (**self).send(frame)
+    }
+    fn send_batch(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        (**self).send_batch(frames)
     }
     fn mtu(&self) -> usize {
         (**self).mtu()
