@@ -18,6 +18,11 @@
 //!    come back as `PacketType::Outgoing` and `eth_rcv` drops them);
 //! 7. `PACKET_QDISC_BYPASS`, larger `SO_RCVBUF` / `SO_SNDBUF`;
 //! 8. `bind` to (`ETH_P_ALL`, ifindex), non-blocking.
+//!
+//! Transmit: `send` is one `send(2)`; `send_batch` (what the driver uses)
+//! is one `sendmmsg(2)` per [`TX_MMSG`] frames. Receive: one `recvmsg(2)`
+//! per frame (a batch API would need a 64 KiB buffer per frame for GRO
+//! aggregates; the TPACKET_V3 ring of issue 9 is the way to batch it).
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
