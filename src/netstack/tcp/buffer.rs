@@ -14,6 +14,8 @@
 //!   [`MAX_OOO_RANGES`], all inside the advertised window) and remember the
 //!   order of reception for SACK (RFC 2018 §4).
 
+use super::LazyVec;
+
 /// Smallest storage a buffer allocates (less only when its cap is smaller).
 pub const MIN_ALLOC: usize = 2048;
 
@@ -213,7 +215,7 @@ pub struct RecvBuf {
     readable: usize,
     cap: usize,
     /// Sorted by start, disjoint and not adjacent.
-    ooo: Vec<OooRange>,
+    ooo: LazyVec<OooRange>,
     clock: u64,
 }
 
@@ -224,7 +226,7 @@ impl RecvBuf {
             ring: Ring::default(),
             readable: 0,
             cap,
-            ooo: Vec::new(),
+            ooo: LazyVec::new(),
             clock: 0,
         }
     }
@@ -274,13 +276,13 @@ impl RecvBuf {
         if s == 0 {
             // Everything touching [0, e) joins the in-order data; i == 0.
             let adv = if j > 0 { e.max(self.ooo[j - 1].end) } else { e };
-            self.ooo.drain(..j);
-            for r in &mut self.ooo {
+            self.ooo.vec_mut().drain(..j);
+            for r in self.ooo.iter_mut() {
                 r.start -= adv;
                 r.end -= adv;
             }
             if self.ooo.is_empty() {
-                self.ooo = Vec::new();
+                self.ooo.clear();
             }
             self.readable += adv;
             return adv;
@@ -300,9 +302,9 @@ impl RecvBuf {
         };
         if i < j {
             self.ooo[i] = merged;
-            self.ooo.drain(i + 1..j);
+            self.ooo.vec_mut().drain(i + 1..j);
         } else {
-            self.ooo.insert(i, merged);
+            self.ooo.vec_mut().insert(i, merged);
         }
         0
     }
@@ -370,7 +372,7 @@ impl RecvBuf {
     /// Purge everything and release the memory.
     pub fn clear(&mut self) {
         self.readable = 0;
-        self.ooo = Vec::new();
+        self.ooo.clear();
         self.ring.release();
     }
 

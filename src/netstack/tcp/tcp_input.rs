@@ -16,6 +16,7 @@ use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 
 use super::syncookies::{CookieOpts, cookie_check, cookie_decode_tsecr};
 use super::{
+    At, ConnKey,
     Seq, Tcb, TcpError, TcpState, TcpTable, default_mss, seq_add, seq_diff, seq_le, seq_lt,
 };
 use crate::netstack::{DropReason, Duration, Instant, Mib, SocketEvent, Stack};
@@ -226,7 +227,7 @@ impl Stack {
         self.tcp_set_mss(now, &mut t, peer_mss);
         t.parent = Some(lslot);
         let slot = self.tcp.insert(t);
-        self.tcp.conns.insert((local, remote), slot);
+        self.tcp.conns.insert(ConnKey::new(local, remote), slot);
         self.tcp.port_ref(local);
         Some(slot)
     }
@@ -428,7 +429,7 @@ impl Stack {
         t.snd_wl1 = seg.seq;
         t.snd_wl2 = ack;
         t.retries = 0;
-        t.rto_at = None;
+        t.rto_at = At::NONE;
         let sample = Self::tcp_rtt_sample(now, t, seg, ack);
         if let Some(r) = sample {
             t.rtt.sample(r);
@@ -493,7 +494,7 @@ impl Stack {
         }
         t.last_rcv = now;
         if let Some(idle) = t.keepalive {
-            t.keep_at = Some(now + idle);
+            t.keep_at = At::from(Some(now + idle));
             if t.in_flight() == 0 {
                 t.probes = 0;
             }
@@ -724,7 +725,7 @@ impl Stack {
             t.snd_wl1 = seg.seq;
             t.snd_wl2 = ack;
             if wnd > 0 {
-                t.probe_at = None;
+                t.probe_at = At::NONE;
             }
         }
         let flight = t.in_flight();
@@ -785,7 +786,7 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return AckRes::Ok;
         };
-        t.rto_at = (t.snd_una != t.snd_max).then(|| now + t.rtt.rto());
+        t.rto_at = At::from((t.snd_una != t.snd_max).then(|| now + t.rtt.rto()));
         if t.want_writable && t.sndbuf.free() > 0 {
             t.want_writable = false;
             self.tcp_event(slot, SocketEvent::TcpWritable);
@@ -851,7 +852,7 @@ impl Stack {
             TcpState::FinWait1 if t.fin_acked => {
                 let orphan = t.orphan;
                 if orphan {
-                    t.fin_at = Some(now + fin_timeout);
+                    t.fin_at = At::from(Some(now + fin_timeout));
                 }
                 self.tcp_set_state(slot, TcpState::FinWait2);
             }
@@ -965,7 +966,7 @@ impl Stack {
         } else if t.ack_pending >= 2 {
             self.tcp_send_ack(now, slot);
         } else if t.delack_at.is_none() {
-            t.delack_at = Some(now + super::DELACK);
+            t.delack_at = At::from(Some(now + super::DELACK));
         }
     }
 
@@ -1003,11 +1004,11 @@ impl Stack {
             return;
         };
         let (local, remote) = (t.local, t.remote);
-        t.rto_at = None;
-        t.delack_at = None;
-        t.probe_at = None;
-        t.keep_at = None;
-        t.fin_at = None;
+        t.rto_at = At::NONE;
+        t.delack_at = At::NONE;
+        t.probe_at = At::NONE;
+        t.keep_at = At::NONE;
+        t.fin_at = At::NONE;
         t.sndbuf.clear();
         t.sacks.clear();
         if err.is_some() {
@@ -1019,13 +1020,14 @@ impl Stack {
             self.tcp_free(slot);
             return;
         }
-        if self.tcp.conns.get(&(local, remote)) == Some(&slot) {
-            self.tcp.conns.remove(&(local, remote));
+        let key = ConnKey::new(local, remote);
+        if self.tcp.conns.get(&key) == Some(&slot) {
+            self.tcp.conns.remove(&key);
             self.tcp.port_unref(local);
         }
         self.tcp.wheel.cancel(super::TimerKey::Conn(slot));
         if let Some(t) = self.tcp.get_mut(slot) {
-            t.armed = None;
+            t.armed = At::NONE;
         }
         let h = self.tcp.handle(slot);
         self.push_event(SocketEvent::TcpClosed(h, err));

@@ -1413,3 +1413,24 @@ fn rfc6928_one_segment_initial_window_after_a_lost_syn() {
     let o = h.out();
     assert_eq!(o.len(), 1, "IW = 1 segment after a lost SYN: {o:?}");
 }
+
+#[test]
+fn zz_print_sizes() {
+    use std::mem::size_of;
+    eprintln!(
+        "Tcb {} SendBuf {} RecvBuf {} Rtt {} Cc {} Sack {} Instant {} OptInstant {} SocketAddr {} OptSeqInst {} OptDur {} OptErr {} ListenQ-opt {}",
+        size_of::<super::Tcb>(),
+        size_of::<super::buffer::SendBuf>(),
+        size_of::<super::buffer::RecvBuf>(),
+        size_of::<super::rtt::RttEstimator>(),
+        size_of::<super::congestion::Congestion>(),
+        size_of::<super::sack::Scoreboard>(),
+        size_of::<crate::netstack::Instant>(),
+        size_of::<Option<crate::netstack::Instant>>(),
+        size_of::<SocketAddr>(),
+        size_of::<Option<(super::Seq, crate::netstack::Instant)>>(),
+        size_of::<Option<crate::netstack::Duration>>(),
+        size_of::<Option<TcpError>>(),
+        size_of::<Option<Box<super::ListenQ>>>(),
+    );
+}

@@ -800,6 +800,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zz_print_sizes_userspace() {
+        use std::mem::size_of;
+        eprintln!(
+            "Entry {} OptEntry {} Conn<StackIo> {} StackIo {} IoState {} StreamState {}",
+            size_of::<Entry>(),
+            size_of::<Option<Entry>>(),
+            size_of::<Conn<StackIo>>(),
+            size_of::<StackIo>(),
+            size_of::<IoState>(),
+            size_of::<StreamState>()
+        );
+    }
+
+    #[test]
     fn issue8_bad_input_is_aborted_with_rst_by_default_or_fin_when_configured() {
         use ReleaseReason as R;
         for r in [
