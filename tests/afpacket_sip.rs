@@ -1161,6 +1161,13 @@ fn afpacket_refused_tcp_connect_marks_the_upstream_down() {
     assert!(
         metric(
             &m,
+            "sipedge_upstream_failure_signals_total{signal=\"connect_failed\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
             "sipedge_netstack_mib_total{group=\"Tcp\",counter=\"AttemptFails\"}"
         ) >= 1.0,
         "{m}"

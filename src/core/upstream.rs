@@ -421,7 +421,7 @@ impl UpstreamSets {
                 }
             }
         }
-        if let Some((up, probe, trans)) = &self.vecs {
+        if let Some((up, probe, trans, _)) = &self.vecs {
             for o in &self.targets {
                 let set = &self.sets[usize::from(o.set.0)].name;
                 let stays = new.targets.iter().any(|t| {
@@ -466,7 +466,7 @@ impl UpstreamSets {
             });
             for t in &s.targets {
                 let metrics = match &vecs {
-                    Some((up, probe, trans)) => TargetMetrics {
+                    Some((up, probe, trans, _)) => TargetMetrics {
                         up: up.with_label_values(&[&s.name, &t.uri]),
                         probe_seconds: probe.with_label_values(&[&s.name, &t.uri]),
                         to_up: trans.with_label_values(&[&s.name, &t.uri, "up"]),
@@ -674,6 +674,10 @@ impl UpstreamSets {
         let Some((t, s)) = self.with_set(id) else {
             return;
         };
+        // counted also with health off (`sipedge_upstream_failure_signals_total`)
+        if let Some((.., signals)) = &self.vecs {
+            signals.with_label_values(&[signal.as_str()]).inc();
+        }
         if s.health.ping_interval_ms == 0 {
             return;
         }
@@ -792,7 +796,8 @@ impl UpstreamSets {
     }
 }
 
-type Vecs = (IntGaugeVec, HistogramVec, IntCounterVec);
+/// up, probe latency, transitions, failure signals.
+type Vecs = (IntGaugeVec, HistogramVec, IntCounterVec, IntCounterVec);
 
 /// Buckets of `sipedge_upstream_probe_seconds`: 100 µs .. 5 s.
 const PROBE_BUCKETS: [f64; 12] = [
@@ -822,10 +827,19 @@ fn register(r: &Registry) -> prometheus::Result<Vecs> {
         ),
         &["set", "target", "to"],
     )?;
+    let signals = IntCounterVec::new(
+        Opts::new(
+            "sipedge_upstream_failure_signals_total",
+            "Failure signals about upstream targets, by kind (probe_timeout, probe_reply, \
+             unreachable, connect_failed, reset, send_failed, transaction_timeout, reply_code)",
+        ),
+        &["signal"],
+    )?;
     r.register(Box::new(up.clone()))?;
     r.register(Box::new(probe.clone()))?;
     r.register(Box::new(trans.clone()))?;
-    Ok((up, probe, trans))
+    r.register(Box::new(signals.clone()))?;
+    Ok((up, probe, trans, signals))
 }
 
 impl TargetMetrics {

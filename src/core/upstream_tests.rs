@@ -584,3 +584,33 @@ fn a_reload_keeps_a_running_hold_down() {
     n.mark_success(id, 7_000);
     assert!(n.is_up(id));
 }
+
+#[test]
+fn issue8_every_failure_signal_is_counted_by_kind() {
+    let r = Registry::new();
+    let u = UpstreamSets::new(
+        &[SetSpec {
+            name: "s".into(),
+            algorithm: Algorithm::RoundRobin,
+            targets: vec![target(1, 1, 0)],
+            // health off: still counted
+            health: HealthSpec::default(),
+        }],
+        Some(&r),
+    );
+    u.mark_failure(TargetId(0), Signal::Reset, 1);
+    u.mark_failure(TargetId(0), Signal::Reset, 2);
+    u.mark_failure(TargetId(0), Signal::Unreachable, 3);
+    let count = |sig: &str| {
+        r.gather()
+            .iter()
+            .filter(|f| f.name() == "sipedge_upstream_failure_signals_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == sig))
+            .map(|m| m.get_counter().get_value())
+            .sum::<f64>()
+    };
+    assert_eq!(count("reset"), 2.0);
+    assert_eq!(count("unreachable"), 1.0);
+    assert!(u.is_up(TargetId(0)), "health off: counted, not taken down");
+}
