@@ -71,7 +71,9 @@ pub struct StackIo {
     st: Mutex<IoState>,
     /// Data is queued (`IoState::queued > 0`), readable without the lock.
     backlog: AtomicBool,
-    write_limit: usize,
+    /// `[tcp] write_queue_bytes` (capped at 4 GiB: 32 bits keep the
+    /// connection record small).
+    write_limit: u32,
 }
 
 #[derive(Debug, Default)]
@@ -79,12 +81,19 @@ struct IoState {
     handle: Option<TcpHandle>,
     /// Established (outbound: after TcpConnected).
     connected: bool,
-    queue: VecDeque<Vec<u8>>,
-    /// Bytes of `queue.front()` already handed to the stack.
-    head_sent: usize,
+    /// Bytes not taken by the stack yet; boxed and `None` while nothing is
+    /// queued (8 bytes in an idle connection, not 40).
+    queue: Option<Box<Queue>>,
     queued: usize,
     /// Last send (idle deadline), stack milliseconds.
     last_tx: Millis,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    bufs: VecDeque<Vec<u8>>,
+    /// Bytes of `bufs.front()` already handed to the stack.
+    head_sent: usize,
 }
 
 impl ConnIo for StackIo {
@@ -92,7 +101,7 @@ impl ConnIo for StackIo {
         StackIo {
             st: Mutex::new(IoState::default()),
             backlog: AtomicBool::new(false),
-            write_limit,
+            write_limit: u32::try_from(write_limit).unwrap_or(u32::MAX),
         }
     }
 
@@ -103,9 +112,8 @@ impl ConnIo for StackIo {
     fn close(&self) -> usize {
         let mut st = self.lock();
         let dropped = st.queued;
-        st.queue = VecDeque::new();
+        st.queue = None;
         st.queued = 0;
-        st.head_sent = 0;
         st.handle = None;
         self.backlog.store(false, Ordering::Release);
         dropped
@@ -164,7 +172,7 @@ impl StackIo {
             return Err(ReleaseReason::Reset);
         };
         let mut rest = data;
-        if st.connected && st.queue.is_empty() {
+        if st.connected && st.queue.is_none() {
             let n = write_some(s, h, rest).map_err(|_| ReleaseReason::Reset)?;
             rest = &rest[n..];
         }
@@ -172,11 +180,14 @@ impl StackIo {
         if rest.is_empty() {
             return Ok(());
         }
-        if st.queued + rest.len() > self.write_limit {
+        if st.queued + rest.len() > self.write_limit as usize {
             return Err(ReleaseReason::WriteQueueFull);
         }
         st.queued += rest.len();
-        st.queue.push_back(rest.to_vec());
+        st.queue
+            .get_or_insert_with(Box::default)
+            .bufs
+            .push_back(rest.to_vec());
         self.backlog.store(true, Ordering::Release);
         Ok(())
     }
@@ -194,21 +205,21 @@ impl StackIo {
         if !st.connected {
             return Ok(());
         }
-        while let Some(front) = st.queue.front() {
-            let n = write_some(s, h, &front[st.head_sent..])?;
-            st.head_sent += n;
-            st.queued -= n;
-            if st.head_sent < front.len() {
-                break;
+        if let Some(q) = st.queue.as_deref_mut() {
+            while let Some(front) = q.bufs.front() {
+                let n = write_some(s, h, &front[q.head_sent..])?;
+                q.head_sent += n;
+                st.queued -= n;
+                if q.head_sent < front.len() {
+                    break;
+                }
+                q.bufs.pop_front();
+                q.head_sent = 0;
             }
-            st.queue.pop_front();
-            st.head_sent = 0;
         }
-        if st.queue.is_empty() {
+        if st.queue.as_ref().is_none_or(|q| q.bufs.is_empty()) {
             self.backlog.store(false, Ordering::Release);
-            if st.queue.capacity() > 0 {
-                st.queue = VecDeque::new();
-            }
+            st.queue = None;
         }
         Ok(())
     }
@@ -875,7 +886,7 @@ mod tests {
     fn stack_io_holds_nothing_while_idle_and_drops_its_queue_on_close() {
         let io = StackIo::new(100);
         assert!(!io.has_backlog());
-        assert_eq!(io.lock().queue.capacity(), 0);
+        assert!(io.lock().queue.is_none());
         // not attached / not connected: everything queues, bounded
         io.attach(
             TcpHandle {
@@ -886,7 +897,10 @@ mod tests {
             5,
         );
         let mut st = io.lock();
-        st.queue.push_back(vec![0; 60]);
+        st.queue
+            .get_or_insert_with(Box::default)
+            .bufs
+            .push_back(vec![0; 60]);
         st.queued = 60;
         drop(st);
         io.backlog.store(true, Ordering::Release);
