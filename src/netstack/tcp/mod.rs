@@ -787,7 +787,9 @@ impl Stack {
             0 => self.tcp_ephemeral(remote.is_ipv6())?,
             p => {
                 let t = (SocketAddr::new(ip, p), remote);
-                if self.tcp.conns.contains_key(&ConnKey::new(t.0, t.1)) || self.tcp.tw.lookup(&t).is_some() {
+                if self.tcp.conns.contains_key(&ConnKey::new(t.0, t.1))
+                    || self.tcp.tw.lookup(&t).is_some()
+                {
                     return Err(TcpError::AddrInUse);
                 }
                 p

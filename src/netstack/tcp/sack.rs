@@ -107,7 +107,9 @@ impl Scoreboard {
             self.ranges.vec_mut().drain(i + 1..j);
             self.ranges[i] = (add(base, ns), add(base, ne));
         } else {
-            self.ranges.vec_mut().insert(i, (add(base, ns), add(base, ne)));
+            self.ranges
+                .vec_mut()
+                .insert(i, (add(base, ns), add(base, ne)));
         }
         self.sacked += ne - ns;
         if self.ranges.len() > MAX_RANGES

@@ -16,8 +16,8 @@ use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 
 use super::syncookies::{CookieOpts, cookie_check, cookie_decode_tsecr};
 use super::{
-    At, ConnKey,
-    Seq, Tcb, TcpError, TcpState, TcpTable, default_mss, seq_add, seq_diff, seq_le, seq_lt,
+    At, ConnKey, Seq, Tcb, TcpError, TcpState, TcpTable, default_mss, seq_add, seq_diff, seq_le,
+    seq_lt,
 };
 use crate::netstack::{DropReason, Duration, Instant, Mib, SocketEvent, Stack};
 
