@@ -382,7 +382,10 @@ pub(crate) struct Tcb {
     pub sacks: Scoreboard,
     /// Timing one segment for an RTT sample when there are no timestamps
     /// (Karn: never a retransmitted one).
-    pub rtt_seq: Option<(Seq, Instant)>,
+    /// (`rtt_seq`, `rtt_at`; none while `rtt_at` is none: see
+    /// [`Tcb::rtt_probe`].)
+    pub rtt_seq: Seq,
+    pub rtt_at: At,
     /// In fast recovery until snd_una passes this (RFC 6582 "recover").
     pub recover: Option<Seq>,
     /// Highest sequence retransmitted in this recovery.
@@ -395,7 +398,9 @@ pub(crate) struct Tcb {
     /// Full segments received and not yet ACKed.
     pub ack_pending: u8,
     pub quickack: u8,
-    pub keepalive: Option<Duration>,
+    /// Keep-alive idle time, µs; [`NO_KEEPALIVE`] when off (see
+    /// [`Tcb::keepalive`]).
+    pub keepalive_us: u64,
     pub last_rcv: Instant,
     pub last_snd: Instant,
     // timers (the wheel holds the earliest)
@@ -410,6 +415,36 @@ pub(crate) struct Tcb {
     /// The listener this child belongs to until accepted.
     pub parent: Option<u32>,
     pub listen: Option<Box<ListenQ>>,
+}
+
+/// `Tcb::keepalive_us` while keep-alive is off.
+pub(crate) const NO_KEEPALIVE: u64 = u64::MAX;
+
+impl Tcb {
+    /// The segment timed for an RTT sample and when it was sent.
+    #[inline]
+    pub fn rtt_probe(&self) -> Option<(Seq, Instant)> {
+        self.rtt_at.get().map(|at| (self.rtt_seq, at))
+    }
+
+    #[inline]
+    pub fn set_rtt_probe(&mut self, p: Option<(Seq, Instant)>) {
+        if let Some((s, _)) = p {
+            self.rtt_seq = s;
+        }
+        self.rtt_at = At::from(p.map(|(_, at)| at));
+    }
+
+    /// Keep-alive idle time (`None`: off).
+    #[inline]
+    pub fn keepalive(&self) -> Option<Duration> {
+        (self.keepalive_us != NO_KEEPALIVE).then(|| Duration::from_micros(self.keepalive_us))
+    }
+
+    #[inline]
+    pub fn set_keepalive(&mut self, idle: Option<Duration>) {
+        self.keepalive_us = idle.map_or(NO_KEEPALIVE, |d| d.total_micros().min(NO_KEEPALIVE - 1));
+    }
 }
 
 /// TCP limits taken from [`Limits`].
@@ -662,7 +697,8 @@ impl TcpTable {
             ),
             cc: Congestion::new(self.cc_kind, mss as u32, now),
             sacks: Scoreboard::new(),
-            rtt_seq: None,
+            rtt_seq: TcpSeqNumber(0),
+            rtt_at: At::NONE,
             recover: None,
             high_rxt: zero,
             dupacks: 0,
@@ -670,7 +706,7 @@ impl TcpTable {
             probes: 0,
             ack_pending: 0,
             quickack: QUICKACKS,
-            keepalive: None,
+            keepalive_us: NO_KEEPALIVE,
             last_rcv: now,
             last_snd: now,
             rto_at: At::NONE,
@@ -1101,7 +1137,7 @@ impl TcpSocketMut<'_> {
         let Some(t) = self.tcb_mut() else {
             return;
         };
-        t.keepalive = idle;
+        t.set_keepalive(idle);
         t.probes = 0;
         t.keep_at = At::from(idle.map(|d| now + d));
         self.stack.tcp_arm(self.slot);

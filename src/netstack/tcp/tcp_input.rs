@@ -434,7 +434,7 @@ impl Stack {
         if let Some(r) = sample {
             t.rtt.sample(r);
         }
-        t.rtt_seq = None;
+        t.set_rtt_probe(None);
         let fin = t.fin_queued;
         self.tcp_set_state(slot, TcpState::Established);
         self.tcp_event(slot, SocketEvent::TcpConnected);
@@ -466,7 +466,7 @@ impl Stack {
                 return Some(Duration::from_millis(d as u64));
             }
         }
-        match t.rtt_seq {
+        match t.rtt_probe() {
             Some((s, t0)) if seq_le(s, ack) && now >= t0 => Some(now - t0),
             _ => None,
         }
@@ -493,7 +493,7 @@ impl Stack {
             _ => {}
         }
         t.last_rcv = now;
-        if let Some(idle) = t.keepalive {
+        if let Some(idle) = t.keepalive() {
             t.keep_at = At::from(Some(now + idle));
             if t.in_flight() == 0 {
                 t.probes = 0;
@@ -758,8 +758,8 @@ impl Stack {
         if let Some(r) = sample {
             t.rtt.sample(r);
         }
-        if t.rtt_seq.is_some_and(|(s, _)| seq_le(s, ack)) {
-            t.rtt_seq = None;
+        if t.rtt_probe().is_some_and(|(s, _)| seq_le(s, ack)) {
+            t.set_rtt_probe(None);
         }
         t.snd_una = ack;
         if seq_lt(t.snd_nxt, ack) {
@@ -810,7 +810,7 @@ impl Stack {
             let flight = t.in_flight();
             t.cc.on_enter_recovery(now, flight);
             t.high_rxt = t.snd_una;
-            t.rtt_seq = None;
+            t.set_rtt_probe(None);
             self.counters.inc(Mib::TcpExtTCPFastRetrans);
             self.tcp_retransmit_next(now, slot);
         } else if t.sack_ok {

@@ -232,8 +232,8 @@ impl Stack {
         if t.rto_at.is_none() {
             t.rto_at = At::from(Some(now + t.rtt.rto()));
         }
-        if !retrans && !t.ts_ok && t.rtt_seq.is_none() {
-            t.rtt_seq = Some((t.snd_nxt, now));
+        if !retrans && !t.ts_ok && t.rtt_probe().is_none() {
+            t.set_rtt_probe(Some((t.snd_nxt, now)));
         }
     }
 
@@ -371,9 +371,9 @@ impl Stack {
             }
             t.rto_at = At::from(Some(now + t.rtt.rto()));
             if t.retries == 0 {
-                t.rtt_seq = Some((t.snd_nxt, now));
+                t.set_rtt_probe(Some((t.snd_nxt, now)));
             } else {
-                t.rtt_seq = None;
+                t.set_rtt_probe(None);
             }
         }
     }

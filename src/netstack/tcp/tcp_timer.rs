@@ -135,7 +135,7 @@ impl Stack {
                 t.rtt.backoff();
                 t.recover = None;
                 t.dupacks = 0;
-                t.rtt_seq = None;
+                t.set_rtt_probe(None);
                 t.snd_nxt = t.snd_una;
                 t.high_rxt = t.snd_una;
                 t.rto_at = At::NONE;
@@ -194,7 +194,7 @@ impl Stack {
             return;
         };
         t.keep_at = At::NONE;
-        let Some(idle) = t.keepalive else {
+        let Some(idle) = t.keepalive() else {
             return;
         };
         if !matches!(
