@@ -1422,11 +1422,11 @@ fn rfc6928_one_segment_initial_window_after_a_lost_syn() {
 fn issue8_idle_tcb_parts_are_pinned() {
     use std::mem::size_of;
     let sizes = [
-        ("Tcb", size_of::<super::Tcb>(), 512),
+        ("Tcb", size_of::<super::Tcb>(), 496),
         (
             "Option<Tcb> (slab slot)",
             size_of::<Option<super::Tcb>>(),
-            528,
+            496,
         ),
         ("At (optional deadline)", size_of::<super::At>(), 8),
         (
@@ -1441,8 +1441,8 @@ fn issue8_idle_tcb_parts_are_pinned() {
             104,
         ),
         ("Scoreboard", size_of::<super::sack::Scoreboard>(), 16),
-        ("SendBuf", size_of::<super::buffer::SendBuf>(), 40),
-        ("RecvBuf", size_of::<super::buffer::RecvBuf>(), 56),
+        ("SendBuf", size_of::<super::buffer::SendBuf>(), 32),
+        ("RecvBuf", size_of::<super::buffer::RecvBuf>(), 48),
     ];
     for (what, size, max) in sizes {
         eprintln!("{what}: {size} B (pinned at most {max} B)");
