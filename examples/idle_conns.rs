@@ -1,12 +1,13 @@
 //! Idle TCP connections for `bench/idle_conns.sh` (memory per idle
 //! connection, issue 8).
 //!
-//! `idle_conns --target IP:PORT --count N [--sources 16] [--batch 500]
-//!            [--messages 1] [--hold-secs 600]`
+//! `idle_conns --target IP:PORT --count N [--sources 16 | --bind A,B,...]
+//!            [--batch 500] [--messages 1] [--hold-secs 600]`
 //!
 //! Opens `count` TCP connections to `target`, each bound before connect to
 //! one of `sources` loopback addresses (127.0.0.2, 127.0.0.3, ... in turn;
-//! about 28,000 ephemeral ports each), sends one OPTIONS addressed to the
+//! about 28,000 ephemeral ports each), or of the `--bind` list (e.g. the
+//! client addresses of a network namespace in afpacket mode), sends one OPTIONS addressed to the
 //! proxy itself (answered 200 by it, no upstream needed) and reads the
 //! reply, `batch` connections at a time. Then it prints one JSON line on
 //! stdout, `{"count","ok","failed","seconds"}`, and holds every connection
@@ -19,7 +20,7 @@
 
 use socket2::{Domain, Socket, Type};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ struct Opts {
     target: SocketAddr,
     count: usize,
     sources: u8,
+    bind: Vec<IpAddr>,
     batch: usize,
     messages: usize,
     hold_secs: u64,
@@ -37,6 +39,7 @@ fn parse() -> Result<Opts, String> {
         target: SocketAddr::from(([127, 0, 0, 1], 5060)),
         count: 10_000,
         sources: 16,
+        bind: Vec::new(),
         batch: 500,
         messages: 1,
         hold_secs: 600,
@@ -48,6 +51,12 @@ fn parse() -> Result<Opts, String> {
             "--target" => o.target = v()?.parse().map_err(|e| format!("--target: {e}"))?,
             "--count" => o.count = v()?.parse().map_err(|e| format!("--count: {e}"))?,
             "--sources" => o.sources = v()?.parse().map_err(|e| format!("--sources: {e}"))?,
+            "--bind" => {
+                o.bind = v()?
+                    .split(',')
+                    .map(|a| a.trim().parse().map_err(|e| format!("--bind {a}: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
             "--batch" => o.batch = v()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--messages" => o.messages = v()?.parse().map_err(|e| format!("--messages: {e}"))?,
             "--hold-secs" => o.hold_secs = v()?.parse().map_err(|e| format!("--hold-secs: {e}"))?,
@@ -74,8 +83,12 @@ fn options(target: SocketAddr, local: SocketAddr, i: usize) -> String {
 }
 
 fn open(o: &Opts, i: usize) -> std::io::Result<TcpStream> {
-    let src = Ipv4Addr::new(127, 0, 0, 2 + (i % o.sources as usize) as u8);
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let src = if o.bind.is_empty() {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % o.sources as usize) as u8))
+    } else {
+        o.bind[i % o.bind.len()]
+    };
+    let s = Socket::new(Domain::for_address(o.target), Type::STREAM, None)?;
     s.bind(&SocketAddr::from((src, 0)).into())?;
     s.connect_timeout(&o.target.into(), Duration::from_secs(5))?;
     let s: TcpStream = s.into();

@@ -14,6 +14,8 @@
 //!   [`MAX_OOO_RANGES`], all inside the advertised window) and remember the
 //!   order of reception for SACK (RFC 2018 §4).
 
+use super::LazyVec;
+
 /// Smallest storage a buffer allocates (less only when its cap is smaller).
 pub const MIN_ALLOC: usize = 2048;
 
@@ -98,12 +100,18 @@ impl Ring {
     }
 }
 
+/// A buffer cap in 32 bits (4 GiB; larger caps are cut to it): lengths
+/// and caps are u32 so that a TCB's two buffers stay small.
+fn cap32(cap: usize) -> u32 {
+    u32::try_from(cap).unwrap_or(u32::MAX)
+}
+
 /// Send buffer: the bytes from SND.UNA on. Offset 0 is SND.UNA.
 #[derive(Debug)]
 pub struct SendBuf {
     ring: Ring,
-    len: usize,
-    cap: usize,
+    len: u32,
+    cap: u32,
 }
 
 impl SendBuf {
@@ -112,13 +120,13 @@ impl SendBuf {
         SendBuf {
             ring: Ring::default(),
             len: 0,
-            cap,
+            cap: cap32(cap),
         }
     }
 
     /// Bytes held (unacknowledged + unsent).
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,11 +135,11 @@ impl SendBuf {
 
     /// Bytes that [`SendBuf::write`] would take now.
     pub fn free(&self) -> usize {
-        self.cap.saturating_sub(self.len)
+        self.cap.saturating_sub(self.len) as usize
     }
 
     pub fn cap(&self) -> usize {
-        self.cap
+        self.cap as usize
     }
 
     /// Append up to [`SendBuf::free`] bytes of `data`; returns how many.
@@ -140,18 +148,20 @@ impl SendBuf {
         if n == 0 {
             return 0;
         }
-        self.ring.reserve(self.len + n, self.len, self.cap);
-        self.ring.write_at(self.len, &data[..n]);
-        self.len += n;
+        let len = self.len();
+        self.ring.reserve(len + n, len, self.cap());
+        self.ring.write_at(len, &data[..n]);
+        // n <= free(): the sum stays within cap (u32)
+        self.len += n as u32;
         n
     }
 
     /// Drop `n` bytes from the front (acknowledged); releases the memory
     /// when the buffer drains.
     pub fn ack(&mut self, n: usize) {
-        let n = n.min(self.len);
+        let n = n.min(self.len());
         self.ring.advance(n);
-        self.len -= n;
+        self.len -= n as u32;
         if self.len == 0 {
             self.ring.release();
         }
@@ -160,10 +170,10 @@ impl SendBuf {
     /// Copy the bytes at offset `off` from the front into `dst`; returns
     /// how many (0 when `off >= len`).
     pub fn copy_out(&self, off: usize, dst: &mut [u8]) -> usize {
-        if off >= self.len {
+        if off >= self.len() {
             return 0;
         }
-        let n = dst.len().min(self.len - off);
+        let n = dst.len().min(self.len() - off);
         self.ring.read_at(off, &mut dst[..n]);
         n
     }
@@ -171,10 +181,10 @@ impl SendBuf {
     /// Up to `n` bytes at offset `off` as two slices (the ring may wrap),
     /// for building a segment without an intermediate copy.
     pub fn slices(&self, off: usize, n: usize) -> (&[u8], &[u8]) {
-        if off >= self.len {
+        if off >= self.len() {
             return (&[], &[]);
         }
-        self.ring.slices(off, n.min(self.len - off))
+        self.ring.slices(off, n.min(self.len() - off))
     }
 
     /// Purge everything and release the memory.
@@ -191,7 +201,7 @@ impl SendBuf {
     /// Change the cap. Bytes already held stay (free() is 0 until they
     /// drain below the new cap).
     pub fn set_cap(&mut self, cap: usize) {
-        self.cap = cap;
+        self.cap = cap32(cap);
     }
 }
 
@@ -210,10 +220,10 @@ struct OooRange {
 #[derive(Debug)]
 pub struct RecvBuf {
     ring: Ring,
-    readable: usize,
-    cap: usize,
+    readable: u32,
+    cap: u32,
     /// Sorted by start, disjoint and not adjacent.
-    ooo: Vec<OooRange>,
+    ooo: LazyVec<OooRange>,
     clock: u64,
 }
 
@@ -223,29 +233,29 @@ impl RecvBuf {
         RecvBuf {
             ring: Ring::default(),
             readable: 0,
-            cap,
-            ooo: Vec::new(),
+            cap: cap32(cap),
+            ooo: LazyVec::new(),
             clock: 0,
         }
     }
 
     /// In-order bytes the application can read.
     pub fn readable(&self) -> usize {
-        self.readable
+        self.readable as usize
     }
 
     /// Space after RCV.NXT: what may be advertised (RFC 9293 RCV.WND).
     pub fn window(&self) -> usize {
-        self.cap.saturating_sub(self.readable)
+        self.cap.saturating_sub(self.readable) as usize
     }
 
     pub fn cap(&self) -> usize {
-        self.cap
+        self.cap as usize
     }
 
     /// Change the cap (later inserts are cut to the new window).
     pub fn set_cap(&mut self, cap: usize) {
-        self.cap = cap;
+        self.cap = cap32(cap);
     }
 
     /// Data at offset `off` from RCV.NXT; returns how far RCV.NXT advances
@@ -267,22 +277,24 @@ impl RecvBuf {
             return 0;
         }
         let stored_end = self.ooo.last().map_or(0, |r| r.end);
+        let readable = self.readable();
         self.ring
-            .reserve(self.readable + e, self.readable + stored_end, self.cap);
-        self.ring.write_at(self.readable + s, &data[..len]);
+            .reserve(readable + e, readable + stored_end, self.cap());
+        self.ring.write_at(readable + s, &data[..len]);
         self.clock += 1;
         if s == 0 {
             // Everything touching [0, e) joins the in-order data; i == 0.
             let adv = if j > 0 { e.max(self.ooo[j - 1].end) } else { e };
-            self.ooo.drain(..j);
-            for r in &mut self.ooo {
+            self.ooo.vec_mut().drain(..j);
+            for r in self.ooo.iter_mut() {
                 r.start -= adv;
                 r.end -= adv;
             }
             if self.ooo.is_empty() {
-                self.ooo = Vec::new();
+                self.ooo.clear();
             }
-            self.readable += adv;
+            // adv <= window(): the sum stays within cap (u32)
+            self.readable += adv as u32;
             return adv;
         }
         let merged = if i < j {
@@ -300,16 +312,16 @@ impl RecvBuf {
         };
         if i < j {
             self.ooo[i] = merged;
-            self.ooo.drain(i + 1..j);
+            self.ooo.vec_mut().drain(i + 1..j);
         } else {
-            self.ooo.insert(i, merged);
+            self.ooo.vec_mut().insert(i, merged);
         }
         0
     }
 
     /// Read up to `dst.len()` in-order bytes.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
-        let n = dst.len().min(self.readable);
+        let n = dst.len().min(self.readable());
         self.ring.read_at(0, &mut dst[..n]);
         self.consume(n);
         n
@@ -318,14 +330,14 @@ impl RecvBuf {
     /// The readable bytes as (up to) two slices, for reading without a copy;
     /// follow with [`RecvBuf::consume`].
     pub fn readable_slices(&self) -> (&[u8], &[u8]) {
-        self.ring.slices(0, self.readable)
+        self.ring.slices(0, self.readable())
     }
 
     /// Drop `n` readable bytes (read by the application).
     pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.readable);
+        let n = n.min(self.readable());
         self.ring.advance(n);
-        self.readable -= n;
+        self.readable -= n as u32;
         if self.readable == 0 && self.ooo.is_empty() {
             self.ring.release();
         }
@@ -370,7 +382,7 @@ impl RecvBuf {
     /// Purge everything and release the memory.
     pub fn clear(&mut self) {
         self.readable = 0;
-        self.ooo = Vec::new();
+        self.ooo.clear();
         self.ring.release();
     }
 

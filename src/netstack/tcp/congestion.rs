@@ -25,6 +25,7 @@
 //! ssthresh or the first loss, as with `hystart=0`), undo of spurious
 //! reductions (RFC 3522/F-RTO), ECN.
 
+use super::At;
 use crate::netstack::{Duration, Instant};
 
 /// RFC 6928 §2 / Linux `TCP_INIT_CWND`: the initial window, in segments.
@@ -48,7 +49,7 @@ pub enum CongestionKind {
 }
 
 /// CUBIC state (Linux `struct bictcp`), segments as `f64`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Cubic {
     /// W_max before the last reduction (after fast convergence).
     last_max: f64,
@@ -56,13 +57,30 @@ struct Cubic {
     origin: f64,
     /// K, seconds.
     k: f64,
-    epoch_start: Option<Instant>,
-    /// Smallest RTT seen (Linux `delay_min`).
-    delay_min: Option<Duration>,
+    epoch_start: At,
+    /// Smallest RTT seen (Linux `delay_min`), µs; `NO_DELAY` before one.
+    delay_min: u64,
     /// Reno-friendly estimate W_est (Linux `tcp_cwnd`), segments.
     w_est: f64,
     /// Segments acked in this epoch not yet counted into `w_est`.
     ack_cnt: f64,
+}
+
+/// `Cubic::delay_min` before the first sample.
+const NO_DELAY: u64 = u64::MAX;
+
+impl Default for Cubic {
+    fn default() -> Self {
+        Cubic {
+            last_max: 0.0,
+            origin: 0.0,
+            k: 0.0,
+            epoch_start: At::NONE,
+            delay_min: NO_DELAY,
+            w_est: 0.0,
+            ack_cnt: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -161,9 +179,10 @@ impl Congestion {
             // after a reduction.
             let fresh = c
                 .epoch_start
+                .get()
                 .is_some_and(|e| now >= e && now - e < Duration::from_secs(1));
             if !fresh && r > Duration::from_micros(0) {
-                c.delay_min = Some(c.delay_min.map_or(r, |d| d.min(r)));
+                c.delay_min = c.delay_min.min(r.total_micros());
             }
         }
         if acked == 0 {
@@ -225,7 +244,7 @@ impl Congestion {
             Algo::NewReno => (in_flight / 2).max(two),
             Algo::Cubic(c) => {
                 let cwnd = f64::from(self.cwnd) / f64::from(self.mss);
-                c.epoch_start = None;
+                c.epoch_start = At::NONE;
                 c.last_max = if cwnd < c.last_max {
                     // §4.7 fast convergence: release bandwidth to new flows.
                     cwnd * (1.0 + CUBIC_BETA) / 2.0
@@ -331,14 +350,14 @@ impl Congestion {
     /// jump.
     pub fn on_idle(&mut self, now: Instant, idle: Duration, rto: Duration) {
         if let Algo::Cubic(c) = &mut self.algo
-            && let Some(e) = c.epoch_start
+            && let Some(e) = c.epoch_start.get()
         {
             // Moved by the idle time, but never past now.
-            c.epoch_start = Some(if now > e && idle < now - e {
+            c.epoch_start = At::from(Some(if now > e && idle < now - e {
                 e + idle
             } else {
                 now
-            });
+            }));
         }
         if idle <= rto || rto == Duration::from_micros(0) {
             return;
@@ -387,11 +406,11 @@ impl Cubic {
     /// that must be acknowledged for cwnd to grow by one.
     fn update(&mut self, now: Instant, cwnd: f64, acked: f64) -> f64 {
         self.ack_cnt += acked;
-        let epoch = match self.epoch_start {
+        let epoch = match self.epoch_start.get() {
             Some(e) => e,
             None => {
                 // §4.2: a new epoch; K from W_max and the current window.
-                self.epoch_start = Some(now);
+                self.epoch_start = At::from(Some(now));
                 self.ack_cnt = acked;
                 self.w_est = cwnd;
                 if self.last_max <= cwnd {
@@ -405,9 +424,11 @@ impl Cubic {
             }
         };
         // §4.2: W_cubic(t + RTT), t since the epoch began.
-        let rtt = self
-            .delay_min
-            .map_or(0.0, |d| d.total_micros() as f64 / 1e6);
+        let rtt = if self.delay_min == NO_DELAY {
+            0.0
+        } else {
+            self.delay_min as f64 / 1e6
+        };
         let t = if now >= epoch {
             (now - epoch).total_micros() as f64 / 1e6
         } else {
@@ -688,10 +709,10 @@ mod tests {
         c.on_exit_recovery(t0());
         let now = one_rtt(&mut c, t0(), ms(100));
         let Algo::Cubic(cu) = &c.algo else { panic!() };
-        let e = cu.epoch_start.expect("epoch");
+        let e = cu.epoch_start.get().expect("epoch");
         c.on_idle(now + ms(500), ms(500), ms(1000));
         let Algo::Cubic(cu) = &c.algo else { panic!() };
-        assert_eq!(cu.epoch_start, Some(e + ms(500)));
+        assert_eq!(cu.epoch_start.get(), Some(e + ms(500)));
     }
 
     #[test]

@@ -178,6 +178,113 @@ pub enum Shutdown {
     Both,
 }
 
+/// An optional deadline in 8 bytes (`Option<Instant>` takes 16; a TCB
+/// holds six): the stack clock's microseconds, `i64::MIN` for none.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct At(i64);
+
+impl At {
+    pub const NONE: At = At(i64::MIN);
+
+    #[inline]
+    pub fn get(self) -> Option<Instant> {
+        (self.0 != i64::MIN).then(|| Instant::from_micros(self.0))
+    }
+
+    #[inline]
+    pub fn is_none(self) -> bool {
+        self.0 == i64::MIN
+    }
+}
+
+impl From<Option<Instant>> for At {
+    #[inline]
+    fn from(x: Option<Instant>) -> At {
+        // i64::MIN µs is some 292,000 years before the stack's epoch
+        x.map_or(At::NONE, |i| At(i.total_micros().max(i64::MIN + 1)))
+    }
+}
+
+/// A vector that takes 8 bytes in its owner while empty (a `Vec` takes 24
+/// even without capacity): for state an idle connection does not use (the
+/// SACK scoreboard, the out-of-order ranges). No heap after
+/// [`LazyVec::clear`].
+#[derive(Debug, Clone)]
+#[allow(clippy::box_collection)] // deliberate: 8 bytes while empty, not 24
+pub(crate) struct LazyVec<T>(Option<Box<Vec<T>>>);
+
+impl<T> Default for LazyVec<T> {
+    fn default() -> Self {
+        LazyVec(None)
+    }
+}
+
+impl<T> LazyVec<T> {
+    pub fn new() -> Self {
+        LazyVec(None)
+    }
+
+    /// The vector, allocated on first use.
+    pub fn vec_mut(&mut self) -> &mut Vec<T> {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        self.0.as_mut().and_then(|v| v.pop())
+    }
+
+    /// Elements the heap part has room for (0 while unallocated).
+    pub fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.capacity())
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<T> std::ops::Deref for LazyVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.0.as_deref().map_or(&[], |v| v.as_slice())
+    }
+}
+
+impl<T> std::ops::DerefMut for LazyVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self.0.as_deref_mut() {
+            Some(v) => v.as_mut_slice(),
+            None => &mut [],
+        }
+    }
+}
+
+/// The connection map's key: the 4-tuple in 38 bytes (a `Tuple` takes 64
+/// and its map entry 68): both addresses as 16 bytes (IPv4 mapped), the
+/// ports, the family. IPv6 flow label and scope id are not part of it
+/// (the stack has one interface; received segments carry neither).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct ConnKey {
+    ips: [[u8; 16]; 2],
+    ports: [u16; 2],
+    v6: bool,
+}
+
+impl ConnKey {
+    #[inline]
+    pub fn new(local: SocketAddr, remote: SocketAddr) -> ConnKey {
+        let ip = |a: &SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        ConnKey {
+            ips: [ip(&local), ip(&remote)],
+            ports: [local.port(), remote.port()],
+            v6: local.is_ipv6(),
+        }
+    }
+}
+
 /// Connection 4-tuple: (local, remote).
 pub(crate) type Tuple = (SocketAddr, SocketAddr);
 
@@ -276,7 +383,10 @@ pub(crate) struct Tcb {
     pub sacks: Scoreboard,
     /// Timing one segment for an RTT sample when there are no timestamps
     /// (Karn: never a retransmitted one).
-    pub rtt_seq: Option<(Seq, Instant)>,
+    /// (`rtt_seq`, `rtt_at`; none while `rtt_at` is none: see
+    /// [`Tcb::rtt_probe`].)
+    pub rtt_seq: Seq,
+    pub rtt_at: At,
     /// In fast recovery until snd_una passes this (RFC 6582 "recover").
     pub recover: Option<Seq>,
     /// Highest sequence retransmitted in this recovery.
@@ -289,21 +399,53 @@ pub(crate) struct Tcb {
     /// Full segments received and not yet ACKed.
     pub ack_pending: u8,
     pub quickack: u8,
-    pub keepalive: Option<Duration>,
+    /// Keep-alive idle time, µs; [`NO_KEEPALIVE`] when off (see
+    /// [`Tcb::keepalive`]).
+    pub keepalive_us: u64,
     pub last_rcv: Instant,
     pub last_snd: Instant,
     // timers (the wheel holds the earliest)
-    pub rto_at: Option<Instant>,
-    pub delack_at: Option<Instant>,
-    pub probe_at: Option<Instant>,
-    pub keep_at: Option<Instant>,
+    pub rto_at: At,
+    pub delack_at: At,
+    pub probe_at: At,
+    pub keep_at: At,
     /// FIN_WAIT_2 orphan timeout.
-    pub fin_at: Option<Instant>,
-    pub armed: Option<Instant>,
+    pub fin_at: At,
+    pub armed: At,
     pub err: Option<TcpError>,
     /// The listener this child belongs to until accepted.
     pub parent: Option<u32>,
     pub listen: Option<Box<ListenQ>>,
+}
+
+/// `Tcb::keepalive_us` while keep-alive is off.
+pub(crate) const NO_KEEPALIVE: u64 = u64::MAX;
+
+impl Tcb {
+    /// The segment timed for an RTT sample and when it was sent.
+    #[inline]
+    pub fn rtt_probe(&self) -> Option<(Seq, Instant)> {
+        self.rtt_at.get().map(|at| (self.rtt_seq, at))
+    }
+
+    #[inline]
+    pub fn set_rtt_probe(&mut self, p: Option<(Seq, Instant)>) {
+        if let Some((s, _)) = p {
+            self.rtt_seq = s;
+        }
+        self.rtt_at = At::from(p.map(|(_, at)| at));
+    }
+
+    /// Keep-alive idle time (`None`: off).
+    #[inline]
+    pub fn keepalive(&self) -> Option<Duration> {
+        (self.keepalive_us != NO_KEEPALIVE).then(|| Duration::from_micros(self.keepalive_us))
+    }
+
+    #[inline]
+    pub fn set_keepalive(&mut self, idle: Option<Duration>) {
+        self.keepalive_us = idle.map_or(NO_KEEPALIVE, |d| d.total_micros().min(NO_KEEPALIVE - 1));
+    }
 }
 
 /// TCP limits taken from [`Limits`].
@@ -328,7 +470,7 @@ pub struct TcpTable {
     pub(crate) gens: Vec<u32>,
     pub(crate) free: Vec<u32>,
     pub(crate) count: usize,
-    pub(crate) conns: HashMap<Tuple, u32>,
+    pub(crate) conns: HashMap<ConnKey, u32>,
     pub(crate) listeners: HashMap<(bool, u16), u32>,
     /// Local ports in use by connections and TIME_WAIT buckets (refcount),
     /// so connect() picks a port nothing else uses.
@@ -556,7 +698,8 @@ impl TcpTable {
             ),
             cc: Congestion::new(self.cc_kind, mss as u32, now),
             sacks: Scoreboard::new(),
-            rtt_seq: None,
+            rtt_seq: TcpSeqNumber(0),
+            rtt_at: At::NONE,
             recover: None,
             high_rxt: zero,
             dupacks: 0,
@@ -564,15 +707,15 @@ impl TcpTable {
             probes: 0,
             ack_pending: 0,
             quickack: QUICKACKS,
-            keepalive: None,
+            keepalive_us: NO_KEEPALIVE,
             last_rcv: now,
             last_snd: now,
-            rto_at: None,
-            delack_at: None,
-            probe_at: None,
-            keep_at: None,
-            fin_at: None,
-            armed: None,
+            rto_at: At::NONE,
+            delack_at: At::NONE,
+            probe_at: At::NONE,
+            keep_at: At::NONE,
+            fin_at: At::NONE,
+            armed: At::NONE,
             err: None,
             parent: None,
             listen: None,
@@ -681,7 +824,9 @@ impl Stack {
             0 => self.tcp_ephemeral(remote.is_ipv6())?,
             p => {
                 let t = (SocketAddr::new(ip, p), remote);
-                if self.tcp.conns.contains_key(&t) || self.tcp.tw.lookup(&t).is_some() {
+                if self.tcp.conns.contains_key(&ConnKey::new(t.0, t.1))
+                    || self.tcp.tw.lookup(&t).is_some()
+                {
                     return Err(TcpError::AddrInUse);
                 }
                 p
@@ -696,7 +841,7 @@ impl Stack {
         t.rcv_wscale = self.tcp.our_wscale();
         t.mss = self.tcp_route_mss(remote.is_ipv6());
         let slot = self.tcp.insert(t);
-        self.tcp.conns.insert((local, remote), slot);
+        self.tcp.conns.insert(ConnKey::new(local, remote), slot);
         self.tcp.port_ref(local);
         self.counters.inc(Mib::TcpActiveOpens);
         self.tcp_send_syn(now, slot);
@@ -790,8 +935,8 @@ impl Stack {
             if self.tcp.listeners.get(&k) == Some(&slot) {
                 self.tcp.listeners.remove(&k);
             }
-        } else if self.tcp.conns.get(&(t.local, t.remote)) == Some(&slot) {
-            self.tcp.conns.remove(&(t.local, t.remote));
+        } else if self.tcp.conns.get(&ConnKey::new(t.local, t.remote)) == Some(&slot) {
+            self.tcp.conns.remove(&ConnKey::new(t.local, t.remote));
             self.tcp.port_unref(t.local);
         }
         if let Some(p) = t.parent {
@@ -993,9 +1138,9 @@ impl TcpSocketMut<'_> {
         let Some(t) = self.tcb_mut() else {
             return;
         };
-        t.keepalive = idle;
+        t.set_keepalive(idle);
         t.probes = 0;
-        t.keep_at = idle.map(|d| now + d);
+        t.keep_at = At::from(idle.map(|d| now + d));
         self.stack.tcp_arm(self.slot);
     }
 

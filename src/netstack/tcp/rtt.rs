@@ -34,15 +34,25 @@ const K: u64 = 4;
 /// far beyond any max_rto anyway.
 const MAX_BACKOFF: u32 = 31;
 
-/// RFC 6298 estimator state. All times in microseconds.
+/// RFC 6298 estimator state. All times in microseconds. 32 bytes (one per
+/// TCB): the bounds in 32 bits (up to 71 minutes; larger ones are capped),
+/// no SRTT as [`NO_SRTT`], the backoff count in 8 bits.
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
-    srtt: Option<u64>,
+    srtt: u64,
     rttvar: u64,
-    backoff: u32,
-    initial: u64,
-    min: u64,
-    max: u64,
+    initial: u32,
+    min: u32,
+    max: u32,
+    backoff: u8,
+}
+
+/// `srtt` before the first sample.
+const NO_SRTT: u64 = u64::MAX;
+
+/// Microseconds in 32 bits, capped.
+fn us32(d: u64) -> u32 {
+    u32::try_from(d).unwrap_or(u32::MAX)
 }
 
 impl Default for RttEstimator {
@@ -55,25 +65,26 @@ impl RttEstimator {
     /// `initial_rto` before any sample (1 s, §2.1); RTO kept within
     /// [`min_rto`, `max_rto`] (Linux: 200 ms, 120 s).
     pub fn new(initial_rto: Duration, min_rto: Duration, max_rto: Duration) -> Self {
-        let min = min_rto.total_micros();
+        let min = us32(min_rto.total_micros());
         RttEstimator {
-            srtt: None,
+            srtt: NO_SRTT,
             rttvar: 0,
             backoff: 0,
-            initial: initial_rto.total_micros(),
+            initial: us32(initial_rto.total_micros()),
             min,
-            max: max_rto.total_micros().max(min),
+            max: us32(max_rto.total_micros()).max(min),
         }
     }
 
     /// One RTT measurement R. Clears the backoff (RFC 6298 §5.7: after the
     /// backoff a new sample recomputes RTO).
     pub fn sample(&mut self, rtt: Duration) {
-        let r = rtt.total_micros();
-        match self.srtt {
+        // NO_SRTT is never a sample
+        let r = rtt.total_micros().min(NO_SRTT - 1);
+        match self.srtt_us() {
             // §2.2: SRTT <- R, RTTVAR <- R/2.
             None => {
-                self.srtt = Some(r);
+                self.srtt = r;
                 self.rttvar = r / 2;
             }
             // §2.3: RTTVAR <- (1 - beta) * RTTVAR + beta * |SRTT - R'|,
@@ -82,7 +93,7 @@ impl RttEstimator {
             Some(srtt) => {
                 let delta = srtt.abs_diff(r);
                 self.rttvar = self.rttvar - (self.rttvar >> BETA_SHIFT) + (delta >> BETA_SHIFT);
-                self.srtt = Some(srtt - (srtt >> ALPHA_SHIFT) + (r >> ALPHA_SHIFT));
+                self.srtt = srtt - (srtt >> ALPHA_SHIFT) + (r >> ALPHA_SHIFT);
             }
         }
         self.backoff = 0;
@@ -91,27 +102,32 @@ impl RttEstimator {
     /// RTO without backoff: §2.1 before a sample, else §2.2/§2.3
     /// SRTT + max(G, K·RTTVAR) with G = min_rto (Linux), clamped (§2.4/§2.5).
     fn base_rto(&self) -> u64 {
-        let rto = match self.srtt {
-            None => self.initial,
-            Some(srtt) => srtt.saturating_add(self.min.max(K.saturating_mul(self.rttvar))),
+        let (min, max) = (u64::from(self.min), u64::from(self.max));
+        let rto = match self.srtt_us() {
+            None => u64::from(self.initial),
+            Some(srtt) => srtt.saturating_add(min.max(K.saturating_mul(self.rttvar))),
         };
-        rto.clamp(self.min, self.max)
+        rto.clamp(min, max)
+    }
+
+    fn srtt_us(&self) -> Option<u64> {
+        (self.srtt != NO_SRTT).then_some(self.srtt)
     }
 
     /// The current RTO, with the backoff applied and clamped to max_rto.
     pub fn rto(&self) -> Duration {
         let base = self.base_rto();
         let rto = base
-            .checked_shl(self.backoff)
+            .checked_shl(u32::from(self.backoff))
             .filter(|v| v >> self.backoff == base)
             .unwrap_or(u64::MAX);
-        Duration::from_micros(rto.min(self.max))
+        Duration::from_micros(rto.min(u64::from(self.max)))
     }
 
     /// §5.5: "the host MUST set RTO <- RTO * 2 ("back off the timer")";
     /// the maximum of §2.5 applies.
     pub fn backoff(&mut self) {
-        if self.backoff < MAX_BACKOFF {
+        if u32::from(self.backoff) < MAX_BACKOFF {
             self.backoff += 1;
         }
     }
@@ -123,15 +139,15 @@ impl RttEstimator {
     /// a SYN/SYN-ACK retransmission; no effect once an RTT was measured.
     /// Clears the backoff.
     pub fn syn_retransmitted(&mut self) {
-        if self.srtt.is_none() {
-            self.initial = self.initial.max(FALLBACK_RTO.total_micros());
+        if self.srtt == NO_SRTT {
+            self.initial = self.initial.max(us32(FALLBACK_RTO.total_micros()));
         }
         self.backoff = 0;
     }
 
     /// How many times the timer backed off since the last sample.
     pub fn backoffs(&self) -> u32 {
-        self.backoff
+        u32::from(self.backoff)
     }
 
     /// Forget the backoff without a sample (e.g. when an ACK for new data
@@ -141,7 +157,7 @@ impl RttEstimator {
     }
 
     pub fn srtt(&self) -> Option<Duration> {
-        self.srtt.map(Duration::from_micros)
+        self.srtt_us().map(Duration::from_micros)
     }
 
     /// RTTVAR (zero before the first sample).

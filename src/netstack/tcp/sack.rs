@@ -10,6 +10,8 @@
 
 use smoltcp::wire::TcpSeqNumber;
 
+use super::LazyVec;
+
 /// Most separate SACKed ranges remembered.
 pub const MAX_RANGES: usize = 32;
 /// RFC 6675 §2 DupThresh.
@@ -32,7 +34,7 @@ fn add(a: TcpSeqNumber, n: u32) -> TcpSeqNumber {
 #[derive(Debug, Default, Clone)]
 pub struct Scoreboard {
     /// (start, end) half-open, sorted upward from `base`.
-    ranges: Vec<(TcpSeqNumber, TcpSeqNumber)>,
+    ranges: LazyVec<(TcpSeqNumber, TcpSeqNumber)>,
     /// SND.UNA as last seen: every range lies above it.
     base: TcpSeqNumber,
     sacked: u32,
@@ -102,10 +104,12 @@ impl Scoreboard {
             for r in &self.ranges[i..j] {
                 self.sacked -= diff(r.1, r.0);
             }
-            self.ranges.drain(i + 1..j);
+            self.ranges.vec_mut().drain(i + 1..j);
             self.ranges[i] = (add(base, ns), add(base, ne));
         } else {
-            self.ranges.insert(i, (add(base, ns), add(base, ne)));
+            self.ranges
+                .vec_mut()
+                .insert(i, (add(base, ns), add(base, ne)));
         }
         self.sacked += ne - ns;
         if self.ranges.len() > MAX_RANGES
@@ -134,7 +138,7 @@ impl Scoreboard {
         for r in &self.ranges[..n] {
             self.sacked -= diff(r.1, r.0);
         }
-        self.ranges.drain(..n);
+        self.ranges.vec_mut().drain(..n);
         if let Some(first) = self.ranges.first_mut()
             && diff(first.0, base) < adv
         {
@@ -143,7 +147,7 @@ impl Scoreboard {
         }
         self.base = snd_una;
         if self.ranges.is_empty() {
-            self.ranges = Vec::new();
+            self.ranges.clear();
         }
     }
 
@@ -223,7 +227,7 @@ impl Scoreboard {
         } else {
             a.max(una)
         };
-        for r in &self.ranges {
+        for r in self.ranges.iter() {
             let (rs, re) = (self.off(r.0), self.off(r.1));
             if re <= pos {
                 continue;
@@ -259,7 +263,7 @@ impl Scoreboard {
 
     /// Forget everything (RTO, RFC 6675 §5.1; or connection reset).
     pub fn clear(&mut self) {
-        self.ranges = Vec::new();
+        self.ranges.clear();
         self.sacked = 0;
     }
 }

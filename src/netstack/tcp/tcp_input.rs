@@ -16,7 +16,8 @@ use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
 
 use super::syncookies::{CookieOpts, cookie_check, cookie_decode_tsecr};
 use super::{
-    Seq, Tcb, TcpError, TcpState, TcpTable, default_mss, seq_add, seq_diff, seq_le, seq_lt,
+    At, ConnKey, Seq, Tcb, TcpError, TcpState, TcpTable, default_mss, seq_add, seq_diff, seq_le,
+    seq_lt,
 };
 use crate::netstack::{DropReason, Duration, Instant, Mib, SocketEvent, Stack};
 
@@ -226,7 +227,7 @@ impl Stack {
         self.tcp_set_mss(now, &mut t, peer_mss);
         t.parent = Some(lslot);
         let slot = self.tcp.insert(t);
-        self.tcp.conns.insert((local, remote), slot);
+        self.tcp.conns.insert(ConnKey::new(local, remote), slot);
         self.tcp.port_ref(local);
         Some(slot)
     }
@@ -428,12 +429,12 @@ impl Stack {
         t.snd_wl1 = seg.seq;
         t.snd_wl2 = ack;
         t.retries = 0;
-        t.rto_at = None;
+        t.rto_at = At::NONE;
         let sample = Self::tcp_rtt_sample(now, t, seg, ack);
         if let Some(r) = sample {
             t.rtt.sample(r);
         }
-        t.rtt_seq = None;
+        t.set_rtt_probe(None);
         let fin = t.fin_queued;
         self.tcp_set_state(slot, TcpState::Established);
         self.tcp_event(slot, SocketEvent::TcpConnected);
@@ -465,7 +466,7 @@ impl Stack {
                 return Some(Duration::from_millis(d as u64));
             }
         }
-        match t.rtt_seq {
+        match t.rtt_probe() {
             Some((s, t0)) if seq_le(s, ack) && now >= t0 => Some(now - t0),
             _ => None,
         }
@@ -492,8 +493,8 @@ impl Stack {
             _ => {}
         }
         t.last_rcv = now;
-        if let Some(idle) = t.keepalive {
-            t.keep_at = Some(now + idle);
+        if let Some(idle) = t.keepalive() {
+            t.keep_at = At::from(Some(now + idle));
             if t.in_flight() == 0 {
                 t.probes = 0;
             }
@@ -724,7 +725,7 @@ impl Stack {
             t.snd_wl1 = seg.seq;
             t.snd_wl2 = ack;
             if wnd > 0 {
-                t.probe_at = None;
+                t.probe_at = At::NONE;
             }
         }
         let flight = t.in_flight();
@@ -757,8 +758,8 @@ impl Stack {
         if let Some(r) = sample {
             t.rtt.sample(r);
         }
-        if t.rtt_seq.is_some_and(|(s, _)| seq_le(s, ack)) {
-            t.rtt_seq = None;
+        if t.rtt_probe().is_some_and(|(s, _)| seq_le(s, ack)) {
+            t.set_rtt_probe(None);
         }
         t.snd_una = ack;
         if seq_lt(t.snd_nxt, ack) {
@@ -785,7 +786,7 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return AckRes::Ok;
         };
-        t.rto_at = (t.snd_una != t.snd_max).then(|| now + t.rtt.rto());
+        t.rto_at = At::from((t.snd_una != t.snd_max).then(|| now + t.rtt.rto()));
         if t.want_writable && t.sndbuf.free() > 0 {
             t.want_writable = false;
             self.tcp_event(slot, SocketEvent::TcpWritable);
@@ -809,7 +810,7 @@ impl Stack {
             let flight = t.in_flight();
             t.cc.on_enter_recovery(now, flight);
             t.high_rxt = t.snd_una;
-            t.rtt_seq = None;
+            t.set_rtt_probe(None);
             self.counters.inc(Mib::TcpExtTCPFastRetrans);
             self.tcp_retransmit_next(now, slot);
         } else if t.sack_ok {
@@ -851,7 +852,7 @@ impl Stack {
             TcpState::FinWait1 if t.fin_acked => {
                 let orphan = t.orphan;
                 if orphan {
-                    t.fin_at = Some(now + fin_timeout);
+                    t.fin_at = At::from(Some(now + fin_timeout));
                 }
                 self.tcp_set_state(slot, TcpState::FinWait2);
             }
@@ -965,7 +966,7 @@ impl Stack {
         } else if t.ack_pending >= 2 {
             self.tcp_send_ack(now, slot);
         } else if t.delack_at.is_none() {
-            t.delack_at = Some(now + super::DELACK);
+            t.delack_at = At::from(Some(now + super::DELACK));
         }
     }
 
@@ -1003,11 +1004,11 @@ impl Stack {
             return;
         };
         let (local, remote) = (t.local, t.remote);
-        t.rto_at = None;
-        t.delack_at = None;
-        t.probe_at = None;
-        t.keep_at = None;
-        t.fin_at = None;
+        t.rto_at = At::NONE;
+        t.delack_at = At::NONE;
+        t.probe_at = At::NONE;
+        t.keep_at = At::NONE;
+        t.fin_at = At::NONE;
         t.sndbuf.clear();
         t.sacks.clear();
         if err.is_some() {
@@ -1019,13 +1020,14 @@ impl Stack {
             self.tcp_free(slot);
             return;
         }
-        if self.tcp.conns.get(&(local, remote)) == Some(&slot) {
-            self.tcp.conns.remove(&(local, remote));
+        let key = ConnKey::new(local, remote);
+        if self.tcp.conns.get(&key) == Some(&slot) {
+            self.tcp.conns.remove(&key);
             self.tcp.port_unref(local);
         }
         self.tcp.wheel.cancel(super::TimerKey::Conn(slot));
         if let Some(t) = self.tcp.get_mut(slot) {
-            t.armed = None;
+            t.armed = At::NONE;
         }
         let h = self.tcp.handle(slot);
         self.push_event(SocketEvent::TcpClosed(h, err));

@@ -12,7 +12,7 @@ use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 use super::minisocks::{TwSeg, TwStatus};
 use super::tcp_input::Seg;
-use super::{TcpState, seq_add};
+use super::{ConnKey, TcpState, seq_add};
 use crate::netstack::{DropReason, Instant, IpRx, Mib, RxMeta, SocketErrorKind, Stack, StackError};
 
 impl Stack {
@@ -54,7 +54,7 @@ impl Stack {
         let remote = SocketAddr::new(ip.src, repr.src_port);
         let seg = Seg::new(local, remote, &repr);
         let tuple = (local, remote);
-        if let Some(&slot) = self.tcp.conns.get(&tuple) {
+        if let Some(&slot) = self.tcp.conns.get(&ConnKey::new(local, remote)) {
             self.tcp_rcv_state_process(now, slot, &seg);
             return;
         }
@@ -200,7 +200,7 @@ impl Stack {
         l4: &[u8],
         kind: SocketErrorKind,
     ) -> bool {
-        let Some(&slot) = self.tcp.conns.get(&(src, dst)) else {
+        let Some(&slot) = self.tcp.conns.get(&ConnKey::new(src, dst)) else {
             return false;
         };
         let Some(t) = self.tcp.get(slot) else {

@@ -9,7 +9,7 @@
 
 use smoltcp::wire::{TcpControl, TcpRepr, TcpTimestampRepr};
 
-use super::{Seq, TcpError, TcpState, TcpTable, seq_add, seq_diff, seq_lt};
+use super::{At, Seq, TcpError, TcpState, TcpTable, seq_add, seq_diff, seq_lt};
 use crate::netstack::{Instant, Mib, Stack};
 
 /// One segment to build from a TCB.
@@ -102,7 +102,7 @@ impl Stack {
         };
         if s.ack {
             t.ack_pending = 0;
-            t.delack_at = None;
+            t.delack_at = At::NONE;
         }
         t.last_snd = now;
         let (local, remote) = (t.local, t.remote);
@@ -192,7 +192,7 @@ impl Stack {
                 } else {
                     if usable == 0 && flight == 0 && t.probe_at.is_none() {
                         // Zero window: the persist timer probes it.
-                        t.probe_at = Some(now + t.rtt.rto());
+                        t.probe_at = At::from(Some(now + t.rtt.rto()));
                     }
                     return;
                 }
@@ -230,10 +230,10 @@ impl Stack {
             t.snd_max = t.snd_nxt;
         }
         if t.rto_at.is_none() {
-            t.rto_at = Some(now + t.rtt.rto());
+            t.rto_at = At::from(Some(now + t.rtt.rto()));
         }
-        if !retrans && !t.ts_ok && t.rtt_seq.is_none() {
-            t.rtt_seq = Some((t.snd_nxt, now));
+        if !retrans && !t.ts_ok && t.rtt_probe().is_none() {
+            t.set_rtt_probe(Some((t.snd_nxt, now)));
         }
     }
 
@@ -277,7 +277,7 @@ impl Stack {
         self.tcp_transmit_skb(now, slot, seg);
         if let Some(t) = self.tcp.get_mut(slot) {
             t.high_rxt = seq_add(seq, len + fin as u32);
-            t.rto_at = Some(now + t.rtt.rto());
+            t.rto_at = At::from(Some(now + t.rtt.rto()));
         }
     }
 
@@ -369,11 +369,11 @@ impl Stack {
             if seq_lt(t.snd_max, t.snd_nxt) {
                 t.snd_max = t.snd_nxt;
             }
-            t.rto_at = Some(now + t.rtt.rto());
+            t.rto_at = At::from(Some(now + t.rtt.rto()));
             if t.retries == 0 {
-                t.rtt_seq = Some((t.snd_nxt, now));
+                t.set_rtt_probe(Some((t.snd_nxt, now)));
             } else {
-                t.rtt_seq = None;
+                t.set_rtt_probe(None);
             }
         }
     }
@@ -448,7 +448,7 @@ impl Stack {
                 self.tcp_write_xmit(now, slot);
             }
             TcpState::FinWait2 => {
-                t.fin_at = Some(now + fin_timeout);
+                t.fin_at = At::from(Some(now + fin_timeout));
             }
             _ => {}
         }

@@ -5,7 +5,7 @@
 //! timer wheel holds only the earliest ([`Stack::tcp_arm`]); nothing scans
 //! the connections.
 
-use super::{KEEPALIVE_INTVL, KEEPALIVE_PROBES, SYNACK_RETRIES, TcpError, TcpState, TimerKey};
+use super::{At, KEEPALIVE_INTVL, KEEPALIVE_PROBES, SYNACK_RETRIES, TcpError, TcpState, TimerKey};
 use crate::netstack::{Duration, Instant, Mib, Stack};
 
 impl Stack {
@@ -15,11 +15,12 @@ impl Stack {
             return;
         };
         let at = [t.rto_at, t.delack_at, t.probe_at, t.keep_at, t.fin_at]
+            .map(At::get)
             .into_iter()
             .flatten()
             .min();
-        if at != t.armed {
-            t.armed = at;
+        if at != t.armed.get() {
+            t.armed = At::from(at);
             match at {
                 Some(a) => self.tcp.wheel.schedule(TimerKey::Conn(slot), a),
                 None => self.tcp.wheel.cancel(TimerKey::Conn(slot)),
@@ -39,7 +40,7 @@ impl Stack {
             match k {
                 TimerKey::Conn(slot) => {
                     if let Some(t) = self.tcp.get_mut(slot) {
-                        t.armed = None;
+                        t.armed = At::NONE;
                         self.tcp_timer(now, slot);
                     }
                 }
@@ -56,8 +57,8 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        if due(t.fin_at) {
-            t.fin_at = None;
+        if due(t.fin_at.get()) {
+            t.fin_at = At::NONE;
             if t.state == TcpState::FinWait2 && t.orphan {
                 // Orphaned FIN_WAIT_2 gave up waiting for the peer's FIN
                 // (`tcp_fin_timeout`): dropped silently, as Linux.
@@ -68,17 +69,17 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        if due(t.rto_at) {
-            t.rto_at = None;
+        if due(t.rto_at.get()) {
+            t.rto_at = At::NONE;
             self.tcp_retransmit_timer(now, slot);
         }
-        if self.tcp.get(slot).is_some_and(|t| due(t.probe_at)) {
+        if self.tcp.get(slot).is_some_and(|t| due(t.probe_at.get())) {
             self.tcp_probe_timer(now, slot);
         }
-        if self.tcp.get(slot).is_some_and(|t| due(t.delack_at)) {
+        if self.tcp.get(slot).is_some_and(|t| due(t.delack_at.get())) {
             self.tcp_delack_timer(now, slot);
         }
-        if self.tcp.get(slot).is_some_and(|t| due(t.keep_at)) {
+        if self.tcp.get(slot).is_some_and(|t| due(t.keep_at.get())) {
             self.tcp_keepalive_timer(now, slot);
         }
         self.tcp_arm(slot);
@@ -134,15 +135,15 @@ impl Stack {
                 t.rtt.backoff();
                 t.recover = None;
                 t.dupacks = 0;
-                t.rtt_seq = None;
+                t.set_rtt_probe(None);
                 t.snd_nxt = t.snd_una;
                 t.high_rxt = t.snd_una;
-                t.rto_at = None;
+                t.rto_at = At::NONE;
                 self.tcp_write_xmit(now, slot);
                 if let Some(t) = self.tcp.get_mut(slot)
                     && t.snd_una != t.snd_max
                 {
-                    t.rto_at = Some(now + t.rtt.rto());
+                    t.rto_at = At::from(Some(now + t.rtt.rto()));
                 }
             }
         }
@@ -156,7 +157,7 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        t.probe_at = None;
+        t.probe_at = At::NONE;
         let unsent = t.sndbuf.len() as u32 > t.in_flight();
         if t.snd_wnd > 0 || !unsent || t.in_flight() > 0 {
             self.tcp_write_xmit(now, slot);
@@ -170,7 +171,7 @@ impl Stack {
         t.probes += 1;
         let shift = t.probes.min(10) as u32;
         let wait = (t.rtt.rto() * (1u32 << shift)).min(Duration::from_secs(120));
-        t.probe_at = Some(now + wait);
+        t.probe_at = At::from(Some(now + wait));
         self.tcp_xmit_probe_skb(now, slot);
     }
 
@@ -179,7 +180,7 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        t.delack_at = None;
+        t.delack_at = At::NONE;
         if t.ack_pending > 0 {
             self.counters.inc(Mib::TcpExtDelayedACKs);
             self.tcp_send_ack(now, slot);
@@ -192,8 +193,8 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        t.keep_at = None;
-        let Some(idle) = t.keepalive else {
+        t.keep_at = At::NONE;
+        let Some(idle) = t.keepalive() else {
             return;
         };
         if !matches!(
@@ -204,11 +205,11 @@ impl Stack {
         }
         if t.in_flight() > 0 || !t.sndbuf.is_empty() {
             // Data is outstanding: the RTO watches the peer.
-            t.keep_at = Some(now + idle);
+            t.keep_at = At::from(Some(now + idle));
             return;
         }
         if t.probes == 0 && now < t.last_rcv + idle {
-            t.keep_at = Some(t.last_rcv + idle);
+            t.keep_at = At::from(Some(t.last_rcv + idle));
             return;
         }
         if t.probes >= KEEPALIVE_PROBES {
@@ -218,7 +219,7 @@ impl Stack {
             return;
         }
         t.probes += 1;
-        t.keep_at = Some(now + KEEPALIVE_INTVL);
+        t.keep_at = At::from(Some(now + KEEPALIVE_INTVL));
         self.tcp_xmit_probe_skb(now, slot);
     }
 }

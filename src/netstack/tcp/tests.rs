@@ -1265,7 +1265,7 @@ fn idle_established_connection_costs_under_1_kib() {
     assert_eq!(h.s.usage().tcp_buffer_bytes, 0, "buffers released");
     let tcb = std::mem::size_of::<Option<super::Tcb>>();
     // slab slot + generation + hash entry (4-tuple + slot + control byte)
-    let entry = std::mem::size_of::<(super::Tuple, u32)>() + 1;
+    let entry = std::mem::size_of::<(super::ConnKey, u32)>() + 1;
     eprintln!("idle connection: TCB slot {tcb} B + generation 4 B + hash entry {entry} B");
     assert!(tcb + 4 + entry < 1024, "TCB {tcb} + entry {entry}");
 }
@@ -1412,4 +1412,54 @@ fn rfc6928_one_segment_initial_window_after_a_lost_syn() {
     h.s.tcp(c).expect("c").send(&[1u8; 5000]).expect("send");
     let o = h.out();
     assert_eq!(o.len(), 1, "IW = 1 segment after a lost SYN: {o:?}");
+}
+
+/// Issue 8 (memory per idle connection ≤ 1 KiB in afpacket mode, TCB and
+/// connection map entry included): the parts of an idle established TCB,
+/// pinned so that growth is a decision (BENCHMARKS.md "Memory per idle TCP
+/// connection" has the measured total).
+#[test]
+fn issue8_idle_tcb_parts_are_pinned() {
+    use std::mem::size_of;
+    let sizes = [
+        ("Tcb", size_of::<super::Tcb>(), 496),
+        (
+            "Option<Tcb> (slab slot)",
+            size_of::<Option<super::Tcb>>(),
+            496,
+        ),
+        ("At (optional deadline)", size_of::<super::At>(), 8),
+        (
+            "ConnKey + slot (map entry)",
+            size_of::<(super::ConnKey, u32)>(),
+            44,
+        ),
+        ("RttEstimator", size_of::<super::rtt::RttEstimator>(), 32),
+        (
+            "Congestion",
+            size_of::<super::congestion::Congestion>(),
+            104,
+        ),
+        ("Scoreboard", size_of::<super::sack::Scoreboard>(), 16),
+        ("SendBuf", size_of::<super::buffer::SendBuf>(), 32),
+        ("RecvBuf", size_of::<super::buffer::RecvBuf>(), 48),
+    ];
+    for (what, size, max) in sizes {
+        eprintln!("{what}: {size} B (pinned at most {max} B)");
+        assert!(size <= max, "{what}: {size} B > {max} B");
+    }
+}
+
+#[test]
+fn issue8_conn_key_tells_families_addresses_and_ports_apart() {
+    use super::ConnKey;
+    let a: SocketAddr = "198.18.0.2:5060".parse().expect("a");
+    let b: SocketAddr = "198.18.0.1:40000".parse().expect("b");
+    let mapped: SocketAddr = "[::ffff:198.18.0.2]:5060".parse().expect("m");
+    let mapped_b: SocketAddr = "[::ffff:198.18.0.1]:40000".parse().expect("mb");
+    assert_eq!(ConnKey::new(a, b), ConnKey::new(a, b));
+    assert_ne!(ConnKey::new(a, b), ConnKey::new(b, a));
+    assert_ne!(ConnKey::new(a, b), ConnKey::new(mapped, mapped_b));
+    let b2: SocketAddr = "198.18.0.1:40001".parse().expect("b2");
+    assert_ne!(ConnKey::new(a, b), ConnKey::new(a, b2));
 }

@@ -72,7 +72,9 @@ pub struct StackIo {
     st: Mutex<IoState>,
     /// Data is queued (`IoState::queued > 0`), readable without the lock.
     backlog: AtomicBool,
-    write_limit: usize,
+    /// `[tcp] write_queue_bytes` (capped at 4 GiB: 32 bits keep the
+    /// connection record small).
+    write_limit: u32,
 }
 
 #[derive(Debug, Default)]
@@ -80,12 +82,19 @@ struct IoState {
     handle: Option<TcpHandle>,
     /// Established (outbound: after TcpConnected).
     connected: bool,
-    queue: VecDeque<Vec<u8>>,
-    /// Bytes of `queue.front()` already handed to the stack.
-    head_sent: usize,
+    /// Bytes not taken by the stack yet; boxed and `None` while nothing is
+    /// queued (8 bytes in an idle connection, not 40).
+    queue: Option<Box<Queue>>,
     queued: usize,
     /// Last send (idle deadline), stack milliseconds.
     last_tx: Millis,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    bufs: VecDeque<Vec<u8>>,
+    /// Bytes of `bufs.front()` already handed to the stack.
+    head_sent: usize,
 }
 
 impl ConnIo for StackIo {
@@ -93,7 +102,7 @@ impl ConnIo for StackIo {
         StackIo {
             st: Mutex::new(IoState::default()),
             backlog: AtomicBool::new(false),
-            write_limit,
+            write_limit: u32::try_from(write_limit).unwrap_or(u32::MAX),
         }
     }
 
@@ -104,9 +113,8 @@ impl ConnIo for StackIo {
     fn close(&self) -> usize {
         let mut st = self.lock();
         let dropped = st.queued;
-        st.queue = VecDeque::new();
+        st.queue = None;
         st.queued = 0;
-        st.head_sent = 0;
         st.handle = None;
         self.backlog.store(false, Ordering::Release);
         dropped
@@ -165,7 +173,7 @@ impl StackIo {
             return Err(ReleaseReason::Reset);
         };
         let mut rest = data;
-        if st.connected && st.queue.is_empty() {
+        if st.connected && st.queue.is_none() {
             let n = write_some(s, h, rest).map_err(|_| ReleaseReason::Reset)?;
             rest = &rest[n..];
         }
@@ -173,11 +181,14 @@ impl StackIo {
         if rest.is_empty() {
             return Ok(());
         }
-        if st.queued + rest.len() > self.write_limit {
+        if st.queued + rest.len() > self.write_limit as usize {
             return Err(ReleaseReason::WriteQueueFull);
         }
         st.queued += rest.len();
-        st.queue.push_back(rest.to_vec());
+        st.queue
+            .get_or_insert_with(Box::default)
+            .bufs
+            .push_back(rest.to_vec());
         self.backlog.store(true, Ordering::Release);
         Ok(())
     }
@@ -195,21 +206,21 @@ impl StackIo {
         if !st.connected {
             return Ok(());
         }
-        while let Some(front) = st.queue.front() {
-            let n = write_some(s, h, &front[st.head_sent..])?;
-            st.head_sent += n;
-            st.queued -= n;
-            if st.head_sent < front.len() {
-                break;
+        if let Some(q) = st.queue.as_deref_mut() {
+            while let Some(front) = q.bufs.front() {
+                let n = write_some(s, h, &front[q.head_sent..])?;
+                q.head_sent += n;
+                st.queued -= n;
+                if q.head_sent < front.len() {
+                    break;
+                }
+                q.bufs.pop_front();
+                q.head_sent = 0;
             }
-            st.queue.pop_front();
-            st.head_sent = 0;
         }
-        if st.queue.is_empty() {
+        if st.queue.as_ref().is_none_or(|q| q.bufs.is_empty()) {
             self.backlog.store(false, Ordering::Release);
-            if st.queue.capacity() > 0 {
-                st.queue = VecDeque::new();
-            }
+            st.queue = None;
         }
         Ok(())
     }
@@ -222,8 +233,9 @@ struct Entry {
     conn: Arc<Conn<StackIo>>,
     /// `None` only while `read_req` runs on it.
     stream: Option<StreamState>,
-    /// Outbound, not yet established: fails with `connect_failed` then.
-    connect_by: Option<Millis>,
+    /// Outbound, not yet established: fails with `connect_failed` then
+    /// (`u64::MAX`: established; 8 bytes, not an `Option`'s 16).
+    connect_by: Millis,
     /// Scheduling generation (stale heap entries carry an older one).
     generation: u32,
     /// The deadline in the heap under `generation` (`u64::MAX`: none).
@@ -365,7 +377,7 @@ impl TcpSide {
             h,
             conn,
             stream: Some(st),
-            connect_by,
+            connect_by: connect_by.unwrap_or(u64::MAX),
             generation: 0,
             scheduled: u64::MAX,
         });
@@ -384,10 +396,8 @@ impl TcpSide {
         let Some(st) = &e.stream else {
             return;
         };
-        let (mut at, _) = st.poll_timeout(e.conn.io.last_tx());
-        if let Some(c) = e.connect_by {
-            at = at.min(c);
-        }
+        let (at, _) = st.poll_timeout(e.conn.io.last_tx());
+        let at = at.min(e.connect_by);
         if at < e.scheduled {
             e.generation = generation;
             e.scheduled = at;
@@ -434,7 +444,7 @@ impl TcpSide {
             return;
         };
         if connected && let Some(e) = self.entry(h) {
-            e.connect_by = None;
+            e.connect_by = u64::MAX;
         }
         if conn.io.flush(s, connected).is_err() {
             self.release_conn(s, cx, &conn, ReleaseReason::Reset);
@@ -682,7 +692,7 @@ impl TcpSide {
             let h = e.h;
             let conn = e.conn.clone();
             let last_tx = conn.io.last_tx();
-            let why = if e.connect_by.is_some_and(|c| now_ms >= c) {
+            let why = if e.connect_by != u64::MAX && now_ms >= e.connect_by {
                 Some(ReleaseReason::ConnectFailed)
             } else {
                 e.stream
@@ -792,6 +802,22 @@ impl App {
 mod tests {
     use super::*;
 
+    /// Issue 8 (memory per idle connection ≤ 1 KiB in afpacket mode): the
+    /// stack thread's per-connection records, pinned (the shared
+    /// `Conn<StackIo>` is one Arc allocation: 136 B with its counts).
+    #[test]
+    fn issue8_idle_connection_records_are_pinned() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Conn<StackIo>", size_of::<Conn<StackIo>>(), 120),
+            ("StackIo", size_of::<StackIo>(), 56),
+            ("Option<Entry>", size_of::<Option<Entry>>(), 152),
+        ];
+        for (what, size, max) in sizes {
+            assert!(size <= max, "{what}: {size} B > {max} B");
+        }
+    }
+
     #[test]
     fn issue8_bad_input_is_aborted_with_rst_by_default_or_fin_when_configured() {
         use ReleaseReason as R;
@@ -875,7 +901,7 @@ mod tests {
     fn stack_io_holds_nothing_while_idle_and_drops_its_queue_on_close() {
         let io = StackIo::new(100);
         assert!(!io.has_backlog());
-        assert_eq!(io.lock().queue.capacity(), 0);
+        assert!(io.lock().queue.is_none());
         // not attached / not connected: everything queues, bounded
         io.attach(
             TcpHandle {
@@ -886,7 +912,10 @@ mod tests {
             5,
         );
         let mut st = io.lock();
-        st.queue.push_back(vec![0; 60]);
+        st.queue
+            .get_or_insert_with(Box::default)
+            .bufs
+            .push_back(vec![0; 60]);
         st.queued = 60;
         drop(st);
         io.backlog.store(true, Ordering::Release);
@@ -1045,6 +1074,6 @@ mod tests {
             "in order"
         );
         assert!(!io.has_backlog());
-        assert_eq!(io.lock().queue.capacity(), 0, "no memory held once empty");
+        assert!(io.lock().queue.is_none(), "no memory held once empty");
     }
 }
