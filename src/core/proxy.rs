@@ -9,7 +9,7 @@ use super::transaction::stateful::Pre;
 use super::upstream::{self, ProbeDue, ProbeReply, SetId, UpstreamSets};
 use crate::config::{Config, ListenSpec, Transport};
 use crate::metrics::Metrics;
-use crate::sip::framer::{FrameError, find_header_end, frame_datagram};
+use crate::sip::framer::{FrameError, find_header_end, frame_datagram, parsed_content_length};
 use crate::sip::msg::{
     Defect, HeaderKind, HeaderSpan, NameAddr, ParseError, SipMsg, Span, StartLine, UriParts, Via,
     check_addr_value, header_param, parse_cseq, parse_name_addr, parse_sip_uri, parse_u32,
@@ -141,6 +141,33 @@ impl Scratch {
             routes: Vec::with_capacity(8),
             txn: super::transaction::Out::default(),
         }
+    }
+}
+
+/// [`Scratch`] without its header index, which a parsed message borrows.
+struct Work<'s> {
+    out: &'s mut Vec<u8>,
+    resolve: &'s mut String,
+    edits: &'s mut Vec<Edit>,
+    tmp: &'s mut Vec<u8>,
+    routes: &'s mut Vec<(usize, NameAddr)>,
+    txn: &'s mut super::transaction::Out,
+}
+
+impl Scratch {
+    /// The header index and the rest, borrowed apart.
+    fn split(&mut self) -> (&mut Vec<HeaderSpan>, Work<'_>) {
+        (
+            &mut self.headers,
+            Work {
+                out: &mut self.out,
+                resolve: &mut self.resolve,
+                edits: &mut self.edits,
+                tmp: &mut self.tmp,
+                routes: &mut self.routes,
+                txn: &mut self.txn,
+            },
+        )
     }
 }
 
@@ -361,6 +388,37 @@ impl Core {
             self.metrics.keepalive_ping();
             return Outcome::Dropped(DropReason::Keepalive);
         }
+        let Some(head) = find_header_end(dgram, 0) else {
+            // FrameError::Unterminated
+            return self.parse_failure(dgram, rcv, sc);
+        };
+        // One header pass: the parse indexes the head and Content-Length
+        // is read from its spans (no separate line scan before it).
+        let (headers, mut work) = sc.split();
+        let mut msg = match SipMsg::parse(dgram, head, headers) {
+            Ok(m) => m,
+            // cold: the framing rules decide first, as before the parse
+            Err(_) => return self.receive_datagram_unparsed(dgram, rcv, sc),
+        };
+        match parsed_content_length(&msg) {
+            Ok(Some(cl)) if cl <= dgram.len() - head => {
+                // bytes beyond Content-Length are discarded (§18.3)
+                msg.buf = &dgram[..head + cl];
+                self.receive_parsed(msg, false, rcv, &mut work)
+            }
+            // no Content-Length on UDP: the body is the rest of the datagram
+            Ok(None) => self.receive_parsed(msg, true, rcv, &mut work),
+            // BodyTooShort or BadContentLength: the parseable head is answered
+            Ok(Some(_)) | Err(_) => {
+                msg.buf = &dgram[..head];
+                self.bad_content_length_msg(&msg, rcv, work.out)
+            }
+        }
+    }
+
+    /// A datagram whose head does not parse strictly: framing as
+    /// [`frame_datagram`] says, then the error paths. Cold path.
+    fn receive_datagram_unparsed(&self, dgram: &[u8], rcv: &RcvInfo, sc: &mut Scratch) -> Outcome {
         match frame_datagram(dgram) {
             Ok(f) => self.receive_msg(
                 &dgram[..f.len],
@@ -384,6 +442,17 @@ impl Core {
             Ok(m) => m,
             Err(_) => return self.parse_failure(head, rcv, sc),
         };
+        self.bad_content_length_msg(&msg, rcv, out)
+    }
+
+    /// A message whose Content-Length is bad or larger than its body: a
+    /// request is answered 400, an ACK or a reply dropped.
+    fn bad_content_length_msg(
+        &self,
+        msg: &SipMsg<'_>,
+        rcv: &RcvInfo,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         if !msg.is_request() {
             self.metrics.dropped(DropReason::ParseFailure);
             return Outcome::Dropped(DropReason::ParseFailure);
@@ -393,7 +462,7 @@ impl Core {
             self.metrics.dropped(DropReason::BadAck);
             return Outcome::Dropped(DropReason::BadAck);
         }
-        self.local_reply(&msg, rcv, 400, "Bad Content-Length", out)
+        self.local_reply(msg, rcv, 400, "Bad Content-Length", out)
     }
 
     /// The transport-independent core (Kamailio's `receive_msg`): `buf` is one
@@ -407,15 +476,7 @@ impl Core {
         rcv: &RcvInfo,
         sc: &mut Scratch,
     ) -> Outcome {
-        let Scratch {
-            headers,
-            out,
-            resolve,
-            edits,
-            tmp,
-            routes,
-            txn,
-        } = sc;
+        let (headers, mut work) = sc.split();
         let msg = match SipMsg::parse(buf, body_offset, headers) {
             Ok(m) => m,
             Err(ParseError::StartLine | ParseError::HeaderLine) => {
@@ -423,6 +484,25 @@ impl Core {
             }
             Err(_) => return self.parse_failure(buf, rcv, sc),
         };
+        self.receive_parsed(msg, add_content_length, rcv, &mut work)
+    }
+
+    /// [`Self::receive_msg`] after the parse.
+    fn receive_parsed(
+        &self,
+        msg: SipMsg<'_>,
+        add_content_length: bool,
+        rcv: &RcvInfo,
+        work: &mut Work<'_>,
+    ) -> Outcome {
+        let Work {
+            out,
+            resolve,
+            edits,
+            tmp,
+            routes,
+            txn,
+        } = work;
         let top_via = TopVia::of(&msg);
         let top = top_via.as_ref();
         out.clear();

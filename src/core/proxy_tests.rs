@@ -783,3 +783,65 @@ fn rfc3261_16_6_step8_branch_digits_and_numbers_as_the_formatter_writes_them() {
         assert_eq!(d, n.to_string().into_bytes());
     }
 }
+
+/// The UDP receive path that reads Content-Length from the parse
+/// ([`Core::receive_datagram`]) answers every datagram as the framing-first
+/// path does (RFC 3261 §18.3, SPEC A.2): same outcome, same bytes out.
+fn same_as_framing_first(msg: &[u8]) {
+    let (a, b) = (core(), core());
+    let (mut sa, mut sb) = (Scratch::new(), Scratch::new());
+    let oa = a.receive_datagram(msg, &udp(), &mut sa);
+    let ob = if !msg.is_empty() && msg.iter().all(|&b| b == b'\r' || b == b'\n') {
+        b.receive_datagram(msg, &udp(), &mut sb)
+    } else {
+        b.receive_datagram_unparsed(msg, &udp(), &mut sb)
+    };
+    assert_eq!(oa, ob, "{}", String::from_utf8_lossy(msg));
+    assert_eq!(sa.out, sb.out, "{}", String::from_utf8_lossy(msg));
+}
+
+#[test]
+fn s18_3_udp_content_length_cases_match_framing_first() {
+    let inv = invite("");
+    let ack = inv
+        .replace("INVITE sip:bob", "ACK sip:bob")
+        .replace("314159 INVITE", "314159 ACK");
+    let rep = reply("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKsEabc\r\n");
+    for m in [
+        inv.clone(),
+        inv.clone() + "beyond",
+        inv.replace("Content-Length: 4", "Content-Length: 400"),
+        inv.replace("Content-Length: 4", "Content-Length: x"),
+        inv.replace("Content-Length: 4", "Content-Length: 4\r\nl: 5"),
+        inv.replace("Content-Length: 4", "l:\r\n 4"),
+        inv.replace("Content-Length: 4\r\n", ""),
+        inv.replace("Content-Length: 4", "Content-Length\r: 400"),
+        inv.replace("Content-Length: 4", "Content-Length: 400\r\nBad Header: 1"),
+        inv.replace("Content-Length: 4", "Content-Length: 4\r\nBad Header: 1"),
+        inv.replace("\r\n\r\n", "\r\n"),
+        ack.replace("Content-Length: 4", "Content-Length: 400"),
+        rep.replace("Content-Length: 0", "Content-Length: 9"),
+        rep.replace("Content-Length: 0", "Content-Length: -1"),
+        "\r\n\r\n".to_string(),
+        "GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+    ] {
+        same_as_framing_first(m.as_bytes());
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn s18_3_prop_udp_receive_matches_framing_first(
+        cut in 0usize..400,
+        extra in proptest::collection::vec(proptest::sample::select(vec![
+            "Content-Length: 0\r\n", "l: 4\r\n", "l: 40\r\n", "Content-Length:\r\n 4\r\n",
+            "Content-Length: 4 4\r\n", "Bad Header: 1\r\n", " folded\r\n", "X: y\r\n",
+        ]), 0..4),
+        tail in proptest::sample::select(vec!["", "v=0\n", "junk-after-body", "\r\n"]),
+    ) {
+        let m = invite(&extra.concat()) + tail;
+        let b = m.as_bytes();
+        same_as_framing_first(&b[..cut.min(b.len())]);
+        same_as_framing_first(b);
+    }
+}

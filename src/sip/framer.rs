@@ -17,6 +17,7 @@
 //! * size cap: a message or an unterminated header section of
 //!   `max_msg_size` bytes or more is a framing error.
 
+use crate::sip::msg::{HeaderKind, SipMsg};
 use memchr::memchr;
 
 /// Framing limits.
@@ -500,6 +501,38 @@ pub fn frame_datagram(buf: &[u8]) -> Result<DatagramFrame, FrameError> {
             has_content_length: false,
         }),
     }
+}
+
+/// Content-Length of a message whose head `SipMsg` has already indexed
+/// (the UDP receive path: one header pass instead of
+/// [`parse_content_length`]'s own scan). Gives exactly what
+/// [`parse_content_length`] gives on the same head: a header counts when its
+/// name is `Content-Length` or `l` and only SP/HT stand between the name and
+/// the colon on its first line; its value is read from after the colon
+/// through its folded continuation lines, each without its line break.
+pub fn parsed_content_length(msg: &SipMsg<'_>) -> Result<Option<usize>, FrameError> {
+    let mut found = None;
+    for h in msg.headers {
+        if h.kind != HeaderKind::ContentLength {
+            continue;
+        }
+        let buf = msg.buf;
+        let mut colon = h.name.end as usize;
+        while colon < buf.len() && matches!(buf[colon], b' ' | b'\t') {
+            colon += 1;
+        }
+        if buf.get(colon) != Some(&b':') {
+            // a CR or a line break before the colon: not a Content-Length
+            // line for the line-by-line rule
+            continue;
+        }
+        let mut cl = ClValue::default();
+        for raw in Lines(&buf[colon + 1..h.line.end as usize]) {
+            cl.feed(raw.strip_suffix(b"\r").unwrap_or(raw))?;
+        }
+        found = merge_cl(found, cl)?;
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -1320,5 +1353,77 @@ mod tests {
             }
             let _ = parse_content_length(&bytes);
         }
+
+        /// RFC 3261 §18.3 / §20.14 on the UDP path: Content-Length read from
+        /// the parsed head's spans is what the line-by-line scan of the same
+        /// head reads (value or error), for every head that parses —
+        /// folding, compact form, spaces or a CR before the colon, repeated
+        /// headers, overflow, junk in the value.
+        #[test]
+        fn a2_prop_parsed_content_length_agrees_with_line_scan(
+            lines in prop::collection::vec(prop_oneof![
+                prop::sample::select(vec![
+                    &b"Content-Length: 12"[..], b"content-length:0", b"l: 3",
+                    b"L :\t7 ", b"Content-Length : 1 2", b"Content-Length\r: 4",
+                    b"l\r\n : 5", b"Content-Length:", b"Content-Length: x",
+                    b"Content-Length: 99999999999999999999999", b" 4", b"\t", b" ",
+                    b"Via: SIP/2.0/UDP h;branch=z9hG4bK1", b"Contact: <sip:c>",
+                    b"Content-Lengthx: 1", b"l: 3\r", b"Content-Length: 3 \r",
+                ]).prop_map(|s| s.to_vec()),
+                prop::collection::vec(prop::sample::select(
+                    b"lL:Content- 0123456789\t\rxa".to_vec()), 0..24),
+            ], 0..12),
+            lf_only in any::<bool>(),
+        ) {
+            let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
+            let mut head = b"OPTIONS sip:a SIP/2.0".to_vec();
+            head.extend_from_slice(eol);
+            for l in &lines {
+                head.extend_from_slice(l);
+                head.extend_from_slice(eol);
+            }
+            head.extend_from_slice(eol);
+            head.extend_from_slice(b"bodybytes");
+            let Some(end) = find_header_end(&head, 0) else { return Ok(()) };
+            let mut hs = Vec::new();
+            if let Ok(m) = SipMsg::parse(&head, end, &mut hs) {
+                prop_assert_eq!(parsed_content_length(&m), parse_content_length(&head[..end]));
+            }
+        }
+    }
+
+    fn parsed_cl(d: &[u8]) -> Result<Option<usize>, FrameError> {
+        let end = find_header_end(d, 0).unwrap_or(d.len());
+        let mut hs = Vec::new();
+        let m = SipMsg::parse(d, end, &mut hs).unwrap_or_else(|e| panic!("parse: {e}"));
+        parsed_content_length(&m)
+    }
+
+    #[test]
+    fn s20_14_parsed_content_length_long_compact_folded_and_absent() {
+        assert_eq!(
+            parsed_cl(b"OPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabc"),
+            Ok(Some(3))
+        );
+        assert_eq!(
+            parsed_cl(b"OPTIONS sip:a SIP/2.0\r\nContent-Length :\r\n  12\r\n\r\n"),
+            Ok(Some(12))
+        );
+        assert_eq!(
+            parsed_cl(b"OPTIONS sip:a SIP/2.0\r\nTo: <sip:b>\r\n\r\n"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn s20_14_parsed_content_length_errors_as_line_scan() {
+        let two = b"OPTIONS sip:a SIP/2.0\r\nl: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(parsed_cl(two), Err(FrameError::BadContentLength));
+        let same = b"OPTIONS sip:a SIP/2.0\r\nl: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(parsed_cl(same), Ok(Some(3)));
+        let split = b"OPTIONS sip:a SIP/2.0\r\nl: 1 2\r\n\r\n";
+        assert_eq!(parsed_cl(split), Err(FrameError::BadContentLength));
+        let empty = b"OPTIONS sip:a SIP/2.0\r\nl:\r\n\r\n";
+        assert_eq!(parsed_cl(empty), Err(FrameError::BadContentLength));
     }
 }
