@@ -6,7 +6,6 @@ use crate::config::{Config, Selection, parse_listen, parse_upstream};
 use crate::core::nosip::NoneHook;
 use crate::core::proxy::{Core, Outcome, Scratch};
 use crate::metrics::Metrics;
-use crate::sip::framer::find_header_end;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -60,31 +59,9 @@ fn request(method: &str, branch: &str, to_tag: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The upstream's answer to a request it received.
+/// The upstream's answer to a request it received (To tag `uas9`).
 fn answer(req: &[u8], code: u16) -> Vec<u8> {
-    let mut h = Vec::new();
-    let end = find_header_end(req, 0).unwrap();
-    let m = SipMsg::parse(req, end, &mut h).unwrap();
-    let mut o = format!("SIP/2.0 {code} X\r\n").into_bytes();
-    for h in m.headers.iter() {
-        let line = &req[h.line.start as usize..h.value.end as usize];
-        match h.kind {
-            HeaderKind::Via | HeaderKind::From | HeaderKind::CallId | HeaderKind::CSeq => {
-                o.extend_from_slice(line);
-                o.extend_from_slice(b"\r\n");
-            }
-            HeaderKind::To => {
-                o.extend_from_slice(line);
-                if code > 100 {
-                    o.extend_from_slice(b";tag=uas9");
-                }
-                o.extend_from_slice(b"\r\n");
-            }
-            _ => {}
-        }
-    }
-    o.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-    o
+    super::tests::answer_tagged(req, code, "uas9")
 }
 
 /// Run one message; (dest, first line) of each send and the sends' bytes.

@@ -83,6 +83,11 @@ fn method_of(bytes: &[u8]) -> Vec<u8> {
 
 /// The upstream's answer to a request it received (its Via headers, To tag).
 fn answer(req: &[u8], code: u16) -> Vec<u8> {
+    answer_tagged(req, code, "uas1")
+}
+
+/// [`answer`] with the UAS's To tag `tag` (also used by `core_tests`).
+pub(super) fn answer_tagged(req: &[u8], code: u16, tag: &str) -> Vec<u8> {
     with(req, |m| {
         let mut o = format!("SIP/2.0 {code} X\r\n").into_bytes();
         for h in m.headers.iter() {
@@ -95,7 +100,8 @@ fn answer(req: &[u8], code: u16) -> Vec<u8> {
                 HeaderKind::To => {
                     o.extend_from_slice(line);
                     if code > 100 {
-                        o.extend_from_slice(b";tag=uas1");
+                        o.extend_from_slice(b";tag=");
+                        o.extend_from_slice(tag.as_bytes());
                     }
                     o.extend_from_slice(b"\r\n");
                 }
