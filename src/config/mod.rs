@@ -29,7 +29,9 @@ pub use proxy::{
     UpstreamSpec, parse_listen, parse_upstream,
 };
 pub use reload::{RELOADABLE, ReloadPlan, changed_keys, is_reloadable, plan_reload};
-pub use stack::{StackLimits, StackMode, StackOverrides, StackSettings, TcpRelease};
+pub use stack::{
+    MAX_STACK_WORKERS, RxRing, StackLimits, StackMode, StackOverrides, StackSettings, TcpRelease,
+};
 pub use tcp::{MAX_MESSAGE_SIZE, MIN_MESSAGE_SIZE, TcpLimits};
 pub use upstream::{MAX_THRESHOLD, MAX_WEIGHT, MIN_PING_INTERVAL_MS};
 

@@ -41,6 +41,34 @@ impl TcpRelease {
     }
 }
 
+/// Whether the AF_PACKET socket receives through a TPACKET_V3 mmap'd ring
+/// (`stack.rx_ring`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxRing {
+    /// Use the ring; if the kernel refuses it, warn and fall back to one
+    /// `recvmsg(2)` per frame (the default).
+    Auto,
+    /// Use the ring or stop start-up.
+    On,
+    /// One `recvmsg(2)` per frame (the plain socket).
+    Off,
+}
+
+impl RxRing {
+    /// Config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RxRing::Auto => "auto",
+            RxRing::On => "on",
+            RxRing::Off => "off",
+        }
+    }
+}
+
+/// Stack shards at most (`stack.workers`; the transaction tables' shard
+/// digit bounds it too).
+pub const MAX_STACK_WORKERS: usize = 16;
+
 /// `[stack]`: the lower layer. The keys other than `mode` are used in
 /// `afpacket` mode only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +88,14 @@ pub struct StackSettings {
     pub mtu: usize,
     /// How a connection released for bad input is closed.
     pub tcp_release: TcpRelease,
+    /// Stack shards (threads, each with its own AF_PACKET socket in one
+    /// PACKET_FANOUT group); 0 = one per CPU (see [`Self::shards`]).
+    pub workers: usize,
+    /// Receive through a TPACKET_V3 ring or the plain socket.
+    pub rx_ring: RxRing,
+    /// Busy-poll: spin this many microseconds for frames before sleeping in
+    /// poll(2) (also `SO_BUSY_POLL`); 0 = off (the default).
+    pub busy_poll_us: u32,
     pub limits: StackLimits,
 }
 
@@ -88,6 +124,12 @@ pub struct StackLimits {
     pub tcp_challenge_ack_limit: u32,
     pub tcp_retries2: u8,
     pub tcp_syn_retries: u8,
+    /// TPACKET_V3 receive ring of each shard: block size (a power of two,
+    /// a multiple of the page size), number of blocks, and how long the
+    /// kernel fills a block before handing it over anyway (ms).
+    pub rx_ring_block_bytes: usize,
+    pub rx_ring_blocks: usize,
+    pub rx_ring_timeout_ms: u32,
 }
 
 impl Default for StackSettings {
@@ -103,6 +145,9 @@ impl Default for StackSettings {
             gateway6: None,
             mtu: 0,
             tcp_release: TcpRelease::Rst,
+            workers: 0,
+            rx_ring: RxRing::Auto,
+            busy_poll_us: 0,
             limits: StackLimits::default(),
         }
     }
@@ -134,11 +179,25 @@ impl Default for StackLimits {
             tcp_challenge_ack_limit: n.tcp_challenge_ack_limit,
             tcp_retries2: n.tcp_retries2,
             tcp_syn_retries: n.tcp_syn_retries,
+            rx_ring_block_bytes: 1 << 18,
+            rx_ring_blocks: 16,
+            rx_ring_timeout_ms: 1,
         }
     }
 }
 
 impl StackSettings {
+    /// The number of stack shards: `workers`, or one per CPU when 0
+    /// (at most [`MAX_STACK_WORKERS`]).
+    pub fn shards(&self) -> usize {
+        let n = if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        };
+        n.clamp(1, MAX_STACK_WORKERS)
+    }
+
     /// The embedded stack's limits from `[stack.limits]`.
     pub fn netstack_limits(&self) -> crate::netstack::Limits {
         use crate::netstack::Duration;
@@ -209,6 +268,9 @@ pub(super) struct RawStack {
     gateway6: String,
     mtu: i64,
     tcp_release: String,
+    workers: i64,
+    rx_ring: String,
+    busy_poll: i64,
     limits: RawStackLimits,
 }
 
@@ -242,6 +304,9 @@ struct RawStackLimits {
     tcp_challenge_ack_limit: i64,
     tcp_retries2: i64,
     tcp_syn_retries: i64,
+    rx_ring_block_bytes: i64,
+    rx_ring_blocks: i64,
+    rx_ring_timeout_ms: i64,
 }
 
 impl Default for RawStackLimits {
@@ -274,6 +339,9 @@ pub(super) fn to_raw(s: &StackSettings) -> RawStack {
         gateway6: opt(s.gateway6.map(|a| a.to_string())),
         mtu: size(s.mtu),
         tcp_release: s.tcp_release.as_str().into(),
+        workers: size(s.workers),
+        rx_ring: s.rx_ring.as_str().into(),
+        busy_poll: i64::from(s.busy_poll_us),
         limits: RawStackLimits {
             neigh_entries: size(l.neigh_entries),
             neigh_pending_bytes: size(l.neigh_pending_bytes),
@@ -296,6 +364,9 @@ pub(super) fn to_raw(s: &StackSettings) -> RawStack {
             tcp_challenge_ack_limit: i64::from(l.tcp_challenge_ack_limit),
             tcp_retries2: i64::from(l.tcp_retries2),
             tcp_syn_retries: i64::from(l.tcp_syn_retries),
+            rx_ring_block_bytes: size(l.rx_ring_block_bytes),
+            rx_ring_blocks: size(l.rx_ring_blocks),
+            rx_ring_timeout_ms: i64::from(l.rx_ring_timeout_ms),
         },
     }
 }
@@ -533,7 +604,47 @@ pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
         tcp_retries2: in_range_usize("stack.limits.tcp_retries2", l.tcp_retries2, 1, 255)? as u8,
         tcp_syn_retries: in_range_usize("stack.limits.tcp_syn_retries", l.tcp_syn_retries, 1, 127)?
             as u8,
+        rx_ring_block_bytes: {
+            let key = "stack.limits.rx_ring_block_bytes";
+            let n = in_range_usize(key, l.rx_ring_block_bytes, 4096, 1 << 26)?;
+            if !n.is_power_of_two() {
+                return Err(invalid(
+                    key,
+                    l.rx_ring_block_bytes,
+                    "must be a power of two (4096 .. 67108864)",
+                ));
+            }
+            n
+        },
+        rx_ring_blocks: in_range_usize("stack.limits.rx_ring_blocks", l.rx_ring_blocks, 2, 4096)?,
+        rx_ring_timeout_ms: in_range_usize(
+            "stack.limits.rx_ring_timeout_ms",
+            l.rx_ring_timeout_ms,
+            1,
+            1000,
+        )? as u32,
     };
+    if limits.rx_ring_block_bytes * limits.rx_ring_blocks > 1 << 30 {
+        return Err(invalid(
+            "stack.limits.rx_ring_blocks",
+            l.rx_ring_blocks,
+            "rx_ring_block_bytes * rx_ring_blocks must be at most 1 GiB",
+        ));
+    }
+    let workers = in_range_usize("stack.workers", r.workers, 0, MAX_STACK_WORKERS)?;
+    let rx_ring = match r.rx_ring.trim() {
+        "auto" => RxRing::Auto,
+        "on" => RxRing::On,
+        "off" => RxRing::Off,
+        other => {
+            return Err(invalid(
+                "stack.rx_ring",
+                other,
+                "must be \"auto\", \"on\" or \"off\"",
+            ));
+        }
+    };
+    let busy_poll_us = in_range_usize("stack.busy_poll", r.busy_poll, 0, 1_000_000)? as u32;
     Ok(StackSettings {
         mode,
         interface: r.interface.trim().to_string(),
@@ -544,6 +655,9 @@ pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
         gateway6,
         mtu,
         tcp_release,
+        workers,
+        rx_ring,
+        busy_poll_us,
         limits,
     })
 }

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration as StdDuration;
 
-use super::device::afpacket::wait_fd;
+use super::device::afpacket::wait_fds;
 use super::device::{Device, is_transient_send_error};
 use super::{Instant, Stack};
 
@@ -98,6 +98,8 @@ pub struct Driver {
     stats: DriverStats,
     last_rx_warn: Option<Instant>,
     last_tx_warn: Option<Instant>,
+    /// A second fd that ends the wait between rounds ([`Self::with_wake`]).
+    wake: Option<std::os::fd::RawFd>,
 }
 
 fn elapsed(since: Instant, now: Instant) -> StdDuration {
@@ -116,6 +118,15 @@ fn warn_due(last: &mut Option<Instant>, now: Instant) -> bool {
 impl Driver {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Also end the wait between rounds when `fd` becomes readable (e.g.
+    /// one end of a `UnixStream` pair another thread writes to, to hand this
+    /// stack work). The `app` callback must drain it, or the next wait
+    /// returns at once.
+    pub fn with_wake(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.wake = Some(fd);
+        self
     }
 
     pub fn stats(&self) -> DriverStats {
@@ -266,9 +277,10 @@ impl Driver {
             if st.wait.is_zero() {
                 continue;
             }
-            match dev.poll_fd() {
-                Some(fd) => wait_fd(fd, false, st.wait)?,
-                None => std::thread::sleep(st.wait.min(StdDuration::from_millis(1))),
+            match (dev.poll_fd(), self.wake) {
+                (Some(fd), Some(w)) => wait_fds(&[(fd, false), (w, false)], st.wait)?,
+                (Some(fd), None) => wait_fds(&[(fd, false)], st.wait)?,
+                (None, _) => std::thread::sleep(st.wait.min(StdDuration::from_millis(1))),
             }
         }
         Ok(())

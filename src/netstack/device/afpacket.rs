@@ -552,20 +552,28 @@ impl Device for AfPacket {
 /// Wait until `fd` is readable (or writable, with `writable`) or `timeout`
 /// passes (poll(2)). EINTR counts as a wake-up.
 pub fn wait_fd(fd: RawFd, writable: bool, timeout: Duration) -> io::Result<()> {
-    let mut events = libc::POLLIN;
-    if writable {
-        events |= libc::POLLOUT;
-    }
-    let mut p = libc::pollfd {
-        fd,
-        events,
+    wait_fds(&[(fd, writable)], timeout)
+}
+
+/// Wait until one of `fds` is readable (or also writable, where its flag
+/// says so) or `timeout` passes (poll(2)); at most 4 descriptors. EINTR
+/// counts as a wake-up.
+pub fn wait_fds(fds: &[(RawFd, bool)], timeout: Duration) -> io::Result<()> {
+    let mut p = [libc::pollfd {
+        fd: -1,
+        events: 0,
         revents: 0,
-    };
+    }; 4];
+    let n = fds.len().min(p.len());
+    for (slot, &(fd, writable)) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+        slot.events = libc::POLLIN | if writable { libc::POLLOUT } else { 0 };
+    }
     // Round up so a sub-millisecond deadline does not become a busy loop.
     let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: `p` is one valid, exclusively borrowed `pollfd` and the count
-    // passed is 1.
-    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    // SAFETY: `p` is an array of valid, exclusively borrowed `pollfd`s and
+    // the count passed (`n` <= 4) does not exceed its length.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), n as libc::nfds_t, ms) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {

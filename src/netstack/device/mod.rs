@@ -15,6 +15,7 @@ pub mod afpacket;
 pub mod fault;
 pub mod memory;
 pub mod pcap;
+pub mod steer;
 
 use std::io;
 use std::os::fd::RawFd;
