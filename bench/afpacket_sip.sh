@@ -25,6 +25,10 @@
 #   (b') sipedge-kernel-before: the same with another binary, $SIPEDGE_BEFORE_BIN (e.g. a build
 #       from before a change, to compare kernel mode's cost per call before and after it).
 #   (a') sipedge-afpacket-before: (a) with $SIPEDGE_BEFORE_BIN (afpacket mode before a change).
+#   (a'') (a) with [stack] keys set explicitly (issue 9): sipedge-afpacket-socket (workers = 1,
+#       rx_ring = "off": one recvmsg per frame), sipedge-afpacket-ring (workers = 1, rx_ring = "on":
+#       the TPACKET_V3 ring), sipedge-afpacket-2 (workers = 2, rx_ring = "on": two shards in a
+#       PACKET_FANOUT group). Plain sipedge-afpacket runs the defaults (workers = CPUs, ring auto).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
 #       198.18.201.1:5080), kamailio -DD -E -m 1024 -M 16 as the harness runs it.
@@ -96,8 +100,10 @@ CLK_TCK=$(getconf CLK_TCK)
 
 for p in $PROXIES; do
   case $p in
-    sipedge-afpacket|sipedge-afpacket-before|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
-    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-kernel, sipedge-kernel-before," \
+    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring) ;;
+    sipedge-afpacket-2|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-afpacket-socket," \
+         "sipedge-afpacket-ring, sipedge-afpacket-2, sipedge-kernel, sipedge-kernel-before," \
          "kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
@@ -216,6 +222,13 @@ mode = "afpacket"
 interface = "$IF_STK"
 ipv4 = "$STK4/24"
 EOF
+  # the issue-9 variants: the same file with the shard and ring keys set
+  for v in "socket 1 off" "ring 1 on" "2 2 on"; do
+    read -r vname workers ring <<<"$v"
+    { cat "$TMP/sipedge-afpacket-$tr.toml"
+      printf 'workers = %s\nrx_ring = "%s"\n' "$workers" "$ring"; } \
+      >"$TMP/sipedge-afpacket-$vname-$tr.toml"
+  done
 done
 if [[ " $PROXIES " == *" kamailio-stateless "* ]]; then
   sed -e "s/127\.0\.0\.1:15060/$STK4:$SIP_PORT/g" \
@@ -302,11 +315,15 @@ start_proxy() {
   [[ $transport == u1 ]] || cfg=tcp
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
-    sipedge-afpacket|sipedge-afpacket-before)
-      local abin=$SIPEDGE_BIN
-      [[ $name == sipedge-afpacket ]] || abin=$SIPEDGE_BEFORE_BIN
+    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2)
+      local abin=$SIPEDGE_BIN acfg="$TMP/sipedge-afpacket-$cfg.toml"
+      [[ $name != sipedge-afpacket-before ]] || abin=$SIPEDGE_BEFORE_BIN
+      case $name in
+        sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2)
+          acfg="$TMP/$name-$cfg.toml" ;;
+      esac
       stack_addrs_none
-      ip netns exec "$NS_STK" "$abin" --config "$TMP/sipedge-afpacket-$cfg.toml" \
+      ip netns exec "$NS_STK" "$abin" --config "$acfg" \
         </dev/null >"$dir/proxy.log" 2>&1 &
       PROXY_PID=$!
       wait_until 15 "$PROXY_PID" "$name" sipedge_ready "$dir/proxy.log"
@@ -517,8 +534,9 @@ done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-kernel": 2,
-         "sipedge-kernel-before": 3, "kamailio-stateless": 4}
+order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-afpacket-socket": 2,
+         "sipedge-afpacket-ring": 3, "sipedge-afpacket-2": 4, "sipedge-kernel": 5,
+         "sipedge-kernel-before": 6, "kamailio-stateless": 7}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:
