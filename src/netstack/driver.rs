@@ -314,11 +314,11 @@ impl Driver {
                 if st.rx > 0 {
                     spin_from = Some(std::time::Instant::now());
                 }
-                if let Some(from) = spin_from {
-                    if self.keep_spinning(from.elapsed()) {
-                        std::hint::spin_loop();
-                        continue;
-                    }
+                if let Some(from) = spin_from
+                    && self.keep_spinning(from.elapsed())
+                {
+                    std::hint::spin_loop();
+                    continue;
                 }
                 // The next spin starts with the next frame.
                 spin_from = None;
