@@ -4,6 +4,11 @@
 //! kernel address and IPv6 disabled, and `netstack_echo` (the example) or
 //! an `AfPacket` opened by the test owns 198.18.N.2 / 2001:db8:N::2.
 //!
+//! The device tests on a veth and the end-to-end tests run twice (issue 9):
+//! `rx_ring::NAME` receives through the TPACKET_V3 ring (required, so a
+//! silent fallback fails the test), `rx_socket::NAME` with one recvmsg per
+//! frame.
+//!
 //! Needs root (namespaces, AF_PACKET, setns): skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The
 //! end-to-end tests run the example binary, built by

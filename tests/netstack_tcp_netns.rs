@@ -4,6 +4,10 @@
 //! 2001:db8:N::2), and the `tcp_peer` example as the Linux side in the
 //! peer namespace (198.18.N.1 and extra addresses, 2001:db8:N::1).
 //!
+//! Every test that runs `netstack_echo` runs twice (issue 9):
+//! `rx_ring::NAME` with the TPACKET_V3 receive ring, `rx_socket::NAME`
+//! with one recvmsg per frame.
+//!
 //! Needs root (namespaces, AF_PACKET, raw sockets): skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. Runs
 //! the example binaries, built by `cargo test --all-targets` or
