@@ -703,6 +703,11 @@ mod tests {
         assert!(d.keep_spinning(ms(4)));
         assert!(!d.keep_spinning(ms(5)));
         assert!(!d.keep_spinning(ms(50)));
+        // Both options together, in either order.
+        let w = Driver::new().with_wake(7).with_busy_poll(ms(5));
+        assert_eq!((w.wake, w.busy_poll), (Some(7), Some(ms(5))));
+        let w = Driver::new().with_busy_poll(ms(5)).with_wake(7);
+        assert_eq!((w.wake, w.busy_poll), (Some(7), Some(ms(5))));
     }
 
     /// A device with nothing to receive whose fd never becomes readable:
