@@ -4,6 +4,11 @@
 //! kernel address and IPv6 disabled, and `netstack_echo` (the example) or
 //! an `AfPacket` opened by the test owns 198.18.N.2 / 2001:db8:N::2.
 //!
+//! The device tests on a veth and the end-to-end tests run twice (issue 9):
+//! `rx_ring::NAME` receives through the TPACKET_V3 ring (required, so a
+//! silent fallback fails the test), `rx_socket::NAME` with one recvmsg per
+//! frame.
+//!
 //! Needs root (namespaces, AF_PACKET, setns): skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The
 //! end-to-end tests run the example binary, built by
@@ -18,7 +23,9 @@ use std::time::{Duration, Instant};
 use common::netns::*;
 use common::skip_unless_root;
 use sipedge::netstack::device::Device;
-use sipedge::netstack::device::afpacket::{AfPacket, DeviceError, wait_fd};
+use sipedge::netstack::device::afpacket::{
+    AfPacket, AfPacketOptions, DeviceError, RingConfig, wait_fd,
+};
 use sipedge::netstack::{PacketType, RxChecksum, RxMeta};
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, UdpPacket,
@@ -106,16 +113,30 @@ fn afpacket_opens_on_veth_with_its_mac_and_mtu() {
     );
 }
 
-#[test]
-fn afpacket_frames_cross_the_veth_both_ways() {
+/// Open `ifname` with the receive path `rx` (a ring is required, not a
+/// fallback) and check that it is the one in use.
+fn open_rx(ifname: &str, rx: Rx) -> AfPacket {
+    let opts = AfPacketOptions {
+        rx_ring: (rx == Rx::Ring).then(RingConfig::default),
+        ring_required: true,
+        busy_poll_us: 0,
+    };
+    let d = AfPacket::open_with(ifname, &opts).unwrap_or_else(|e| panic!("{ifname}: {e}"));
+    assert_eq!(d.rx_mode(), rx.mode());
+    d
+}
+
+/// Frames cross the veth both ways, with their packet types; the receive
+/// path under test is `rx` on both ends.
+fn afpacket_frames_cross_the_veth_both_ways(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
     let (stack_mac, peer_mac) = (pair.stack_mac(), pair.peer_mac());
     let (sif, pif) = (pair.stack_if.clone(), pair.peer_if.clone());
-    let mut stack_dev = pair.in_stack(move || AfPacket::open(&sif).expect("stack side"));
-    let mut peer_dev = pair.in_peer(move || AfPacket::open(&pif).expect("peer side"));
+    let mut stack_dev = pair.in_stack(move || open_rx(&sif, rx));
+    let mut peer_dev = pair.in_peer(move || open_rx(&pif, rx));
     let other_mac = [0x02, 0x5e, 0x10, 0, 0, 0x99];
 
     // stack → peer: unicast to the peer, broadcast, and to a third MAC
@@ -168,8 +189,79 @@ fn afpacket_frames_cross_the_veth_both_ways() {
     assert!(own.is_empty(), "own frames came back: {own:?}");
     assert_eq!(stack_dev.stats().tx_frames, 3);
     assert!(stack_dev.stats().rx_frames >= 2);
+    if rx == Rx::Ring {
+        // Blocks were handed over and given back, none corrupt.
+        let st = stack_dev.stats();
+        assert!(st.rx_blocks >= 1, "{st:?}");
+        assert_eq!(st.rx_ring_corrupt, 0, "{st:?}");
+        assert!(peer_dev.stats().rx_blocks >= 1);
+    }
     let (_, drops) = stack_dev.kernel_stats().expect("PACKET_STATISTICS");
     assert_eq!(drops, 0);
+    stack_dev.update_kernel_stats().expect("PACKET_STATISTICS");
+    assert_eq!(stack_dev.stats().kernel_drops, 0);
+    assert_eq!(stack_dev.stats().kernel_freeze_q, 0);
+}
+
+/// A ring the kernel refuses (a block size beyond its limit, a block size
+/// that is not a multiple of the page size): with `ring_required` the error
+/// names the step; without, the device falls back to the plain socket and
+/// frames still cross both ways.
+#[test]
+fn afpacket_impossible_ring_falls_back_to_the_socket_or_is_an_error() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    let (stack_mac, peer_mac) = (pair.stack_mac(), pair.peer_mac());
+    for (k, block_bytes) in [1usize << 31, 4097].into_iter().enumerate() {
+        let ring = RingConfig {
+            block_bytes,
+            blocks: 1,
+            timeout_ms: 1,
+        };
+        let sif = pair.stack_if.clone();
+        let err = pair.in_stack(move || {
+            let opts = AfPacketOptions {
+                rx_ring: Some(ring),
+                ring_required: true,
+                busy_poll_us: 0,
+            };
+            AfPacket::open_with(&sif, &opts)
+                .err()
+                .map(|e| e.to_string())
+        });
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("PACKET_RX_RING")),
+            "{block_bytes}: {err:?}"
+        );
+        let sif = pair.stack_if.clone();
+        let mut stack_dev = pair.in_stack(move || {
+            let opts = AfPacketOptions {
+                rx_ring: Some(ring),
+                ring_required: false,
+                busy_poll_us: 0,
+            };
+            AfPacket::open_with(&sif, &opts).expect("falls back")
+        });
+        assert_eq!(stack_dev.rx_mode(), "socket");
+        let pif = pair.peer_if.clone();
+        let mut peer_dev = pair.in_peer(move || AfPacket::open(&pif).expect("peer side"));
+        let tag = 20 + 2 * k as u8;
+        stack_dev
+            .send(&test_frame(peer_mac, stack_mac, tag))
+            .expect("send");
+        peer_dev
+            .send(&test_frame(stack_mac, peer_mac, tag + 1))
+            .expect("send");
+        let there = collect(&mut peer_dev, 1, Duration::from_secs(3), &mut |_, f| {
+            is_test_frame(f, tag)
+        });
+        let back = collect(&mut stack_dev, 1, Duration::from_secs(3), &mut |_, f| {
+            is_test_frame(f, tag + 1)
+        });
+        assert_eq!((there.len(), back.len()), (1, 1), "{block_bytes}");
+    }
 }
 
 /// What PACKET_AUXDATA says about a UDP datagram a Linux socket in the peer
@@ -177,8 +269,7 @@ fn afpacket_frames_cross_the_veth_both_ways() {
 /// checksum to "offload", so the frame arrives with TP_STATUS_CSUMNOTREADY
 /// and its checksum field holds only the pseudo-header sum. Such frames
 /// must be accepted (RxMeta::verify_l4_csum() is false for them).
-#[test]
-fn afpacket_auxdata_marks_veth_udp_checksum_not_ready() {
+fn afpacket_auxdata_marks_veth_udp_checksum_not_ready(rx: Rx) {
     if skip_unless_root() {
         return;
     }
@@ -200,7 +291,7 @@ fn afpacket_auxdata_marks_veth_udp_checksum_not_ready() {
         ]);
     }
     let sif = pair.stack_if.clone();
-    let mut dev = pair.in_stack(move || AfPacket::open(&sif).expect("stack side"));
+    let mut dev = pair.in_stack(move || open_rx(&sif, rx));
     let dsts = [
         SocketAddr::new(IpAddr::V4(pair.stack_v4()), 7001),
         SocketAddr::new(IpAddr::V6(pair.stack_v6()), 7001),
@@ -332,15 +423,14 @@ fn echo_example_rejects_missing_interface_and_bad_cidr() {
 // ---------------------------------------------------------------------------
 
 /// (e) SIGTERM stops the example cleanly and it logs its counters.
-#[test]
-fn echo_example_exits_zero_on_sigterm_and_logs_counters() {
+fn echo_example_exits_zero_on_sigterm_and_logs_counters(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
     let pcap = common::unique_temp_dir("netstack-echo").join("trace.pcap");
     let pcap_arg = pcap.to_str().expect("utf-8 temp path").to_string();
-    let echo = EchoProc::start(&pair, &["--pcap", &pcap_arg]);
+    let echo = EchoProc::start_rx(&pair, rx, &["--pcap", &pcap_arg]);
     // One frame the stack is sure to count.
     let (stack_mac, peer_mac) = (pair.stack_mac(), pair.peer_mac());
     let pif = pair.peer_if.clone();
@@ -356,6 +446,13 @@ fn echo_example_exits_zero_on_sigterm_and_logs_counters() {
     );
     assert!(stderr.contains("counters at exit"), "{stderr}");
     assert!(stderr.contains("Link.InFrames="), "{stderr}");
+    // The device's counters at exit: the ring's blocks were consumed.
+    assert!(stderr.contains("rx_blocks: "), "{stderr}");
+    assert_eq!(
+        rx == Rx::Ring,
+        !stderr.contains("rx_blocks: 0,"),
+        "{rx:?}: {stderr}"
+    );
     // --pcap: a classic pcap file holding (at least) the frame we sent.
     let trace = std::fs::read(&pcap).expect("pcap written");
     assert!(trace.len() > 24 + 16, "{} bytes", trace.len());
@@ -369,13 +466,12 @@ fn echo_example_exits_zero_on_sigterm_and_logs_counters() {
 }
 
 /// (a) ping and ping -6 from the peer get replies.
-#[test]
-fn e2e_ping_v4_and_v6_get_replies() {
+fn e2e_ping_v4_and_v6_get_replies(rx: Rx) {
     if skip_unless_root() || skip_unless_tool("ping", "iputils-ping") {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let v4 = pair.stack_v4().to_string();
     let v6 = pair.stack_v6().to_string();
     let mut failures = Vec::new();
@@ -427,13 +523,12 @@ fn peer_socket(v6: bool) -> UdpSocket {
 
 /// (b) UDP echo over IPv4 and IPv6, small and 4000-byte datagrams (both
 /// fragmented: by Linux towards the stack, by the stack on the way back).
-#[test]
-fn e2e_udp_echo_v4_v6_small_and_fragmented() {
+fn e2e_udp_echo_v4_v6_small_and_fragmented(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let dsts = [
         SocketAddr::new(IpAddr::V4(pair.stack_v4()), ECHO_PORT),
         SocketAddr::new(IpAddr::V6(pair.stack_v6()), ECHO_PORT),
@@ -459,13 +554,12 @@ fn e2e_udp_echo_v4_v6_small_and_fragmented() {
 
 /// (c) A connected UDP socket sending to a closed port gets ECONNREFUSED on
 /// its next receive (the stack answered with port unreachable), v4 and v6.
-#[test]
-fn e2e_udp_to_closed_port_gets_connection_refused() {
+fn e2e_udp_to_closed_port_gets_connection_refused(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let dsts = [
         SocketAddr::new(IpAddr::V4(pair.stack_v4()), 5999),
         SocketAddr::new(IpAddr::V6(pair.stack_v6()), 5999),
@@ -496,13 +590,12 @@ fn e2e_udp_to_closed_port_gets_connection_refused() {
 
 /// (d) After an exchange, the peer's ARP and neighbour caches hold the
 /// stack's IPv4 and IPv6 addresses with the stack's MAC.
-#[test]
-fn e2e_linux_neighbour_caches_learn_the_stack() {
+fn e2e_linux_neighbour_caches_learn_the_stack(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let dsts = [
         SocketAddr::new(IpAddr::V4(pair.stack_v4()), ECHO_PORT),
         SocketAddr::new(IpAddr::V6(pair.stack_v6()), ECHO_PORT),
@@ -527,3 +620,15 @@ fn e2e_linux_neighbour_caches_learn_the_stack() {
     }
     assert!(status.is_some_and(|s| s.success()), "{stderr}");
 }
+
+// The device tests on a veth and every end-to-end test above, with the
+// TPACKET_V3 ring and with the plain socket (`rx_ring::NAME`, `rx_socket::NAME`).
+in_both_rx_modes!(
+    afpacket_frames_cross_the_veth_both_ways,
+    afpacket_auxdata_marks_veth_udp_checksum_not_ready,
+    echo_example_exits_zero_on_sigterm_and_logs_counters,
+    e2e_ping_v4_and_v6_get_replies,
+    e2e_udp_echo_v4_v6_small_and_fragmented,
+    e2e_udp_to_closed_port_gets_connection_refused,
+    e2e_linux_neighbour_caches_learn_the_stack,
+);

@@ -4,6 +4,10 @@
 //! 2001:db8:N::2), and the `tcp_peer` example as the Linux side in the
 //! peer namespace (198.18.N.1 and extra addresses, 2001:db8:N::1).
 //!
+//! Every test that runs `netstack_echo` runs twice (issue 9):
+//! `rx_ring::NAME` with the TPACKET_V3 receive ring, `rx_socket::NAME`
+//! with one recvmsg per frame.
+//!
 //! Needs root (namespaces, AF_PACKET, raw sockets): skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. Runs
 //! the example binaries, built by `cargo test --all-targets` or
@@ -67,13 +71,12 @@ fn finish(echo: EchoProc, runs: &[&PeerRun]) -> String {
 
 /// Linux connects to the stack (passive open), v4 and v6: 5 connections
 /// each echoing 300 kB, every byte checked, FIN/FIN close.
-#[test]
-fn tcp_linux_connects_to_stack_echo_v4_v6() {
+fn tcp_linux_connects_to_stack_echo_v4_v6(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let mut runs = Vec::new();
     for t in [v4(&pair, ECHO), v6(&pair, ECHO)] {
         runs.push(peer(
@@ -96,8 +99,7 @@ fn tcp_linux_connects_to_stack_echo_v4_v6() {
 
 /// The stack connects to Linux (active open), v4 and v6: 1 MB to a Linux
 /// echo server, the echo checked byte by byte.
-#[test]
-fn tcp_stack_connects_to_linux_echo_v4_v6() {
+fn tcp_stack_connects_to_linux_echo_v4_v6(rx: Rx) {
     if skip_unless_root() {
         return;
     }
@@ -105,8 +107,9 @@ fn tcp_stack_connects_to_linux_echo_v4_v6() {
     let s4 = format!("{}:7000", pair.peer_v4());
     let s6 = format!("[{}]:7000", pair.peer_v6());
     let server = pair.tcp_peer_server(&["--echo", &s4, "--echo", &s6]);
-    let mut echo = EchoProc::start(
+    let mut echo = EchoProc::start_rx(
         &pair,
+        rx,
         &[
             "--connect",
             &s4,
@@ -133,14 +136,13 @@ fn tcp_stack_connects_to_linux_echo_v4_v6() {
 
 /// 64 MiB each way over IPv4 (Linux → sink: count and FNV-1a returned;
 /// source → Linux: every byte checked), 4 MiB each way over IPv6.
-#[test]
-fn tcp_bulk_64mib_each_way_verified() {
+fn tcp_bulk_64mib_each_way_verified(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let _load = load_lock();
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &BULK_PORTS);
+    let echo = EchoProc::start_rx(&pair, rx, &BULK_PORTS);
     let big = (64 * MIB).to_string();
     let small = (4 * MIB).to_string();
     let runs = [
@@ -174,8 +176,7 @@ fn tcp_bulk_64mib_each_way_verified() {
 /// a third namespace applies them (tests/common/netns.rs `Impairment`):
 /// the same figures as `tc qdisc add dev PEER root netem loss 2% reorder
 /// 25% 50% duplicate 1%`, on both directions instead of the peer's only.
-#[test]
-fn tcp_bulk_completes_under_loss_reorder_duplicate() {
+fn tcp_bulk_completes_under_loss_reorder_duplicate(rx: Rx) {
     if skip_unless_root() {
         return;
     }
@@ -185,7 +186,7 @@ fn tcp_bulk_completes_under_loss_reorder_duplicate() {
         reorder_pct: 25.0,
         duplicate_pct: 1.0,
     });
-    let echo = EchoProc::start(&pair, &BULK_PORTS);
+    let echo = EchoProc::start_rx(&pair, rx, &BULK_PORTS);
     let n = (16 * MIB).to_string();
     let runs = [
         peer(
@@ -232,8 +233,7 @@ fn tcp_bulk_completes_under_loss_reorder_duplicate() {
 /// 10,000 connections established at once from four Linux addresses
 /// (each answered a 1-byte echo), then all closed cleanly: Linux's FIN,
 /// the stack's FIN, no RST, no error.
-#[test]
-fn tcp_10k_concurrent_connections_held_and_closed_cleanly() {
+fn tcp_10k_concurrent_connections_held_and_closed_cleanly(rx: Rx) {
     if skip_unless_root() {
         return;
     }
@@ -241,7 +241,7 @@ fn tcp_10k_concurrent_connections_held_and_closed_cleanly() {
     let pair = NetnsPair::new();
     pair.sysctl_peer("net.ipv4.ip_local_port_range=1024 65000");
     let binds: Vec<String> = (11..15).map(|h| pair.add_peer_v4(h).to_string()).collect();
-    let echo = EchoProc::start(&pair, &["--tcp-max-conns", "20000"]);
+    let echo = EchoProc::start_rx(&pair, rx, &["--tcp-max-conns", "20000"]);
     let t0 = Instant::now();
     let run = pair.tcp_peer(
         &[
@@ -278,13 +278,12 @@ fn tcp_10k_concurrent_connections_held_and_closed_cleanly() {
 
 /// connect() to a port nobody listens on: the stack's RST makes Linux's
 /// connect fail with ECONNREFUSED (v4 and v6).
-#[test]
-fn tcp_connect_to_closed_port_gets_econnrefused() {
+fn tcp_connect_to_closed_port_gets_econnrefused(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let runs = [
         peer(&pair, &["refused", "--target", &v4(&pair, 5999)], 30),
         peer(&pair, &["refused", "--target", &v6(&pair, 5999)], 30),
@@ -295,13 +294,12 @@ fn tcp_connect_to_closed_port_gets_econnrefused() {
 
 /// The abort port closes with Linux's data unread: the close sends RST and
 /// Linux's next read fails with ECONNRESET (v4 and v6).
-#[test]
-fn tcp_close_with_unread_data_gives_econnreset() {
+fn tcp_close_with_unread_data_gives_econnreset(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let pair = NetnsPair::new();
-    let echo = EchoProc::start(&pair, &[]);
+    let echo = EchoProc::start_rx(&pair, rx, &[]);
     let runs = [
         peer(&pair, &["reset", "--target", &v4(&pair, ABORT)], 30),
         peer(&pair, &["reset", "--target", &v6(&pair, ABORT)], 30),
@@ -324,15 +322,14 @@ fn tcp_close_with_unread_data_gives_econnreset() {
 /// the AF_PACKET socket buffer overflows and drops frames blindly, the
 /// legitimate client's ACKs and retransmissions with them — CPU
 /// exhaustion, which cookies do not address (they address the queue).
-#[test]
-fn tcp_syn_flood_does_not_stop_a_legitimate_client() {
+fn tcp_syn_flood_does_not_stop_a_legitimate_client(rx: Rx) {
     if skip_unless_root() {
         return;
     }
     let _load = load_lock();
     let pair = NetnsPair::new();
     let gw = pair.peer_v4().to_string();
-    let echo = EchoProc::start(&pair, &["--gateway4", &gw]);
+    let echo = EchoProc::start_rx(&pair, rx, &["--gateway4", &gw]);
     let src_net = format!("198.19.{}.0/24", pair.n);
     let run = peer(
         &pair,
@@ -424,3 +421,16 @@ fn harness_linux_to_linux_bulk_through_the_middlebox() {
         "{mid}"
     );
 }
+
+// Every test above that runs netstack_echo, with the TPACKET_V3 ring and
+// with the plain socket (`rx_ring::NAME`, `rx_socket::NAME`).
+in_both_rx_modes!(
+    tcp_linux_connects_to_stack_echo_v4_v6,
+    tcp_stack_connects_to_linux_echo_v4_v6,
+    tcp_bulk_64mib_each_way_verified,
+    tcp_bulk_completes_under_loss_reorder_duplicate,
+    tcp_10k_concurrent_connections_held_and_closed_cleanly,
+    tcp_connect_to_closed_port_gets_econnrefused,
+    tcp_close_with_unread_data_gives_econnreset,
+    tcp_syn_flood_does_not_stop_a_legitimate_client,
+);

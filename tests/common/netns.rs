@@ -408,6 +408,58 @@ pub fn example_bin(name: &str, env: &str) -> PathBuf {
     );
 }
 
+/// The receive path of the `AF_PACKET` device under test (issue 9: the
+/// TPACKET_V3 ring and the plain socket both pass the netns tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rx {
+    /// One recvmsg per frame.
+    Socket,
+    /// The mmap'd TPACKET_V3 ring.
+    Ring,
+}
+
+impl Rx {
+    /// The `--rx-ring` value of netstack_echo.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Rx::Socket => "off",
+            Rx::Ring => "on",
+        }
+    }
+
+    /// What `AfPacket::rx_mode` reports.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Rx::Socket => "socket",
+            Rx::Ring => "ring",
+        }
+    }
+}
+
+/// Make each named `fn NAME(rx: Rx)` of the test file two tests,
+/// `rx_socket::NAME` and `rx_ring::NAME` (the file must have `Rx` in scope).
+#[macro_export]
+macro_rules! in_both_rx_modes {
+    ($($name:ident),* $(,)?) => {
+        mod rx_socket {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Rx::Socket)
+                }
+            )*
+        }
+        mod rx_ring {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Rx::Ring)
+                }
+            )*
+        }
+    };
+}
+
 /// A running `netstack_echo` (or another child: [`EchoProc::spawn`]), with
 /// its stderr collected line by line.
 pub struct EchoProc {
@@ -434,6 +486,17 @@ impl EchoProc {
             .args(extra)
             .env("RUST_LOG", "info");
         Self::spawn(cmd, "netstack_echo ready")
+    }
+
+    /// [`Self::start`] with the receive path `rx` (`--rx-ring on|off`;
+    /// `on` fails rather than fall back), checked on the ready line.
+    pub fn start_rx(pair: &NetnsPair, rx: Rx, extra: &[&str]) -> EchoProc {
+        let mut args = vec!["--rx-ring", rx.arg()];
+        args.extend_from_slice(extra);
+        let p = Self::start(pair, &args);
+        let want = format!("rx_mode={}", rx.mode());
+        assert!(p.stderr.contains(&want), "no {want}:\n{}", p.stderr);
+        p
     }
 
     /// Start `cmd` (stdout discarded, stderr collected) and wait (≤ 10 s)

@@ -19,10 +19,39 @@
 //! 7. `PACKET_QDISC_BYPASS`, larger `SO_RCVBUF` / `SO_SNDBUF`;
 //! 8. `bind` to (`ETH_P_ALL`, ifindex), non-blocking.
 //!
+//! [`AfPacket::open_with`] adds, before the bind (packet(7): the ring
+//! version must be chosen before the ring is created, and a ring set up
+//! before the bind means no frame is ever queued on the plain receive
+//! path): `SO_BUSY_POLL` when asked ([`AfPacketOptions::busy_poll_us`];
+//! EPERM is a warning), then `PACKET_VERSION` = `TPACKET_V3`,
+//! `PACKET_RX_RING` (`tpacket_req3`) and `mmap` of the ring. If one of the
+//! ring steps fails, the socket is closed and opened again without a ring
+//! (a warning), or, with [`AfPacketOptions::ring_required`], the error names
+//! the step. [`AfPacket::rx_mode`] says which path is in use.
+//!
 //! Transmit: `send` is one `send(2)`; `send_batch` (what the driver uses)
-//! is one `sendmmsg(2)` per [`TX_MMSG`] frames. Receive: one `recvmsg(2)`
-//! per frame (a batch API would need a 64 KiB buffer per frame for GRO
-//! aggregates; the TPACKET_V3 ring of issue 9 is the way to batch it).
+//! is one `sendmmsg(2)` per [`TX_MMSG`] frames.
+//!
+//! Receive, plain socket: one `recvmsg(2)` per frame into a 64 KiB buffer
+//! (room for a GRO aggregate). Receive, TPACKET_V3 ring: the kernel fills
+//! blocks of [`RingConfig::block_bytes`] with frames, each behind a
+//! `tpacket3_hdr` and a `sockaddr_ll`, and hands a block over
+//! (`block_status` gets `TP_STATUS_USER`) when it is full or when
+//! [`RingConfig::timeout_ms`] passed since its first frame; one poll(2)
+//! wake-up then yields every frame of the block with no system call per
+//! frame. The block is given back (`TP_STATUS_KERNEL`) once all its frames
+//! were passed on. The walk over a block is safe code over a byte slice
+//! ([`walk_block`]); a corrupt offset is counted
+//! ([`AfPacketStats::rx_ring_corrupt`]) and the block given back.
+//!
+//! Latency trade-off of `timeout_ms` (`stack.limits.rx_ring_timeout_ms`):
+//! a block that is not full is only handed over when its timer retires
+//! it, so under light load a frame may wait up to `timeout_ms` in the
+//! kernel before the stack sees it (a SIP request at low rate pays up to
+//! that much extra latency, about half of it on average); under load the
+//! blocks fill before the timer and the wait disappears. Smaller values
+//! cost more wake-ups at low rate; 0 lets the kernel choose (several ms,
+//! from the link speed), so the config default is 1 ms.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -78,6 +107,53 @@ pub struct AfPacketStats {
     /// not for the untagged link the stack runs on (skipped).
     pub rx_vlan: u64,
     pub tx_frames: u64,
+    /// Ring blocks consumed and given back to the kernel (ring mode).
+    pub rx_blocks: u64,
+    /// Ring blocks whose header or a frame offset pointed outside the
+    /// block (the rest of the block was skipped and the block given back).
+    pub rx_ring_corrupt: u64,
+    /// Frames the kernel dropped (`tp_drops` of `PACKET_STATISTICS`),
+    /// summed by [`AfPacket::update_kernel_stats`].
+    pub kernel_drops: u64,
+    /// Times the kernel found the ring full and froze the queue
+    /// (`tp_freeze_q_cnt`, ring mode), summed like `kernel_drops`.
+    pub kernel_freeze_q: u64,
+}
+
+/// Size of the TPACKET_V3 receive ring (`stack.limits.rx_ring_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Bytes per block: a multiple of the page size (the kernel refuses
+    /// others), large enough for the biggest frame (a 64 KiB GRO aggregate
+    /// plus headers, else the frame is truncated and skipped).
+    pub block_bytes: usize,
+    /// Blocks in the ring (the ring is `block_bytes * blocks` of memory).
+    pub blocks: usize,
+    /// Milliseconds after which the kernel hands over a block that is not
+    /// full (`tp_retire_blk_tov`; see the module doc for the latency cost).
+    pub timeout_ms: u32,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            block_bytes: 1 << 18,
+            blocks: 16,
+            timeout_ms: 1,
+        }
+    }
+}
+
+/// How [`AfPacket::open_with`] sets the socket up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfPacketOptions {
+    /// Receive through a TPACKET_V3 ring of this size (None: recvmsg).
+    pub rx_ring: Option<RingConfig>,
+    /// A ring that cannot be set up is an error instead of a fallback to
+    /// the plain socket.
+    pub ring_required: bool,
+    /// `SO_BUSY_POLL` microseconds (0: not set).
+    pub busy_poll_us: u32,
 }
 
 /// An `AF_PACKET` `SOCK_RAW` socket bound to one interface.
@@ -88,6 +164,10 @@ pub struct AfPacket {
     mac: EthernetAddress,
     mtu: usize,
     ignore_outgoing: bool,
+    /// The TPACKET_V3 ring (None: one recvmsg per frame into `buf`).
+    ring: Option<RxRing>,
+    /// Where the walk over the ring's current block stands.
+    ring_cur: BlockCursor,
     buf: Vec<u8>,
     stats: AfPacketStats,
 }
@@ -100,6 +180,7 @@ impl std::fmt::Debug for AfPacket {
             .field("fd", &self.sock.as_raw_fd())
             .field("mac", &self.mac)
             .field("mtu", &self.mtu)
+            .field("rx_mode", &self.rx_mode())
             .finish()
     }
 }
@@ -197,9 +278,300 @@ fn rx_checksum(tp_status: u32) -> RxChecksum {
     }
 }
 
+/// The one place deciding what a received frame becomes, for both receive
+/// paths: skipped and counted (longer than the buffer / the ring's frame
+/// room: `truncated`; a VLAN tag the kernel stripped), or passed on with
+/// its [`RxMeta`] (packet type from `sll_pkttype`, checksum state from
+/// `tp_status`).
+fn rx_classify(
+    pkttype: u8,
+    tp_status: u32,
+    truncated: bool,
+    stats: &mut AfPacketStats,
+) -> Option<RxMeta> {
+    if truncated {
+        stats.rx_truncated += 1;
+        return None;
+    }
+    if tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+        stats.rx_vlan += 1;
+        return None;
+    }
+    stats.rx_frames += 1;
+    Some(RxMeta {
+        pkt_type: packet_type(pkttype),
+        l4_csum: rx_checksum(tp_status),
+    })
+}
+
+// Layout of a TPACKET_V3 block (linux/if_packet.h; checked against libc's
+// structs in the tests). `struct tpacket_block_desc`: version, offset_to_priv,
+// then `tpacket_hdr_v1`: block_status, num_pkts, offset_to_first_pkt, ...
+const BLK_STATUS: usize = 8;
+const BLK_NUM_PKTS: usize = 12;
+const BLK_FIRST_PKT: usize = 16;
+// `struct tpacket3_hdr`: tp_next_offset, tp_sec, tp_nsec, tp_snaplen,
+// tp_len, tp_status, tp_mac (u16), tp_net (u16), ...; 48 bytes, followed
+// by the `sockaddr_ll` at TPACKET_ALIGN(48) = 48.
+const PKT_NEXT: usize = 0;
+const PKT_SNAPLEN: usize = 12;
+const PKT_LEN: usize = 16;
+const PKT_STATUS: usize = 20;
+const PKT_MAC: usize = 24;
+const PKT_HDR: usize = 48;
+/// `sll_pkttype` of the `sockaddr_ll` after the header.
+const PKT_SLL_PKTTYPE: usize = PKT_HDR + 10;
+/// `PACKET_VERSION` value of TPACKET_V3 (`enum tpacket_versions`).
+const TPACKET_V3: libc::c_int = 2;
+/// `tp_frame_size` announced to the kernel (V3 packs frames of any size;
+/// the value only has to divide the block and hold a header).
+const RING_FRAME: usize = 2048;
+
+fn rd_u32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+fn rd_u16(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at.checked_add(2)?)?;
+    Some(u16::from_ne_bytes([s[0], s[1]]))
+}
+
+/// Progress through the block being read (kept between `recv_batch`
+/// calls so a batch limit can stop in the middle of a block).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct BlockCursor {
+    /// The block header was read (num_pkts, first offset).
+    started: bool,
+    num_pkts: u32,
+    /// Frames of the block already handled (passed on or skipped).
+    done: u32,
+    /// Offset of the next frame's `tpacket3_hdr` in the block.
+    off: usize,
+}
+
+/// One frame of a block: (next offset, pkttype, tp_status, truncated,
+/// bytes), or None when an offset or length points outside the block.
+fn ring_frame(block: &[u8], off: usize) -> Option<(u32, u8, u32, bool, &[u8])> {
+    let next = rd_u32(block, off.checked_add(PKT_NEXT)?)?;
+    let snaplen = rd_u32(block, off.checked_add(PKT_SNAPLEN)?)?;
+    let len = rd_u32(block, off.checked_add(PKT_LEN)?)?;
+    let status = rd_u32(block, off.checked_add(PKT_STATUS)?)?;
+    let mac = rd_u16(block, off.checked_add(PKT_MAC)?)?;
+    let pkttype = *block.get(off.checked_add(PKT_SLL_PKTTYPE)?)?;
+    let start = off.checked_add(usize::from(mac))?;
+    let end = start.checked_add(usize::try_from(snaplen).ok()?)?;
+    let data = block.get(start..end)?;
+    Some((next, pkttype, status, snaplen < len, data))
+}
+
+/// Walk one TPACKET_V3 block the kernel handed over (`block`: its bytes),
+/// from where `cur` stands, handling at most `max` frames (passed on or
+/// skipped). Returns (frames handled, frames passed to `f`, whether the
+/// block is finished and may be given back). A header or frame offset
+/// outside the block ends the block: counted in `rx_ring_corrupt`, never a
+/// panic. A finished block is counted in `rx_blocks`.
+fn walk_block(
+    block: &[u8],
+    cur: &mut BlockCursor,
+    max: usize,
+    stats: &mut AfPacketStats,
+    f: &mut dyn FnMut(RxMeta, &[u8]),
+) -> (usize, usize, bool) {
+    let (mut handled, mut passed) = (0, 0);
+    if !cur.started {
+        let (Some(num), Some(first)) = (rd_u32(block, BLK_NUM_PKTS), rd_u32(block, BLK_FIRST_PKT))
+        else {
+            stats.rx_ring_corrupt += 1;
+            stats.rx_blocks += 1;
+            return (0, 0, true);
+        };
+        *cur = BlockCursor {
+            started: true,
+            num_pkts: num,
+            done: 0,
+            off: first as usize,
+        };
+    }
+    // Bounded: every iteration handles one frame or ends the block.
+    while cur.done < cur.num_pkts && handled < max {
+        let Some((next, pkttype, status, truncated, data)) = ring_frame(block, cur.off) else {
+            stats.rx_ring_corrupt += 1;
+            stats.rx_blocks += 1;
+            return (handled, passed, true);
+        };
+        cur.done += 1;
+        handled += 1;
+        if let Some(meta) = rx_classify(pkttype, status, truncated, stats) {
+            f(meta, data);
+            passed += 1;
+        }
+        if cur.done < cur.num_pkts {
+            // A zero step would read the same frame again.
+            match cur.off.checked_add(next as usize) {
+                Some(o) if next != 0 => cur.off = o,
+                _ => {
+                    stats.rx_ring_corrupt += 1;
+                    stats.rx_blocks += 1;
+                    return (handled, passed, true);
+                }
+            }
+        }
+    }
+    let finished = cur.done >= cur.num_pkts;
+    if finished {
+        stats.rx_blocks += 1;
+    }
+    (handled, passed, finished)
+}
+
+/// The mmap'd TPACKET_V3 receive ring of one socket.
+struct RxRing {
+    base: ptr::NonNull<u8>,
+    block_bytes: usize,
+    blocks: usize,
+    /// The block to read next.
+    next: usize,
+}
+
+// SAFETY: the mapping belongs to this value alone (no other handle to it
+// is kept), so moving it to another thread together with its socket is
+// sound; all access goes through `&self`/`&mut self` of the owner.
+unsafe impl Send for RxRing {}
+
+impl RxRing {
+    /// mmap the ring the kernel created on `fd` with `PACKET_RX_RING`.
+    fn map(fd: RawFd, block_bytes: usize, blocks: usize) -> io::Result<RxRing> {
+        let len = block_bytes
+            .checked_mul(blocks)
+            .filter(|&l| l > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: a fresh shared mapping of the socket's ring chosen by the
+        // kernel (no fixed address), so no existing memory is affected;
+        // the result is checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        Ok(RxRing {
+            base,
+            block_bytes,
+            blocks,
+            next: 0,
+        })
+    }
+
+    /// The status word of block `i` (< `blocks`).
+    fn status(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
+        debug_assert!(i < self.blocks);
+        // SAFETY: block `i` lies inside the mapping (i < blocks, each
+        // block_bytes long) and starts page-aligned, so `BLK_STATUS` (8)
+        // is a 4-aligned u32 inside it that lives as long as `self`. The
+        // kernel reads and writes this word concurrently, which is why it
+        // is only accessed as an atomic (same layout as u32).
+        unsafe {
+            &*self
+                .base
+                .as_ptr()
+                .add(i * self.block_bytes + BLK_STATUS)
+                .cast::<std::sync::atomic::AtomicU32>()
+        }
+    }
+
+    /// Block `i` is ours (the kernel set TP_STATUS_USER).
+    fn ready(&self, i: usize) -> bool {
+        self.status(i).load(std::sync::atomic::Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    }
+
+    /// The bytes of block `i`. Only while [`Self::ready`] said it is ours
+    /// and until [`Self::release`]: the kernel does not write a block it
+    /// handed over.
+    fn block(&self, i: usize) -> &[u8] {
+        debug_assert!(i < self.blocks);
+        // SAFETY: the range lies inside the mapping, which lives as long as
+        // `self`. Callers only read a block the kernel handed over (status
+        // TP_STATUS_USER, observed with Acquire) and drop the slice before
+        // giving it back, so the kernel does not write it meanwhile.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().add(i * self.block_bytes),
+                self.block_bytes,
+            )
+        }
+    }
+
+    /// Give block `i` back to the kernel.
+    fn release(&self, i: usize) {
+        self.status(i)
+            .store(libc::TP_STATUS_KERNEL, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: `base` and the length are those of the mapping made in
+        // `map`, unmapped once, here; no slice into it outlives `self`.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.block_bytes * self.blocks);
+        }
+    }
+}
+
+/// Why `open_inner` failed: a ring step (fall back without the ring) or
+/// anything else.
+enum OpenError {
+    Ring(DeviceError),
+    Other(DeviceError),
+}
+
+impl From<DeviceError> for OpenError {
+    fn from(e: DeviceError) -> Self {
+        OpenError::Other(e)
+    }
+}
+
 impl AfPacket {
-    /// Open a packet socket on `ifname` (see the module doc for the steps).
+    /// Open a packet socket on `ifname` with the plain receive path (one
+    /// recvmsg per frame), no busy-poll: `open_with` default options.
     pub fn open(ifname: &str) -> Result<AfPacket, DeviceError> {
+        Self::open_with(ifname, &AfPacketOptions::default())
+    }
+
+    /// Open a packet socket on `ifname` as `opts` say (see the module doc).
+    /// The socket is bound and ready when this returns (a fanout group may
+    /// be joined next). A ring that cannot be set up falls back to the
+    /// plain socket with one warning, or is an error naming the step with
+    /// `ring_required`.
+    pub fn open_with(ifname: &str, opts: &AfPacketOptions) -> Result<AfPacket, DeviceError> {
+        match Self::open_inner(ifname, opts, opts.rx_ring) {
+            Ok(d) => Ok(d),
+            Err(OpenError::Other(e)) => Err(e),
+            Err(OpenError::Ring(e)) if opts.ring_required => Err(e),
+            Err(OpenError::Ring(e)) => {
+                tracing::warn!(error = %e, "TPACKET_V3 receive ring unavailable; receiving with recvmsg");
+                Self::open_inner(ifname, opts, None).map_err(|e| match e {
+                    OpenError::Ring(e) | OpenError::Other(e) => e,
+                })
+            }
+        }
+    }
+
+    fn open_inner(
+        ifname: &str,
+        opts: &AfPacketOptions,
+        ring_cfg: Option<RingConfig>,
+    ) -> Result<AfPacket, OpenError> {
         let ifindex = if_index(ifname)?;
         let io_err = |op: &'static str| {
             let iface = ifname.to_string();
@@ -208,9 +580,9 @@ impl AfPacket {
         let sock = match Socket::new(Domain::PACKET, Type::RAW, None) {
             Ok(s) => s,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-                return Err(DeviceError::PermissionDenied(ifname.to_string()));
+                return Err(DeviceError::PermissionDenied(ifname.to_string()).into());
             }
-            Err(e) => return Err(io_err("socket(AF_PACKET, SOCK_RAW)")(e)),
+            Err(e) => return Err(io_err("socket(AF_PACKET, SOCK_RAW)")(e).into()),
         };
         let fd = sock.as_raw_fd();
 
@@ -223,7 +595,8 @@ impl AfPacket {
             return Err(DeviceError::NotEthernet {
                 iface: ifname.to_string(),
                 hwtype: hw.sa_family,
-            });
+            }
+            .into());
         }
         let mut mac = [0u8; 6];
         for (m, b) in mac.iter_mut().zip(hw.sa_data.iter()) {
@@ -251,12 +624,12 @@ impl AfPacket {
             match setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one) {
                 Ok(()) => true,
                 Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => false,
-                Err(e) => return Err(io_err("PACKET_IGNORE_OUTGOING")(e)),
+                Err(e) => return Err(io_err("PACKET_IGNORE_OUTGOING")(e).into()),
             };
         match setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {}
-            Err(e) => return Err(io_err("PACKET_QDISC_BYPASS")(e)),
+            Err(e) => return Err(io_err("PACKET_QDISC_BYPASS")(e).into()),
         }
         if setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &SOCK_BUF).is_err() {
             sock.set_recv_buffer_size(SOCK_BUF as usize)
@@ -267,6 +640,31 @@ impl AfPacket {
                 .map_err(io_err("SO_SNDBUF"))?;
         }
         sock.set_nonblocking(true).map_err(io_err("O_NONBLOCK"))?;
+        if opts.busy_poll_us > 0 {
+            let us = libc::c_int::try_from(opts.busy_poll_us).unwrap_or(libc::c_int::MAX);
+            match setsockopt(fd, libc::SOL_SOCKET, libc::SO_BUSY_POLL, &us) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+                    tracing::warn!(
+                        iface = ifname,
+                        busy_poll_us = opts.busy_poll_us,
+                        "SO_BUSY_POLL refused (needs CAP_NET_ADMIN above net.core.busy_poll); not set"
+                    );
+                }
+                Err(e) => return Err(io_err("SO_BUSY_POLL")(e).into()),
+            }
+        }
+
+        let ring = match ring_cfg {
+            None => None,
+            Some(rc) => Some(Self::setup_ring(fd, &rc).map_err(|(op, source)| {
+                OpenError::Ring(DeviceError::Io {
+                    iface: ifname.to_string(),
+                    op,
+                    source,
+                })
+            })?),
+        };
 
         let sll = libc::sockaddr_ll {
             sll_family: libc::AF_PACKET as libc::c_ushort,
@@ -287,7 +685,7 @@ impl AfPacket {
             )
         };
         if r == -1 {
-            return Err(io_err("bind")(io::Error::last_os_error()));
+            return Err(io_err("bind")(io::Error::last_os_error()).into());
         }
 
         Ok(AfPacket {
@@ -297,9 +695,51 @@ impl AfPacket {
             mac: EthernetAddress(mac),
             mtu,
             ignore_outgoing,
-            buf: vec![0; RX_BUF],
+            // The ring needs no copy buffer.
+            buf: if ring.is_some() {
+                Vec::new()
+            } else {
+                vec![0; RX_BUF]
+            },
+            ring,
+            ring_cur: BlockCursor::default(),
             stats: AfPacketStats::default(),
         })
+    }
+
+    /// `PACKET_VERSION` = TPACKET_V3, `PACKET_RX_RING`, mmap: the ring, or
+    /// the failed step and its error.
+    fn setup_ring(fd: RawFd, rc: &RingConfig) -> Result<RxRing, (&'static str, io::Error)> {
+        let inval = || io::Error::from_raw_os_error(libc::EINVAL);
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &TPACKET_V3)
+            .map_err(|e| ("PACKET_VERSION(TPACKET_V3)", e))?;
+        let block_size = u32::try_from(rc.block_bytes).map_err(|_| ("PACKET_RX_RING", inval()))?;
+        let block_nr = u32::try_from(rc.blocks).map_err(|_| ("PACKET_RX_RING", inval()))?;
+        let per_block = (rc.block_bytes / RING_FRAME) as u32;
+        let frame_nr = per_block
+            .checked_mul(block_nr)
+            .ok_or(("PACKET_RX_RING", inval()))?;
+        let req = libc::tpacket_req3 {
+            tp_block_size: block_size,
+            tp_block_nr: block_nr,
+            tp_frame_size: RING_FRAME as u32,
+            tp_frame_nr: frame_nr,
+            tp_retire_blk_tov: rc.timeout_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)
+            .map_err(|e| ("PACKET_RX_RING", e))?;
+        RxRing::map(fd, rc.block_bytes, rc.blocks).map_err(|e| ("mmap(rx ring)", e))
+    }
+
+    /// "ring" (TPACKET_V3 receive ring) or "socket" (one recvmsg per frame).
+    pub fn rx_mode(&self) -> &'static str {
+        if self.ring.is_some() {
+            "ring"
+        } else {
+            "socket"
+        }
     }
 
     pub fn ifname(&self) -> &str {
@@ -321,29 +761,85 @@ impl AfPacket {
     }
 
     /// `PACKET_STATISTICS`: (frames received, frames the kernel dropped
-    /// because the socket buffer was full) since the previous call.
+    /// because the socket buffer or the ring was full) since the previous
+    /// call (of this or [`Self::update_kernel_stats`]: reading resets the
+    /// kernel's counters). Works in both receive modes.
     pub fn kernel_stats(&self) -> io::Result<(u32, u32)> {
-        let mut st = libc::tpacket_stats {
+        let (packets, drops, _) = self.packet_statistics()?;
+        Ok((packets, drops))
+    }
+
+    /// Read `PACKET_STATISTICS` and add its drop counts to
+    /// [`AfPacketStats::kernel_drops`] / [`AfPacketStats::kernel_freeze_q`].
+    pub fn update_kernel_stats(&mut self) -> io::Result<()> {
+        let (_, drops, freeze) = self.packet_statistics()?;
+        self.stats.kernel_drops += u64::from(drops);
+        self.stats.kernel_freeze_q += u64::from(freeze);
+        Ok(())
+    }
+
+    /// (tp_packets, tp_drops, tp_freeze_q_cnt); the last is 0 without a
+    /// TPACKET_V3 ring (the kernel then writes a `tpacket_stats` only).
+    fn packet_statistics(&self) -> io::Result<(u32, u32, u32)> {
+        let mut st = libc::tpacket_stats_v3 {
             tp_packets: 0,
             tp_drops: 0,
+            tp_freeze_q_cnt: 0,
         };
-        let mut len = mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        let mut len = mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
         // SAFETY: `st` and `len` are valid and exclusively borrowed for the
         // call; `len` holds the size of `st`, so the kernel writes at most
-        // that many bytes.
+        // that many bytes (fewer, a `tpacket_stats`, without a V3 ring).
         let r = unsafe {
             libc::getsockopt(
                 self.sock.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats).cast(),
+                (&mut st as *mut libc::tpacket_stats_v3).cast(),
                 &mut len,
             )
         };
         if r == -1 {
             return Err(io::Error::last_os_error());
         }
-        Ok((st.tp_packets, st.tp_drops))
+        Ok((st.tp_packets, st.tp_drops, st.tp_freeze_q_cnt))
+    }
+
+    /// `recv_batch` over the ring: blocks the kernel handed over, in ring
+    /// order, until `max` frames were handled or the next block is the
+    /// kernel's.
+    fn recv_ring(&mut self, max: usize, f: &mut dyn FnMut(RxMeta, &[u8])) -> usize {
+        let Some(ring) = self.ring.as_mut() else {
+            return 0;
+        };
+        let (mut handled, mut passed) = (0, 0);
+        // Bounded: each iteration finishes a block or leaves; at most one
+        // pass over the ring per call.
+        for _ in 0..=ring.blocks {
+            if handled >= max {
+                break;
+            }
+            let i = ring.next;
+            if !self.ring_cur.started && !ring.ready(i) {
+                break;
+            }
+            let (h, p, finished) = walk_block(
+                ring.block(i),
+                &mut self.ring_cur,
+                max - handled,
+                &mut self.stats,
+                f,
+            );
+            handled += h;
+            passed += p;
+            if !finished {
+                break;
+            }
+            ring.release(i);
+            self.ring_cur = BlockCursor::default();
+            ring.next = (i + 1) % ring.blocks;
+        }
+        passed
     }
 
     /// One `recvmsg` into `self.buf`: `Ok(None)` when nothing is ready,
@@ -466,10 +962,14 @@ impl AfPacket {
 }
 
 impl Device for AfPacket {
-    /// recvmsg(2) until EAGAIN or `max` frames. Frames too long for the
-    /// buffer and VLAN-tagged frames are skipped (counted in
-    /// [`AfPacket::stats`]).
+    /// The ring's blocks (no system call), or recvmsg(2) until EAGAIN, for
+    /// at most `max` frames. Frames too long for the buffer / block and
+    /// VLAN-tagged frames are skipped (counted in [`AfPacket::stats`]) and
+    /// count against `max`.
     fn recv_batch(&mut self, max: usize, f: &mut dyn FnMut(RxMeta, &[u8])) -> io::Result<usize> {
+        if self.ring.is_some() {
+            return Ok(self.recv_ring(max, f));
+        }
         let mut n = 0;
         // Bounded: each iteration consumes one queued frame or returns;
         // skipped frames count against `max` too.
@@ -480,21 +980,10 @@ impl Device for AfPacket {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            if truncated {
-                self.stats.rx_truncated += 1;
-                continue;
+            if let Some(meta) = rx_classify(pkttype, status, truncated, &mut self.stats) {
+                f(meta, &self.buf[..len]);
+                n += 1;
             }
-            if status & libc::TP_STATUS_VLAN_VALID != 0 {
-                self.stats.rx_vlan += 1;
-                continue;
-            }
-            let meta = RxMeta {
-                pkt_type: packet_type(pkttype),
-                l4_csum: rx_checksum(status),
-            };
-            self.stats.rx_frames += 1;
-            f(meta, &self.buf[..len]);
-            n += 1;
         }
         Ok(n)
     }
@@ -717,5 +1206,223 @@ mod tests {
         let t = std::time::Instant::now();
         wait_fd(a.as_raw_fd(), true, Duration::from_secs(5)).unwrap();
         assert!(t.elapsed() < Duration::from_secs(4));
+    }
+
+    /// A synthetic TPACKET_V3 block of `size` bytes holding `frames`
+    /// (tp_status, sll_pkttype, bytes, tp_len) laid out as the kernel does.
+    fn synth_block(size: usize, frames: &[(u32, u8, &[u8], u32)]) -> Vec<u8> {
+        let mut b = vec![0u8; size];
+        let put32 =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        put32(&mut b, BLK_STATUS, libc::TP_STATUS_USER);
+        put32(&mut b, BLK_NUM_PKTS, frames.len() as u32);
+        let first = 48;
+        put32(&mut b, BLK_FIRST_PKT, first as u32);
+        let mut off = first;
+        for (k, &(status, pkttype, data, len)) in frames.iter().enumerate() {
+            let mac = 82; // TPACKET_ALIGN(48 + 20) + 2, as for Ethernet
+            let next = (mac + data.len()).next_multiple_of(16);
+            let last = k + 1 == frames.len();
+            put32(&mut b, off + PKT_NEXT, if last { 0 } else { next as u32 });
+            put32(&mut b, off + PKT_SNAPLEN, data.len() as u32);
+            put32(&mut b, off + PKT_LEN, len);
+            put32(&mut b, off + PKT_STATUS, status);
+            b[off + PKT_MAC..off + PKT_MAC + 2].copy_from_slice(&(mac as u16).to_ne_bytes());
+            b[off + PKT_SLL_PKTTYPE] = pkttype;
+            b[off + mac..off + mac + data.len()].copy_from_slice(data);
+            off += next;
+        }
+        b
+    }
+
+    type Got = Vec<(RxMeta, Vec<u8>)>;
+
+    fn walk(
+        block: &[u8],
+        cur: &mut BlockCursor,
+        max: usize,
+        st: &mut AfPacketStats,
+    ) -> ((usize, usize, bool), Got) {
+        let mut got = Vec::new();
+        let r = walk_block(block, cur, max, st, &mut |m, f| got.push((m, f.to_vec())));
+        (r, got)
+    }
+
+    #[test]
+    fn ring_layout_matches_linux_headers() {
+        assert_eq!(mem::size_of::<libc::tpacket_block_desc>(), 48);
+        assert_eq!(mem::offset_of!(libc::tpacket_block_desc, hdr), 8);
+        assert_eq!(
+            mem::offset_of!(libc::tpacket_hdr_v1, block_status),
+            BLK_STATUS - 8
+        );
+        assert_eq!(
+            mem::offset_of!(libc::tpacket_hdr_v1, num_pkts),
+            BLK_NUM_PKTS - 8
+        );
+        assert_eq!(
+            mem::offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt),
+            BLK_FIRST_PKT - 8
+        );
+        assert_eq!(
+            mem::offset_of!(libc::tpacket3_hdr, tp_next_offset),
+            PKT_NEXT
+        );
+        assert_eq!(mem::offset_of!(libc::tpacket3_hdr, tp_snaplen), PKT_SNAPLEN);
+        assert_eq!(mem::offset_of!(libc::tpacket3_hdr, tp_len), PKT_LEN);
+        assert_eq!(mem::offset_of!(libc::tpacket3_hdr, tp_status), PKT_STATUS);
+        assert_eq!(mem::offset_of!(libc::tpacket3_hdr, tp_mac), PKT_MAC);
+        assert_eq!(
+            libc::TPACKET3_HDRLEN,
+            PKT_HDR + mem::size_of::<libc::sockaddr_ll>()
+        );
+        assert_eq!(
+            mem::offset_of!(libc::sockaddr_ll, sll_pkttype),
+            PKT_SLL_PKTTYPE - PKT_HDR
+        );
+        assert_eq!(
+            libc::tpacket_versions::TPACKET_V3 as libc::c_int,
+            TPACKET_V3
+        );
+    }
+
+    #[test]
+    fn ring_block_yields_every_frame_with_its_type_and_checksum_state() {
+        let (a, b, c) = ([1u8; 60], [2u8; 1514], [3u8; 42]);
+        let blk = synth_block(
+            8192,
+            &[
+                (0, libc::PACKET_HOST, &a, 60),
+                (
+                    libc::TP_STATUS_CSUMNOTREADY,
+                    libc::PACKET_BROADCAST,
+                    &b,
+                    1514,
+                ),
+                (libc::TP_STATUS_CSUM_VALID, libc::PACKET_OTHERHOST, &c, 42),
+            ],
+        );
+        let (mut cur, mut st) = (BlockCursor::default(), AfPacketStats::default());
+        let (r, got) = walk(&blk, &mut cur, 64, &mut st);
+        assert_eq!(r, (3, 3, true));
+        let want = [
+            (PacketType::Host, RxChecksum::Unverified, a.to_vec()),
+            (PacketType::Broadcast, RxChecksum::NotReady, b.to_vec()),
+            (PacketType::OtherHost, RxChecksum::Valid, c.to_vec()),
+        ];
+        for ((m, f), (t, ck, bytes)) in got.iter().zip(want) {
+            assert_eq!((m.pkt_type, m.l4_csum, f), (t, ck, &bytes));
+        }
+        assert_eq!((st.rx_frames, st.rx_blocks, st.rx_ring_corrupt), (3, 1, 0));
+    }
+
+    #[test]
+    fn ring_truncated_and_vlan_frames_are_skipped_and_counted() {
+        let (a, b, c) = ([1u8; 60], [2u8; 100], [3u8; 60]);
+        let blk = synth_block(
+            4096,
+            &[
+                (0, libc::PACKET_HOST, &a, 60),
+                // snaplen 100 of a 70000-byte frame: cut by the kernel
+                (0, libc::PACKET_HOST, &b, 70000),
+                (libc::TP_STATUS_VLAN_VALID, libc::PACKET_HOST, &c, 60),
+            ],
+        );
+        let (mut cur, mut st) = (BlockCursor::default(), AfPacketStats::default());
+        let (r, got) = walk(&blk, &mut cur, 64, &mut st);
+        assert_eq!(r, (3, 1, true));
+        assert_eq!(got[0].1, a);
+        assert_eq!((st.rx_frames, st.rx_truncated, st.rx_vlan), (1, 1, 1));
+    }
+
+    #[test]
+    fn ring_empty_block_is_finished_at_once() {
+        let blk = synth_block(4096, &[]);
+        let (mut cur, mut st) = (BlockCursor::default(), AfPacketStats::default());
+        let (r, got) = walk(&blk, &mut cur, 64, &mut st);
+        assert_eq!(r, (0, 0, true));
+        assert!(got.is_empty());
+        assert_eq!((st.rx_blocks, st.rx_ring_corrupt), (1, 0));
+    }
+
+    #[test]
+    fn ring_batch_limit_stops_mid_block_and_resumes_there() {
+        let frames: Vec<[u8; 60]> = (0..5u8).map(|i| [i; 60]).collect();
+        let list: Vec<(u32, u8, &[u8], u32)> = frames
+            .iter()
+            .map(|f| (0, libc::PACKET_HOST, &f[..], 60))
+            .collect();
+        let blk = synth_block(4096, &list);
+        let (mut cur, mut st) = (BlockCursor::default(), AfPacketStats::default());
+        let (r, got) = walk(&blk, &mut cur, 2, &mut st);
+        assert_eq!(r, (2, 2, false));
+        assert_eq!(st.rx_blocks, 0, "not finished yet");
+        let (r2, got2) = walk(&blk, &mut cur, 0, &mut st);
+        assert_eq!((r2, got2.len()), ((0, 0, false), 0));
+        let (r3, got3) = walk(&blk, &mut cur, 64, &mut st);
+        assert_eq!(r3, (3, 3, true));
+        let tags: Vec<u8> = got.iter().chain(&got3).map(|(_, f)| f[0]).collect();
+        assert_eq!(tags, [0, 1, 2, 3, 4]);
+        assert_eq!((st.rx_frames, st.rx_blocks), (5, 1));
+    }
+
+    #[test]
+    fn ring_corrupt_offsets_are_counted_and_end_the_block_without_panic() {
+        let (a, b) = ([1u8; 60], [2u8; 60]);
+        let good = synth_block(4096, &[(0, 0, &a, 60), (0, 0, &b, 60)]);
+        let put32 =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        let second = 48 + (82 + 60usize).next_multiple_of(16);
+        let mut cases: Vec<(&str, Vec<u8>, usize)> = Vec::new();
+        // first frame offset outside the block
+        let mut c = good.clone();
+        put32(&mut c, BLK_FIRST_PKT, 5000);
+        cases.push(("first offset", c, 0));
+        let mut c = good.clone();
+        put32(&mut c, BLK_FIRST_PKT, u32::MAX);
+        cases.push(("first offset max", c, 0));
+        // next offset of frame 1 points outside: frame 1 passed, then stop
+        let mut c = good.clone();
+        put32(&mut c, 48 + PKT_NEXT, 1 << 20);
+        cases.push(("next offset", c, 1));
+        // a zero step would loop on frame 1
+        let mut c = good.clone();
+        put32(&mut c, 48 + PKT_NEXT, 0);
+        cases.push(("zero next", c, 1));
+        // frame 2's data runs past the end of the block
+        let mut c = good.clone();
+        put32(&mut c, second + PKT_SNAPLEN, 4000);
+        cases.push(("snaplen", c, 1));
+        let mut c = good.clone();
+        c[second + PKT_MAC..second + PKT_MAC + 2].copy_from_slice(&u16::MAX.to_ne_bytes());
+        cases.push(("tp_mac", c, 1));
+        // more frames announced than the block holds
+        let mut c = good.clone();
+        put32(&mut c, BLK_NUM_PKTS, 1000);
+        put32(&mut c, second + PKT_NEXT, 4000);
+        cases.push(("num_pkts", c, 2));
+        // a block too short for its own header
+        cases.push(("short block", vec![0u8; 12], 0));
+        for (what, blk, passed) in cases {
+            let (mut cur, mut st) = (BlockCursor::default(), AfPacketStats::default());
+            let (r, got) = walk(&blk, &mut cur, 64, &mut st);
+            assert_eq!((r.1, r.2, got.len()), (passed, true, passed), "{what}");
+            assert_eq!((st.rx_ring_corrupt, st.rx_blocks), (1, 1), "{what}");
+        }
+    }
+
+    #[test]
+    fn open_with_reports_a_missing_interface_before_the_ring() {
+        // Without a usable interface the ring is never reached: the error
+        // is the interface's, with or without ring_required.
+        let opts = AfPacketOptions {
+            rx_ring: Some(RingConfig::default()),
+            ring_required: true,
+            busy_poll_us: 0,
+        };
+        assert!(matches!(
+            AfPacket::open_with("sipedge-nope0", &opts),
+            Err(DeviceError::NoSuchInterface(_))
+        ));
     }
 }
