@@ -658,7 +658,7 @@ const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_FANOUT_DATA: libc::c_int = 22;
 /// Fanout mode: the group's classic-BPF program picks the socket.
 const PACKET_FANOUT_CBPF: u32 = 6;
-/// Fanout flag (Linux 6.9+; older kernels store it and ignore it): frames
+/// Fanout flag (Linux 6.2+; older kernels store it and ignore it): frames
 /// the host sends are not passed to the group. The group's hook replaces the
 /// sockets' own, so their `PACKET_IGNORE_OUTGOING` no longer applies.
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;

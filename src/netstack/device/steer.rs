@@ -41,7 +41,7 @@
 //! socket, which could not happen with offset 0 at the MAC header.
 //! Frames the host *sends* would reach the hook with offset 0 at the MAC
 //! header; `join_fanout` sets `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` so they
-//! are not passed to the group at all (Linux 6.9+; older kernels ignore the
+//! are not passed to the group at all (Linux 6.2+; older kernels ignore the
 //! flag and deliver them, steered arbitrarily, as `PacketType::Outgoing`,
 //! which the stack drops).
 //!
