@@ -35,15 +35,23 @@
 //! `eth_type_trans` has already pulled the Ethernet header, so **offset 0 is
 //! the network header** (IPv4 / IPv6 / ARP header), and the EtherType is not
 //! in the packet data the program sees: it comes from the ancillary load
-//! `SKF_AD_OFF + SKF_AD_PROTOCOL` (`skb->protocol`, host order; a VLAN tag
-//! the NIC stripped is not in it). `tests/netstack_fanout.rs` proves this
-//! on a veth: IPv4, IPv6 and fragmented traffic land on the predicted
-//! socket, which could not happen with offset 0 at the MAC header.
-//! Frames the host *sends* would reach the hook with offset 0 at the MAC
-//! header; `join_fanout` sets `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` so they
-//! are not passed to the group at all (Linux 6.2+; older kernels ignore the
-//! flag and deliver them, steered arbitrarily, as `PacketType::Outgoing`,
-//! which the stack drops).
+//! `SKF_AD_OFF + SKF_AD_PROTOCOL` (`skb->protocol`, host order; for a
+//! VLAN-tagged frame, which the stack skips anyway, the inner type when the
+//! NIC stripped the tag, else 0x8100 and so shard 0). `tests/netstack_fanout.rs`
+//! proves this on a veth: IPv4, IPv6, fragmented and TCP traffic from many
+//! addresses land on the socket [`interpret`] predicts with offset 0 at the
+//! network header, and many of them would not with offset 0 at the MAC
+//! header.
+//!
+//! Frames the host *sends* reach the hook with offset 0 at the MAC header.
+//! The stack's own sockets use `PACKET_QDISC_BYPASS`, whose frames skip the
+//! taps entirely, but frames the kernel itself sends on the interface would
+//! reach the group: the group's hook replaces the sockets' own, so their
+//! `PACKET_IGNORE_OUTGOING` no longer applies. `join_fanout` therefore sets
+//! `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` (Linux 6.2+; where the kernel
+//! refuses it, it joins without, and such frames arrive, steered
+//! arbitrarily, as `PacketType::Outgoing`, which the stack drops). The netns test checks
+//! this too (and fails without the flag).
 //!
 //! # Bounds
 //!
@@ -356,13 +364,11 @@ pub fn interpret(prog: &[Insn], protocol: u16, pkt: &[u8]) -> Result<u32, BadIns
                     IMM => k,
                     LEN => pkt.len() as u32,
                     MEM => *mem.get(k as usize).ok_or(bad)?,
-                    ABS if code & 0x07 == LD && k >= SKF_AD_OFF => {
-                        if k - SKF_AD_OFF == SKF_AD_PROTOCOL {
-                            u32::from(protocol)
-                        } else {
-                            return Err(bad);
-                        }
+                    ABS if code & 0x07 == LD && k == SKF_AD_OFF + SKF_AD_PROTOCOL => {
+                        u32::from(protocol)
                     }
+                    // Other ancillary loads: not modelled.
+                    ABS if code & 0x07 == LD && k >= SKF_AD_OFF => return Err(bad),
                     ABS if code & 0x07 == LD => match load(k, size) {
                         Some(v) => v,
                         None => return Ok(0),
