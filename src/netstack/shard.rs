@@ -672,7 +672,7 @@ mod tests {
         let mut s0 = shard(0, 2);
         let mut s1 = shard(1, 2);
         // MLDv2 general query: type 130, max resp 1000 ms, unspecified group
-        let mut body = vec![0u8; 24];
+        let mut body = [0u8; 24];
         body[0..2].copy_from_slice(&1000u16.to_be_bytes());
         let ll = super::super::link_local_from_mac(EthernetAddress(PEER_MAC));
         let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
@@ -727,6 +727,7 @@ mod tests {
             s0.receive_frame(t0(), RxMeta::HOST, &f);
         }
         assert_eq!(s0.replicas_pending(), REPLICA_OUTBOX_MAX);
+        assert_eq!(s0.usage().replica_frames, REPLICA_OUTBOX_MAX);
         assert_eq!(s0.counters.drops(DropReason::ReplicaOutboxFull), 10);
         let (_, first) = s0.pop_replica().unwrap();
         assert_eq!(&first[28..32], &[198, 18, 1, 10], "the 10 oldest went");
