@@ -650,6 +650,51 @@ pub fn enter_netns(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+// --- PACKET_FANOUT_CBPF group membership (issue 9, helper "steer") ---
+
+/// `setsockopt(SOL_PACKET, PACKET_FANOUT, id | type_flags << 16)`.
+const PACKET_FANOUT: libc::c_int = 18;
+/// `setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, &sock_fprog)`.
+const PACKET_FANOUT_DATA: libc::c_int = 22;
+/// Fanout mode: the group's classic-BPF program picks the socket.
+const PACKET_FANOUT_CBPF: u32 = 6;
+/// Fanout flag (Linux 6.9+; older kernels store it and ignore it): frames
+/// the host sends are not passed to the group. The group's hook replaces the
+/// sockets' own, so their `PACKET_IGNORE_OUTGOING` no longer applies.
+const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
+
+const _: () = assert!(
+    mem::size_of::<super::steer::Insn>() == mem::size_of::<libc::sock_filter>()
+        && mem::align_of::<super::steer::Insn>() == mem::align_of::<libc::sock_filter>()
+);
+
+impl AfPacket {
+    /// Join the `PACKET_FANOUT_CBPF` group `group` of this network namespace
+    /// (created by the first socket that joins it) and install `prog` (see
+    /// [`super::steer::program`]) as the group's steering program. Sockets
+    /// are numbered 0, 1, … in the order they join: join shard 0's socket
+    /// first. Every member must be bound to the same interface and use the
+    /// same flags; the kernel takes the program's return value modulo the
+    /// number of members. Until the program is set the group sends every
+    /// frame to member 0. Setting it again (each shard does) replaces it.
+    pub fn join_fanout(&self, group: u16, prog: &[super::steer::Insn]) -> io::Result<()> {
+        if prog.is_empty() || prog.len() > libc::BPF_MAXINSNS as usize {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let fd = self.sock.as_raw_fd();
+        let arg: u32 =
+            u32::from(group) | ((PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
+        setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT, &arg)?;
+        let fprog = libc::sock_fprog {
+            len: prog.len() as libc::c_ushort,
+            // The kernel only reads (copies) the instructions; `Insn` has the
+            // layout of `sock_filter` (asserted above).
+            filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+        };
+        setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT_DATA, &fprog)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
