@@ -131,6 +131,10 @@ impl Stack {
         tha: EthernetAddress,
         tpa: Ipv4Addr,
     ) {
+        if self.replicating {
+            // a replica from another shard: learn only, never answer
+            return;
+        }
         let our_mac = self.cfg.mac;
         let mut f = self.alloc_frame(ARP_FRAME_LEN);
         f.resize(ARP_FRAME_LEN, 0);

@@ -273,6 +273,10 @@ impl Stack {
         code: u8,
         info: u32,
     ) {
+        if self.replicating {
+            // a replica from another shard: learn only, never answer
+            return;
+        }
         if offending.len() < 20 {
             return;
         }

@@ -223,6 +223,10 @@ impl Stack {
         code: u8,
         info: u32,
     ) {
+        if self.replicating {
+            // a replica from another shard: learn only, never answer
+            return;
+        }
         if offending.len() < IPV6_HEADER_LEN {
             return;
         }

@@ -169,6 +169,11 @@ counter_enum! {
         ArpOutReplies => ("Arp", "OutReplies"),
         LinkInFrames => ("Link", "InFrames"),
         LinkOutFrames => ("Link", "OutFrames"),
+        // shards (issue 9): shared control frames copied to the other
+        // shards, and copies received from them (counted here only, never
+        // in the In counters above, so per-shard sums match the wire).
+        ShardReplicasQueued => ("Shard", "ReplicasQueued"),
+        ShardReplicasReceived => ("Shard", "ReplicasReceived"),
     }
 }
 
@@ -261,6 +266,10 @@ counter_enum! {
         NdpNotForUs => ("drop", "ndp_not_for_us"),
         MldQueryInvalid => ("drop", "mld_query_invalid"),
         MldMalformed => ("drop", "mld_malformed"),
+        // shards (issue 9)
+        OtherShard => ("drop", "other_shard"),
+        ReplicaOutboxFull => ("drop", "replica_outbox_full"),
+        ReplicaNotControl => ("drop", "replica_not_control"),
     }
 }
 

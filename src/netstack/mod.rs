@@ -33,6 +33,7 @@ pub mod mib;
 pub mod mld;
 pub mod ndp;
 pub mod neigh;
+pub mod shard;
 pub mod tcp;
 pub mod timer_wheel;
 pub mod udp;
@@ -54,6 +55,7 @@ pub use smoltcp::wire::{EthernetAddress, Ipv4Cidr, Ipv6Cidr};
 
 pub use hooks::{HookPoint, PacketFilter, Verdict};
 pub use mib::{Counters, DropReason, Mib};
+pub use shard::{REPLICA_OUTBOX_MAX, is_shared_control};
 pub use tcp::{Shutdown, TcpError, TcpHandle, TcpSocketMut, TcpState};
 pub use udp::{UdpDatagram, UdpHandle};
 
@@ -226,6 +228,94 @@ pub struct StackConfig {
     /// IP MTU of the link (bytes after the Ethernet header).
     pub mtu: usize,
     pub limits: Limits,
+    /// Which shard of the interface this stack is (afpacket fan-out, issue
+    /// 9); the default is the only one.
+    pub shard: ShardId,
+}
+
+/// The local ports connect() and bind(port 0) pick from (Linux
+/// `ip_local_port_range`), shared by TCP and UDP. With N shards, shard i
+/// uses only the ports p with p % N == i, so the fan-out program can steer
+/// replies to an outbound connection back to it by port.
+pub const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+
+/// One stack among `count` copies on one interface (all with the same MAC
+/// and addresses), fed by a PACKET_FANOUT group: TCP/UDP to a local port in
+/// [`EPHEMERAL`] go to shard `port % count`, everything else to shard
+/// `hash(source) % count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardId {
+    pub index: u16,
+    pub count: u16,
+}
+
+impl Default for ShardId {
+    fn default() -> Self {
+        ShardId::SINGLE
+    }
+}
+
+impl ShardId {
+    /// The only shard (no fan-out).
+    pub const SINGLE: ShardId = ShardId { index: 0, count: 1 };
+
+    /// More than one shard?
+    #[inline]
+    pub fn is_sharded(self) -> bool {
+        self.count > 1
+    }
+
+    /// Does a local port in the ephemeral range belong to this shard?
+    /// (Ports outside [`EPHEMERAL`] belong to every shard.) A count of 0
+    /// is treated as 1.
+    #[inline]
+    pub fn owns_port(self, port: u16) -> bool {
+        self.count <= 1 || !EPHEMERAL.contains(&port) || port % self.count == self.index
+    }
+
+    /// The first ephemeral port of this shard at or after `p` (wrapping to
+    /// the start of the range), `p` clamped into [`EPHEMERAL`]. None when
+    /// the shard owns no port of the range (more shards than ports).
+    pub(crate) fn align_ephemeral(self, p: u16) -> Option<u16> {
+        let (lo, hi) = (*EPHEMERAL.start() as u32, *EPHEMERAL.end() as u32);
+        let n = self.count.max(1) as u32;
+        let i = self.index as u32 % n;
+        let up = |p: u32| p + (i + n - p % n) % n;
+        let q = up((p as u32).clamp(lo, hi));
+        let q = if q <= hi { q } else { up(lo) };
+        (q <= hi).then_some(q as u16)
+    }
+
+    /// The ephemeral port of this shard after `p` (wrapping), or None.
+    #[inline]
+    pub(crate) fn next_ephemeral(self, p: u16) -> Option<u16> {
+        let n = self.count.max(1) as u32;
+        let q = p as u32 + n;
+        if q <= *EPHEMERAL.end() as u32 {
+            Some(q as u16)
+        } else {
+            self.align_ephemeral(*EPHEMERAL.start())
+        }
+    }
+
+    /// How many ephemeral ports this shard owns.
+    pub fn ephemeral_ports(self) -> u32 {
+        let hi = *EPHEMERAL.end() as u32;
+        let n = self.count.max(1) as u32;
+        match self.align_ephemeral(*EPHEMERAL.start()) {
+            Some(first) => (hi - first as u32) / n + 1,
+            None => 0,
+        }
+    }
+
+    /// `count` 0 → 1, `index` reduced modulo `count`.
+    fn normalized(self) -> ShardId {
+        let count = self.count.max(1);
+        ShardId {
+            index: self.index % count,
+            count,
+        }
+    }
 }
 
 impl StackConfig {
@@ -238,6 +328,7 @@ impl StackConfig {
             gateway6: None,
             mtu: 1500,
             limits: Limits::default(),
+            shard: ShardId::SINGLE,
         }
     }
 }
@@ -371,6 +462,16 @@ pub struct Stack {
     /// The upper-layer bytes of a datagram being fragmented (reused).
     frag_scratch: Vec<u8>,
     events: VecDeque<SocketEvent>,
+    /// Shared control frames this shard processed, for the other shards
+    /// ([`Stack::pop_replica`]); only when sharded, at most
+    /// [`REPLICA_OUTBOX_MAX`].
+    pub(crate) replicas: VecDeque<(RxMeta, Vec<u8>)>,
+    /// Processing a replica ([`Stack::receive_replica`]): learn, never
+    /// answer.
+    pub(crate) replicating: bool,
+    /// While replicating, the real counters (and `counters` is a sink for
+    /// the In counters and drops a replica must not add again).
+    pub(crate) replica_swap: Arc<Counters>,
 }
 
 impl Stack {
@@ -378,7 +479,8 @@ impl Stack {
     /// MLDv2 report for our solicited-node groups (so MLD-snooping switches
     /// forward solicitations to us) and unsolicited neighbour advertisements
     /// so the link learns our MAC.
-    pub fn new(cfg: StackConfig, now: Instant) -> Stack {
+    pub fn new(mut cfg: StackConfig, now: Instant) -> Stack {
+        cfg.shard = cfg.shard.normalized();
         let ll6 = link_local_from_mac(cfg.mac);
         let l = cfg.limits.clone();
         let mut s = Stack {
@@ -398,6 +500,9 @@ impl Stack {
             pool: Vec::new(),
             frag_scratch: Vec::new(),
             events: VecDeque::new(),
+            replicas: VecDeque::new(),
+            replicating: false,
+            replica_swap: Arc::new(Counters::new()),
             cfg,
         };
         s.arp_announce(now);
@@ -426,8 +531,18 @@ impl Stack {
     }
 
     /// Process one received Ethernet frame (SPEC B.1 / B.5 entry point).
+    ///
+    /// As one of several shards, a shared control frame (see
+    /// [`is_shared_control`]) is also copied, after processing, to the
+    /// replica outbox ([`Stack::pop_replica`]).
     pub fn receive_frame(&mut self, now: Instant, meta: RxMeta, frame: &[u8]) {
         self.eth_rcv(now, meta, frame);
+        if self.cfg.shard.is_sharded()
+            && meta.pkt_type != PacketType::Outgoing
+            && is_shared_control(frame)
+        {
+            self.replica_keep(meta, frame);
+        }
     }
 
     /// Run timers (reassembly expiry, neighbour retransmission, MLD report
@@ -542,12 +657,19 @@ impl Stack {
     /// Queue a complete Ethernet frame for transmission (counted; dropped
     /// with `TxQueueFull` when the queue is at its cap).
     pub(crate) fn transmit(&mut self, frame: Vec<u8>) -> Result<(), StackError> {
+        // Output caused by a replica (packets flushed to a neighbour it
+        // resolved) is real: counted on the real counters.
+        let c = if self.replicating {
+            &self.replica_swap
+        } else {
+            &self.counters
+        };
         if self.tx.len() >= self.cfg.limits.tx_queue {
-            self.counters.drop_reason(DropReason::TxQueueFull);
+            c.drop_reason(DropReason::TxQueueFull);
             self.recycle(frame);
             return Err(StackError::NoBufferSpace);
         }
-        self.counters.inc(Mib::LinkOutFrames);
+        c.inc(Mib::LinkOutFrames);
         self.tx.push_back(frame);
         Ok(())
     }

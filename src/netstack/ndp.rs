@@ -171,6 +171,10 @@ impl Stack {
         dst: Ipv6Addr,
         repr: &Icmpv6Repr<'_>,
     ) -> bool {
+        if self.replicating {
+            // a replica from another shard: learn only, never answer
+            return false;
+        }
         let len = repr.buffer_len();
         let res = self.ip6_output(now, src, dst, 58, Some(NDISC_HOP_LIMIT), len, &mut |buf| {
             repr.emit(

@@ -10,8 +10,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{IpAddress, UdpPacket, UdpRepr};
 
 use super::{
-    DropReason, Instant, IpRx, Limits, Mib, RxMeta, SocketError, SocketErrorKind, SocketEvent,
-    Stack, StackError,
+    DropReason, EPHEMERAL, Instant, IpRx, Limits, Mib, RxMeta, ShardId, SocketError,
+    SocketErrorKind, SocketEvent, Stack, StackError,
 };
 
 /// A UDP socket of the stack.
@@ -47,8 +47,6 @@ pub struct UdpTable {
     rxq: usize,
     next_ephemeral: u16,
 }
-
-const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 
 /// An unused slot of [`UdpTable::ports`].
 const NO_SOCK: u32 = u32::MAX;
@@ -101,18 +99,17 @@ impl UdpTable {
         (s.local.ip().is_unspecified() || s.local.ip() == dst.ip()).then_some(idx)
     }
 
-    fn ephemeral(&mut self, v6: bool) -> Option<u16> {
-        let span = (EPHEMERAL.end() - EPHEMERAL.start()) as u32 + 1;
-        for _ in 0..span {
-            let p = self.next_ephemeral;
-            self.next_ephemeral = if p == *EPHEMERAL.end() {
-                *EPHEMERAL.start()
-            } else {
-                p + 1
-            };
+    /// A free ephemeral port of this shard (Linux `udp_lib_get_port` with
+    /// port 0), or None when the shard's part of the range is used up.
+    fn ephemeral(&mut self, v6: bool, shard: ShardId) -> Option<u16> {
+        let mut p = shard.align_ephemeral(self.next_ephemeral)?;
+        for _ in 0..shard.ephemeral_ports() {
+            let next = shard.next_ephemeral(p)?;
             if self.ports[port_slot(v6, p)] == NO_SOCK {
+                self.next_ephemeral = next;
                 return Some(p);
             }
+            p = next;
         }
         None
     }
@@ -141,7 +138,9 @@ impl Stack {
         }
         let v6 = addr.is_ipv6();
         let port = match addr.port() {
-            0 => t.ephemeral(v6).ok_or(StackError::AddrInUse(addr))?,
+            0 => t
+                .ephemeral(v6, self.cfg.shard)
+                .ok_or(StackError::AddrInUse(addr))?,
             p if t.ports[port_slot(v6, p)] != NO_SOCK => return Err(StackError::AddrInUse(addr)),
             p => p,
         };
@@ -306,6 +305,12 @@ impl Stack {
         let src = SocketAddr::new(ip.src, pkt.src_port());
         let dst = SocketAddr::new(ip.dst, pkt.dst_port());
         let Some(idx) = self.udp.lookup(dst) else {
+            if !self.cfg.shard.owns_port(dst.port()) {
+                // Another shard's port, steered here by mistake: neither
+                // NoPorts nor a port unreachable.
+                self.counters.drop_reason(DropReason::OtherShard);
+                return;
+            }
             self.drop_pkt(
                 DropReason::UdpNoPort,
                 Some(mib(v6, Mib::UdpNoPorts, Mib::Udp6NoPorts)),

@@ -492,7 +492,7 @@ pub struct TcpTable {
     pub(crate) cc_kind: CongestionKind,
 }
 
-pub(crate) const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+pub(crate) use super::EPHEMERAL;
 
 /// A random u64 from std's per-process random hash keys.
 pub(crate) fn random_u64(rs: &std::collections::hash_map::RandomState, x: u64) -> u64 {
@@ -886,18 +886,20 @@ impl Stack {
     /// An ephemeral port no connection, TIME_WAIT bucket or listener of the
     /// family uses (Linux `inet_hash_connect` with a random start).
     fn tcp_ephemeral(&mut self, v6: bool) -> Result<u16, TcpError> {
-        let span = (EPHEMERAL.end() - EPHEMERAL.start()) as u32 + 1;
-        for _ in 0..span {
-            let p = self.tcp.next_ephemeral;
-            self.tcp.next_ephemeral = if p >= *EPHEMERAL.end() {
-                *EPHEMERAL.start()
-            } else {
-                p + 1
+        let shard = self.cfg.shard;
+        let Some(mut p) = shard.align_ephemeral(self.tcp.next_ephemeral) else {
+            return Err(TcpError::AddrNotAvailable);
+        };
+        for _ in 0..shard.ephemeral_ports() {
+            let Some(next) = shard.next_ephemeral(p) else {
+                break;
             };
             if !self.tcp.ports.contains_key(&(v6, p)) && !self.tcp.listeners.contains_key(&(v6, p))
             {
+                self.tcp.next_ephemeral = next;
                 return Ok(p);
             }
+            p = next;
         }
         Err(TcpError::AddrNotAvailable)
     }

@@ -83,6 +83,12 @@ impl Stack {
             self.tcp_listen_rcv(now, l, &seg, None);
             return;
         }
+        if !self.cfg.shard.owns_port(local.port()) {
+            // Another shard's connection (steering put it here by mistake,
+            // e.g. behind an IPv6 extension header): no RST.
+            self.drop_pkt(DropReason::OtherShard, None);
+            return;
+        }
         self.drop_pkt(DropReason::TcpNoSocket, None);
         self.tcp_v4_send_reset(now, &seg);
     }
