@@ -1019,7 +1019,7 @@ impl ShardCollector {
             )?,
             misdirected: c(
                 "sipedge_shard_misdirected_total",
-                "TCP segments a shard dropped because another shard owns the connection.",
+                "TCP segments and UDP datagrams a shard dropped because another shard owns their port.",
             )?,
             mailbox_full: c(
                 "sipedge_shard_mailbox_full_total",

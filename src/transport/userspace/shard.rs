@@ -38,7 +38,8 @@ use crate::core::{ConnId, Dest, DropReason};
 use crate::metrics::{ShardSource, ShardStats};
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, wait_fds};
-use crate::netstack::{Instant, RxMeta, Stack, driver};
+use crate::netstack::device::steer::{self, SteerConfig};
+use crate::netstack::{DropReason as NsDrop, EPHEMERAL, Instant, RxMeta, ShardId, Stack, driver};
 use crate::transport::conn::{ConnTable, TableLimits, shard_of_conn};
 use crate::transport::egress::{Egress, SendResult};
 use crate::transport::lifecycle::DrainConns;
@@ -239,35 +240,69 @@ pub(super) fn source(stack: &Stack, conns: &Arc<ConnTable<StackIo>>, p: &Peer) -
         counters,
         stats: p.stats.clone(),
         connections: Box::new(move || conns.len()),
-        misdirected: Box::new(|| 0),
+        misdirected: {
+            let c = stack.counters();
+            Box::new(move || c.drops(NsDrop::OtherShard))
+        },
     }
 }
 
-/// The stack configuration of shard `k` of `n`.
+/// The stack configuration of shard `k` of `n` (ephemeral ports
+/// partitioned: p % n == k).
 pub(super) fn stack_config(
     st: &StackSettings,
     dev: &AfPacket,
-    _k: usize,
-    _n: usize,
+    k: usize,
+    n: usize,
 ) -> crate::netstack::StackConfig {
-    st.netstack_config(dev.mac().0, dev.mtu())
+    let mut c = st.netstack_config(dev.mac().0, dev.mtu());
+    c.shard = ShardId {
+        index: u16::try_from(k).unwrap_or(0),
+        count: u16::try_from(n).unwrap_or(1),
+    };
+    c
 }
 
 /// The shards' sockets: `first` and `want - 1` more on `iface`, all
-/// joined to one fanout group (returned) in shard order. One socket when
-/// `want` is 1 or the fanout cannot be set up (warned).
+/// joined to one fanout group (its id returned) in shard order with the
+/// steering program. One socket when `want` is 1 or the fanout cannot be
+/// set up (warned; the extra sockets are closed).
 pub(super) fn open_shards(
     first: AfPacket,
-    _iface: &str,
+    iface: &str,
     want: usize,
 ) -> (Vec<AfPacket>, Option<u16>) {
-    if want > 1 {
-        tracing::warn!(
-            want,
-            "stack shards: PACKET_FANOUT not available; running 1 shard"
-        );
+    let mut devs = vec![first];
+    if want <= 1 {
+        return (devs, None);
     }
-    (vec![first], None)
+    // one group per process (the id is per network namespace and interface)
+    let group = (std::process::id() & 0xffff) as u16;
+    let prog = steer::program(&SteerConfig {
+        shards: u16::try_from(want).unwrap_or(1),
+        ephemeral: EPHEMERAL,
+    });
+    let joined = (|| -> Result<(), String> {
+        for _ in 1..want {
+            devs.push(AfPacket::open(iface).map_err(|e| format!("open: {e}"))?);
+        }
+        for d in &devs {
+            d.join_fanout(group, &prog)
+                .map_err(|e| format!("PACKET_FANOUT: {e}"))?;
+        }
+        Ok(())
+    })();
+    match joined {
+        Ok(()) => (devs, Some(group)),
+        Err(e) => {
+            tracing::warn!(
+                want, interface = iface, error = %e,
+                "stack shards: cannot set up PACKET_FANOUT; running 1 shard"
+            );
+            devs.truncate(1);
+            (devs, None)
+        }
+    }
 }
 
 /// The shard's rounds until `stop` ([`driver::Driver::step`], then wait
@@ -332,7 +367,7 @@ impl App {
                     if let Some(x) = self.shard.stats() {
                         x.replicas.fetch_add(1, Ordering::Relaxed);
                     }
-                    receive_replica(s, now, meta, &frame);
+                    s.receive_replica(now, meta, &frame);
                 }
             }
         }
@@ -348,7 +383,7 @@ impl App {
         if self.shard.peers.len() <= 1 {
             return;
         }
-        while let Some((meta, frame)) = pop_replica(s) {
+        while let Some((meta, frame)) = s.pop_replica() {
             for (i, p) in self.shard.peers.iter().enumerate() {
                 if i != self.shard.index {
                     p.post(Mail::Replica {
@@ -361,9 +396,3 @@ impl App {
         }
     }
 }
-
-fn pop_replica(_s: &mut Stack) -> Option<(RxMeta, Vec<u8>)> {
-    None
-}
-
-fn receive_replica(_s: &mut Stack, _now: Instant, _meta: RxMeta, _frame: &[u8]) {}
