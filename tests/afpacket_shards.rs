@@ -76,7 +76,7 @@ fn start_sharded(pair: &NetnsPair, config: &str) -> AfSipedge {
     let proxy = AfSipedge::start(pair, &with_workers(config, SHARDS));
     let log = proxy.log_text();
     assert!(
-        log.contains("shards=2") && log.contains("fanout=group"),
+        log.contains("shards=2") && log.contains("fanout=\"group "),
         "expected 2 shards in a fanout group\n{}",
         proxy.log_tail()
     );
@@ -121,12 +121,8 @@ fn suite(transport: SippTransport) {
         0.0,
         "misdirected segments\n{m}"
     );
-    for k in 0..SHARDS {
-        assert!(
-            metric(&m, &per_shard("shard_rx_frames_total", k)) > 0.0,
-            "shard {k} received nothing\n{m}"
-        );
-    }
+    // client and upstream share the peer's address: one shard gets most
+    assert!(shard_total(&m, "shard_rx_frames_total") > 0.0, "{m}");
     drop(uas);
     proxy.stop_clean();
 }
@@ -154,9 +150,14 @@ fn one_shard_per_connection(pair: &NetnsPair, proxy: &AfSipedge) {
     // 200 from the upstream
     assert!(seg_a >= 6.0 * f64::from(CALLS), "{report}");
     assert!(seg_b < f64::from(CALLS) / 10.0, "{report}");
+    // the upstream connection stays open (sipp closed its own)
+    assert!(
+        metric(&m, &per_shard("shard_tcp_connections", a)) >= 1.0,
+        "{report}"
+    );
     assert_eq!(
-        metric(&m, &per_shard("shard_tcp_connections", a)),
-        2.0,
+        metric(&m, &per_shard("shard_tcp_connections", b)),
+        0.0,
         "{report}"
     );
     assert_eq!(shard_total(&m, "shard_misdirected_total"), 0.0, "{report}");
@@ -225,8 +226,8 @@ fn shards_open_outbound_tcp_from_each_shard() {
     );
     for k in 0..SHARDS {
         assert!(
-            metric(&m, &per_shard("shard_tcp_connections", k)) >= 2.0,
-            "shard {k}: its client's and its upstream connection\n{m}"
+            metric(&m, &per_shard("shard_tcp_connections", k)) >= 1.0,
+            "shard {k}: its upstream connection\n{m}"
         );
     }
     assert_eq!(shard_total(&m, "shard_misdirected_total"), 0.0, "{m}");
