@@ -1,7 +1,10 @@
 //! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP and TCP
-//! on the embedded stack ([`crate::netstack`]). One thread runs the stack to
+//! on the embedded stack ([`crate::netstack`]). Each stack shard
+//! (`stack.workers`, `shard.rs`) is one thread that runs its stack to
 //! completion — frame in → IP → UDP/TCP → reader loop → `receive_msg` →
-//! forward → frame out — with no channel hop on the hot path (DESIGN.md).
+//! forward → frame out — with no channel hop on the hot path (DESIGN.md);
+//! only sends for another shard's connection and copies of ARP / NDP /
+//! ICMP-error frames cross to another shard, through its mailbox.
 //! The main thread keeps a small tokio runtime for the signal handler, the
 //! drain and the `/metrics` endpoint (a kernel socket: the management plane).
 //!
@@ -10,6 +13,7 @@
 //!   `read_req` over the shared [`crate::transport::stream::StreamState`]
 //!   and `receive_tcp_msg`, `release_conn` (RST / FIN), deadlines;
 //! - `egress.rs`: the [`crate::transport::egress::Egress`] of the stack thread;
+//! - `shard.rs`: the shards: fanout set-up, mailboxes, handoff, replicas;
 //! - `timers.rs`: the per-connection deadline heap.
 //!
 //! Host-name next hops are resolved off the stack thread by one resolver
