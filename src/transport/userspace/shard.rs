@@ -344,10 +344,11 @@ impl App {
     /// The mailbox: sends handed over by other shards, replicas of their
     /// ARP / NDP / ICMP-error frames (at most [`MAIL_BATCH`] a round).
     pub(super) fn mail(&mut self, s: &mut Stack, now: Instant) {
+        // the resolver wakes a single shard too
+        self.shard.inbox.drain_wake();
         if self.shard.peers.len() <= 1 {
             return;
         }
-        self.shard.inbox.drain_wake();
         for _ in 0..MAIL_BATCH {
             let Ok(m) = self.shard.inbox.rx.try_recv() else {
                 return;
@@ -394,5 +395,80 @@ impl App {
             }
             s.recycle(frame);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Transport;
+
+    fn dest(conn: Option<ConnId>) -> Dest {
+        Dest {
+            addr: "198.18.0.1:5060".parse().unwrap(),
+            transport: Transport::Tcp,
+            local: 0,
+            conn,
+        }
+    }
+
+    /// A send for a connection another shard owns goes to that shard's
+    /// mailbox (and wakes it); the owner's own sends stay local; a full
+    /// mailbox fails the send and is counted.
+    #[test]
+    fn handoff_posts_sends_for_another_shards_connection_to_its_mailbox() {
+        let (peers, inboxes) = mailboxes(2).unwrap();
+        let on1 = Shard::new(
+            1,
+            peers.clone(),
+            Inbox {
+                rx: mpsc::sync_channel(1).1,
+                wake: UnixStream::pair().unwrap().0,
+            },
+        )
+        .handoff();
+        // id 4 = seq 2 of shard 0 (ids seq·2 + k)
+        assert_eq!(on1.forward(5, &dest(Some(5)), b"x"), None, "own connection");
+        assert_eq!(
+            on1.forward(4, &dest(Some(4)), b"SIP/2.0 200 OK\r\n"),
+            Some(SendResult::Sent)
+        );
+        let mut wake = [0u8; 8];
+        assert_eq!((&inboxes[0].wake).read(&mut wake).unwrap(), 1, "woken");
+        match inboxes[0].rx.try_recv() {
+            Ok(Mail::Send { dest: d, out }) => {
+                assert_eq!(d.conn, Some(4));
+                assert_eq!(out, b"SIP/2.0 200 OK\r\n");
+            }
+            _ => panic!("no send in shard 0's mailbox"),
+        }
+        assert!(inboxes[1].rx.try_recv().is_err());
+        // fill shard 0's mailbox: the next send fails, counted
+        for _ in 0..MAILBOX {
+            assert_eq!(on1.forward(4, &dest(Some(4)), b"y"), Some(SendResult::Sent));
+        }
+        assert_eq!(
+            on1.forward(4, &dest(Some(4)), b"y"),
+            Some(SendResult::Failed)
+        );
+        assert_eq!(peers[0].stats().mailbox_full.load(Ordering::Relaxed), 1);
+        // one shard: never forwarded
+        assert_eq!(Handoff::single().forward(4, &dest(Some(4)), b"x"), None);
+    }
+
+    #[test]
+    fn table_limits_split_max_connections_and_keep_per_ip() {
+        let l = TableLimits {
+            max_connections: 1001,
+            max_per_ip: 7,
+            write_queue_bytes: 99,
+        };
+        let s = split_limits(l, 2);
+        assert_eq!(
+            (s.max_connections, s.max_per_ip, s.write_queue_bytes),
+            (501, 7, 99)
+        );
+        assert_eq!(split_limits(l, 1).max_connections, 1001);
+        assert_eq!(split_limits(l, 0).max_connections, 1001);
     }
 }
