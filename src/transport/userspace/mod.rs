@@ -159,6 +159,7 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         let stack_core = core.clone();
         let metrics = metrics.clone();
         let peers = peers.clone();
+        let shard_tables: Arc<[Arc<ConnTable<StackIo>>]> = tables.clone().into();
         let req_tx = req_tx.clone();
         // health probes: shard 0 only
         let probe_rx = if k == 0 { probe_rx.take() } else { None };
@@ -186,7 +187,7 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
                     res_rx,
                     txn_timers: Default::default(),
                     probes,
-                    shard: shard::Shard::new(k, peers, inbox),
+                    shard: shard::Shard::new(k, peers, shard_tables, inbox),
                 };
                 app.net.tcp.set_shard(app.shard.handoff());
                 let mut drv = driver::Driver::new().with_wake(wake_fd);

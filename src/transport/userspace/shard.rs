@@ -139,6 +139,9 @@ pub(super) fn mailboxes(n: usize) -> io::Result<(Arc<[Peer]>, Vec<Inbox>)> {
 pub(super) struct Handoff {
     index: usize,
     peers: Arc<[Peer]>,
+    /// Every shard's connection table (by shard), for a send by address
+    /// whose connection another shard holds.
+    tables: Arc<[Arc<ConnTable<StackIo>>]>,
 }
 
 impl Handoff {
@@ -147,6 +150,7 @@ impl Handoff {
         Handoff {
             index: 0,
             peers: Arc::from(Vec::new()),
+            tables: Arc::from(Vec::new()),
         }
     }
 
@@ -158,15 +162,40 @@ impl Handoff {
         if self.peers.len() <= 1 || owner == self.index {
             return None;
         }
+        Some(self.post(owner, dest, out))
+    }
+
+    /// A send by address with no connection to it in this shard's table:
+    /// when the shard that `dest`'s address steers to holds one (a
+    /// client's connection, reused as RFC 3261 §18.2.2 asks), posted there
+    /// (`Some`); `None`: open one here. Only on a miss of the own table
+    /// (reads the other table's lock, never per frame).
+    pub(super) fn forward_by_addr(&self, dest: &Dest, out: &[u8]) -> Option<SendResult> {
+        let n = self.peers.len();
+        if n <= 1 {
+            return None;
+        }
+        let owner = usize::from(steer::shard_of_addr(
+            dest.addr.ip(),
+            u16::try_from(n).unwrap_or(1),
+        ));
+        if owner == self.index || owner >= n {
+            return None;
+        }
+        self.tables.get(owner)?.by_addr(dest.addr)?;
+        Some(self.post(owner, dest, out))
+    }
+
+    fn post(&self, owner: usize, dest: &Dest, out: &[u8]) -> SendResult {
         let m = Mail::Send {
             dest: *dest,
             out: out.to_vec(),
         };
-        Some(if self.peers[owner].post(m) {
+        if self.peers[owner].post(m) {
             SendResult::Sent
         } else {
             SendResult::Failed
-        })
+        }
     }
 }
 
@@ -174,14 +203,21 @@ impl Handoff {
 pub(super) struct Shard {
     index: usize,
     peers: Arc<[Peer]>,
+    tables: Arc<[Arc<ConnTable<StackIo>>]>,
     inbox: Inbox,
 }
 
 impl Shard {
-    pub(super) fn new(index: usize, peers: Arc<[Peer]>, inbox: Inbox) -> Shard {
+    pub(super) fn new(
+        index: usize,
+        peers: Arc<[Peer]>,
+        tables: Arc<[Arc<ConnTable<StackIo>>]>,
+        inbox: Inbox,
+    ) -> Shard {
         Shard {
             index,
             peers,
+            tables,
             inbox,
         }
     }
@@ -199,6 +235,7 @@ impl Shard {
         Handoff {
             index: self.index,
             peers: self.peers.clone(),
+            tables: self.tables.clone(),
         }
     }
 
@@ -421,6 +458,7 @@ mod tests {
         let on1 = Shard::new(
             1,
             peers.clone(),
+            Arc::from(Vec::new()),
             Inbox {
                 rx: mpsc::sync_channel(1).1,
                 wake: UnixStream::pair().unwrap().0,
@@ -454,6 +492,48 @@ mod tests {
         assert_eq!(peers[0].stats().mailbox_full.load(Ordering::Relaxed), 1);
         // one shard: never forwarded
         assert_eq!(Handoff::single().forward(4, &dest(Some(4)), b"x"), None);
+    }
+
+    /// A send by address that misses this shard's table goes to the shard
+    /// the address steers to when that shard holds a connection to it.
+    #[test]
+    fn send_by_address_reuses_the_connection_another_shard_holds() {
+        use std::net::{IpAddr, SocketAddr};
+        let lim = TableLimits {
+            max_connections: 10,
+            max_per_ip: 10,
+            write_queue_bytes: 1000,
+        };
+        let tables: Arc<[Arc<ConnTable<StackIo>>]> = (0..2)
+            .map(|k| Arc::new(ConnTable::for_shard(lim, k, 2)))
+            .collect::<Vec<_>>()
+            .into();
+        // a client address steered to shard 0
+        let client: IpAddr = (1..=255u8)
+            .map(|h| IpAddr::from([198, 18, 0, h]))
+            .find(|ip| steer::shard_of_addr(*ip, 2) == 0)
+            .unwrap();
+        let peer = SocketAddr::new(client, 5070);
+        tables[0].admit(peer, 0).unwrap();
+        let (peers, inboxes) = mailboxes(2).unwrap();
+        let inbox = || Inbox {
+            rx: mpsc::sync_channel(1).1,
+            wake: UnixStream::pair().unwrap().0,
+        };
+        let on1 = Shard::new(1, peers.clone(), tables.clone(), inbox()).handoff();
+        let mut d = dest(None);
+        d.addr = peer;
+        assert_eq!(on1.forward_by_addr(&d, b"BYE"), Some(SendResult::Sent));
+        assert!(matches!(
+            inboxes[0].rx.try_recv(),
+            Ok(Mail::Send { dest: x, .. }) if x.addr == peer && x.conn.is_none()
+        ));
+        // no connection there, or the own shard: open one here
+        d.addr = SocketAddr::new(client, 5071);
+        assert_eq!(on1.forward_by_addr(&d, b"BYE"), None);
+        let on0 = Shard::new(0, peers, tables, inbox()).handoff();
+        d.addr = peer;
+        assert_eq!(on0.forward_by_addr(&d, b"BYE"), None);
     }
 
     #[test]

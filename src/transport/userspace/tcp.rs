@@ -519,6 +519,8 @@ impl TcpSide {
         };
         let conn = match found.or_else(|| self.cache.by_addr(&self.conns, dest.addr)) {
             Some(c) => c,
+            // another shard holds a connection to the address: it sends
+            None if let Some(r) = self.handoff.forward_by_addr(dest, out) => return r,
             None => match self.conns.get_or_create_outbound(dest.addr, dest.local) {
                 None => {
                     tracing::debug!(dest = %dest.addr, "connection table full: not opening an outbound connection");
