@@ -658,9 +658,9 @@ const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_FANOUT_DATA: libc::c_int = 22;
 /// Fanout mode: the group's classic-BPF program picks the socket.
 const PACKET_FANOUT_CBPF: u32 = 6;
-/// Fanout flag (Linux 6.9+; older kernels store it and ignore it): frames
-/// the host sends are not passed to the group. The group's hook replaces the
-/// sockets' own, so their `PACKET_IGNORE_OUTGOING` no longer applies.
+/// Fanout flag (Linux 6.2+): frames the host sends are not passed to the
+/// group. The group's hook replaces the sockets' own, so their
+/// `PACKET_IGNORE_OUTGOING` no longer applies.
 const PACKET_FANOUT_FLAG_IGNORE_OUTGOING: u32 = 0x4000;
 
 const _: () = assert!(
@@ -682,9 +682,18 @@ impl AfPacket {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         let fd = self.sock.as_raw_fd();
-        let arg: u32 =
+        let with =
             u32::from(group) | ((PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16);
-        setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT, &arg)?;
+        // A kernel that refuses the flag (or a group created without it)
+        // answers EINVAL: join without; outgoing frames then arrive as
+        // `PacketType::Outgoing` and are dropped by the stack.
+        match setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT, &with) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let without = u32::from(group) | (PACKET_FANOUT_CBPF << 16);
+                setsockopt(fd, libc::SOL_PACKET, PACKET_FANOUT, &without)?;
+            }
+            r => r?,
+        }
         let fprog = libc::sock_fprog {
             len: prog.len() as libc::c_ushort,
             // The kernel only reads (copies) the instructions; `Insn` has the

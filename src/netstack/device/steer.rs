@@ -35,15 +35,23 @@
 //! `eth_type_trans` has already pulled the Ethernet header, so **offset 0 is
 //! the network header** (IPv4 / IPv6 / ARP header), and the EtherType is not
 //! in the packet data the program sees: it comes from the ancillary load
-//! `SKF_AD_OFF + SKF_AD_PROTOCOL` (`skb->protocol`, host order; a VLAN tag
-//! the NIC stripped is not in it). `tests/netstack_fanout.rs` proves this
-//! on a veth: IPv4, IPv6 and fragmented traffic land on the predicted
-//! socket, which could not happen with offset 0 at the MAC header.
-//! Frames the host *sends* would reach the hook with offset 0 at the MAC
-//! header; `join_fanout` sets `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` so they
-//! are not passed to the group at all (Linux 6.9+; older kernels ignore the
-//! flag and deliver them, steered arbitrarily, as `PacketType::Outgoing`,
-//! which the stack drops).
+//! `SKF_AD_OFF + SKF_AD_PROTOCOL` (`skb->protocol`, host order; for a
+//! VLAN-tagged frame, which the stack skips anyway, the inner type when the
+//! NIC stripped the tag, else 0x8100 and so shard 0). `tests/netstack_fanout.rs`
+//! proves this on a veth: IPv4, IPv6, fragmented and TCP traffic from many
+//! addresses land on the socket [`interpret`] predicts with offset 0 at the
+//! network header, and many of them would not with offset 0 at the MAC
+//! header.
+//!
+//! Frames the host *sends* reach the hook with offset 0 at the MAC header.
+//! The stack's own sockets use `PACKET_QDISC_BYPASS`, whose frames skip the
+//! taps entirely, but frames the kernel itself sends on the interface would
+//! reach the group: the group's hook replaces the sockets' own, so their
+//! `PACKET_IGNORE_OUTGOING` no longer applies. `join_fanout` therefore sets
+//! `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` (Linux 6.2+; where the kernel
+//! refuses it, it joins without, and such frames arrive, steered
+//! arbitrarily, as `PacketType::Outgoing`, which the stack drops). The netns test checks
+//! this too (and fails without the flag).
 //!
 //! # Bounds
 //!
@@ -356,13 +364,11 @@ pub fn interpret(prog: &[Insn], protocol: u16, pkt: &[u8]) -> Result<u32, BadIns
                     IMM => k,
                     LEN => pkt.len() as u32,
                     MEM => *mem.get(k as usize).ok_or(bad)?,
-                    ABS if code & 0x07 == LD && k >= SKF_AD_OFF => {
-                        if k - SKF_AD_OFF == SKF_AD_PROTOCOL {
-                            u32::from(protocol)
-                        } else {
-                            return Err(bad);
-                        }
+                    ABS if code & 0x07 == LD && k == SKF_AD_OFF + SKF_AD_PROTOCOL => {
+                        u32::from(protocol)
                     }
+                    // Other ancillary loads: not modelled.
+                    ABS if code & 0x07 == LD && k >= SKF_AD_OFF => return Err(bad),
                     ABS if code & 0x07 == LD => match load(k, size) {
                         Some(v) => v,
                         None => return Ok(0),
@@ -455,4 +461,402 @@ pub fn interpret_frame(prog: &[Insn], frame: &[u8]) -> Result<u32, BadInsn> {
     }
     let proto = u16::from_be_bytes([frame[12], frame[13]]);
     interpret(prog, proto, &frame[14..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use smoltcp::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+        Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, Ipv6FragmentHeader, Ipv6Packet,
+        TcpPacket, UdpPacket,
+    };
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const EPH: RangeInclusive<u16> = 32768..=60999;
+    const LISTEN: [u16; 3] = [5060, 5061, 443];
+
+    fn cfg(n: u16) -> SteerConfig {
+        SteerConfig {
+            shards: n,
+            ephemeral: EPH,
+        }
+    }
+
+    fn eth(proto: EthernetProtocol, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + payload.len()];
+        let mut e = EthernetFrame::new_unchecked(&mut f[..]);
+        e.set_dst_addr(EthernetAddress([2, 0, 0, 0, 0, 2]));
+        e.set_src_addr(EthernetAddress([2, 0, 0, 0, 0, 1]));
+        e.set_ethertype(proto);
+        e.payload_mut().copy_from_slice(payload);
+        f
+    }
+
+    /// TCP (flags, payload) or UDP (payload) segment bytes.
+    fn l4(tcp: Option<u8>, sport: u16, dport: u16, payload: &[u8]) -> (IpProtocol, Vec<u8>) {
+        match tcp {
+            Some(flags) => {
+                let mut b = vec![0u8; 20 + payload.len()];
+                let mut t = TcpPacket::new_unchecked(&mut b[..]);
+                t.set_src_port(sport);
+                t.set_dst_port(dport);
+                t.set_header_len(20);
+                t.set_fin(flags & 1 != 0);
+                t.set_syn(flags & 2 != 0);
+                t.set_rst(flags & 4 != 0);
+                t.set_psh(flags & 8 != 0);
+                t.set_ack(flags & 16 != 0);
+                t.set_urg(flags & 32 != 0);
+                t.set_window_len(1000);
+                t.payload_mut().copy_from_slice(payload);
+                (IpProtocol::Tcp, b)
+            }
+            None => {
+                let mut b = vec![0u8; 8 + payload.len()];
+                let mut u = UdpPacket::new_unchecked(&mut b[..]);
+                u.set_src_port(sport);
+                u.set_dst_port(dport);
+                u.set_len((8 + payload.len()) as u16);
+                u.payload_mut().copy_from_slice(payload);
+                (IpProtocol::Udp, b)
+            }
+        }
+    }
+
+    /// IPv4 packet; `frag` = (more fragments, offset in bytes).
+    fn v4(src: Ipv4Addr, proto: IpProtocol, frag: (bool, u16), body: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 20 + body.len()];
+        let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
+        p.set_version(4);
+        p.set_header_len(20);
+        p.set_total_len((20 + body.len()) as u16);
+        p.set_ident(0x1234);
+        p.set_more_frags(frag.0);
+        p.set_frag_offset(frag.1);
+        p.set_hop_limit(64);
+        p.set_next_header(proto);
+        p.set_src_addr(src);
+        p.set_dst_addr(Ipv4Addr::new(198, 18, 1, 2));
+        p.fill_checksum();
+        p.payload_mut().copy_from_slice(body);
+        eth(EthernetProtocol::Ipv4, &b)
+    }
+
+    fn v6(src: Ipv6Addr, proto: IpProtocol, body: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 40 + body.len()];
+        let mut p = Ipv6Packet::new_unchecked(&mut b[..]);
+        p.set_version(6);
+        p.set_payload_len(body.len() as u16);
+        p.set_next_header(proto);
+        p.set_hop_limit(64);
+        p.set_src_addr(src);
+        p.set_dst_addr(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2));
+        p.payload_mut().copy_from_slice(body);
+        eth(EthernetProtocol::Ipv6, &b)
+    }
+
+    /// IPv6 Fragment header (next header `next`) followed by `body`.
+    fn v6_frag(next: IpProtocol, more: bool, off: u16, body: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 8 + body.len()];
+        b[0] = next.into();
+        let mut h = Ipv6FragmentHeader::new_unchecked(&mut b[2..8]);
+        h.set_frag_offset(off / 8);
+        h.set_more_frags(more);
+        h.set_ident(0xabcd);
+        b[8..].copy_from_slice(body);
+        b
+    }
+
+    fn run(n: u16, frame: &[u8]) -> u16 {
+        let r = interpret_frame(&program(&cfg(n)), frame).expect("valid program");
+        assert!(r < u32::from(n.max(1)), "shard {r} out of range for {n}");
+        r as u16
+    }
+
+    fn v4_addrs() -> impl Iterator<Item = Ipv4Addr> {
+        (0u32..200)
+            .map(|i| Ipv4Addr::from(0xc612_0000u32.wrapping_add(i.wrapping_mul(0x0101_0f07))))
+    }
+
+    fn v6_addrs() -> impl Iterator<Item = Ipv6Addr> {
+        (0u128..200).map(|i| {
+            Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0001u128 ^ (i * 0x0001_0203_0405_0607_0809),
+            )
+        })
+    }
+
+    #[test]
+    fn program_is_small_and_ends_in_ret() {
+        for n in [1, 2, 3, 4, 64, 0] {
+            let p = program(&cfg(n));
+            assert!(p.len() < 64, "{} insns", p.len());
+            assert_eq!(p.last().map(|i| i.code & 0x07), Some(RET));
+        }
+    }
+
+    #[test]
+    fn listen_port_traffic_goes_by_source_address_hash() {
+        for n in 1..=4 {
+            for src in v4_addrs() {
+                let want = shard_of_addr(src.into(), n);
+                for port in LISTEN {
+                    for tcp in [None, Some(2), Some(16)] {
+                        let (pr, seg) = l4(tcp, 40000 + n, port, b"x");
+                        assert_eq!(run(n, &v4(src, pr, (false, 0), &seg)), want, "{src} {port}");
+                    }
+                }
+            }
+            for src in v6_addrs() {
+                let want = shard_of_addr(src.into(), n);
+                for port in LISTEN {
+                    for tcp in [None, Some(2)] {
+                        let (pr, seg) = l4(tcp, 50000, port, b"x");
+                        assert_eq!(run(n, &v6(src, pr, &seg)), want, "{src} {port}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn address_hash_spreads_over_all_shards() {
+        for n in 2..=4 {
+            let mut seen = vec![0; usize::from(n)];
+            for src in v4_addrs() {
+                seen[usize::from(shard_of_addr(src.into(), n))] += 1;
+            }
+            for src in v6_addrs() {
+                seen[usize::from(shard_of_addr(src.into(), n))] += 1;
+            }
+            assert!(
+                seen.iter().all(|&c| c > 400 / usize::from(n) / 3),
+                "{n}: {seen:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ephemeral_port_traffic_goes_by_port() {
+        for n in 1..=4 {
+            for dport in [32768, 32769, 32770, 32771, 40001, 60998, 60999] {
+                let want = shard_of_port(dport, n);
+                assert!(is_own_ephemeral(dport, want, n));
+                for src in v4_addrs().take(20) {
+                    for tcp in [None, Some(18), Some(16)] {
+                        let (pr, seg) = l4(tcp, 5060, dport, b"reply");
+                        assert_eq!(run(n, &v4(src, pr, (false, 0), &seg)), want);
+                    }
+                }
+                for src in v6_addrs().take(20) {
+                    let (pr, seg) = l4(Some(18), 5060, dport, b"");
+                    assert_eq!(run(n, &v6(src, pr, &seg)), want);
+                }
+            }
+            // Just outside the range: by address.
+            for dport in [32767, 61000] {
+                let src = Ipv4Addr::new(198, 18, 7, 9);
+                let (pr, seg) = l4(None, 5060, dport, b"");
+                assert_eq!(
+                    run(n, &v4(src, pr, (false, 0), &seg)),
+                    shard_of_addr(src.into(), n)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_options_move_the_port_offset() {
+        // IHL 6: one 4-byte option (NOPs); the port is read after it.
+        for n in 2..=4 {
+            let (pr, seg) = l4(None, 5060, 32771, b"opt");
+            let mut f = v4(Ipv4Addr::new(198, 18, 3, 4), pr, (false, 0), &seg);
+            f.splice(34..34, [1u8, 1, 1, 1]);
+            f[14] = 0x46;
+            assert_eq!(run(n, &f), shard_of_port(32771, n));
+        }
+    }
+
+    #[test]
+    fn ipv4_fragments_of_one_datagram_share_the_unfragmented_shard() {
+        for n in 1..=4 {
+            for src in v4_addrs() {
+                let want = shard_of_addr(src.into(), n);
+                for dport in [5060, 40000] {
+                    let (pr, seg) = l4(None, 5060, dport, &[0x55; 64]);
+                    let first = v4(src, pr, (true, 0), &seg[..32]);
+                    let middle = v4(src, pr, (true, 32), &seg[32..48]);
+                    let last = v4(src, pr, (false, 48), &seg[48..]);
+                    for f in [&first, &middle, &last] {
+                        assert_eq!(run(n, f), want, "{src} {dport}");
+                    }
+                }
+                let (pr, seg) = l4(None, 40000, 5060, b"whole");
+                assert_eq!(run(n, &v4(src, pr, (false, 0), &seg)), want);
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_fragment_and_extension_headers_go_by_address() {
+        for n in 1..=4 {
+            for src in v6_addrs() {
+                let want = shard_of_addr(src.into(), n);
+                let (_, seg) = l4(None, 5060, 40000, &[7; 40]);
+                let first = v6_frag(IpProtocol::Udp, true, 0, &seg[..24]);
+                let last = v6_frag(IpProtocol::Udp, false, 24, &seg[24..]);
+                assert_eq!(run(n, &v6(src, IpProtocol::Ipv6Frag, &first)), want);
+                assert_eq!(run(n, &v6(src, IpProtocol::Ipv6Frag, &last)), want);
+                // Hop-by-hop options header in front of UDP.
+                let mut hbh = vec![17u8, 0, 1, 4, 0, 0, 0, 0];
+                hbh.extend_from_slice(&seg);
+                assert_eq!(run(n, &v6(src, IpProtocol::HopByHop, &hbh)), want);
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_and_arp_go_by_sender_address() {
+        for n in 1..=4 {
+            for src in v4_addrs() {
+                let want = shard_of_addr(src.into(), n);
+                let mut icmp = vec![0u8; 8];
+                let mut p = Icmpv4Packet::new_unchecked(&mut icmp[..]);
+                p.set_msg_type(Icmpv4Message::EchoRequest);
+                p.set_echo_ident(1);
+                p.fill_checksum();
+                assert_eq!(run(n, &v4(src, IpProtocol::Icmp, (false, 0), &icmp)), want);
+
+                let repr = ArpRepr::EthernetIpv4 {
+                    operation: ArpOperation::Request,
+                    source_hardware_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+                    source_protocol_addr: src,
+                    target_hardware_addr: EthernetAddress([0; 6]),
+                    target_protocol_addr: Ipv4Addr::new(198, 18, 1, 2),
+                };
+                let mut arp = vec![0u8; repr.buffer_len()];
+                repr.emit(&mut ArpPacket::new_unchecked(&mut arp[..]));
+                assert_eq!(run(n, &eth(EthernetProtocol::Arp, &arp)), want);
+            }
+            for src in v6_addrs().take(50) {
+                let icmp = [128u8, 0, 0, 0, 0, 1, 0, 1];
+                assert_eq!(
+                    run(n, &v6(src, IpProtocol::Icmpv6, &icmp)),
+                    shard_of_addr(src.into(), n)
+                );
+            }
+            // Other EtherTypes: shard 0.
+            assert_eq!(run(n, &eth(EthernetProtocol::Unknown(0x88b5), &[1; 46])), 0);
+        }
+    }
+
+    #[test]
+    fn truncated_and_garbage_frames_stay_in_range() {
+        let (pr, seg) = l4(Some(2), 40000, 5060, b"hello");
+        let v4f = v4(Ipv4Addr::new(198, 18, 9, 9), pr, (false, 0), &seg);
+        let v6f = v6(Ipv6Addr::LOCALHOST, pr, &seg);
+        for n in 1..=4 {
+            for f in [&v4f, &v6f] {
+                for cut in 0..f.len() {
+                    run(n, &f[..cut]);
+                }
+            }
+            // IHL 15 pointing past the end, IHL 0.
+            for ihl in [0x4f, 0x40] {
+                let mut f = v4f.clone();
+                f[14] = ihl;
+                run(n, &f);
+            }
+            let mut x = 0x1234_5678u32;
+            for len in 0..200 {
+                let mut f: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        x as u8
+                    })
+                    .collect();
+                run(n, &f);
+                if f.len() >= 14 {
+                    for et in [0x0800u16, 0x86dd, 0x0806] {
+                        f[12..14].copy_from_slice(&et.to_be_bytes());
+                        run(n, &f);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn interpreter_rejects_unknown_and_out_of_range() {
+        let bad = [Insn {
+            code: 0xff,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        assert!(interpret(&bad, 0, &[]).is_err());
+        let jump_out = [Insn {
+            code: JMP | JA,
+            jt: 0,
+            jf: 0,
+            k: 5,
+        }];
+        assert!(interpret(&jump_out, 0, &[]).is_err());
+        assert!(interpret(&[], 0, &[]).is_err());
+    }
+
+    #[test]
+    fn zero_shards_means_one() {
+        assert_eq!(shard_of_port(40001, 0), 0);
+        assert_eq!(shard_of_addr(Ipv4Addr::new(1, 2, 3, 4).into(), 0), 0);
+        let (pr, seg) = l4(None, 1, 40001, b"");
+        assert_eq!(
+            run(0, &v4(Ipv4Addr::new(1, 2, 3, 4), pr, (false, 0), &seg)),
+            0
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn every_segment_of_one_inbound_connection_lands_on_one_shard(
+            n in 1u16..=8,
+            v6src in any::<bool>(),
+            raw in any::<u128>(),
+            sport in any::<u16>(),
+            dport in prop::sample::select(vec![5060u16, 5061, 443, 8080]),
+            segs in prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u8>(), 0..64)), 1..12),
+        ) {
+            let src: IpAddr = if v6src {
+                Ipv6Addr::from(raw).into()
+            } else {
+                Ipv4Addr::from(raw as u32).into()
+            };
+            let want = shard_of_addr(src, n);
+            for (flags, payload) in segs {
+                let (pr, seg) = l4(Some(flags), sport, dport, &payload);
+                let f = match src {
+                    IpAddr::V4(a) => v4(a, pr, (false, 0), &seg),
+                    IpAddr::V6(a) => v6(a, pr, &seg),
+                };
+                prop_assert_eq!(run(n, &f), want);
+            }
+        }
+
+        #[test]
+        fn every_segment_to_an_ephemeral_port_lands_on_the_port_shard(
+            n in 1u16..=8,
+            raw in any::<u32>(),
+            dport in 32768u16..=60999,
+            flags in any::<u8>(),
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let (pr, seg) = l4(Some(flags), 5060, dport, &payload);
+            let f = v4(Ipv4Addr::from(raw), pr, (false, 0), &seg);
+            prop_assert_eq!(run(n, &f), shard_of_port(dport, n));
+        }
+    }
 }
