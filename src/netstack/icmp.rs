@@ -182,7 +182,9 @@ impl Stack {
         match icmp_type {
             ECHO => self.icmp_echo(now, src, dst, &pkt),
             DEST_UNREACH | TIME_EXCEEDED | PARAM_PROB => {
-                self.icmp_unreach(icmp_type, pkt.msg_code(), &payload[8..])
+                // next-hop MTU of "fragmentation needed" (RFC 1191 §4)
+                let mtu = u16::from_be_bytes([payload[6], payload[7]]);
+                self.icmp_unreach(icmp_type, pkt.msg_code(), mtu, &payload[8..])
             }
             _ => self.counters.drop_reason(DropReason::IcmpUnhandledType),
         }
@@ -230,7 +232,7 @@ impl Stack {
     /// host unreachable. Time Exceeded → host unreachable (Linux
     /// EHOSTUNREACH); Parameter Problem → host unreachable (Linux reports
     /// EPROTO, which has no kind here). TCP has no sockets yet: unmatched.
-    fn icmp_unreach(&mut self, icmp_type: u8, code: u8, quote: &[u8]) {
+    fn icmp_unreach(&mut self, icmp_type: u8, code: u8, mtu: u16, quote: &[u8]) {
         if quote.len() < 20 {
             self.drop_pkt(DropReason::IcmpTruncated, Some(Mib::IcmpInErrors));
             return;
@@ -250,7 +252,12 @@ impl Stack {
         };
         let (qsrc, qdst) = (q.src_addr(), q.dst_addr());
         let proto = u8::from(q.next_header());
-        self.icmp_err_deliver(proto, qsrc.into(), qdst.into(), &quote[ihl..], kind);
+        let mtu = if (icmp_type, code) == (DEST_UNREACH, FRAG_NEEDED) {
+            u32::from(mtu)
+        } else {
+            0
+        };
+        self.icmp_err_deliver(proto, qsrc.into(), qdst.into(), &quote[ihl..], kind, mtu);
     }
 
     /// `icmp_send`: an ICMP error of `icmp_type`/`code` about `offending`

@@ -189,7 +189,14 @@ impl Stack {
             Some((p, off, false)) => (u8::from(p), quoted.get(off..).unwrap_or(&[])),
             _ => (0, &[][..]),
         };
-        self.icmp_err_deliver(proto, qsrc.into(), qdst.into(), l4, kind);
+        // Packet Too Big carries the MTU in the 32-bit field after the
+        // checksum (RFC 4443 §3.2)
+        let mtu = if ty == 2 {
+            u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]])
+        } else {
+            0
+        };
+        self.icmp_err_deliver(proto, qsrc.into(), qdst.into(), l4, kind, mtu);
     }
 
     /// An ICMPv6 error of `icmp_type`/`code` about `offending` (the received

@@ -766,6 +766,8 @@ impl Stack {
     /// from `src` to `dst` whose transport header starts at `l4`: report it
     /// on the socket that sent it (SPEC B.2), or count it unmatched. Shared
     /// by both families (UDP sockets, TCP connections: `tcp_v4_err`).
+    /// `mtu`: the next-hop MTU of a fragmentation-needed / packet-too-big
+    /// error (0 if none).
     pub(crate) fn icmp_err_deliver(
         &mut self,
         proto: u8,
@@ -773,6 +775,7 @@ impl Stack {
         dst: IpAddr,
         l4: &[u8],
         kind: SocketErrorKind,
+        mtu: u32,
     ) {
         let ours = match src {
             IpAddr::V4(a) => self.is_our_v4(a),
@@ -790,7 +793,7 @@ impl Stack {
             && l4.len() >= 4
             && match proto {
                 17 => self.udp_err(s, d, kind),
-                6 => self.tcp_v4_err(s, d, l4, kind),
+                6 => self.tcp_v4_err(s, d, l4, kind, mtu),
                 _ => false,
             };
         if !matched {

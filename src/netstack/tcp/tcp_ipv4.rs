@@ -198,13 +198,16 @@ impl Stack {
     /// SYN_RECEIVED) aborts the connection, after checking that the quoted
     /// sequence number is one we have outstanding (RFC 5927 §4.1); on a
     /// synchronized connection errors are soft (Linux `sk_err_soft`).
-    /// Returns whether a connection matched.
+    /// Fragmentation needed / packet too big lowers the connection's path
+    /// MTU instead (`tcp_v4_mtu_reduced`). Returns whether a connection
+    /// matched.
     pub(crate) fn tcp_v4_err(
         &mut self,
         src: SocketAddr,
         dst: SocketAddr,
         l4: &[u8],
         kind: SocketErrorKind,
+        mtu: u32,
     ) -> bool {
         let Some(&slot) = self.tcp.conns.get(&ConnKey::new(src, dst)) else {
             return false;
@@ -224,11 +227,44 @@ impl Stack {
             SocketErrorKind::HostUnreachable
             | SocketErrorKind::NetUnreachable
             | SocketErrorKind::ProtocolUnreachable => super::TcpError::HostUnreachable,
-            SocketErrorKind::MessageTooLong => return true,
+            SocketErrorKind::MessageTooLong => {
+                self.tcp_mtu_reduced(slot, mtu);
+                return true;
+            }
         };
         if matches!(t.state, TcpState::SynSent | TcpState::SynReceived) {
             self.tcp_done(slot, Some(err));
         }
         true
+    }
+
+    /// `tcp_v4_mtu_reduced` / `tcp_v6_mtu_reduced` + `tcp_sync_mss`: the
+    /// path to the peer carries at most `mtu` bytes (RFC 1191, RFC 8201).
+    /// Linux's floors apply (`ip_rt_min_pmtu` 552 for IPv4, 1280 for IPv6),
+    /// the link MTU caps it, and it only ever lowers the send MSS (the
+    /// congestion window keeps its size in segments). 0 (no MTU given) is
+    /// ignored. The next transmission and retransmission use the new MSS.
+    pub(crate) fn tcp_mtu_reduced(&mut self, slot: u32, mtu: u32) {
+        if mtu == 0 {
+            return;
+        }
+        let link = self.cfg.mtu as u32;
+        let Some(t) = self.tcp.get_mut(slot) else {
+            return;
+        };
+        let (floor, hdr) = if t.remote.is_ipv6() {
+            (1280, 60)
+        } else {
+            (552, 40)
+        };
+        let pmtu = mtu.max(floor).min(link);
+        let mut mss = pmtu.saturating_sub(hdr).clamp(88, 65495);
+        if t.ts_ok {
+            mss -= 12;
+        }
+        if mss < u32::from(t.mss) {
+            t.mss = mss as u16;
+            t.cc.set_mss(mss);
+        }
     }
 }
