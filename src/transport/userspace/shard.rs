@@ -59,9 +59,17 @@ pub(super) enum Mail {
 }
 
 /// The way into one shard: its mailbox and the write end of its wake socket.
+///
+/// Wake protocol (one byte per wake-up, no syscall in a round that was not
+/// woken): a waker sets `woken` and writes a byte only when it was clear;
+/// the shard reads that byte only while `woken` is set, and clears it only
+/// once it has the byte (so no byte is ever left behind with `woken`
+/// clear, which would make every wait return at once), then empties the
+/// mailbox.
 pub(super) struct Peer {
     tx: mpsc::SyncSender<Mail>,
     wake: UnixStream,
+    woken: Arc<AtomicBool>,
     stats: Arc<ShardStats>,
 }
 
@@ -80,9 +88,11 @@ impl Peer {
         }
     }
 
-    /// End the shard's wait (a full wake socket is already readable).
+    /// End the shard's wait (after what it must see was posted).
     pub(super) fn wake(&self) {
-        let _ = (&self.wake).write(&[1]);
+        if !self.woken.swap(true, Ordering::AcqRel) {
+            let _ = (&self.wake).write(&[1]);
+        }
     }
 
     pub(super) fn stats(&self) -> &Arc<ShardStats> {
@@ -94,6 +104,7 @@ impl Peer {
 pub(super) struct Inbox {
     rx: mpsc::Receiver<Mail>,
     wake: UnixStream,
+    woken: Arc<AtomicBool>,
 }
 
 impl Inbox {
@@ -102,15 +113,19 @@ impl Inbox {
         self.wake.as_raw_fd()
     }
 
-    /// Read the wake bytes (bounded).
-    fn drain_wake(&self) {
-        let mut buf = [0u8; 256];
-        for _ in 0..64 {
-            match (&self.wake).read(&mut buf) {
-                Ok(n) if n == buf.len() => continue,
-                _ => return,
-            }
+    /// Was the shard woken since it last looked? Consumes the wake byte
+    /// (see [`Peer`]); false costs one atomic load.
+    fn take_wake(&self) -> bool {
+        if !self.woken.load(Ordering::Acquire) {
+            return false;
         }
+        let mut buf = [0u8; 16];
+        // the byte may not be written yet: then `woken` stays set and the
+        // next round (the socket turns readable) takes it
+        if matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {
+            self.woken.swap(false, Ordering::AcqRel);
+        }
+        true
     }
 }
 
@@ -124,12 +139,14 @@ pub(super) fn mailboxes(n: usize) -> io::Result<(Arc<[Peer]>, Vec<Inbox>)> {
         let (w, r) = UnixStream::pair()?;
         w.set_nonblocking(true)?;
         r.set_nonblocking(true)?;
+        let woken = Arc::new(AtomicBool::new(false));
         peers.push(Peer {
             tx,
             wake: w,
+            woken: woken.clone(),
             stats: Arc::new(ShardStats::default()),
         });
-        inboxes.push(Inbox { rx, wake: r });
+        inboxes.push(Inbox { rx, wake: r, woken });
     }
     Ok((peers.into(), inboxes))
 }
@@ -381,9 +398,8 @@ impl App {
     /// The mailbox: sends handed over by other shards, replicas of their
     /// ARP / NDP / ICMP-error frames (at most [`MAIL_BATCH`] a round).
     pub(super) fn mail(&mut self, s: &mut Stack, now: Instant) {
-        // the resolver wakes a single shard too
-        self.shard.inbox.drain_wake();
-        if self.shard.peers.len() <= 1 {
+        // (the resolver wakes a single shard too)
+        if !self.shard.inbox.take_wake() || self.shard.peers.len() <= 1 {
             return;
         }
         for _ in 0..MAIL_BATCH {
@@ -462,6 +478,7 @@ mod tests {
             Inbox {
                 rx: mpsc::sync_channel(1).1,
                 wake: UnixStream::pair().unwrap().0,
+                woken: Arc::default(),
             },
         )
         .handoff();
@@ -471,8 +488,9 @@ mod tests {
             on1.forward(4, &dest(Some(4)), b"SIP/2.0 200 OK\r\n"),
             Some(SendResult::Sent)
         );
-        let mut wake = [0u8; 8];
-        assert_eq!((&inboxes[0].wake).read(&mut wake).unwrap(), 1, "woken");
+        assert!(inboxes[0].take_wake(), "woken");
+        assert!(!inboxes[0].take_wake(), "one wake-up, consumed");
+        assert!(!inboxes[1].take_wake());
         match inboxes[0].rx.try_recv() {
             Ok(Mail::Send { dest: d, out }) => {
                 assert_eq!(d.conn, Some(4));
@@ -481,10 +499,14 @@ mod tests {
             _ => panic!("no send in shard 0's mailbox"),
         }
         assert!(inboxes[1].rx.try_recv().is_err());
-        // fill shard 0's mailbox: the next send fails, counted
+        // fill shard 0's mailbox: the next send fails, counted; one wake
+        // byte for all of them
         for _ in 0..MAILBOX {
             assert_eq!(on1.forward(4, &dest(Some(4)), b"y"), Some(SendResult::Sent));
         }
+        let mut buf = [0u8; 64];
+        assert_eq!((&inboxes[0].wake).read(&mut buf).unwrap(), 1);
+        inboxes[0].woken.store(false, Ordering::Release);
         assert_eq!(
             on1.forward(4, &dest(Some(4)), b"y"),
             Some(SendResult::Failed)
@@ -519,6 +541,7 @@ mod tests {
         let inbox = || Inbox {
             rx: mpsc::sync_channel(1).1,
             wake: UnixStream::pair().unwrap().0,
+            woken: Arc::default(),
         };
         let on1 = Shard::new(1, peers.clone(), tables.clone(), inbox()).handoff();
         let mut d = dest(None);
