@@ -19,7 +19,8 @@
 //! - cross-shard handoff: a TCP client on shard A, the upstream on UDP with
 //!   its address steered to shard B: every reply arrives on B, is routed
 //!   by the Via `;i=` connection id to A's mailbox and sent by A; zero
-//!   failed calls and `sipedge_shard_handoffs_total{shard=A}` moved.
+//!   failed calls and `sipedge_shard_handoffs_total{shard=A}` moved;
+//!   stateless and stateful.
 //!
 //! Needs root (namespaces, AF_PACKET) and sipp: skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The
@@ -231,6 +232,8 @@ fn shards_open_outbound_tcp_from_each_shard() {
         );
     }
     assert_eq!(shard_total(&m, "shard_misdirected_total"), 0.0, "{m}");
+    // each call stays on its client's shard: nothing crosses
+    assert_eq!(shard_total(&m, "shard_handoffs_total"), 0.0, "{m}");
     drop(uas);
     let mut proxy = proxy;
     proxy.stop_clean();
@@ -323,8 +326,7 @@ fn shards_reassemble_fragmented_udp_whichever_shard() {
 /// A TCP client steered to shard A, the upstream on UDP with its address
 /// steered to shard B: the upstream's replies arrive on B and go to the
 /// client's connection on A through A's mailbox.
-#[test]
-fn shards_hand_replies_over_to_the_connections_shard() {
+fn handoff(stateful: bool) {
     if skip() {
         return;
     }
@@ -361,7 +363,7 @@ fn shards_hand_replies_over_to_the_connections_shard() {
     let m = proxy.metrics();
     assert!(
         res.all_ok(calls),
-        "TCP client {client} on shard {a}, UDP upstream on shard {b}\n{}\n{}\n{m}",
+        "TCP client {client} on shard {a}, UDP upstream on shard {b} (stateful: {stateful})\n{}\n{}\n{m}",
         res.report(),
         proxy.log_tail()
     );
@@ -379,4 +381,16 @@ fn shards_hand_replies_over_to_the_connections_shard() {
     drop(uas);
     let mut proxy = proxy;
     proxy.stop_clean();
+}
+
+#[test]
+fn shards_hand_replies_over_to_the_connections_shard() {
+    handoff(false);
+}
+
+/// The same in stateful mode: the transactions' replies (and their timer
+/// sends, polled by one shard per table) reach the client's shard.
+#[test]
+fn shards_hand_replies_over_to_the_connections_shard_stateful() {
+    handoff(true);
 }

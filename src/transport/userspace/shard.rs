@@ -183,8 +183,8 @@ impl Handoff {
     }
 
     /// A send by address with no connection to it in this shard's table:
-    /// when the shard that `dest`'s address steers to holds one (a
-    /// client's connection, reused as RFC 3261 §18.2.2 asks), posted there
+    /// when the shard that `dest`'s address steers to holds an inbound
+    /// one (a client's connection, reused as RFC 3261 §18.2.2 asks), posted there
     /// (`Some`); `None`: open one here. Only on a miss of the own table
     /// (reads the other table's lock, never per frame).
     pub(super) fn forward_by_addr(&self, dest: &Dest, out: &[u8]) -> Option<SendResult> {
@@ -199,7 +199,12 @@ impl Handoff {
         if owner == self.index || owner >= n {
             return None;
         }
-        self.tables.get(owner)?.by_addr(dest.addr)?;
+        // inbound connections only: outbound ones are per shard (each
+        // shard uses its own, from its own ports)
+        self.tables
+            .get(owner)?
+            .by_addr(dest.addr)
+            .filter(|c| !c.outbound)?;
         Some(self.post(owner, dest, out))
     }
 
@@ -553,6 +558,9 @@ mod tests {
         ));
         // no connection there, or the own shard: open one here
         d.addr = SocketAddr::new(client, 5071);
+        assert_eq!(on1.forward_by_addr(&d, b"BYE"), None);
+        // an outbound connection of shard 0 to that address: not shared
+        tables[0].get_or_create_outbound(d.addr, 0).unwrap();
         assert_eq!(on1.forward_by_addr(&d, b"BYE"), None);
         let on0 = Shard::new(0, peers, tables, inbox()).handoff();
         d.addr = peer;
