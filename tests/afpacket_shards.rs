@@ -15,7 +15,8 @@
 //!   different shards make calls over TCP; the upstream sees two
 //!   connections, their source ports p % 2 == 0 and == 1;
 //! - fragmented UDP: a ~3000-byte INVITE (MTU 1500, so two fragments) from
-//!   client addresses of either shard is reassembled and proxied;
+//!   client addresses of either shard, and one over IPv6, is reassembled
+//!   and proxied;
 //! - cross-shard handoff: a TCP client on shard A, the upstream on UDP with
 //!   its address steered to shard B: every reply arrives on B, is routed
 //!   by the Via `;i=` connection id to A's mailbox and sent by A; zero
@@ -315,10 +316,24 @@ fn shards_reassemble_fragmented_udp_whichever_shard() {
             proxy.metrics()
         );
     }
+    // IPv6 too (fragment header; the peer's address, its shard)
+    let to6 = SocketAddr::new(pair.stack_v6().into(), AF_SIP_PORT);
+    let from6 = SocketAddr::new(pair.peer_v6().into(), 5950);
+    let seen = udp_exchange(&pair, from6, to6, big_invite(to6, from6, "frag6", 3000));
+    assert!(
+        seen.iter().any(|l| l.starts_with("SIP/2.0 200")),
+        "no 200 to the fragmented IPv6 INVITE (shard {}): saw {seen:?}\n{}\n{}",
+        shard_of(pair.peer_v6().into()),
+        proxy.log_tail(),
+        proxy.metrics()
+    );
     let m = proxy.metrics();
-    let reasm = metric(&m, &mib("Ip", "ReasmOKs")) - metric(&before, &mib("Ip", "ReasmOKs"));
+    let delta = |q: &str| metric(&m, q) - metric(&before, q);
+    let reasm = delta(&mib("Ip", "ReasmOKs"));
     assert!(reasm >= SHARDS as f64, "Ip ReasmOKs +{reasm}\n{m}");
-    assert!(uas.counts.get("INVITE") >= SHARDS as u64, "{m}");
+    let reasm6 = delta(&mib("Ip6", "ReasmOKs"));
+    assert!(reasm6 >= 1.0, "Ip6 ReasmOKs +{reasm6}\n{m}");
+    assert!(uas.counts.get("INVITE") >= SHARDS as u64 + 1, "{m}");
     let mut proxy = proxy;
     proxy.stop_clean();
 }
