@@ -17,6 +17,12 @@
 //!
 //! Packet layouts and checksums come from `smoltcp::wire`; this module owns
 //! the behaviour (what is dropped, counted, answered).
+//!
+//! In afpacket mode with several workers, one `Stack` runs per shard
+//! ([`StackConfig::shard`], [`shard`]): ephemeral ports are partitioned by
+//! `port % count`, and the shared control frames (ARP, NDP, ICMP errors) one
+//! shard receives are replicated to the others ([`Stack::pop_replica`] →
+//! [`Stack::receive_replica`]).
 
 pub mod arp;
 pub mod device;
@@ -874,6 +880,8 @@ pub struct Usage {
     pub tcp_time_wait: usize,
     /// Heap bytes in TCP send and receive buffers.
     pub tcp_buffer_bytes: usize,
+    /// Copies in the replica outbox (at most [`REPLICA_OUTBOX_MAX`]).
+    pub replica_frames: usize,
 }
 
 impl Stack {
@@ -888,6 +896,7 @@ impl Stack {
             tcp_conns: self.tcp.len(),
             tcp_time_wait: self.tcp.time_wait_len(),
             tcp_buffer_bytes: self.tcp.buffer_bytes(),
+            replica_frames: self.replicas.len(),
         }
     }
 }

@@ -642,6 +642,51 @@ mod tests {
         assert_eq!(s0.counters.get(Mib::Icmp6InPktTooBigs), 1);
     }
 
+    #[test]
+    fn shard_pmtu_learned_before_the_handshake_caps_the_mss_after_it() {
+        let mut s1 = shard(1, 2);
+        let peer = SocketAddr::new(PEER4.into(), 5060);
+        let h = s1.tcp_connect(t0(), None, peer).unwrap();
+        let syn = drain(&mut s1);
+        let (sport, _, iss, _) = tcp_of(&syn[0]);
+        let dgram = tx_ip(&syn[0]).to_vec();
+        let err = icmp4(3, 4, [0, 0, 0x04, 0xb0], &dgram[..28]);
+        s1.receive_replica(t0(), RxMeta::HOST, &eth4(&ip4(GW4, OUR4, 1, 9, &err)));
+        assert_eq!(s1.tcp(h).unwrap().state(), TcpState::SynSent, "soft error");
+        let local = SocketAddr::new(OUR4.into(), sport);
+        let synack = tcp_seg(
+            peer,
+            local,
+            5000,
+            Some(iss.wrapping_add(1)),
+            TcpControl::Syn,
+            Some(1460),
+        );
+        s1.receive_frame(t0(), RxMeta::HOST, &eth4(&ip4(PEER4, OUR4, 6, 1, &synack)));
+        assert_eq!(s1.tcp(h).unwrap().state(), TcpState::Established);
+        assert_eq!(s1.tcp.get(h.slot).unwrap().mss, 1200 - 40);
+    }
+
+    #[test]
+    fn shard_mld_query_is_not_replicated_and_its_replica_is_refused() {
+        let mut s0 = shard(0, 2);
+        let mut s1 = shard(1, 2);
+        // MLDv2 general query: type 130, max resp 1000 ms, unspecified group
+        let mut body = [0u8; 24];
+        body[0..2].copy_from_slice(&1000u16.to_be_bytes());
+        let ll = super::super::link_local_from_mac(EthernetAddress(PEER_MAC));
+        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let q = icmp6(ll, all, 130, 0, [0x03, 0xe8, 0, 0], &body[4..]);
+        let f = eth_to(multicast_mac_v6(all).0, &ip6_hop(ll, all, 58, 1, &q));
+        assert!(!is_shared_control(&f));
+        s0.receive_frame(t0(), RxMeta::HOST, &f);
+        assert_eq!(s0.pop_replica(), None);
+        s1.receive_replica(t0(), RxMeta::HOST, &f);
+        assert_eq!(s1.counters.drops(DropReason::ReplicaNotControl), 1);
+        s1.poll(t0() + super::super::Duration::from_secs(20));
+        assert!(drain(&mut s1).is_empty(), "no MLD report from the replica");
+    }
+
     // ----- the outbox -----
 
     #[test]
@@ -682,6 +727,7 @@ mod tests {
             s0.receive_frame(t0(), RxMeta::HOST, &f);
         }
         assert_eq!(s0.replicas_pending(), REPLICA_OUTBOX_MAX);
+        assert_eq!(s0.usage().replica_frames, REPLICA_OUTBOX_MAX);
         assert_eq!(s0.counters.drops(DropReason::ReplicaOutboxFull), 10);
         let (_, first) = s0.pop_replica().unwrap();
         assert_eq!(&first[28..32], &[198, 18, 1, 10], "the 10 oldest went");

@@ -348,6 +348,9 @@ pub(crate) struct Tcb {
     pub rcv_wnd_adv: u32,
     /// Effective send MSS (payload bytes per segment, options deducted).
     pub mss: u16,
+    /// Path MTU learned from ICMP (frag needed / packet too big), 0 if
+    /// none: caps the MSS set when the handshake completes.
+    pub pmtu: u16,
     pub snd_wscale: u8,
     pub rcv_wscale: u8,
     /// Window scaling negotiated (both SYNs carried the option).
@@ -672,6 +675,7 @@ impl TcpTable {
             rcv_nxt: zero,
             rcv_wnd_adv: 0,
             mss,
+            pmtu: 0,
             snd_wscale: 0,
             rcv_wscale: 0,
             ws_ok: false,

@@ -257,7 +257,10 @@ impl Stack {
         } else {
             (552, 40)
         };
-        let pmtu = mtu.max(floor).min(link);
+        let pmtu = mtu.max(floor).min(link).min(65535);
+        if t.pmtu == 0 || pmtu < u32::from(t.pmtu) {
+            t.pmtu = pmtu as u16;
+        }
         let mut mss = pmtu.saturating_sub(hdr).clamp(88, 65495);
         if t.ts_ok {
             mss -= 12;
