@@ -333,7 +333,7 @@ fn shards_reassemble_fragmented_udp_whichever_shard() {
     assert!(reasm >= SHARDS as f64, "Ip ReasmOKs +{reasm}\n{m}");
     let reasm6 = delta(&mib("Ip6", "ReasmOKs"));
     assert!(reasm6 >= 1.0, "Ip6 ReasmOKs +{reasm6}\n{m}");
-    assert!(uas.counts.get("INVITE") >= SHARDS as u64 + 1, "{m}");
+    assert!(uas.counts.get("INVITE") > SHARDS as u64, "{m}");
     let mut proxy = proxy;
     proxy.stop_clean();
 }
