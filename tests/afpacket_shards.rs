@@ -21,7 +21,9 @@
 //!   its address steered to shard B: every reply arrives on B, is routed
 //!   by the Via `;i=` connection id to A's mailbox and sent by A; zero
 //!   failed calls and `sipedge_shard_handoffs_total{shard=A}` moved;
-//!   stateless and stateful.
+//!   stateless and stateful;
+//! - the per-IP connection limit per address on both shards, and the drain
+//!   closing every shard's idle connections with FIN.
 //!
 //! Needs root (namespaces, AF_PACKET) and sipp: skipped with a message
 //! otherwise, a failure under SIPEDGE_REQUIRE_ROOT_TESTS=1 / CI=true. The
@@ -408,4 +410,68 @@ fn shards_hand_replies_over_to_the_connections_shard() {
 #[test]
 fn shards_hand_replies_over_to_the_connections_shard_stateful() {
     handoff(true);
+}
+
+/// Connections on both shards: the per-IP limit holds per address (all of
+/// an address's connections are on its shard), and the drain after
+/// SIGTERM closes every shard's idle connections with FIN; clean exit.
+#[test]
+fn shards_per_ip_limit_and_drain_cover_every_shard() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = NetnsPair::new();
+    let mut used = BTreeSet::new();
+    let mut clients = Vec::new();
+    for k in 0..SHARDS {
+        let c = client_on_shard(&pair, k, &used);
+        used.insert(c.octets()[3]);
+        clients.push(IpAddr::from(c));
+    }
+    let mut proxy = start_sharded(
+        &pair,
+        &af_tcp_config(&pair, "[tcp]\nmax_connections_per_ip = 1\n"),
+    );
+    let to = SocketAddr::new(pair.stack_v4().into(), AF_SIP_PORT);
+    let cs = clients.clone();
+    let r = pair.in_peer(move || -> Result<_, String> {
+        let mut open = Vec::new();
+        let mut ends = Vec::new();
+        for (i, c) in cs.iter().enumerate() {
+            let mut s = connect_from(*c, to)?;
+            let reply = options_over(&mut s, to, &format!("drain{i}"))?;
+            if !reply.starts_with("SIP/2.0 200") {
+                return Err(format!("{c}: {reply}"));
+            }
+            open.push(s);
+            // a second connection from the same address: over the limit
+            let mut extra = connect_from(*c, to)?;
+            ends.push(read_end(&mut extra, Duration::from_secs(3)));
+        }
+        Ok((open, ends))
+    });
+    let (mut open, ends) = r.unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_tail()));
+    let m = proxy.metrics();
+    assert!(
+        ends.iter().all(TcpEnd::is_reset),
+        "second connections per address: {ends:?}\n{m}"
+    );
+    for k in 0..SHARDS {
+        assert_eq!(
+            metric(&m, &per_shard("shard_tcp_connections", k)),
+            1.0,
+            "shard {k}\n{m}"
+        );
+    }
+    proxy.signal("TERM");
+    for (c, s) in clients.iter().zip(open.iter_mut()) {
+        let end = read_end(s, Duration::from_secs(8));
+        assert!(
+            end.is_eof(),
+            "drain closes {c}'s idle connection (shard {}) with FIN, got {end:?}\n{}",
+            shard_of(*c),
+            proxy.log_tail()
+        );
+    }
+    proxy.stop_clean();
 }
