@@ -470,7 +470,19 @@ impl Metrics {
         counters: Arc<crate::netstack::Counters>,
     ) -> prometheus::Result<()> {
         self.registry
-            .register(Box::new(NetstackCollector::new(counters)?))
+            .register(Box::new(NetstackCollector::new(vec![counters])?))
+    }
+
+    /// Export N stack shards (afpacket mode, `stack.workers`): the
+    /// netstack families as totals over the shards (same names and labels
+    /// as [`Self::register_netstack`]), and the per-shard families
+    /// labelled `shard` (`sipedge_shard_*`, README's metrics table).
+    pub fn register_shards(&self, shards: Vec<ShardSource>) -> prometheus::Result<()> {
+        let counters = shards.iter().map(|s| s.counters.clone()).collect();
+        self.registry
+            .register(Box::new(NetstackCollector::new(counters)?))?;
+        self.registry
+            .register(Box::new(ShardCollector::new(shards)?))
     }
 
     /// Text exposition format.
@@ -840,7 +852,8 @@ mod tests {
 /// Mirrors the stack's single-writer counters into Prometheus counters when
 /// scraped: the stack thread never touches Prometheus.
 struct NetstackCollector {
-    counters: Arc<crate::netstack::Counters>,
+    /// One per stack shard; exported as their sums.
+    counters: Vec<Arc<crate::netstack::Counters>>,
     mib: IntCounterVec,
     drops: IntCounterVec,
     mib_children: Vec<IntCounter>,
@@ -851,7 +864,7 @@ struct NetstackCollector {
 }
 
 impl NetstackCollector {
-    fn new(counters: Arc<crate::netstack::Counters>) -> prometheus::Result<Self> {
+    fn new(counters: Vec<Arc<crate::netstack::Counters>>) -> prometheus::Result<Self> {
         use crate::netstack::{DropReason as NsDrop, Mib};
         let mib = IntCounterVec::new(
             Opts::new(
@@ -895,20 +908,21 @@ impl NetstackCollector {
 
     fn sync(&self) {
         use crate::netstack::{DropReason as NsDrop, Mib};
-        self.curr_estab
-            .set(self.counters.get(Mib::TcpCurrEstab) as i64);
+        let mib = |m: Mib| self.counters.iter().map(|c| c.get(m)).sum::<u64>();
+        let drops = |r: NsDrop| self.counters.iter().map(|c| c.drops(r)).sum::<u64>();
+        self.curr_estab.set(mib(Mib::TcpCurrEstab) as i64);
         for (m, c) in Mib::ALL
             .iter()
             .filter(|m| !m.is_gauge())
             .zip(&self.mib_children)
         {
-            let (cur, seen) = (self.counters.get(*m), c.get());
+            let (cur, seen) = (mib(*m), c.get());
             if cur > seen {
                 c.inc_by(cur - seen);
             }
         }
         for (r, c) in NsDrop::ALL.iter().zip(&self.drop_children) {
-            let (cur, seen) = (self.counters.drops(*r), c.get());
+            let (cur, seen) = (drops(*r), c.get());
             if cur > seen {
                 c.inc_by(cur - seen);
             }
@@ -930,6 +944,141 @@ impl prometheus::core::Collector for NetstackCollector {
         v.extend(self.drops.collect());
         v.extend(self.curr_estab.collect());
         v
+    }
+}
+
+/// What one stack shard's own thread counts for the per-shard families
+/// (single writer, relaxed stores; read at scrape time).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Frames received from the shard's socket.
+    pub rx_frames: std::sync::atomic::AtomicU64,
+    /// Frames sent.
+    pub tx_frames: std::sync::atomic::AtomicU64,
+    /// Cross-shard sends received (a TCP send for a connection this shard owns).
+    pub handoffs: std::sync::atomic::AtomicU64,
+    /// Replicated ARP / NDP / ICMP-error frames received from other shards.
+    pub replicas: std::sync::atomic::AtomicU64,
+    /// Cross-shard messages dropped because the mailbox was full.
+    pub mailbox_full: std::sync::atomic::AtomicU64,
+}
+
+/// One stack shard as the metrics see it ([`Metrics::register_shards`]).
+pub struct ShardSource {
+    pub counters: Arc<crate::netstack::Counters>,
+    pub stats: Arc<ShardStats>,
+    /// The shard's SIP connections now.
+    pub connections: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Segments the shard dropped because another shard owns them.
+    pub misdirected: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// The `sipedge_shard_*` families, synced from the shards at scrape time.
+struct ShardCollector {
+    shards: Vec<ShardSource>,
+    rx: IntCounterVec,
+    tx: IntCounterVec,
+    in_segs: IntCounterVec,
+    conns: IntGaugeVec,
+    handoffs: IntCounterVec,
+    replicas: IntCounterVec,
+    misdirected: IntCounterVec,
+    mailbox_full: IntCounterVec,
+}
+
+impl ShardCollector {
+    fn new(shards: Vec<ShardSource>) -> prometheus::Result<Self> {
+        let c = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["shard"]);
+        Ok(ShardCollector {
+            rx: c(
+                "sipedge_shard_rx_frames_total",
+                "Frames received by each stack shard (afpacket mode).",
+            )?,
+            tx: c(
+                "sipedge_shard_tx_frames_total",
+                "Frames sent by each stack shard.",
+            )?,
+            in_segs: c(
+                "sipedge_shard_tcp_in_segments_total",
+                "TCP segments received by each stack shard (its Tcp InSegs).",
+            )?,
+            conns: IntGaugeVec::new(
+                Opts::new(
+                    "sipedge_shard_tcp_connections",
+                    "SIP TCP connections in each stack shard's table.",
+                ),
+                &["shard"],
+            )?,
+            handoffs: c(
+                "sipedge_shard_handoffs_total",
+                "Cross-shard sends received by each shard (a TCP send for a connection it owns).",
+            )?,
+            replicas: c(
+                "sipedge_shard_replicas_total",
+                "ARP / NDP / ICMP-error frames replicated to each shard by the others.",
+            )?,
+            misdirected: c(
+                "sipedge_shard_misdirected_total",
+                "TCP segments and UDP datagrams a shard dropped because another shard owns their port.",
+            )?,
+            mailbox_full: c(
+                "sipedge_shard_mailbox_full_total",
+                "Cross-shard messages to each shard dropped because its mailbox was full.",
+            )?,
+            shards,
+        })
+    }
+
+    fn sync(&self) {
+        use crate::netstack::Mib;
+        use std::sync::atomic::Ordering::Relaxed;
+        let up = |v: &IntCounterVec, shard: &str, cur: u64| {
+            let c = v.with_label_values(&[shard]);
+            let seen = c.get();
+            if cur > seen {
+                c.inc_by(cur - seen);
+            }
+        };
+        for (i, s) in self.shards.iter().enumerate() {
+            let k = i.to_string();
+            up(&self.rx, &k, s.stats.rx_frames.load(Relaxed));
+            up(&self.tx, &k, s.stats.tx_frames.load(Relaxed));
+            up(&self.in_segs, &k, s.counters.get(Mib::TcpInSegs));
+            up(&self.handoffs, &k, s.stats.handoffs.load(Relaxed));
+            up(&self.replicas, &k, s.stats.replicas.load(Relaxed));
+            up(&self.misdirected, &k, (s.misdirected)());
+            up(&self.mailbox_full, &k, s.stats.mailbox_full.load(Relaxed));
+            self.conns
+                .with_label_values(&[&k])
+                .set(i64::try_from((s.connections)()).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn families(&self) -> [&dyn prometheus::core::Collector; 8] {
+        [
+            &self.rx,
+            &self.tx,
+            &self.in_segs,
+            &self.conns,
+            &self.handoffs,
+            &self.replicas,
+            &self.misdirected,
+            &self.mailbox_full,
+        ]
+    }
+}
+
+impl prometheus::core::Collector for ShardCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.families().into_iter().flat_map(|f| f.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.sync();
+        self.families()
+            .into_iter()
+            .flat_map(|f| f.collect())
+            .collect()
     }
 }
 
@@ -975,5 +1124,47 @@ mod netstack_metrics_tests {
         );
         assert!(t.contains("sipedge_netstack_tcp_curr_estab 1"), "{t}");
         assert!(!t.contains("counter=\"CurrEstab\""), "{t}");
+    }
+
+    /// Issue 9: N shards export the netstack families as totals (same
+    /// names) and the per-shard families labelled `shard`.
+    #[test]
+    fn shards_export_totals_and_per_shard_families() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = Metrics::new();
+        let (a, b) = (Arc::new(Counters::new()), Arc::new(Counters::new()));
+        let (sa, sb) = (
+            Arc::new(ShardStats::default()),
+            Arc::new(ShardStats::default()),
+        );
+        let src = |c: &Arc<Counters>, s: &Arc<ShardStats>, n: usize| ShardSource {
+            counters: c.clone(),
+            stats: s.clone(),
+            connections: Box::new(move || n),
+            misdirected: Box::new(|| 0),
+        };
+        m.register_shards(vec![src(&a, &sa, 3), src(&b, &sb, 1)])
+            .unwrap();
+        a.add(Mib::TcpInSegs, 5);
+        b.add(Mib::TcpInSegs, 2);
+        sa.rx_frames.store(10, Relaxed);
+        sb.handoffs.store(4, Relaxed);
+        let t = m.encode();
+        for want in [
+            "sipedge_netstack_mib_total{counter=\"InSegs\",group=\"Tcp\"} 7",
+            "sipedge_shard_tcp_in_segments_total{shard=\"0\"} 5",
+            "sipedge_shard_tcp_in_segments_total{shard=\"1\"} 2",
+            "sipedge_shard_rx_frames_total{shard=\"0\"} 10",
+            "sipedge_shard_handoffs_total{shard=\"1\"} 4",
+            "sipedge_shard_tcp_connections{shard=\"0\"} 3",
+            "sipedge_shard_misdirected_total{shard=\"1\"} 0",
+        ] {
+            assert!(t.contains(want), "{want}\n{t}");
+        }
+        b.add(Mib::TcpInSegs, 1);
+        assert!(
+            m.encode()
+                .contains("sipedge_shard_tcp_in_segments_total{shard=\"1\"} 3")
+        );
     }
 }

@@ -263,6 +263,8 @@ struct Inner<B: ConnIo> {
     /// still in Init (stale entries are skipped lazily, compacted when large).
     init_fifo: VecDeque<ConnId>,
     next_id: ConnId,
+    /// Ids advance by this much: the number of tables ([`ConnTable::for_shard`]).
+    id_step: ConnId,
     /// `init_fifo.len()` after its last compaction.
     fifo_kept: usize,
 }
@@ -278,15 +280,35 @@ pub struct ConnTable<B: ConnIo> {
     write_queue_bytes: AtomicUsize,
 }
 
+/// The shard (of `count`) whose table assigned connection id `id`
+/// ([`ConnTable::for_shard`]); 0 when `count` is 0 or 1.
+pub fn shard_of_conn(id: ConnId, count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    (id % count as ConnId) as usize
+}
+
 impl<B: ConnIo> ConnTable<B> {
     pub fn new(limits: TableLimits) -> Self {
+        Self::for_shard(limits, 0, 1)
+    }
+
+    /// The table of shard `index` of `count` (afpacket mode, one table per
+    /// stack shard): it assigns the ids `seq * count + index` (seq = 1, 2,
+    /// …), so [`shard_of_conn`] names the owner of any id (a Via `;i=`
+    /// routes a reply to its shard). `count` 1: ids 1, 2, 3, … as before.
+    pub fn for_shard(limits: TableLimits, index: usize, count: usize) -> Self {
+        let count = count.max(1) as ConnId;
+        let index = (index as ConnId).min(count - 1);
         ConnTable {
             inner: RwLock::new(Inner {
                 by_id: HashMap::new(),
                 by_addr: HashMap::new(),
                 per_ip: HashMap::new(),
                 init_fifo: VecDeque::new(),
-                next_id: 1,
+                next_id: count + index,
+                id_step: count,
                 fifo_kept: 0,
             }),
             max_connections: AtomicUsize::new(limits.max_connections),
@@ -385,7 +407,7 @@ impl<B: ConnIo> ConnTable<B> {
         limit: usize,
     ) -> Arc<Conn<B>> {
         let id = t.next_id;
-        t.next_id += 1;
+        t.next_id += t.id_step;
         let conn = Arc::new(Conn::new(id, peer, local, outbound, B::new(limit)));
         t.by_id.insert(id, conn.clone());
         t.by_addr.insert(peer, id);
@@ -670,5 +692,34 @@ mod tests {
             t.get_or_create_outbound(addr(9, 1), 0).is_some(),
             "existing one reused"
         );
+    }
+
+    /// Issue 9: the table of shard k of N assigns ids `seq * N + k`, so the
+    /// id names its owning shard; one table (kernel mode) keeps 1, 2, 3, ….
+    #[test]
+    fn shard_tables_assign_ids_that_name_their_shard() {
+        for n in 1..=4usize {
+            for k in 0..n {
+                let t = ConnTable::for_shard(limits(100, 100), k, n);
+                let mut ids = Vec::new();
+                for i in 0..5u8 {
+                    let (c, _) = t.admit(addr(1, 1000 + u16::from(i)), 0).unwrap();
+                    ids.push(c.id);
+                    let (o, _) = t
+                        .get_or_create_outbound(addr(9, 1000 + u16::from(i)), 0)
+                        .unwrap();
+                    ids.push(o.id);
+                }
+                for (j, id) in ids.iter().enumerate() {
+                    assert_eq!(*id, (j as u64 + 1) * n as u64 + k as u64, "n={n} k={k}");
+                    assert_eq!(shard_of_conn(*id, n), k);
+                }
+            }
+        }
+        let t = ConnTable::new(limits(10, 10));
+        let (c, _) = t.admit(addr(1, 1), 0).unwrap();
+        assert_eq!(c.id, 1);
+        assert_eq!(shard_of_conn(7, 1), 0);
+        assert_eq!(shard_of_conn(7, 0), 0);
     }
 }

@@ -148,9 +148,10 @@ pub(crate) fn build_core(
         core = core.with_parse_error_hook(h);
     }
     if cfg.mode == crate::config::ProxyMode::Stateful {
-        // one table per worker (the stack thread in afpacket mode)
+        // one table per worker (per stack shard in afpacket mode; each
+        // table polled by one shard)
         let shards = match cfg.stack.mode {
-            crate::config::StackMode::Afpacket => 1,
+            crate::config::StackMode::Afpacket => cfg.stack.shards(),
             crate::config::StackMode::Kernel => cfg.effective_workers(),
         };
         core = core.with_stateful(&cfg.transaction, shards);

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::netns::{NetnsPair, in_netns, must, netns_exec};
 use super::{
-    metric_value, metrics_scrape, poll_at_least, read_sip_message, signal_pid, sip_request,
-    sipedge_bin, tail, unique_temp_dir, wait_child,
+    SippTransport, UacOpts, metric_value, metrics_scrape, poll_at_least, read_sip_message, run_uac,
+    signal_pid, sip_request, sipedge_bin, tail, unique_temp_dir, wait_child,
 };
 
 /// The stack's SIP port (UDP and TCP).
@@ -35,7 +35,8 @@ pub const AF_READY_LINE: &str = "sipedge running on the userspace stack";
 /// The afpacket configuration for `pair`: UDP listeners on both stack
 /// addresses, TCP listeners too when `tcp`, the upstream
 /// `sip:198.18.N.1:5080`; `extra` (TOML tables such as `[tcp]` or
-/// `[nosip]`) is appended.
+/// `[nosip]`) is appended. One stack shard (`stack.workers = 1`, not the
+/// CPU count; [`with_workers`] for more).
 pub fn af_config(pair: &NetnsPair, tcp: bool, extra: &str) -> String {
     let (v4, v6, up) = (pair.stack_v4(), pair.stack_v6(), pair.peer_v4());
     let p = AF_SIP_PORT;
@@ -56,11 +57,18 @@ pub fn af_config(pair: &NetnsPair, tcp: bool, extra: &str) -> String {
          mode = \"afpacket\"\n\
          interface = \"{}\"\n\
          ipv4 = \"{v4}/24\"\n\
-         ipv6 = \"{v6}/64\"\n\n\
+         ipv6 = \"{v6}/64\"\n\
+         workers = 1\n\n\
          {extra}\n",
         listen.join(", "),
         pair.stack_if
     )
+}
+
+/// `config` (from [`af_config`] / [`af_tcp_config`], one stack shard)
+/// with `stack.workers = n`.
+pub fn with_workers(config: &str, n: usize) -> String {
+    config.replacen("workers = 1\n", &format!("workers = {n}\n"), 1)
 }
 
 /// [`af_config`] with TCP listeners and a TCP upstream
@@ -426,4 +434,101 @@ pub fn tcp_script(
             end: TcpEnd::Open,
         })
     })
+}
+
+/// The non-zero drop counters and the neighbour / ARP / NDP and UDP
+/// error counters of a scrape (for failure messages).
+pub fn drop_lines(m: &str) -> String {
+    m.lines()
+        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+        .filter(|l| {
+            l.contains("drop")
+                || l.contains("Neigh")
+                || l.contains("neigh")
+                || l.contains("Errors")
+                || l.contains("Arp")
+                || l.contains("Icmp6")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `calls` calls of tests/sipp/uac.xml over `transport` from the peer
+/// namespace to the stack's address of one family; asserts that every
+/// call succeeded and the proxy forwarded them (metric deltas as in the
+/// kernel-mode suite).
+pub fn calls_through(
+    pair: &NetnsPair,
+    proxy: &mut AfSipedge,
+    transport: SippTransport,
+    v6: bool,
+    calls: u32,
+    rate: u32,
+) {
+    let (local, to) = target(pair, v6);
+    let fam = if v6 { "IPv6" } else { "IPv4" };
+    let before = proxy.metrics();
+    let res = run_uac(&UacOpts {
+        target: to,
+        transport,
+        calls,
+        rate,
+        netns: Some(pair.peer_ns.clone()),
+        local: Some(local),
+    });
+    let alive = proxy.alive();
+    assert!(
+        alive,
+        "sipedge (afpacket) died during the {} {fam} run\n{}\n{}",
+        transport.flag(),
+        res.report(),
+        proxy.log_tail()
+    );
+    assert!(
+        res.all_ok(calls),
+        "{calls} calls through sipedge (afpacket) over {} {fam}: expected all successful, \
+         0 failed\n{}\n{}\n--- drops and neighbour counters ---\n{}",
+        transport.flag(),
+        res.report(),
+        proxy.log_tail(),
+        drop_lines(&proxy.metrics())
+    );
+    let after = proxy.metrics();
+    let delta = |q: &str| metric(&after, q) - metric(&before, q);
+    let fwd_req = delta("sipedge_forwarded_total{kind=\"request\"}");
+    let fwd_rep = delta("sipedge_forwarded_total{kind=\"reply\"}");
+    let invites = delta("sipedge_requests_received_total{method=\"INVITE\"}");
+    let parse_failures = metric(&after, "sipedge_parse_failures_total");
+    let report = format!(
+        "{} {fam}: forwarded requests +{fwd_req}, replies +{fwd_rep}, INVITEs received \
+         +{invites}, parse failures {parse_failures}\n--- metrics ---\n{after}",
+        transport.flag()
+    );
+    // Per call INVITE, ACK, BYE forwarded; 200 (INVITE) and 200 (BYE)
+    // always, plus the 180.
+    assert!(fwd_req >= f64::from(3 * calls), "{report}");
+    assert!(fwd_rep >= f64::from(2 * calls), "{report}");
+    assert!(invites >= f64::from(calls), "{report}");
+    assert_eq!(parse_failures, 0.0, "{report}");
+    if transport.is_tcp() {
+        let accepted = delta("sipedge_tcp_accepted_total");
+        let want = if transport == SippTransport::Tn {
+            calls
+        } else {
+            1
+        };
+        assert!(
+            accepted >= f64::from(want),
+            "tcp accepted +{accepted}\n{report}"
+        );
+    }
+    eprintln!(
+        "{} {fam}: {} calls ok in {:?} (retransmissions {})",
+        transport.flag(),
+        res.successful,
+        res.wall,
+        res.stats
+            .get("Retransmissions(C)")
+            .map_or("?", String::as_str)
+    );
 }

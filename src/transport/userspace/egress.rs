@@ -27,7 +27,9 @@ pub(super) struct StackEgress<'a> {
     /// Per listen index: its address (outbound TCP leaves from its IP).
     pub locals: &'a [SocketAddr],
     pub tcp: &'a mut TcpSide,
-    pub req_tx: &'a mpsc::SyncSender<Pending>,
+    /// To the resolver thread, tagged with this shard (the answer comes back here).
+    pub req_tx: &'a mpsc::SyncSender<(usize, Pending)>,
+    pub shard: usize,
 }
 
 impl Egress for StackEgress<'_> {
@@ -52,7 +54,7 @@ impl Egress for StackEgress<'_> {
     }
 
     fn resolve_later(&mut self, p: Pending) {
-        if self.req_tx.try_send(p).is_err() {
+        if self.req_tx.try_send((self.shard, p)).is_err() {
             self.metrics.dropped(DropReason::NoRoute);
         }
     }
@@ -64,7 +66,7 @@ pub(super) struct StepParts<'a> {
     pub step: Step<'a>,
     pub eg: StackEgress<'a>,
     pub sc: &'a mut Scratch,
-    pub probes: &'a mut super::Probes,
+    pub probes: &'a mut Option<super::Probes>,
 }
 
 impl App {
@@ -79,6 +81,7 @@ impl App {
             dns,
             req_tx,
             probes,
+            shard,
             ..
         } = self;
         let net: &'a mut super::Net = net;
@@ -94,6 +97,7 @@ impl App {
                 locals: &net.locals,
                 tcp: &mut net.tcp,
                 req_tx,
+                shard: shard.index(),
             },
             sc,
             probes,

@@ -1,7 +1,10 @@
 //! The userspace backend (`stack.mode = "afpacket"`): SIP over UDP and TCP
-//! on the embedded stack ([`crate::netstack`]). One thread runs the stack to
+//! on the embedded stack ([`crate::netstack`]). Each stack shard
+//! (`stack.workers`, `shard.rs`) is one thread that runs its stack to
 //! completion — frame in → IP → UDP/TCP → reader loop → `receive_msg` →
-//! forward → frame out — with no channel hop on the hot path (DESIGN.md).
+//! forward → frame out — with no channel hop on the hot path (DESIGN.md);
+//! only sends for another shard's connection and copies of ARP / NDP /
+//! ICMP-error frames cross to another shard, through its mailbox.
 //! The main thread keeps a small tokio runtime for the signal handler, the
 //! drain and the `/metrics` endpoint (a kernel socket: the management plane).
 //!
@@ -10,6 +13,7 @@
 //!   `read_req` over the shared [`crate::transport::stream::StreamState`]
 //!   and `receive_tcp_msg`, `release_conn` (RST / FIN), deadlines;
 //! - `egress.rs`: the [`crate::transport::egress::Egress`] of the stack thread;
+//! - `shard.rs`: the shards: fanout set-up, mailboxes, handoff, replicas;
 //! - `timers.rs`: the per-connection deadline heap.
 //!
 //! Host-name next hops are resolved off the stack thread by one resolver
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant as StdInstant};
 use anyhow::Context as _;
 
 mod egress;
+mod shard;
 mod tcp;
 mod timers;
 mod udp;
@@ -38,7 +43,6 @@ use crate::config::{Config, Transport};
 use crate::core::upstream::{Millis, ProbeDue, ProbeReply, Prober};
 use crate::core::{Core, Scratch};
 use crate::metrics::Metrics;
-use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, kernel_addresses};
 use crate::netstack::{Instant, SocketErrorKind, SocketEvent, Stack, UdpHandle, driver};
 
@@ -56,7 +60,7 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     let core =
         Arc::new(super::build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
     let st = &cfg.stack;
-    let mut dev = AfPacket::open(&st.interface)
+    let first = AfPacket::open(&st.interface)
         .with_context(|| format!("stack.interface = {:?}", st.interface))?;
     match kernel_addresses(&st.interface) {
         Ok(addrs) => {
@@ -69,67 +73,111 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         }
         Err(e) => tracing::debug!("cannot list the interface's kernel addresses: {e}"),
     }
-    let ncfg = st.netstack_config(dev.mac().0, dev.mtu());
-    let mut stack = Stack::new(ncfg, driver::now());
-    metrics.register_netstack(stack.counters())?;
-    let conns = Arc::new(ConnTable::<StackIo>::new(lifecycle::table_limits(&cfg.tcp)));
-    let mut net = Net {
-        udp: Vec::new(),
-        udp_locals: Vec::new(),
-        locals: cfg.listen.iter().map(|l| l.addr).collect(),
-        tcp: tcp::TcpSide::new(conns.clone(), st.tcp_release),
-    };
-    for (i, l) in cfg.listen.iter().enumerate() {
-        match l.transport {
-            Transport::Udp => {
-                let h = stack
-                    .udp_bind(l.addr)
-                    .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
-                net.udp.push(Some(h));
-                net.udp_locals.push(Some(l.addr));
-            }
-            Transport::Tcp => {
-                net.tcp
-                    .listen(&mut stack, l.addr, i)
-                    .with_context(|| format!("listen tcp:{} on the userspace stack", l.addr))?;
-                net.udp.push(None);
-                net.udp_locals.push(None);
+    let (devs, fanout) = shard::open_shards(first, &st.interface, st.shards());
+    let n = devs.len();
+    let limits = lifecycle::table_limits(&cfg.tcp);
+    let mut built = Vec::with_capacity(n);
+    for (k, dev) in devs.into_iter().enumerate() {
+        let ncfg = shard::stack_config(st, &dev, k, n);
+        let mut stack = Stack::new(ncfg, driver::now());
+        let conns = Arc::new(ConnTable::<StackIo>::for_shard(
+            shard::split_limits(limits, n),
+            k,
+            n,
+        ));
+        let mut net = Net {
+            udp: Vec::new(),
+            udp_locals: Vec::new(),
+            locals: cfg.listen.iter().map(|l| l.addr).collect(),
+            tcp: tcp::TcpSide::new(conns.clone(), st.tcp_release),
+        };
+        for (i, l) in cfg.listen.iter().enumerate() {
+            match l.transport {
+                Transport::Udp => {
+                    let h = stack
+                        .udp_bind(l.addr)
+                        .with_context(|| format!("listen udp:{} on the userspace stack", l.addr))?;
+                    net.udp.push(Some(h));
+                    net.udp_locals.push(Some(l.addr));
+                }
+                Transport::Tcp => {
+                    net.tcp
+                        .listen(&mut stack, l.addr, i)
+                        .with_context(|| format!("listen tcp:{} on the userspace stack", l.addr))?;
+                    net.udp.push(None);
+                    net.udp_locals.push(None);
+                }
             }
         }
+        built.push((dev, stack, net, conns));
     }
+    let (peers, inboxes) = shard::mailboxes(n)?;
+    metrics.register_shards(
+        built
+            .iter()
+            .zip(peers.iter())
+            .map(|((_, stack, _, conns), p)| shard::source(stack, conns, p))
+            .collect(),
+    )?;
     tracing::info!(
         interface = %st.interface,
-        mac = %stack.config().mac,
+        mac = %built[0].1.config().mac,
         ipv4 = ?st.ipv4.map(|(a, p)| format!("{a}/{p}")),
         ipv6 = ?st.ipv6.map(|(a, p)| format!("{a}/{p}")),
         listen = ?super::listen_specs(&cfg),
         upstreams = ?super::upstream_uris(&cfg),
         tcp_release = st.tcp_release.as_str(),
+        shards = n,
+        fanout = fanout.map_or_else(|| "none".to_string(), |g| format!("group {g}")),
         "sipedge running on the userspace stack (afpacket)"
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (req_tx, req_rx) = mpsc::sync_channel::<Pending>(RESOLVE_QUEUE);
-    let (res_tx, res_rx) = mpsc::channel::<(Pending, Option<IpAddr>)>();
-    let resolver = std::thread::Builder::new()
-        .name("sipedge-resolve".into())
-        .spawn(move || resolver_loop(req_rx, res_tx))?;
-    let stack_thread = {
+    let (req_tx, req_rx) = mpsc::sync_channel::<(usize, Pending)>(RESOLVE_QUEUE);
+    let mut answer_txs = Vec::with_capacity(n);
+    let mut answer_rxs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel::<(Pending, Option<IpAddr>)>();
+        answer_txs.push(tx);
+        answer_rxs.push(rx);
+    }
+    let resolver = {
+        let peers = peers.clone();
+        std::thread::Builder::new()
+            .name("sipedge-resolve".into())
+            .spawn(move || resolver_loop(req_rx, answer_txs, peers))?
+    };
+    let tables: Vec<Arc<ConnTable<StackIo>>> = built.iter().map(|b| b.3.clone()).collect();
+    let mut probe_rx = Some(probe_rx);
+    let mut threads = Vec::with_capacity(n);
+    for (k, ((mut dev, mut stack, net, _), (inbox, res_rx))) in built
+        .into_iter()
+        .zip(inboxes.into_iter().zip(answer_rxs))
+        .enumerate()
+    {
         let stop = stop.clone();
         let stack_core = core.clone();
         let metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name("sipedge-stack".into())
+        let peers = peers.clone();
+        let shard_tables: Arc<[Arc<ConnTable<StackIo>>]> = tables.clone().into();
+        let req_tx = req_tx.clone();
+        // health probes: shard 0 only
+        let probe_rx = if k == 0 { probe_rx.take() } else { None };
+        let t = std::thread::Builder::new()
+            .name(format!("sipedge-stack-{k}"))
             .spawn(move || -> std::io::Result<()> {
-                let prober = Prober::new(stack_core.upstreams(), stack_core.now_ms());
-                let mut app = App {
-                    probes: Probes {
+                let probes = probe_rx.map(|rx| {
+                    let prober = Prober::new(stack_core.upstreams(), stack_core.now_ms());
+                    Probes {
                         next: prober.active().then_some(0),
                         prober,
-                        rx: probe_rx,
+                        rx,
                         due: Vec::new(),
                         out: Vec::with_capacity(512),
-                    },
+                    }
+                });
+                let wake_fd = inbox.wake_fd();
+                let mut app = App {
                     core: stack_core,
                     metrics,
                     net,
@@ -138,21 +186,21 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
                     req_tx,
                     res_rx,
                     txn_timers: Default::default(),
+                    probes,
+                    shard: shard::Shard::new(k, peers, shard_tables, inbox),
                 };
-                let mut drv = driver::Driver::new();
-                let ran = drv.run(
-                    &mut dev,
-                    &mut stack,
-                    &stop,
-                    &mut |s: &mut Stack, now: Instant| app.step(s, now),
-                );
+                app.net.tcp.set_shard(app.shard.handoff());
+                let mut drv = driver::Driver::new().with_wake(wake_fd);
+                let ran = shard::run_loop(&mut drv, &mut dev, &mut stack, &stop, &mut app);
                 // stop: every connection left gets its FIN (reason
                 // shutdown), flushed by one last round
                 app.shutdown(&mut stack);
                 let _ = drv.step(&mut dev, &mut stack, driver::now(), &mut |_, _| {});
                 ran
-            })?
-    };
+            })?;
+        threads.push(t);
+    }
+    drop(req_tx);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -166,19 +214,25 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         use super::lifecycle;
         let mut control = lifecycle::signals();
         let table = {
-            let conns = conns.clone();
-            Arc::new(move |l| conns.set_limits(l)) as Arc<dyn Fn(_) + Send + Sync>
+            let tables = tables.clone();
+            Arc::new(move |l| {
+                let l = shard::split_limits(l, tables.len());
+                for t in &tables {
+                    t.set_limits(l);
+                }
+            }) as Arc<dyn Fn(_) + Send + Sync>
         };
         let mut reloader =
             lifecycle::Reloader::new(cfg, opts, custom_nosip, core, metrics.clone(), Some(table));
         lifecycle::until_stop(&mut control, &mut reloader).await;
-        // the stack thread closes the listeners when it sees this
+        // the stack threads close the listeners when they see this
         metrics.readiness().set_draining();
         let timeout = reloader.current().drain_timeout_secs;
         let now_s = || tcp::secs(driver::now());
+        let all = shard::Tables(tables);
         lifecycle::drain(
             &metrics,
-            Some((&*conns, &now_s)),
+            Some((&all, &now_s)),
             Duration::from_secs(timeout),
             &mut control,
         )
@@ -187,27 +241,49 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     });
     tracing::info!("shutting down");
     stop.store(true, Ordering::Relaxed);
-    let joined = stack_thread.join();
-    drop(resolver); // exits when the stack thread's sender is gone
-    served?;
-    match joined {
-        Ok(r) => r.context("userspace stack")?,
-        Err(_) => anyhow::bail!("userspace stack thread panicked"),
+    let mut result = Ok(());
+    for (k, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if result.is_ok() => {
+                result = Err(anyhow::Error::new(e).context(format!("userspace stack shard {k}")))
+            }
+            Ok(Err(_)) => {}
+            Err(_) if result.is_ok() => {
+                result = Err(anyhow::anyhow!(
+                    "userspace stack thread sipedge-stack-{k} panicked"
+                ))
+            }
+            Err(_) => {}
+        }
     }
-    Ok(())
+    drop(resolver); // exits when the stack threads' senders are gone
+    served?;
+    result
 }
 
-/// The resolver thread: one name at a time, blocking on the system resolver.
-fn resolver_loop(rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<(Pending, Option<IpAddr>)>) {
-    while let Ok(p) = rx.recv() {
+/// The resolver thread: one name at a time, blocking on the system
+/// resolver; the answer goes back to the shard that asked (and wakes it).
+fn resolver_loop(
+    rx: mpsc::Receiver<(usize, Pending)>,
+    tx: Vec<mpsc::Sender<(Pending, Option<IpAddr>)>>,
+    peers: Arc<[shard::Peer]>,
+) {
+    while let Ok((k, p)) = rx.recv() {
         let want_v4 = p.dest.addr.is_ipv4();
         let ip = (p.host.as_str(), p.dest.addr.port())
             .to_socket_addrs()
             .ok()
             .and_then(|it| pick_addr(it, want_v4))
             .map(|a| a.ip());
-        if tx.send((p, ip)).is_err() {
+        let Some(t) = tx.get(k) else {
+            continue;
+        };
+        if t.send((p, ip)).is_err() {
             return;
+        }
+        if let Some(peer) = peers.get(k) {
+            peer.wake();
         }
     }
 }
@@ -232,11 +308,14 @@ struct App {
     /// Host-name next hops resolved recently (shared cache type with the
     /// kernel backend).
     dns: DnsCache,
-    req_tx: mpsc::SyncSender<Pending>,
+    req_tx: mpsc::SyncSender<(usize, Pending)>,
     res_rx: mpsc::Receiver<(Pending, Option<IpAddr>)>,
     /// Messages of the transaction timers (stateful mode; reused).
     txn_timers: crate::core::transaction::Out,
-    probes: Probes,
+    /// Upstream health probes: shard 0 only.
+    probes: Option<Probes>,
+    /// This shard's place among the others: its mailbox, theirs.
+    shard: shard::Shard,
 }
 
 /// Upstream health probes driven on the stack thread (the sans-IO
@@ -254,14 +333,17 @@ struct Probes {
 impl App {
     /// Called by the driver after each batch of frames.
     fn step(&mut self, s: &mut Stack, now: Instant) {
+        self.mail(s, now);
         while let Ok((p, ip)) = self.res_rx.try_recv() {
             self.resolved(s, now, p, ip);
         }
         // stateful mode: the transaction timers (the driver comes back at
-        // least every driver::MAX_WAIT)
+        // least every driver::MAX_WAIT); this shard polls the tables i
+        // with i % shards == its index (each table by exactly one shard)
         if let Some(n) = self.core.stateful().map(|st| st.shard_count()) {
             let mut out = std::mem::take(&mut self.txn_timers);
-            for shard in 0..n {
+            let (me, of) = (self.shard.index(), self.shard.count());
+            for shard in (me..n).step_by(of) {
                 out.clear();
                 self.core.poll_transactions(shard, &mut out);
                 if !out.sends.is_empty() {
@@ -280,8 +362,10 @@ impl App {
                             // a failure of the target there (once, also
                             // when it was a probe's)
                             let now_ms = self.core.now_ms();
-                            let p = &mut self.probes.prober;
-                            p.on_unreachable(e.remote, Some(Transport::Udp), now_ms);
+                            if let Some(p) = self.probes.as_mut() {
+                                p.prober
+                                    .on_unreachable(e.remote, Some(Transport::Udp), now_ms);
+                            }
                         }
                     }
                 }
@@ -298,6 +382,7 @@ impl App {
         self.net.tcp.poll(s, &cx, now);
         self.fail_over_failed_connections(s, now);
         self.probe(s, now);
+        self.replicate(s);
     }
 
     /// Stop: release every connection (FIN, reason `shutdown`).
@@ -316,7 +401,9 @@ impl App {
         if self.metrics.readiness().is_draining() {
             return;
         }
-        let p = &mut self.probes;
+        let Some(p) = self.probes.as_mut() else {
+            return;
+        };
         let now_ms = self.core.now_ms();
         // a reload (SIGHUP) may have replaced the sets
         if p.prober.follow(&self.core.upstreams(), now_ms) {
@@ -333,9 +420,10 @@ impl App {
             return;
         }
         p.prober.poll(now_ms, &mut p.due);
-        let egress::StepParts {
-            mut eg, probes: p, ..
-        } = self.split(s, now);
+        let egress::StepParts { mut eg, probes, .. } = self.split(s, now);
+        let Some(p) = probes.as_mut() else {
+            return;
+        };
         for d in p.due.drain(..) {
             let Some(dest) = eg.core.write_probe(d, &mut p.out) else {
                 p.prober.send_failed(d, now_ms);

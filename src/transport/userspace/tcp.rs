@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Instant as StdInstant;
@@ -46,10 +46,11 @@ pub(super) const READ_BUF: usize = 64 * 1024;
 /// Accept backlog of a listener (capped by `stack.limits.tcp_syn_backlog_max`).
 const LISTEN_BACKLOG: usize = 4096;
 
-/// A connection killed from outside the stack thread (the drain) or by a
-/// send: the stack thread looks at the table's kill reasons when this is
-/// set (once per kill burst, not per round).
-static KILL_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// A connection killed from outside its stack thread (the drain) or by a
+/// send: bumped on every kill; each shard looks at its table's kill
+/// reasons when the count moved since it last looked (once per kill
+/// burst, not per round; a kill in another shard's table costs a scan).
+static KILL_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// Milliseconds of the stack clock.
 pub(super) fn ms(now: Instant) -> Millis {
@@ -107,7 +108,7 @@ impl ConnIo for StackIo {
     }
 
     fn wake(&self) {
-        KILL_REQUESTED.store(true, Ordering::Release);
+        KILL_EPOCH.fetch_add(1, Ordering::AcqRel);
     }
 
     fn close(&self) -> usize {
@@ -262,6 +263,11 @@ pub(super) struct TcpSide {
     /// connect, reset) since the last round: their transactions fail over
     /// (stateful mode, [`crate::transport::tcp::txn_transport_failed`]).
     failed_outbound: Vec<(SocketAddr, ReleaseReason)>,
+    /// [`KILL_EPOCH`] when this shard last scanned its table's kills.
+    kill_seen: u64,
+    /// This shard and the others: a send on a connection another shard
+    /// owns goes to that shard's mailbox.
+    handoff: super::shard::Handoff,
 }
 
 /// Failed outbound connections remembered per round (more are rare: each
@@ -326,7 +332,14 @@ impl TcpSide {
             listeners_closed: false,
             next_generation: 0,
             failed_outbound: Vec::new(),
+            kill_seen: 0,
+            handoff: super::shard::Handoff::single(),
         }
+    }
+
+    /// This side's shard and the way to the others.
+    pub(super) fn set_shard(&mut self, h: super::shard::Handoff) {
+        self.handoff = h;
     }
 
     /// `listen(2)` on a `tcp:` listen address of index `local`.
@@ -494,12 +507,20 @@ impl TcpSide {
         dest: &Dest,
         out: &[u8],
     ) -> SendResult {
+        // a connection of another shard: its owner sends it (next round)
+        if let Some(id) = dest.conn
+            && let Some(r) = self.handoff.forward(id, dest, out)
+        {
+            return r;
+        }
         let found = match dest.conn {
             Some(id) => self.cache.by_id(&self.conns, id),
             None => None,
         };
         let conn = match found.or_else(|| self.cache.by_addr(&self.conns, dest.addr)) {
             Some(c) => c,
+            // another shard holds a connection to the address: it sends
+            None if let Some(r) = self.handoff.forward_by_addr(dest, out) => return r,
             None => match self.conns.get_or_create_outbound(dest.addr, dest.local) {
                 None => {
                     tracing::debug!(dest = %dest.addr, "connection table full: not opening an outbound connection");
@@ -673,7 +694,9 @@ impl TcpSide {
     /// Deadlines due at `now`, and kill requests (drain, write-queue
     /// overflow).
     pub(super) fn poll(&mut self, s: &mut Stack, cx: &Ctx<'_>, now: Instant) {
-        if KILL_REQUESTED.swap(false, Ordering::AcqRel) {
+        let epoch = KILL_EPOCH.load(Ordering::Acquire);
+        if epoch != self.kill_seen {
+            self.kill_seen = epoch;
             for c in self.conns.all() {
                 if let Some(r) = c.kill_reason() {
                     self.release_conn(s, cx, &c, r);
