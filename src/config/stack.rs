@@ -198,6 +198,23 @@ impl StackSettings {
         n.clamp(1, MAX_STACK_WORKERS)
     }
 
+    /// How each shard's AF_PACKET socket is set up (`rx_ring`, the ring's
+    /// sizes from `[stack.limits]`, `busy_poll`).
+    pub fn afpacket_options(&self) -> crate::netstack::device::afpacket::AfPacketOptions {
+        use crate::netstack::device::afpacket::{AfPacketOptions, RingConfig};
+        let l = &self.limits;
+        let ring = RingConfig {
+            block_bytes: l.rx_ring_block_bytes,
+            blocks: l.rx_ring_blocks,
+            timeout_ms: l.rx_ring_timeout_ms,
+        };
+        AfPacketOptions {
+            rx_ring: (self.rx_ring != RxRing::Off).then_some(ring),
+            ring_required: self.rx_ring == RxRing::On,
+            busy_poll_us: self.busy_poll_us,
+        }
+    }
+
     /// The embedded stack's limits from `[stack.limits]`.
     pub fn netstack_limits(&self) -> crate::netstack::Limits {
         use crate::netstack::Duration;

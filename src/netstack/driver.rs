@@ -302,10 +302,24 @@ impl Driver {
         stop: &AtomicBool,
         app: &mut dyn FnMut(&mut Stack, Instant),
     ) -> io::Result<()> {
+        self.run_with(dev, stack, stop, app, &mut |_| {})
+    }
+
+    /// [`Self::run`], calling `after_round` with the driver's counters after
+    /// every round (e.g. to publish them as metrics).
+    pub fn run_with<D: Device + ?Sized>(
+        &mut self,
+        dev: &mut D,
+        stack: &mut Stack,
+        stop: &AtomicBool,
+        app: &mut dyn FnMut(&mut Stack, Instant),
+        after_round: &mut dyn FnMut(&DriverStats),
+    ) -> io::Result<()> {
         // When the busy-poll spin started (the last round with frames).
         let mut spin_from: Option<std::time::Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let st = self.step(dev, stack, now(), app)?;
+            after_round(&self.stats);
             if st.wait.is_zero() {
                 spin_from = None;
                 continue;

@@ -60,7 +60,8 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     let core =
         Arc::new(super::build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
     let st = &cfg.stack;
-    let first = AfPacket::open(&st.interface)
+    let dev_opts = st.afpacket_options();
+    let first = AfPacket::open_with(&st.interface, &dev_opts)
         .with_context(|| format!("stack.interface = {:?}", st.interface))?;
     match kernel_addresses(&st.interface) {
         Ok(addrs) => {
@@ -73,7 +74,8 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         }
         Err(e) => tracing::debug!("cannot list the interface's kernel addresses: {e}"),
     }
-    let (devs, fanout) = shard::open_shards(first, &st.interface, st.shards());
+    let (devs, fanout) = shard::open_shards(first, &st.interface, &dev_opts, st.shards());
+    let rx_mode = devs[0].rx_mode();
     let n = devs.len();
     let limits = lifecycle::table_limits(&cfg.tcp);
     let mut built = Vec::with_capacity(n);
@@ -128,6 +130,8 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         upstreams = ?super::upstream_uris(&cfg),
         tcp_release = st.tcp_release.as_str(),
         shards = n,
+        rx = rx_mode,
+        busy_poll_us = st.busy_poll_us,
         fanout = fanout.map_or_else(|| "none".to_string(), |g| format!("group {g}")),
         "sipedge running on the userspace stack (afpacket)"
     );
@@ -163,6 +167,7 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         let req_tx = req_tx.clone();
         // health probes: shard 0 only
         let probe_rx = if k == 0 { probe_rx.take() } else { None };
+        let busy_poll_us = cfg.stack.busy_poll_us;
         let t = std::thread::Builder::new()
             .name(format!("sipedge-stack-{k}"))
             .spawn(move || -> std::io::Result<()> {
@@ -190,7 +195,9 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
                     shard: shard::Shard::new(k, peers, shard_tables, inbox),
                 };
                 app.net.tcp.set_shard(app.shard.handoff());
-                let mut drv = driver::Driver::new().with_wake(wake_fd);
+                let mut drv = driver::Driver::new()
+                    .with_wake(wake_fd)
+                    .with_busy_poll(Duration::from_micros(u64::from(busy_poll_us)));
                 let ran = shard::run_loop(&mut drv, &mut dev, &mut stack, &stop, &mut app);
                 // stop: every connection left gets its FIN (reason
                 // shutdown), flushed by one last round

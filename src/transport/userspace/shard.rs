@@ -29,7 +29,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration as StdDuration;
 
 use super::App;
 use super::tcp::StackIo;
@@ -37,7 +36,7 @@ use crate::config::StackSettings;
 use crate::core::{ConnId, Dest, DropReason};
 use crate::metrics::{ShardSource, ShardStats};
 use crate::netstack::device::Device;
-use crate::netstack::device::afpacket::{AfPacket, wait_fds};
+use crate::netstack::device::afpacket::{AfPacket, AfPacketOptions};
 use crate::netstack::device::steer::{self, SteerConfig};
 use crate::netstack::{DropReason as NsDrop, EPHEMERAL, Instant, RxMeta, ShardId, Stack, driver};
 use crate::transport::conn::{ConnTable, TableLimits, shard_of_conn};
@@ -329,6 +328,7 @@ pub(super) fn stack_config(
 pub(super) fn open_shards(
     first: AfPacket,
     iface: &str,
+    opts: &AfPacketOptions,
     want: usize,
 ) -> (Vec<AfPacket>, Option<u16>) {
     let mut devs = vec![first];
@@ -343,7 +343,7 @@ pub(super) fn open_shards(
     });
     let joined = (|| -> Result<(), String> {
         for _ in 1..want {
-            devs.push(AfPacket::open(iface).map_err(|e| format!("open: {e}"))?);
+            devs.push(AfPacket::open_with(iface, opts).map_err(|e| format!("open: {e}"))?);
         }
         for d in &devs {
             d.join_fanout(group, &prog)
@@ -364,9 +364,9 @@ pub(super) fn open_shards(
     }
 }
 
-/// The shard's rounds until `stop` ([`driver::Driver::step`], then wait
-/// on the socket and the wake socket); the shard's frame counts are
-/// published after each round.
+/// The shard's rounds until `stop` ([`driver::Driver::run_with`]: the
+/// wait also ends on the wake socket, and busy-polls when configured); the
+/// shard's frame counts are published after each round.
 pub(super) fn run_loop(
     drv: &mut driver::Driver,
     dev: &mut AfPacket,
@@ -375,28 +375,18 @@ pub(super) fn run_loop(
     app: &mut App,
 ) -> io::Result<()> {
     let stats = app.shard.stats().cloned();
-    let wake = app.shard.inbox.wake_fd();
-    while !stop.load(Ordering::Relaxed) {
-        let st = drv.step(
-            dev,
-            stack,
-            driver::now(),
-            &mut |s: &mut Stack, now: Instant| app.step(s, now),
-        )?;
-        if let Some(x) = &stats {
-            let d = drv.stats();
-            x.rx_frames.store(d.rx_frames, Ordering::Relaxed);
-            x.tx_frames.store(d.tx_frames, Ordering::Relaxed);
-        }
-        if st.wait.is_zero() {
-            continue;
-        }
-        match dev.poll_fd() {
-            Some(fd) => wait_fds(&[(fd, false), (wake, false)], st.wait)?,
-            None => std::thread::sleep(st.wait.min(StdDuration::from_millis(1))),
-        }
-    }
-    Ok(())
+    drv.run_with(
+        dev,
+        stack,
+        stop,
+        &mut |s: &mut Stack, now: Instant| app.step(s, now),
+        &mut |d| {
+            if let Some(x) = &stats {
+                x.rx_frames.store(d.rx_frames, Ordering::Relaxed);
+                x.tx_frames.store(d.tx_frames, Ordering::Relaxed);
+            }
+        },
+    )
 }
 
 impl App {
