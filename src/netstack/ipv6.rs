@@ -882,6 +882,25 @@ pub(crate) mod tests {
         s.receive_frame(t0(), RxMeta::HOST, &eth(pkt));
     }
 
+    /// An NDP message `repr` from `src` to `dst` with `hop`, in a frame to `mac`.
+    pub(crate) fn ndisc_frame(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop: u8,
+        repr: smoltcp::wire::NdiscRepr<'_>,
+        mac: [u8; 6],
+    ) -> Vec<u8> {
+        let r = smoltcp::wire::Icmpv6Repr::Ndisc(repr);
+        let mut b = vec![0u8; r.buffer_len()];
+        r.emit(
+            &src,
+            &dst,
+            &mut smoltcp::wire::Icmpv6Packet::new_unchecked(&mut b[..]),
+            &ChecksumCapabilities::default(),
+        );
+        eth_to(mac, &ip6_hop(src, dst, 58, hop, &b))
+    }
+
     /// An emitted IPv6 frame, parsed.
     #[derive(Debug)]
     pub(crate) struct Out {

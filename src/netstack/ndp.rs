@@ -232,10 +232,8 @@ impl Stack {
 mod tests {
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-    use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetAddress, Icmpv6Packet, Icmpv6Repr, NdiscNeighborFlags, NdiscRepr,
-        RawHardwareAddress,
+        EthernetAddress, Icmpv6Packet, NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
     };
 
     use super::super::ipv6::tests::*;
@@ -247,25 +245,6 @@ mod tests {
 
     fn peer_ll() -> Ipv6Addr {
         super::super::link_local_from_mac(EthernetAddress(PEER_MAC))
-    }
-
-    /// An NDP message `repr` from `src` to `dst` with `hop`, in a frame to `mac`.
-    fn ndisc_frame(
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        hop: u8,
-        repr: NdiscRepr<'_>,
-        mac: [u8; 6],
-    ) -> Vec<u8> {
-        let r = Icmpv6Repr::Ndisc(repr);
-        let mut b = vec![0u8; r.buffer_len()];
-        r.emit(
-            &src,
-            &dst,
-            &mut Icmpv6Packet::new_unchecked(&mut b[..]),
-            &ChecksumCapabilities::default(),
-        );
-        eth_to(mac, &ip6_hop(src, dst, 58, hop, &b))
     }
 
     fn ns(target: Ipv6Addr, sll: Option<[u8; 6]>) -> NdiscRepr<'static> {

@@ -110,17 +110,16 @@ impl Stack {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetAddress, Icmpv4Packet, Icmpv6Packet, Icmpv6Repr, IpAddress, Ipv4Packet,
-        NdiscNeighborFlags, NdiscRepr, RawHardwareAddress, TcpControl, TcpPacket, TcpRepr,
-        TcpSeqNumber,
+        EthernetAddress, Icmpv4Packet, Icmpv6Packet, IpAddress, Ipv4Packet, NdiscNeighborFlags,
+        NdiscRepr, RawHardwareAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
     };
 
     use super::super::ipv4::tests::{eth4, ip4, tx_ip};
-    use super::super::ipv6::tests::{eth_to, ip6, ip6_hop, out, udp6};
+    use super::super::ipv6::tests::{eth_to, ip6, ip6_hop, ndisc_frame, out, udp6};
     use super::super::testutil::*;
     use super::super::{
         DropReason, EPHEMERAL, Mib, RxMeta, ShardId, SocketError, SocketErrorKind, Stack,
@@ -141,18 +140,7 @@ mod tests {
     /// Shard `index` of `count`, start-up frames drained, knowing the
     /// peer's and the gateways' MACs (as `ready_stack`).
     fn shard(index: u16, count: u16) -> Stack {
-        let mut s = Stack::new(shard_config(index, count), t0());
-        settle(&mut s);
-        for ip in [
-            IpAddr::V4(PEER4),
-            IpAddr::V6(PEER6),
-            IpAddr::V4(GW4),
-            IpAddr::V6(GW6),
-        ] {
-            s.neigh_update(t0(), ip, EthernetAddress(PEER_MAC), true);
-        }
-        drain(&mut s);
-        s
+        ready_stack_with(shard_config(index, count))
     }
 
     /// Drain `from`'s outbox into every stack of `to` (the shard thread's
@@ -180,18 +168,6 @@ mod tests {
         f.extend_from_slice(&if op == 2 { OUR_MAC } else { [0; 6] });
         f.extend_from_slice(&tpa.octets());
         f
-    }
-
-    fn ndisc_frame(src: Ipv6Addr, dst: Ipv6Addr, repr: NdiscRepr<'_>, mac: [u8; 6]) -> Vec<u8> {
-        let r = Icmpv6Repr::Ndisc(repr);
-        let mut b = vec![0u8; r.buffer_len()];
-        r.emit(
-            &src,
-            &dst,
-            &mut Icmpv6Packet::new_unchecked(&mut b[..]),
-            &ChecksumCapabilities::default(),
-        );
-        eth_to(mac, &ip6_hop(src, dst, 58, 255, &b))
     }
 
     /// An ICMPv4 message with a correct checksum.
@@ -440,7 +416,11 @@ mod tests {
             target_addr: NEW6,
             lladdr: Some(EthernetAddress(NEW_MAC).into()),
         };
-        s0.receive_frame(t0(), RxMeta::HOST, &ndisc_frame(NEW6, OUR6, na, OUR_MAC));
+        s0.receive_frame(
+            t0(),
+            RxMeta::HOST,
+            &ndisc_frame(NEW6, OUR6, 255, na, OUR_MAC),
+        );
         assert!(drain(&mut s0).is_empty());
         assert_eq!(s0.counters.get(Mib::Icmp6InNeighborAdvertisements), 1);
 
@@ -485,7 +465,7 @@ mod tests {
             lladdr: Some(RawHardwareAddress::from(EthernetAddress(NEW_MAC))),
         };
         let sn = solicited_node(OUR6);
-        let f = ndisc_frame(NEW6, sn, ns, multicast_mac_v6(sn).0);
+        let f = ndisc_frame(NEW6, sn, 255, ns, multicast_mac_v6(sn).0);
         // the start-up announcements were counted already
         let (na1, msgs1) = (
             s1.counters.get(Mib::Icmp6OutNeighborAdvertisements),

@@ -48,7 +48,12 @@ pub fn settle(s: &mut Stack) {
 /// and which already knows the peer's and the gateways' MACs, so output
 /// goes straight to the tx queue.
 pub fn ready_stack() -> Stack {
-    let mut s = stack();
+    ready_stack_with(config())
+}
+
+/// [`ready_stack`] with another configuration.
+pub fn ready_stack_with(cfg: StackConfig) -> Stack {
+    let mut s = Stack::new(cfg, t0());
     settle(&mut s);
     for ip in [
         IpAddr::V4(PEER4),
