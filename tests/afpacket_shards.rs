@@ -75,6 +75,18 @@ fn client_on_shard(pair: &NetnsPair, want: usize, not: &BTreeSet<u8>) -> Ipv4Add
     pair.add_peer_v4(host)
 }
 
+/// One client address on each shard (added to the peer's interface).
+fn client_per_shard(pair: &NetnsPair) -> Vec<Ipv4Addr> {
+    let mut used = BTreeSet::new();
+    (0..SHARDS)
+        .map(|k| {
+            let c = client_on_shard(pair, k, &used);
+            used.insert(c.octets()[3]);
+            c
+        })
+        .collect()
+}
+
 /// sipedge with two shards on `config`; asserts the start-up line says so.
 fn start_sharded(pair: &NetnsPair, config: &str) -> AfSipedge {
     let proxy = AfSipedge::start(pair, &with_workers(config, SHARDS));
@@ -292,13 +304,7 @@ fn shards_reassemble_fragmented_udp_whichever_shard() {
         return;
     }
     let pair = NetnsPair::new();
-    let mut used = BTreeSet::new();
-    let mut clients = Vec::new();
-    for k in 0..SHARDS {
-        let c = client_on_shard(&pair, k, &used);
-        used.insert(c.octets()[3]);
-        clients.push(c);
-    }
+    let clients = client_per_shard(&pair);
     let up = pair.peer_v4();
     let uas = pair
         .in_peer(move || TestUas::start_on(up.into(), AF_UPSTREAM_PORT, UasMode::Normal))
@@ -421,13 +427,10 @@ fn shards_per_ip_limit_and_drain_cover_every_shard() {
         return;
     }
     let pair = NetnsPair::new();
-    let mut used = BTreeSet::new();
-    let mut clients = Vec::new();
-    for k in 0..SHARDS {
-        let c = client_on_shard(&pair, k, &used);
-        used.insert(c.octets()[3]);
-        clients.push(IpAddr::from(c));
-    }
+    let clients: Vec<IpAddr> = client_per_shard(&pair)
+        .into_iter()
+        .map(IpAddr::from)
+        .collect();
     let mut proxy = start_sharded(
         &pair,
         &af_tcp_config(&pair, "[tcp]\nmax_connections_per_ip = 1\n"),
