@@ -961,6 +961,11 @@ pub struct ShardStats {
     pub replicas: std::sync::atomic::AtomicU64,
     /// Cross-shard messages dropped because the mailbox was full.
     pub mailbox_full: std::sync::atomic::AtomicU64,
+    /// Frames the kernel dropped before the shard's socket (its receive
+    /// ring or buffer was full: PACKET_STATISTICS tp_drops).
+    pub kernel_drops: std::sync::atomic::AtomicU64,
+    /// TPACKET_V3 ring blocks the shard consumed (0 on the plain socket).
+    pub rx_blocks: std::sync::atomic::AtomicU64,
 }
 
 /// One stack shard as the metrics see it ([`Metrics::register_shards`]).
@@ -984,6 +989,8 @@ struct ShardCollector {
     replicas: IntCounterVec,
     misdirected: IntCounterVec,
     mailbox_full: IntCounterVec,
+    kernel_drops: IntCounterVec,
+    rx_blocks: IntCounterVec,
 }
 
 impl ShardCollector {
@@ -1025,6 +1032,14 @@ impl ShardCollector {
                 "sipedge_shard_mailbox_full_total",
                 "Cross-shard messages to each shard dropped because its mailbox was full.",
             )?,
+            kernel_drops: c(
+                "sipedge_shard_kernel_drops_total",
+                "Frames the kernel dropped before each shard's AF_PACKET socket (ring or buffer full).",
+            )?,
+            rx_blocks: c(
+                "sipedge_shard_rx_ring_blocks_total",
+                "TPACKET_V3 receive-ring blocks each shard consumed (frames per block = rx_frames / this).",
+            )?,
             shards,
         })
     }
@@ -1048,13 +1063,15 @@ impl ShardCollector {
             up(&self.replicas, &k, s.stats.replicas.load(Relaxed));
             up(&self.misdirected, &k, (s.misdirected)());
             up(&self.mailbox_full, &k, s.stats.mailbox_full.load(Relaxed));
+            up(&self.kernel_drops, &k, s.stats.kernel_drops.load(Relaxed));
+            up(&self.rx_blocks, &k, s.stats.rx_blocks.load(Relaxed));
             self.conns
                 .with_label_values(&[&k])
                 .set(i64::try_from((s.connections)()).unwrap_or(i64::MAX));
         }
     }
 
-    fn families(&self) -> [&dyn prometheus::core::Collector; 8] {
+    fn families(&self) -> [&dyn prometheus::core::Collector; 10] {
         [
             &self.rx,
             &self.tx,
@@ -1064,6 +1081,8 @@ impl ShardCollector {
             &self.replicas,
             &self.misdirected,
             &self.mailbox_full,
+            &self.kernel_drops,
+            &self.rx_blocks,
         ]
     }
 }

@@ -302,24 +302,24 @@ impl Driver {
         stop: &AtomicBool,
         app: &mut dyn FnMut(&mut Stack, Instant),
     ) -> io::Result<()> {
-        self.run_with(dev, stack, stop, app, &mut |_| {})
+        self.run_with(dev, stack, stop, app, &mut |_, _| {})
     }
 
-    /// [`Self::run`], calling `after_round` with the driver's counters after
-    /// every round (e.g. to publish them as metrics).
+    /// [`Self::run`], calling `after_round` with the driver's counters and
+    /// the device after every round (e.g. to publish them as metrics).
     pub fn run_with<D: Device + ?Sized>(
         &mut self,
         dev: &mut D,
         stack: &mut Stack,
         stop: &AtomicBool,
         app: &mut dyn FnMut(&mut Stack, Instant),
-        after_round: &mut dyn FnMut(&DriverStats),
+        after_round: &mut dyn FnMut(&DriverStats, &mut D),
     ) -> io::Result<()> {
         // When the busy-poll spin started (the last round with frames).
         let mut spin_from: Option<std::time::Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let st = self.step(dev, stack, now(), app)?;
-            after_round(&self.stats);
+            after_round(&self.stats, dev);
             if st.wait.is_zero() {
                 spin_from = None;
                 continue;

@@ -375,15 +375,27 @@ pub(super) fn run_loop(
     app: &mut App,
 ) -> io::Result<()> {
     let stats = app.shard.stats().cloned();
+    // the kernel's drop counter is read (and reset) by a syscall: once a second
+    let mut next_kernel_stats = std::time::Instant::now();
     drv.run_with(
         dev,
         stack,
         stop,
         &mut |s: &mut Stack, now: Instant| app.step(s, now),
-        &mut |d| {
+        &mut |d, dev: &mut AfPacket| {
             if let Some(x) = &stats {
                 x.rx_frames.store(d.rx_frames, Ordering::Relaxed);
                 x.tx_frames.store(d.tx_frames, Ordering::Relaxed);
+                let t = std::time::Instant::now();
+                if t >= next_kernel_stats {
+                    next_kernel_stats = t + std::time::Duration::from_secs(1);
+                    if let Err(e) = dev.update_kernel_stats() {
+                        tracing::debug!("PACKET_STATISTICS: {e}");
+                    }
+                    let ds = dev.stats();
+                    x.kernel_drops.store(ds.kernel_drops, Ordering::Relaxed);
+                    x.rx_blocks.store(ds.rx_blocks, Ordering::Relaxed);
+                }
             }
         },
     )
