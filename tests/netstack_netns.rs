@@ -632,3 +632,59 @@ in_both_rx_modes!(
     e2e_udp_to_closed_port_gets_connection_refused,
     e2e_linux_neighbour_caches_learn_the_stack,
 );
+
+/// The link going down (the packet socket gets ENETDOWN) is a counted
+/// receive error, and the driver keeps sleeping between rounds. With the
+/// ring no recvmsg collects the socket error, so an uncollected one made
+/// every poll(2) return at once (a busy loop) until `Device::take_error`.
+#[test]
+fn afpacket_link_down_is_a_counted_error_not_a_busy_loop() {
+    if skip_unless_root() {
+        return;
+    }
+    use sipedge::netstack::{Stack, StackConfig, driver};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    for ring in [true, false] {
+        let pair = NetnsPair::new();
+        let sif = pair.stack_if.clone();
+        let opts = AfPacketOptions {
+            rx_ring: ring.then(RingConfig::default),
+            ring_required: ring,
+            ..AfPacketOptions::default()
+        };
+        let mut dev = pair.in_stack(move || AfPacket::open_with(&sif, &opts).expect("open"));
+        assert_eq!(dev.rx_mode(), if ring { "ring" } else { "socket" });
+        let stop = Arc::new(AtomicBool::new(false));
+        let runner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut stack = Stack::new(StackConfig::new(dev.mac()), driver::now());
+                let mut drv = driver::Driver::new();
+                drv.run(&mut dev, &mut stack, &stop, &mut |_, _| {})
+                    .expect("driver");
+                drv.stats()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let down = Command::new("ip")
+            .args(["-n", &pair.stack_ns, "link", "set", &pair.stack_if, "down"])
+            .status()
+            .expect("ip link set down");
+        assert!(down.success());
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        let st = runner.join().expect("driver thread");
+        // 1.3 s of rounds at most every 50 ms (MAX_WAIT) is ~30; a busy
+        // loop makes tens of thousands
+        assert!(
+            st.rounds < 500,
+            "ring={ring}: {} rounds in 1.3 s: the driver spins",
+            st.rounds
+        );
+        assert!(
+            st.rx_errors >= 1,
+            "ring={ring}: ENETDOWN not counted: {st:?}"
+        );
+    }
+}

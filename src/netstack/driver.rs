@@ -182,10 +182,7 @@ impl Driver {
                 if e.kind() == io::ErrorKind::Interrupted
                     || e.raw_os_error() == Some(libc::ENETDOWN) =>
             {
-                self.stats.rx_errors += 1;
-                if warn_due(&mut self.last_rx_warn, now) {
-                    tracing::warn!(error = %e, total = self.stats.rx_errors, "device receive error");
-                }
+                self.rx_error(&e, now);
                 0
             }
             Err(e) => return Err(e),
@@ -210,6 +207,14 @@ impl Driver {
             tx_blocked,
             wait,
         })
+    }
+
+    /// Count and (rate-limited) log a transient receive error.
+    fn rx_error(&mut self, e: &io::Error, now: Instant) {
+        self.stats.rx_errors += 1;
+        if warn_due(&mut self.last_rx_warn, now) {
+            tracing::warn!(error = %e, total = self.stats.rx_errors, "device receive error");
+        }
     }
 
     /// Send the held frames (the refused one first), then the stack's
@@ -337,10 +342,21 @@ impl Driver {
                 // The next spin starts with the next frame.
                 spin_from = None;
             }
-            match (dev.poll_fd(), self.wake) {
+            let errs = match (dev.poll_fd(), self.wake) {
                 (Some(fd), Some(w)) => wait_fds(&[(fd, false), (w, false)], st.wait)?,
                 (Some(fd), None) => wait_fds(&[(fd, false)], st.wait)?,
-                (None, _) => std::thread::sleep(st.wait.min(StdDuration::from_millis(1))),
+                (None, _) => {
+                    std::thread::sleep(st.wait.min(StdDuration::from_millis(1)));
+                    0
+                }
+            };
+            // An error condition on the device (e.g. ENETDOWN: the link went
+            // down) stays until collected; with a receive ring no recvmsg
+            // collects it, and every poll would return at once.
+            if errs & 1 != 0
+                && let Err(e) = dev.take_error()
+            {
+                self.rx_error(&e, now());
             }
         }
         Ok(())

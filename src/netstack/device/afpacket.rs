@@ -1036,18 +1036,28 @@ impl Device for AfPacket {
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.sock.as_raw_fd())
     }
+
+    fn take_error(&mut self) -> io::Result<()> {
+        match self.sock.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Wait until `fd` is readable (or writable, with `writable`) or `timeout`
 /// passes (poll(2)). EINTR counts as a wake-up.
 pub fn wait_fd(fd: RawFd, writable: bool, timeout: Duration) -> io::Result<()> {
-    wait_fds(&[(fd, writable)], timeout)
+    wait_fds(&[(fd, writable)], timeout).map(|_| ())
 }
 
 /// Wait until one of `fds` is readable (or also writable, where its flag
 /// says so) or `timeout` passes (poll(2)); at most 4 descriptors. EINTR
-/// counts as a wake-up.
-pub fn wait_fds(fds: &[(RawFd, bool)], timeout: Duration) -> io::Result<()> {
+/// counts as a wake-up. Returns a bit mask of the descriptors (bit i for
+/// `fds[i]`) that reported an error condition (POLLERR / POLLHUP /
+/// POLLNVAL): the caller must collect the error (e.g. `SO_ERROR`, see
+/// [`Device::take_error`]) or the next wait returns at once again.
+pub fn wait_fds(fds: &[(RawFd, bool)], timeout: Duration) -> io::Result<u8> {
     let mut p = [libc::pollfd {
         fd: -1,
         events: 0,
@@ -1068,8 +1078,14 @@ pub fn wait_fds(fds: &[(RawFd, bool)], timeout: Duration) -> io::Result<()> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+        return Ok(0);
     }
-    Ok(())
+    let bad = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+    Ok(p[..n]
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| q.revents & bad != 0)
+        .fold(0u8, |m, (i, _)| m | 1 << i))
 }
 
 /// The IPv4 and IPv6 addresses the kernel has on `ifname` (getifaddrs(3)),

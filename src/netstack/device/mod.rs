@@ -67,6 +67,15 @@ pub trait Device {
     /// writable: `send` may succeed again), or None for devices without one
     /// (in-memory).
     fn poll_fd(&self) -> Option<RawFd>;
+
+    /// Collect a pending socket error (`SO_ERROR`, e.g. ENETDOWN when the
+    /// interface went down) after poll(2) reported an error condition on
+    /// [`Self::poll_fd`]. With a receive ring nothing else reads it, and
+    /// an uncollected error makes every poll return at once. `Ok` when
+    /// there was none; devices without an fd have none.
+    fn take_error(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<D: Device + ?Sized> Device for &mut D {
@@ -88,6 +97,9 @@ impl<D: Device + ?Sized> Device for &mut D {
     fn poll_fd(&self) -> Option<RawFd> {
         (**self).poll_fd()
     }
+    fn take_error(&mut self) -> io::Result<()> {
+        (**self).take_error()
+    }
 }
 
 impl<D: Device + ?Sized> Device for Box<D> {
@@ -108,6 +120,9 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn poll_fd(&self) -> Option<RawFd> {
         (**self).poll_fd()
+    }
+    fn take_error(&mut self) -> io::Result<()> {
+        (**self).take_error()
     }
 }
 
