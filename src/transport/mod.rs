@@ -35,7 +35,6 @@ use kernel::{KernelEgress, KernelIo};
 pub use lifecycle::{Control, RunOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 
 /// Everything the I/O tasks share.
 pub struct Ctx {
@@ -44,7 +43,7 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub conns: ConnTable<KernelIo>,
     /// Per listen index: a UDP socket to send from (for tasks that do not own one).
-    pub udp: Vec<Option<Arc<UdpSocket>>>,
+    pub udp: Vec<Option<Arc<std::net::UdpSocket>>>,
     /// Per listen index: the address of its UDP socket ([`egress::pick_local`]).
     pub udp_locals: Vec<Option<std::net::SocketAddr>>,
     /// UDP sends waiting for socket room ([`kernel::UDP_RETRIES_MAX`]).
@@ -173,7 +172,7 @@ pub async fn serve(
     let custom_nosip = hooks.nosip.is_some();
     let (probe_sink, probe_rx) = probe::channel();
     let core = Arc::new(build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
-    let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
+    let mut udp_socks: Vec<Vec<Arc<std::net::UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
         match l.transport {
@@ -209,9 +208,12 @@ pub async fn serve(
         dns: DnsCache::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
+    let mut udp_threads = udp::UdpThreads::default();
     for (i, socks) in udp_socks.into_iter().enumerate() {
         for s in socks {
-            tasks.spawn(udp::udp_worker(ctx.clone(), s, i));
+            udp_threads
+                .start(&ctx, s, i)
+                .context("udp receive thread")?;
         }
     }
     // aborting an accept task drops (closes) its listener: the drain's first step
@@ -256,6 +258,7 @@ pub async fn serve(
     .await;
     lifecycle::close_all(&ctx.conns, graceful).await;
     tracing::info!("shutting down");
+    udp_threads.stop().await;
     tasks.abort_all();
     for c in ctx.conns.all() {
         ctx.conns.release(&c);
