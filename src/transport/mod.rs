@@ -8,7 +8,7 @@
 //! over the backend's handle).
 //!
 //! Kernel backend ([`kernel`]): one tokio multi-thread runtime. UDP: one
-//! receive task per worker on its own SO_REUSEPORT socket. TCP: one small
+//! blocking receive thread per worker on its own SO_REUSEPORT socket ([`udp`]). TCP: one small
 //! task per connection (`handle_io`, a hand-written poll over readiness,
 //! kill requests and the stream's deadline, woken for deadlines by one
 //! sweeper task); reads go into a per-worker buffer. Sends to a connection
