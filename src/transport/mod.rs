@@ -307,43 +307,35 @@ fn metrics_ready_off(ctx: &Ctx) {
     ctx.metrics.readiness().set_draining();
 }
 
-/// Stateful mode: run the transaction shards' timers when they are due and
-/// send what they produce. One task serves every shard: one wake-up per
-/// round instead of one per shard. It sleeps until the earliest deadline of
-/// any shard, at least [`TXN_TICK`] after its last run (timers due within
-/// that window run together) and at most [`TXN_MAX_SLEEP`] (a deadline armed
-/// meanwhile is at least 200 ms away, so this bounds its lateness too).
+/// Stateful mode: run the transaction timer rounds nobody else runs. The
+/// UDP receive threads run a due round after a datagram
+/// ([`udp::udp_receive_thread`]); this task sleeps until the next round is
+/// due and runs it if it is still due then. If another thread ran it, traffic
+/// is flowing: it looks again only after [`TXN_HANDOFF`] (so it does not
+/// wake every round for nothing), which bounds a round's lateness when the
+/// traffic stops.
 async fn transaction_timers(ctx: Arc<Ctx>) {
-    let shards = ctx.core.stateful().map_or(0, |st| st.shard_count());
     let mut out = crate::core::transaction::Out::default();
     let mut cache = ConnCache::default();
+    let mut wait = TXN_HANDOFF;
     loop {
-        let now = ctx.core.now_ms();
-        let next = (0..shards)
-            .filter_map(|s| ctx.core.next_transaction_deadline(s))
-            .min();
-        let wait = next
-            .map_or(TXN_MAX_SLEEP, |d| {
-                Duration::from_millis(d.saturating_sub(now)).min(TXN_MAX_SLEEP)
-            })
-            .max(TXN_TICK);
         tokio::time::sleep(wait).await;
-        for s in 0..shards {
-            out.clear();
-            ctx.core.poll_transactions(s, &mut out);
-            if !out.sends.is_empty() {
-                let mut eg = KernelEgress {
-                    ctx: &ctx,
-                    own_udp: None,
-                    cache: &mut cache,
-                };
-                ctx.step().deliver_txn(&mut eg, &out, Instant::now());
-            }
-        }
+        let now = ctx.core.now_ms();
+        wait = if ctx.core.claim_transaction_round(now) {
+            let mut eg = KernelEgress {
+                ctx: &ctx,
+                own_udp: None,
+                cache: &mut cache,
+            };
+            let next = kernel::transaction_round(&ctx, &mut eg, &mut out);
+            Duration::from_millis(next.saturating_sub(ctx.core.now_ms()).max(1))
+        } else {
+            TXN_HANDOFF
+        };
     }
 }
 
-/// Shortest pause of the transaction timer task (the timers' resolution).
-const TXN_TICK: Duration = Duration::from_millis(20);
-/// Longest pause of the transaction timer task.
-const TXN_MAX_SLEEP: Duration = Duration::from_millis(50);
+/// How long the transaction timer task leaves the rounds to the UDP receive
+/// threads once it found one run by them (the longest a round is late when
+/// the traffic stops).
+const TXN_HANDOFF: Duration = Duration::from_millis(100);

@@ -9,11 +9,13 @@
 //! BENCHMARKS.md §4); a blocking `recvfrom` is woken by the sender directly.
 //! The thread holds a handle of the runtime, so what the core starts
 //! (outbound TCP connects, resolves, a UDP send retried later) still runs
-//! there.
+//! there. Stateful mode: after a datagram, the thread also runs the
+//! transaction timer round when one is due, so while traffic flows the timer
+//! task (`transaction_timers`) does not wake for it.
 
 use super::Ctx;
 use super::conn::ConnCache;
-use super::kernel::KernelEgress;
+use super::kernel::{KernelEgress, transaction_round};
 use crate::core::Scratch;
 use std::io;
 use std::net::UdpSocket;
@@ -37,6 +39,8 @@ pub fn udp_receive_thread(
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut sc = Scratch::new();
     let mut cache = ConnCache::default();
+    let mut txn_out = crate::core::transaction::Out::default();
+    let stateful = ctx.core.stateful().is_some();
     while !stop.load(Ordering::Relaxed) {
         let (n, src) = match sock.recv_from(&mut buf) {
             Ok(r) => r,
@@ -63,6 +67,9 @@ pub fn udp_receive_thread(
         };
         ctx.step()
             .receive_datagram(&mut eg, &buf[..n], src, local, &mut sc, received_at);
+        if stateful && ctx.core.claim_transaction_round(ctx.core.now_ms()) {
+            transaction_round(&ctx, &mut eg, &mut txn_out);
+        }
     }
 }
 

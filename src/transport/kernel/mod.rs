@@ -389,6 +389,27 @@ impl Egress for KernelEgress<'_> {
     }
 }
 
+/// Stateful mode: run one transaction timer round (every shard's timers)
+/// and send what it produces through `eg`; the caller claimed the round
+/// ([`crate::core::Core::claim_transaction_round`]). Returns when the next
+/// round is due (ms on the core's clock).
+pub(crate) fn transaction_round(
+    ctx: &Ctx,
+    eg: &mut KernelEgress<'_>,
+    out: &mut crate::core::transaction::Out,
+) -> u64 {
+    let shards = ctx.core.stateful().map_or(0, |st| st.shard_count());
+    for s in 0..shards {
+        out.clear();
+        ctx.core.poll_transactions(s, out);
+        if !out.sends.is_empty() {
+            ctx.step().deliver_txn(eg, out, std::time::Instant::now());
+        }
+    }
+    let now = ctx.core.now_ms();
+    ctx.core.plan_transaction_round(now).unwrap_or(u64::MAX)
+}
+
 /// Resolve `host` (A/AAAA, preferring the family of the socket our Via
 /// names), cache it, then send `out` there.
 async fn resolve_and_send(ctx: Arc<Ctx>, p: Pending) {
