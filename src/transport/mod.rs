@@ -7,11 +7,12 @@
 //! (`receive_tcp_msg`, release), [`conn`] (the connection table, generic
 //! over the backend's handle).
 //!
-//! Kernel backend ([`kernel`]): one tokio multi-thread runtime. UDP: one
-//! blocking receive thread per worker on its own SO_REUSEPORT socket ([`udp`]). TCP: one small
-//! task per connection (`handle_io`, a hand-written poll over readiness,
-//! kill requests and the stream's deadline, woken for deadlines by one
-//! sweeper task); reads go into a per-worker buffer. Sends to a connection
+//! Kernel backend ([`kernel`]): one tokio multi-thread runtime; UDP is read
+//! outside it, by one blocking receive thread per worker on its own
+//! SO_REUSEPORT socket ([`udp`]). TCP: one small task per connection
+//! (`handle_io`, a hand-written poll over readiness, kill requests and the
+//! stream's deadline, woken for deadlines by one sweeper task); reads go
+//! into a per-worker buffer. Sends to a connection
 //! are written directly by the sending task when the connection has no
 //! backlog, else queued (bounded) and flushed by the connection's own task.
 
