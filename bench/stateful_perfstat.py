@@ -11,7 +11,17 @@ Memory: peak RSS (VmHWM) minus RSS just before the load, per 1000 calls/s.
 
   bench/stateful_perfstat.sh OUT.jsonl NAME=BIN [NAME=BIN ...]
   env: TRANSPORTS (u1,t1), MODES (stateful,stateless), RATE (1000),
-       CALLS (8000), SETTLE (6), ROUNDS (1), CALLGRIND (0)
+       CALLS (8000), SETTLE (6), ROUNDS (1), CALLGRIND (0),
+       SYSCALLS (0: 1 also counts every syscall by kind and the scheduler's
+       wake-ups with perf's tracepoints, reported per call),
+       PORT (25060: the proxy; the UAC uses PORT+10, the UAS PORT+20),
+       WORKERS (unset: the proxy's default; else proxy.workers),
+       PROFILE (0: 1 also samples the proxy with `perf record -e cpu-clock -g`
+       into the step's folder, perf.data, for `perf report`)
+
+Besides perf's figures, the proxy's CPU (utime+stime from /proc) and the
+voluntary / involuntary context switches of each of its threads (by name,
+from /proc/PID/task) over the load + settle window are reported per call.
 
 Every process is started here and stopped by its PID.
 """
@@ -27,10 +37,18 @@ SIPP = os.environ.get("SIPP", "/usr/bin/sipp")
 HARNESS = os.environ.get("HARNESS", "/work/shared/bench")
 UAC_XML = os.path.join(HARNESS, "uac.xml")
 
+PORT = int(os.environ.get("PORT", "25060"))
+# the kinds counted one by one with SYSCALLS=1 (a glob over every syscall
+# tracepoint takes perf ~15 s to tear down); the total counts every kind
+SYSCALL_KINDS = ["recvfrom", "sendto", "recvmsg", "sendmsg", "recvmmsg", "sendmmsg",
+                 "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "futex", "read",
+                 "write", "writev", "sched_yield", "madvise", "mmap", "munmap", "mprotect",
+                 "brk", "clock_nanosleep"]
+
 TOML = """[proxy]
-listen = ["udp:127.0.0.1:25060", "tcp:127.0.0.1:25060"]
+listen = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]
 drain_timeout_secs = 0
-upstreams = ["sip:127.0.0.1:25080"]
+{workers}upstreams = ["sip:127.0.0.1:{uas}"]
 {mode}
 [log]
 level = "warn"
@@ -39,8 +57,10 @@ level = "warn"
 
 
 def conf(mode, d):
-    text = TOML.format(mode='mode = "stateful"', txn="[transaction]\nlinger_ms = 5000") \
-        if mode == "stateful" else TOML.format(mode="", txn="")
+    w = os.environ.get("WORKERS", "")
+    ports = {"port": PORT, "uas": PORT + 20, "workers": f"workers = {w}\n" if w else ""}
+    text = TOML.format(mode='mode = "stateful"', txn="[transaction]\nlinger_ms = 5000", **ports) \
+        if mode == "stateful" else TOML.format(mode="", txn="", **ports)
     p = os.path.join(d, mode + ".toml")
     with open(p, "w") as f:
         f.write(text)
@@ -96,6 +116,42 @@ def callgrind_ir(path):
     return total
 
 
+def cpu_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+        v = s[s.rindex(")") + 2:].split()
+        return int(v[11]) + int(v[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def thread_switches(pid):
+    """{thread name: [voluntary, involuntary]} summed over same-named threads."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            v = [0, 0]
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        v[0] = int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        v[1] = int(line.split()[1])
+        except OSError:
+            continue
+        a = out.setdefault(name, [0, 0])
+        a[0] += v[0]
+        a[1] += v[1]
+    return out
+
+
 def stat_row(path):
     try:
         with open(path) as f:
@@ -109,7 +165,7 @@ def stat_row(path):
 
 def measure(name, binary, mode, t, rate, calls, settle, d):
     run = tempfile.mkdtemp(prefix=f"ps-{name}-{mode}-{t}-", dir=d)
-    uas = subprocess.Popen([SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", "25080", "-t", t,
+    uas = subprocess.Popen([SIPP, "-sn", "uas", "-i", "127.0.0.1", "-p", str(PORT + 20), "-t", t,
                             "-nostdin", "-buff_size", "4194304"],
                            stdout=open(os.path.join(run, "uas.out"), "w"),
                            stderr=subprocess.STDOUT)
@@ -120,19 +176,28 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
     px = subprocess.Popen(pre + [binary, "--config", conf(mode, run)],
                           stdout=open(os.path.join(run, "proxy.log"), "w"),
                           stderr=subprocess.STDOUT)
-    perf = uac = None
+    perf = uac = rec = None
     res = {"name": name, "mode": mode, "transport": t, "rate": rate, "calls": calls}
     try:
         time.sleep(8 if cg else 1.5)
         rss0 = rss_kb(px.pid, "VmRSS")
         perf_out = os.path.join(run, "perf.csv")
-        perf = subprocess.Popen(["perf", "stat", "-x,", "-o", perf_out, "-e",
-                                 "context-switches,task-clock",
-                                 "-p", str(px.pid)])
+        events = ["-e", "context-switches,cpu-migrations,task-clock"]
+        if os.environ.get("SYSCALLS", "0") == "1":
+            events += ["-e", ",".join(["raw_syscalls:sys_enter", "sched:sched_wakeup"]
+                                      + ["syscalls:sys_enter_" + k for k in SYSCALL_KINDS])]
+        perf = subprocess.Popen(["perf", "stat", "-x,", "-o", perf_out] + events
+                                + ["-p", str(px.pid)])
+        if os.environ.get("PROFILE", "0") == "1":
+            rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "2999",
+                                    "-g", "-o", os.path.join(run, "perf.data"),
+                                    "-p", str(px.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
+        ticks0, sw0 = cpu_ticks(px.pid), thread_switches(px.pid)
         stf = os.path.join(run, "uac_stat.csv")
-        uac = subprocess.Popen([SIPP, "-sf", UAC_XML, "127.0.0.1:25060", "-i", "127.0.0.1",
-                                "-p", "25070", "-t", t, "-r", str(rate), "-rp", "1000",
+        uac = subprocess.Popen([SIPP, "-sf", UAC_XML, f"127.0.0.1:{PORT}", "-i", "127.0.0.1",
+                                "-p", str(PORT + 10), "-t", t, "-r", str(rate), "-rp", "1000",
                                 "-m", str(calls), "-l", str(max(100, 3 * rate)), "-nostdin",
                                 "-buff_size", "4194304", "-timeout", f"{calls // rate + 30}s",
                                 "-trace_stat", "-stf", stf, "-fd", "1"],
@@ -141,7 +206,10 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
         uac.wait(calls / rate * 2 + 40)
         time.sleep(settle)
         peak = rss_kb(px.pid, "VmHWM")
+        ticks1, sw1 = cpu_ticks(px.pid), thread_switches(px.pid)
         stop(perf, signal.SIGINT)
+        stop(rec, signal.SIGINT, grace=30)
+        res["run_dir"] = run
         perf = None
         c = parse_perf(perf_out)
         st = stat_row(stf)
@@ -153,10 +221,23 @@ def measure(name, binary, mode, t, rate, calls, settle, d):
             "cs_per_call": round(c.get("context-switches", 0) / per, 2),
             "task_clock_ms_per_1000": round(c.get("task-clock", 0) / per * 1000, 1),
             "rss_growth_mb_per_1000cps": round((peak - rss0) / 1024 / (rate / 1000), 2),
+            "cpu_us_per_call": round((ticks1 - ticks0) * 1e6 / os.sysconf("SC_CLK_TCK") / per, 1),
+            "thread_switches_per_call": {
+                n: [round((v[0] - sw0.get(n, [0, 0])[0]) / per, 3),
+                    round((v[1] - sw0.get(n, [0, 0])[1]) / per, 3)]
+                for n, v in sorted(sw1.items())},
         })
+        if os.environ.get("SYSCALLS", "0") == "1":
+            res["syscalls_per_call"] = round(c.get("raw_syscalls:sys_enter", 0) / per, 2)
+            res["syscalls_by_kind_per_call"] = {
+                k.split("sys_enter_", 1)[1]: round(v / per, 3)
+                for k, v in sorted(c.items(), key=lambda kv: -kv[1])
+                if k.startswith("syscalls:sys_enter_") and v > 0}
+            res["wakeups_per_call"] = round(c.get("sched:sched_wakeup", 0) / per, 2)
     finally:
         stop(uac, signal.SIGINT)
         stop(perf, signal.SIGINT)
+        stop(rec, signal.SIGINT, grace=30)
         stop(px, grace=60 if cg else 5)
         if cg:
             res["callgrind_ir_per_call"] = round(callgrind_ir(cg_out) / max(res.get("successful", 0), 1))

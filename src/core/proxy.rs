@@ -613,6 +613,19 @@ impl Core {
         }
     }
 
+    /// Stateful mode: claim the transaction timer round due at `now` (true
+    /// for one caller per round, which then polls every shard and calls
+    /// [`Core::plan_transaction_round`]). False in stateless mode.
+    pub fn claim_transaction_round(&self, now: u64) -> bool {
+        self.stateful.as_ref().is_some_and(|st| st.claim_round(now))
+    }
+
+    /// Stateful mode: after a timer round run at `now`, when the next one is
+    /// due (ms on [`Core::now_ms`]'s clock).
+    pub fn plan_transaction_round(&self, now: u64) -> Option<u64> {
+        Some(self.stateful.as_ref()?.plan_round(now))
+    }
+
     /// Stateful mode: sending a try failed; fail over (messages in `out`).
     pub fn transaction_send_failed(
         &self,

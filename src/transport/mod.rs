@@ -7,11 +7,12 @@
 //! (`receive_tcp_msg`, release), [`conn`] (the connection table, generic
 //! over the backend's handle).
 //!
-//! Kernel backend ([`kernel`]): one tokio multi-thread runtime. UDP: one
-//! receive task per worker on its own SO_REUSEPORT socket. TCP: one small
-//! task per connection (`handle_io`, a hand-written poll over readiness,
-//! kill requests and the stream's deadline, woken for deadlines by one
-//! sweeper task); reads go into a per-worker buffer. Sends to a connection
+//! Kernel backend ([`kernel`]): one tokio multi-thread runtime; UDP is read
+//! outside it, by one blocking receive thread per worker on its own
+//! SO_REUSEPORT socket ([`udp`]). TCP: one small task per connection
+//! (`handle_io`, a hand-written poll over readiness, kill requests and the
+//! stream's deadline, woken for deadlines by one sweeper task); reads go
+//! into a per-worker buffer. Sends to a connection
 //! are written directly by the sending task when the connection has no
 //! backlog, else queued (bounded) and flushed by the connection's own task.
 
@@ -35,7 +36,6 @@ use kernel::{KernelEgress, KernelIo};
 pub use lifecycle::{Control, RunOpts};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 
 /// Everything the I/O tasks share.
 pub struct Ctx {
@@ -44,7 +44,7 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub conns: ConnTable<KernelIo>,
     /// Per listen index: a UDP socket to send from (for tasks that do not own one).
-    pub udp: Vec<Option<Arc<UdpSocket>>>,
+    pub udp: Vec<Option<Arc<std::net::UdpSocket>>>,
     /// Per listen index: the address of its UDP socket ([`egress::pick_local`]).
     pub udp_locals: Vec<Option<std::net::SocketAddr>>,
     /// UDP sends waiting for socket room ([`kernel::UDP_RETRIES_MAX`]).
@@ -174,7 +174,7 @@ pub async fn serve(
     let custom_nosip = hooks.nosip.is_some();
     let (probe_sink, probe_rx) = probe::channel();
     let core = Arc::new(build_core(&cfg, hooks, metrics.clone())?.with_probe_sink(probe_sink));
-    let mut udp_socks: Vec<Vec<Arc<UdpSocket>>> = Vec::new();
+    let mut udp_socks: Vec<Vec<Arc<std::net::UdpSocket>>> = Vec::new();
     let mut tcp_listeners = Vec::new();
     for (i, l) in cfg.listen.iter().enumerate() {
         match l.transport {
@@ -210,9 +210,12 @@ pub async fn serve(
         dns: DnsCache::default(),
     });
     let mut tasks = tokio::task::JoinSet::new();
+    let mut udp_threads = udp::UdpThreads::default();
     for (i, socks) in udp_socks.into_iter().enumerate() {
         for s in socks {
-            tasks.spawn(udp::udp_worker(ctx.clone(), s, i));
+            udp_threads
+                .start(&ctx, s, i)
+                .context("udp receive thread")?;
         }
     }
     // aborting an accept task drops (closes) its listener: the drain's first step
@@ -257,6 +260,7 @@ pub async fn serve(
     .await;
     lifecycle::close_all(&ctx.conns, graceful).await;
     tracing::info!("shutting down");
+    udp_threads.stop().await;
     tasks.abort_all();
     for c in ctx.conns.all() {
         ctx.conns.release(&c);
@@ -305,43 +309,35 @@ fn metrics_ready_off(ctx: &Ctx) {
     ctx.metrics.readiness().set_draining();
 }
 
-/// Stateful mode: run the transaction shards' timers when they are due and
-/// send what they produce. One task serves every shard: one wake-up per
-/// round instead of one per shard. It sleeps until the earliest deadline of
-/// any shard, at least [`TXN_TICK`] after its last run (timers due within
-/// that window run together) and at most [`TXN_MAX_SLEEP`] (a deadline armed
-/// meanwhile is at least 200 ms away, so this bounds its lateness too).
+/// Stateful mode: run the transaction timer rounds nobody else runs. The
+/// UDP receive threads run a due round after a datagram
+/// ([`udp::udp_receive_thread`]); this task sleeps until the next round is
+/// due and runs it if it is still due then. If another thread ran it, traffic
+/// is flowing: it looks again only after [`TXN_HANDOFF`] (so it does not
+/// wake every round for nothing), which bounds a round's lateness when the
+/// traffic stops.
 async fn transaction_timers(ctx: Arc<Ctx>) {
-    let shards = ctx.core.stateful().map_or(0, |st| st.shard_count());
     let mut out = crate::core::transaction::Out::default();
     let mut cache = ConnCache::default();
+    let mut wait = TXN_HANDOFF;
     loop {
-        let now = ctx.core.now_ms();
-        let next = (0..shards)
-            .filter_map(|s| ctx.core.next_transaction_deadline(s))
-            .min();
-        let wait = next
-            .map_or(TXN_MAX_SLEEP, |d| {
-                Duration::from_millis(d.saturating_sub(now)).min(TXN_MAX_SLEEP)
-            })
-            .max(TXN_TICK);
         tokio::time::sleep(wait).await;
-        for s in 0..shards {
-            out.clear();
-            ctx.core.poll_transactions(s, &mut out);
-            if !out.sends.is_empty() {
-                let mut eg = KernelEgress {
-                    ctx: &ctx,
-                    own_udp: None,
-                    cache: &mut cache,
-                };
-                ctx.step().deliver_txn(&mut eg, &out, Instant::now());
-            }
-        }
+        let now = ctx.core.now_ms();
+        wait = if ctx.core.claim_transaction_round(now) {
+            let mut eg = KernelEgress {
+                ctx: &ctx,
+                own_udp: None,
+                cache: &mut cache,
+            };
+            let next = kernel::transaction_round(&ctx, &mut eg, &mut out);
+            Duration::from_millis(next.saturating_sub(ctx.core.now_ms()).max(1))
+        } else {
+            TXN_HANDOFF
+        };
     }
 }
 
-/// Shortest pause of the transaction timer task (the timers' resolution).
-const TXN_TICK: Duration = Duration::from_millis(20);
-/// Longest pause of the transaction timer task.
-const TXN_MAX_SLEEP: Duration = Duration::from_millis(50);
+/// How long the transaction timer task leaves the rounds to the UDP receive
+/// threads once it found one run by them (the longest a round is late when
+/// the traffic stops).
+const TXN_HANDOFF: Duration = Duration::from_millis(100);

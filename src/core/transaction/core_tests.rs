@@ -260,3 +260,31 @@ fn stateful_cap_full_answers_503_retry_after_through_the_core() {
     assert!(m.contains("sipedge_transactions_refused_total 1"), "{m}");
     assert!(m.contains("sipedge_transactions 1"), "{m}");
 }
+
+/// One caller runs each timer round: the first to see it due claims it,
+/// nobody else until the round it plans is due; an idle table plans the
+/// next round [`stateful::ROUND_MAX_MS`] ahead.
+#[test]
+fn one_thread_claims_each_timer_round() {
+    let c = core(&[UP1]);
+    assert!(c.claim_transaction_round(1000));
+    assert!(!c.claim_transaction_round(1000));
+    assert!(!c.claim_transaction_round(1000 + stateful::ROUND_TICK_MS - 1));
+    let next = c.plan_transaction_round(1000).unwrap();
+    assert_eq!(next, 1000 + stateful::ROUND_MAX_MS);
+    assert!(!c.claim_transaction_round(next - 1));
+    assert!(c.claim_transaction_round(next));
+    assert!(!c.claim_transaction_round(next));
+}
+
+/// Stateless mode has no timer rounds to claim.
+#[test]
+fn stateless_mode_claims_no_timer_round() {
+    let c = Core::new(
+        &Config::default_config(),
+        Box::new(NoneHook),
+        Arc::new(Metrics::new()),
+    );
+    assert!(!c.claim_transaction_round(1000));
+    assert_eq!(c.plan_transaction_round(1000), None);
+}

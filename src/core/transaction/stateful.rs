@@ -20,7 +20,14 @@ use crate::core::proxy::{Core, Dest, Outcome, RcvInfo, SendKind, TopVia};
 use crate::core::upstream::{Signal, UpstreamSets};
 use crate::metrics::Metrics;
 use crate::sip::msg::SipMsg;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Shortest gap between two timer rounds (the timers' resolution), ms.
+pub const ROUND_TICK_MS: u64 = 20;
+/// Longest gap between two timer rounds, ms (a deadline armed meanwhile is
+/// at least 200 ms away, so this bounds its lateness too).
+pub const ROUND_MAX_MS: u64 = 50;
 
 struct Shard {
     table: TxnTable,
@@ -33,6 +40,10 @@ struct Shard {
 pub struct Stateful {
     shards: Box<[Mutex<Shard>]>,
     metrics: Arc<Metrics>,
+    /// When the next timer round (every shard's [`Stateful::poll`]) is due,
+    /// ms on the core's clock: whichever thread sees it due first claims it
+    /// ([`Stateful::claim_round`]).
+    next_round: AtomicU64,
 }
 
 /// What [`Stateful::before_request`] decided.
@@ -63,7 +74,11 @@ impl Stateful {
                 })
             })
             .collect();
-        Stateful { shards, metrics }
+        Stateful {
+            shards,
+            metrics,
+            next_round: AtomicU64::new(0),
+        }
     }
 
     pub fn shard_count(&self) -> usize {
@@ -241,6 +256,38 @@ impl Stateful {
         self.publish(&mut sh);
         drop(sh);
         self.count(out, start);
+    }
+
+    /// Claim the timer round due at `now`: true for one caller per round
+    /// (it runs [`Stateful::poll`] on every shard, then
+    /// [`Stateful::plan_round`]); false while the round is not due or
+    /// another thread took it. Lets the threads that receive traffic run
+    /// the timers on the way, instead of a timer thread waking for them.
+    pub fn claim_round(&self, now: u64) -> bool {
+        let due = self.next_round.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .next_round
+                .compare_exchange(
+                    due,
+                    now + ROUND_TICK_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// After a round run at `now`: the next one is due at the earliest
+    /// deadline of any shard, within [`ROUND_TICK_MS`]..=[`ROUND_MAX_MS`]
+    /// from `now` (returned).
+    pub fn plan_round(&self, now: u64) -> u64 {
+        let next = (0..self.shards.len())
+            .filter_map(|s| self.next_deadline(s))
+            .min()
+            .unwrap_or(u64::MAX)
+            .clamp(now + ROUND_TICK_MS, now + ROUND_MAX_MS);
+        self.next_round.store(next, Ordering::Relaxed);
+        next
     }
 
     /// Sending try `r` failed (no connection, socket error): fail over.

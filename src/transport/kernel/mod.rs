@@ -15,15 +15,51 @@ fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket>
 }
 
 /// A UDP socket bound with SO_REUSEPORT (one per worker on the same address:
-/// the kernel spreads flows over them) and large buffers.
-pub fn udp_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+/// the kernel spreads flows over them) and large buffers. It is blocking,
+/// with a receive timeout of [`UDP_RECV_TIMEOUT`]: its receive thread
+/// ([`super::udp::udp_receive_thread`]) sleeps in `recvfrom` itself, the
+/// way Kamailio's UDP workers do, with no epoll round per datagram. Every
+/// send on it passes `MSG_DONTWAIT` ([`udp_try_send`]), so no send blocks.
+pub fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
     s.set_reuse_port(true)?;
     // best effort: the kernel caps these at net.core.{r,w}mem_max
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(s.into())
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(UDP_RECV_TIMEOUT))?;
+    Ok(s.into())
+}
+
+/// How long a UDP receive thread sleeps in `recvfrom` at most before it
+/// looks at its stop flag.
+pub const UDP_RECV_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Send one datagram without waiting (`MSG_DONTWAIT`; the socket itself is
+/// blocking for its receive thread).
+pub fn udp_try_send(sock: &std::net::UdpSocket, out: &[u8], to: SocketAddr) -> io::Result<usize> {
+    socket2::SockRef::from(sock).send_to_with_flags(out, &to.into(), libc::MSG_DONTWAIT)
+}
+
+/// Retry a send the socket had no room for: a few times within
+/// [`UDP_SEND_WAIT`], backing off from 1 ms (the socket is not in the
+/// runtime's epoll set, so there is no writability to wait for).
+async fn udp_send_later(sock: &std::net::UdpSocket, out: &[u8], to: SocketAddr) -> bool {
+    let start = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        tokio::time::sleep(pause).await;
+        match udp_try_send(sock, out, to) {
+            Ok(_) => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+        if start.elapsed() + pause > UDP_SEND_WAIT {
+            return false;
+        }
+        pause = (pause * 2).min(Duration::from_millis(64));
+    }
 }
 
 /// A TCP listener (SO_REUSEADDR, backlog 1024).
@@ -43,12 +79,13 @@ use super::egress::{Egress, Pending, SendResult, pick_addr, pick_local};
 use crate::core::{Dest, DropReason};
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
 pub mod tcp;
 
@@ -295,7 +332,7 @@ impl Egress for KernelEgress<'_> {
                 None => return SendResult::Failed,
             },
         };
-        match sock.try_send_to(out, dest.addr) {
+        match udp_try_send(sock, out, dest.addr) {
             Ok(_) => SendResult::Sent,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // socket buffer full: a bounded task waits for room (never
@@ -306,9 +343,9 @@ impl Egress for KernelEgress<'_> {
                 }
                 let (ctx, sock, out, to) = (ctx.clone(), sock.clone(), out.to_vec(), dest.addr);
                 tokio::spawn(async move {
-                    let r = tokio::time::timeout(UDP_SEND_WAIT, sock.send_to(&out, to)).await;
+                    let sent = udp_send_later(&sock, &out, to).await;
                     ctx.udp_retries.fetch_sub(1, Ordering::AcqRel);
-                    if !matches!(r, Ok(Ok(_))) {
+                    if !sent {
                         ctx.metrics.dropped(DropReason::SendFailed);
                         tracing::debug!(dest = %to, "udp send failed after waiting");
                     }
@@ -350,6 +387,27 @@ impl Egress for KernelEgress<'_> {
     fn resolve_later(&mut self, p: Pending) {
         tokio::spawn(resolve_and_send(self.ctx.clone(), p));
     }
+}
+
+/// Stateful mode: run one transaction timer round (every shard's timers)
+/// and send what it produces through `eg`; the caller claimed the round
+/// ([`crate::core::Core::claim_transaction_round`]). Returns when the next
+/// round is due (ms on the core's clock).
+pub(crate) fn transaction_round(
+    ctx: &Ctx,
+    eg: &mut KernelEgress<'_>,
+    out: &mut crate::core::transaction::Out,
+) -> u64 {
+    let shards = ctx.core.stateful().map_or(0, |st| st.shard_count());
+    for s in 0..shards {
+        out.clear();
+        ctx.core.poll_transactions(s, out);
+        if !out.sends.is_empty() {
+            ctx.step().deliver_txn(eg, out, std::time::Instant::now());
+        }
+    }
+    let now = ctx.core.now_ms();
+    ctx.core.plan_transaction_round(now).unwrap_or(u64::MAX)
 }
 
 /// Resolve `host` (A/AAAA, preferring the family of the socket our Via
