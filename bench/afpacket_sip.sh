@@ -28,7 +28,8 @@
 #   (a'') (a) with [stack] keys set explicitly (issue 9): sipedge-afpacket-socket (workers = 1,
 #       rx_ring = "off": one recvmsg per frame), sipedge-afpacket-ring (workers = 1, rx_ring = "on":
 #       the TPACKET_V3 ring), sipedge-afpacket-2 (workers = 2, rx_ring = "on": two shards in a
-#       PACKET_FANOUT group). Plain sipedge-afpacket runs the defaults (workers = CPUs, ring auto).
+#       PACKET_FANOUT group), sipedge-afpacket-busy (workers = 1, rx_ring = "on", busy_poll = 50 µs).
+#       Plain sipedge-afpacket runs the defaults (workers = CPUs, ring auto).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
 #       198.18.201.1:5080), kamailio -DD -E -m 1024 -M 16 as the harness runs it.
@@ -101,9 +102,9 @@ CLK_TCK=$(getconf CLK_TCK)
 for p in $PROXIES; do
   case $p in
     sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring) ;;
-    sipedge-afpacket-2|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    sipedge-afpacket-2|sipedge-afpacket-busy|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
     *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-afpacket-socket," \
-         "sipedge-afpacket-ring, sipedge-afpacket-2, sipedge-kernel, sipedge-kernel-before," \
+         "sipedge-afpacket-ring, sipedge-afpacket-2, sipedge-afpacket-busy, sipedge-kernel, sipedge-kernel-before," \
          "kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
@@ -223,10 +224,10 @@ interface = "$IF_STK"
 ipv4 = "$STK4/24"
 EOF
   # the issue-9 variants: the same file with the shard and ring keys set
-  for v in "socket 1 off" "ring 1 on" "2 2 on"; do
-    read -r vname workers ring <<<"$v"
+  for v in "socket 1 off 0" "ring 1 on 0" "2 2 on 0" "busy 1 on 50"; do
+    read -r vname workers ring busy <<<"$v"
     { cat "$TMP/sipedge-afpacket-$tr.toml"
-      printf 'workers = %s\nrx_ring = "%s"\n' "$workers" "$ring"; } \
+      printf 'workers = %s\nrx_ring = "%s"\nbusy_poll = %s\n' "$workers" "$ring" "$busy"; } \
       >"$TMP/sipedge-afpacket-$vname-$tr.toml"
   done
 done
@@ -315,11 +316,11 @@ start_proxy() {
   [[ $transport == u1 ]] || cfg=tcp
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
-    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2)
+    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2|sipedge-afpacket-busy)
       local abin=$SIPEDGE_BIN acfg="$TMP/sipedge-afpacket-$cfg.toml"
       [[ $name != sipedge-afpacket-before ]] || abin=$SIPEDGE_BEFORE_BIN
       case $name in
-        sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2)
+        sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2|sipedge-afpacket-busy)
           acfg="$TMP/$name-$cfg.toml" ;;
       esac
       stack_addrs_none
@@ -535,8 +536,8 @@ python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-afpacket-socket": 2,
-         "sipedge-afpacket-ring": 3, "sipedge-afpacket-2": 4, "sipedge-kernel": 5,
-         "sipedge-kernel-before": 6, "kamailio-stateless": 7}
+         "sipedge-afpacket-ring": 3, "sipedge-afpacket-2": 4, "sipedge-afpacket-busy": 5,
+         "sipedge-kernel": 6, "sipedge-kernel-before": 7, "kamailio-stateless": 8}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:
