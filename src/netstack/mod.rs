@@ -484,7 +484,9 @@ impl Stack {
     /// A stack with its addresses configured. Queues a gratuitous ARP, an
     /// MLDv2 report for our solicited-node groups (so MLD-snooping switches
     /// forward solicitations to us) and unsolicited neighbour advertisements
-    /// so the link learns our MAC.
+    /// so the link learns our MAC. Of N shards sharing the MAC and the
+    /// addresses only shard 0 announces (and repeats the MLD report): the
+    /// link hears each announcement once.
     pub fn new(mut cfg: StackConfig, now: Instant) -> Stack {
         cfg.shard = cfg.shard.normalized();
         let ll6 = link_local_from_mac(cfg.mac);
@@ -511,9 +513,11 @@ impl Stack {
             replica_swap: Arc::new(Counters::new()),
             cfg,
         };
-        s.arp_announce(now);
-        s.mld_announce(now);
-        s.ndisc_announce(now);
+        if s.cfg.shard.index == 0 {
+            s.arp_announce(now);
+            s.mld_announce(now);
+            s.ndisc_announce(now);
+        }
         s
     }
 

@@ -229,6 +229,21 @@ mod tests {
         (t.src_port(), t.dst_port(), t.seq_number().0 as u32, flags)
     }
 
+    // ----- 0. start-up announcements -----
+
+    #[test]
+    fn shard_start_up_announcements_come_from_shard_zero_only() {
+        let single = drain(&mut Stack::new(config(), t0()));
+        assert!(!single.is_empty(), "ARP, MLD report, NA at start");
+        let zero = drain(&mut Stack::new(shard_config(0, 2), t0()));
+        assert_eq!(zero, single);
+        let mut one = Stack::new(shard_config(1, 2), t0());
+        assert!(drain(&mut one).is_empty());
+        // Nor is the MLD report repeated by shard 1 later.
+        one.poll(t0() + smoltcp::time::Duration::from_secs(30));
+        assert!(drain(&mut one).is_empty());
+    }
+
     // ----- 1. own ephemeral partition -----
 
     #[test]
@@ -466,7 +481,7 @@ mod tests {
         };
         let sn = solicited_node(OUR6);
         let f = ndisc_frame(NEW6, sn, 255, ns, multicast_mac_v6(sn).0);
-        // the start-up announcements were counted already
+        // what shard 1 had sent before (nothing: only shard 0 announces)
         let (na1, msgs1) = (
             s1.counters.get(Mib::Icmp6OutNeighborAdvertisements),
             s1.counters.get(Mib::Icmp6OutMsgs),
