@@ -849,6 +849,15 @@ mod tests {
     }
 }
 
+/// Bring a Prometheus counter up to `cur`, a count kept elsewhere that only
+/// grows (a value below the counter's, e.g. a shard gone, is ignored).
+fn catch_up(c: &IntCounter, cur: u64) {
+    let seen = c.get();
+    if cur > seen {
+        c.inc_by(cur - seen);
+    }
+}
+
 /// Mirrors the stack's single-writer counters into Prometheus counters when
 /// scraped: the stack thread never touches Prometheus.
 struct NetstackCollector {
@@ -916,16 +925,10 @@ impl NetstackCollector {
             .filter(|m| !m.is_gauge())
             .zip(&self.mib_children)
         {
-            let (cur, seen) = (mib(*m), c.get());
-            if cur > seen {
-                c.inc_by(cur - seen);
-            }
+            catch_up(c, mib(*m));
         }
         for (r, c) in NsDrop::ALL.iter().zip(&self.drop_children) {
-            let (cur, seen) = (drops(*r), c.get());
-            if cur > seen {
-                c.inc_by(cur - seen);
-            }
+            catch_up(c, drops(*r));
         }
     }
 }
@@ -974,8 +977,6 @@ pub struct ShardSource {
     pub stats: Arc<ShardStats>,
     /// The shard's SIP connections now.
     pub connections: Box<dyn Fn() -> usize + Send + Sync>,
-    /// Segments the shard dropped because another shard owns them.
-    pub misdirected: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 /// The `sipedge_shard_*` families, synced from the shards at scrape time.
@@ -1045,14 +1046,10 @@ impl ShardCollector {
     }
 
     fn sync(&self) {
-        use crate::netstack::Mib;
+        use crate::netstack::{DropReason as NsDrop, Mib};
         use std::sync::atomic::Ordering::Relaxed;
         let up = |v: &IntCounterVec, shard: &str, cur: u64| {
-            let c = v.with_label_values(&[shard]);
-            let seen = c.get();
-            if cur > seen {
-                c.inc_by(cur - seen);
-            }
+            catch_up(&v.with_label_values(&[shard]), cur);
         };
         for (i, s) in self.shards.iter().enumerate() {
             let k = i.to_string();
@@ -1061,7 +1058,7 @@ impl ShardCollector {
             up(&self.in_segs, &k, s.counters.get(Mib::TcpInSegs));
             up(&self.handoffs, &k, s.stats.handoffs.load(Relaxed));
             up(&self.replicas, &k, s.stats.replicas.load(Relaxed));
-            up(&self.misdirected, &k, (s.misdirected)());
+            up(&self.misdirected, &k, s.counters.drops(NsDrop::OtherShard));
             up(&self.mailbox_full, &k, s.stats.mailbox_full.load(Relaxed));
             up(&self.kernel_drops, &k, s.stats.kernel_drops.load(Relaxed));
             up(&self.rx_blocks, &k, s.stats.rx_blocks.load(Relaxed));
@@ -1160,7 +1157,6 @@ mod netstack_metrics_tests {
             counters: c.clone(),
             stats: s.clone(),
             connections: Box::new(move || n),
-            misdirected: Box::new(|| 0),
         };
         m.register_shards(vec![src(&a, &sa, 3), src(&b, &sb, 1)])
             .unwrap();
@@ -1181,9 +1177,12 @@ mod netstack_metrics_tests {
             assert!(t.contains(want), "{want}\n{t}");
         }
         b.add(Mib::TcpInSegs, 1);
+        b.drop_reason(crate::netstack::DropReason::OtherShard);
+        let t = m.encode();
+        assert!(t.contains("sipedge_shard_tcp_in_segments_total{shard=\"1\"} 3"));
         assert!(
-            m.encode()
-                .contains("sipedge_shard_tcp_in_segments_total{shard=\"1\"} 3")
+            t.contains("sipedge_shard_misdirected_total{shard=\"1\"} 1"),
+            "{t}"
         );
     }
 }

@@ -276,13 +276,36 @@ impl ShardId {
     /// is treated as 1.
     #[inline]
     pub fn owns_port(self, port: u16) -> bool {
-        self.count <= 1 || !EPHEMERAL.contains(&port) || port % self.count == self.index
+        self.count <= 1
+            || !EPHEMERAL.contains(&port)
+            || device::steer::shard_of_port(port, self.count) == self.index
+    }
+
+    /// A free ephemeral port of this shard, searched from `*cursor` over
+    /// the shard's part of [`EPHEMERAL`] (each port once); `*cursor` moves
+    /// past the port taken. `free` says whether a port is unused. None when
+    /// every port of the shard is in use (or it owns none).
+    pub(crate) fn pick_ephemeral(
+        self,
+        cursor: &mut u16,
+        mut free: impl FnMut(u16) -> bool,
+    ) -> Option<u16> {
+        let mut p = self.align_ephemeral(*cursor)?;
+        for _ in 0..self.ephemeral_ports() {
+            let next = self.next_ephemeral(p)?;
+            if free(p) {
+                *cursor = next;
+                return Some(p);
+            }
+            p = next;
+        }
+        None
     }
 
     /// The first ephemeral port of this shard at or after `p` (wrapping to
     /// the start of the range), `p` clamped into [`EPHEMERAL`]. None when
     /// the shard owns no port of the range (more shards than ports).
-    pub(crate) fn align_ephemeral(self, p: u16) -> Option<u16> {
+    fn align_ephemeral(self, p: u16) -> Option<u16> {
         let (lo, hi) = (*EPHEMERAL.start() as u32, *EPHEMERAL.end() as u32);
         let n = self.count.max(1) as u32;
         let i = self.index as u32 % n;
@@ -294,7 +317,7 @@ impl ShardId {
 
     /// The ephemeral port of this shard after `p` (wrapping), or None.
     #[inline]
-    pub(crate) fn next_ephemeral(self, p: u16) -> Option<u16> {
+    fn next_ephemeral(self, p: u16) -> Option<u16> {
         let n = self.count.max(1) as u32;
         let q = p as u32 + n;
         if q <= *EPHEMERAL.end() as u32 {

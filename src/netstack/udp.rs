@@ -102,16 +102,10 @@ impl UdpTable {
     /// A free ephemeral port of this shard (Linux `udp_lib_get_port` with
     /// port 0), or None when the shard's part of the range is used up.
     fn ephemeral(&mut self, v6: bool, shard: ShardId) -> Option<u16> {
-        let mut p = shard.align_ephemeral(self.next_ephemeral)?;
-        for _ in 0..shard.ephemeral_ports() {
-            let next = shard.next_ephemeral(p)?;
-            if self.ports[port_slot(v6, p)] == NO_SOCK {
-                self.next_ephemeral = next;
-                return Some(p);
-            }
-            p = next;
-        }
-        None
+        let ports = &self.ports;
+        shard.pick_ephemeral(&mut self.next_ephemeral, |p| {
+            ports[port_slot(v6, p)] == NO_SOCK
+        })
     }
 }
 

@@ -9,7 +9,7 @@
 //! - IPv4 / IPv6 TCP or UDP, not a fragment: the local port is the
 //!   destination port. In the stack's ephemeral range → `dst_port % N`
 //!   ([`shard_of_port`]; shard `k` only picks ephemeral ports `p` with
-//!   `p % N == k`, [`is_own_ephemeral`], so replies to an outbound
+//!   `p % N == k`, `ShardId::owns_port`, so replies to an outbound
 //!   connection come back to the shard that opened it). Any other port (our
 //!   listen ports) → `hash(source address) % N` ([`shard_of_addr`]): every
 //!   connection and datagram of one remote address lands on one shard.
@@ -167,13 +167,6 @@ pub fn shard_of_port(port: u16, shards: u16) -> u16 {
     (u32::from(port) % n_of(shards)) as u16
 }
 
-/// May shard `shard` of `shards` use local port `port` as an ephemeral
-/// port (its replies are steered back to it)? The caller checks that `port`
-/// is in the ephemeral range.
-pub fn is_own_ephemeral(port: u16, shard: u16, shards: u16) -> bool {
-    shard_of_port(port, shards) == shard
-}
-
 /// A jump target while assembling.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum L {
@@ -200,16 +193,7 @@ impl Asm {
         self.labels.push((l, self.out.len()));
     }
     fn stmt(&mut self, code: u16, k: u32) {
-        self.out.push((
-            Insn {
-                code,
-                jt: 0,
-                jf: 0,
-                k,
-            },
-            L::Next,
-            L::Next,
-        ));
+        self.jump(code, k, L::Next, L::Next);
     }
     fn jump(&mut self, code: u16, k: u32, jt: L, jf: L) {
         self.out.push((
@@ -643,7 +627,12 @@ mod tests {
         for n in 1..=4 {
             for dport in [32768, 32769, 32770, 32771, 40001, 60998, 60999] {
                 let want = shard_of_port(dport, n);
-                assert!(is_own_ephemeral(dport, want, n));
+                // the stack's partition agrees: that shard picks this port
+                let owner = crate::netstack::ShardId {
+                    index: want,
+                    count: n,
+                };
+                assert!(owner.owns_port(dport));
                 for src in v4_addrs().take(20) {
                     for tcp in [None, Some(18), Some(16)] {
                         let (pr, seg) = l4(tcp, 5060, dport, b"reply");

@@ -497,6 +497,13 @@ pub struct TcpTable {
 
 pub(crate) use super::EPHEMERAL;
 
+/// The send MSS a path MTU of `mtu` bytes allows: `mtu` − IP − TCP headers
+/// (40 bytes for IPv4, 60 for IPv6), within 88..=65495.
+pub(crate) fn mss_for_mtu(mtu: usize, v6: bool) -> u16 {
+    let hdr = if v6 { 60 } else { 40 };
+    mtu.saturating_sub(hdr).clamp(88, 65495) as u16
+}
+
 /// A random u64 from std's per-process random hash keys.
 pub(crate) fn random_u64(rs: &std::collections::hash_map::RandomState, x: u64) -> u64 {
     rs.hash_one(x)
@@ -890,28 +897,19 @@ impl Stack {
     /// An ephemeral port no connection, TIME_WAIT bucket or listener of the
     /// family uses (Linux `inet_hash_connect` with a random start).
     fn tcp_ephemeral(&mut self, v6: bool) -> Result<u16, TcpError> {
-        let shard = self.cfg.shard;
-        let Some(mut p) = shard.align_ephemeral(self.tcp.next_ephemeral) else {
-            return Err(TcpError::AddrNotAvailable);
-        };
-        for _ in 0..shard.ephemeral_ports() {
-            let Some(next) = shard.next_ephemeral(p) else {
-                break;
-            };
-            if !self.tcp.ports.contains_key(&(v6, p)) && !self.tcp.listeners.contains_key(&(v6, p))
-            {
-                self.tcp.next_ephemeral = next;
-                return Ok(p);
-            }
-            p = next;
-        }
-        Err(TcpError::AddrNotAvailable)
+        let t = &mut self.tcp;
+        let (ports, listeners) = (&t.ports, &t.listeners);
+        self.cfg
+            .shard
+            .pick_ephemeral(&mut t.next_ephemeral, |p| {
+                !ports.contains_key(&(v6, p)) && !listeners.contains_key(&(v6, p))
+            })
+            .ok_or(TcpError::AddrNotAvailable)
     }
 
     /// The send MSS the route allows: link MTU − IP − TCP headers.
     pub(crate) fn tcp_route_mss(&self, v6: bool) -> u16 {
-        let hdr = if v6 { 60 } else { 40 };
-        self.cfg.mtu.saturating_sub(hdr).clamp(88, 65495) as u16
+        mss_for_mtu(self.cfg.mtu, v6)
     }
 
     /// Report an event for a connection the application still holds.

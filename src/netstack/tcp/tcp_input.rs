@@ -237,10 +237,10 @@ impl Stack {
     /// The congestion controller starts here, once the MSS is known
     /// (initial window 10 segments, RFC 6928, as Linux `tcp_init_transfer`).
     pub(crate) fn tcp_set_mss(&self, now: Instant, t: &mut Tcb, peer_mss: u16) {
-        let mut route = self.tcp_route_mss(t.remote.is_ipv6());
+        let v6 = t.remote.is_ipv6();
+        let mut route = self.tcp_route_mss(v6);
         if t.pmtu != 0 {
-            let hdr = if t.remote.is_ipv6() { 60 } else { 40 };
-            route = route.min(t.pmtu.saturating_sub(hdr).max(88));
+            route = route.min(super::mss_for_mtu(usize::from(t.pmtu), v6));
         }
         let mut mss = peer_mss.min(route).max(64);
         if t.ts_ok {

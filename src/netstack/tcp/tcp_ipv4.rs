@@ -252,16 +252,13 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        let (floor, hdr) = if t.remote.is_ipv6() {
-            (1280, 60)
-        } else {
-            (552, 40)
-        };
+        let v6 = t.remote.is_ipv6();
+        let floor = if v6 { 1280 } else { 552 };
         let pmtu = mtu.max(floor).min(link).min(65535);
         if t.pmtu == 0 || pmtu < u32::from(t.pmtu) {
             t.pmtu = pmtu as u16;
         }
-        let mut mss = pmtu.saturating_sub(hdr).clamp(88, 65495);
+        let mut mss = u32::from(super::mss_for_mtu(pmtu as usize, v6));
         if t.ts_ok {
             mss -= 12;
         }

@@ -248,20 +248,17 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
     });
     tracing::info!("shutting down");
     stop.store(true, Ordering::Relaxed);
+    // join every shard; the first failure is the result
     let mut result = Ok(());
     for (k, t) in threads.into_iter().enumerate() {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if result.is_ok() => {
-                result = Err(anyhow::Error::new(e).context(format!("userspace stack shard {k}")))
-            }
-            Ok(Err(_)) => {}
-            Err(_) if result.is_ok() => {
-                result = Err(anyhow::anyhow!(
-                    "userspace stack thread sipedge-stack-{k} panicked"
-                ))
-            }
-            Err(_) => {}
+        let joined = match t.join() {
+            Ok(r) => r.with_context(|| format!("userspace stack shard {k}")),
+            Err(_) => Err(anyhow::anyhow!(
+                "userspace stack thread sipedge-stack-{k} panicked"
+            )),
+        };
+        if result.is_ok() {
+            result = joined;
         }
     }
     drop(resolver); // exits when the stack threads' senders are gone

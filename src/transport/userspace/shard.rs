@@ -38,7 +38,7 @@ use crate::metrics::{ShardSource, ShardStats};
 use crate::netstack::device::Device;
 use crate::netstack::device::afpacket::{AfPacket, AfPacketOptions};
 use crate::netstack::device::steer::{self, SteerConfig};
-use crate::netstack::{DropReason as NsDrop, EPHEMERAL, Instant, RxMeta, ShardId, Stack, driver};
+use crate::netstack::{EPHEMERAL, Instant, RxMeta, ShardId, Stack, driver};
 use crate::transport::conn::{ConnTable, TableLimits, shard_of_conn};
 use crate::transport::egress::{Egress, SendResult};
 use crate::transport::lifecycle::DrainConns;
@@ -220,11 +220,10 @@ impl Handoff {
     }
 }
 
-/// One shard's place among the others.
+/// One shard's place among the others: the way to them (its index, their
+/// mailboxes and tables) and its own mailbox.
 pub(super) struct Shard {
-    index: usize,
-    peers: Arc<[Peer]>,
-    tables: Arc<[Arc<ConnTable<StackIo>>]>,
+    to: Handoff,
     inbox: Inbox,
 }
 
@@ -236,32 +235,35 @@ impl Shard {
         inbox: Inbox,
     ) -> Shard {
         Shard {
-            index,
-            peers,
-            tables,
+            to: Handoff {
+                index,
+                peers,
+                tables,
+            },
             inbox,
         }
     }
 
     pub(super) fn index(&self) -> usize {
-        self.index
+        self.to.index
     }
 
     /// Shards running (at least 1).
     pub(super) fn count(&self) -> usize {
-        self.peers.len().max(1)
+        self.to.peers.len().max(1)
     }
 
     pub(super) fn handoff(&self) -> Handoff {
-        Handoff {
-            index: self.index,
-            peers: self.peers.clone(),
-            tables: self.tables.clone(),
-        }
+        self.to.clone()
+    }
+
+    /// Every shard's way in, by index (this one's included).
+    fn peers(&self) -> &[Peer] {
+        &self.to.peers
     }
 
     fn stats(&self) -> Option<&Arc<ShardStats>> {
-        self.peers.get(self.index).map(Peer::stats)
+        self.peers().get(self.index()).map(Peer::stats)
     }
 }
 
@@ -292,16 +294,11 @@ impl DrainConns for Tables {
 
 /// The metrics' view of one shard.
 pub(super) fn source(stack: &Stack, conns: &Arc<ConnTable<StackIo>>, p: &Peer) -> ShardSource {
-    let counters = stack.counters();
     let conns = conns.clone();
     ShardSource {
-        counters,
+        counters: stack.counters(),
         stats: p.stats.clone(),
         connections: Box::new(move || conns.len()),
-        misdirected: {
-            let c = stack.counters();
-            Box::new(move || c.drops(NsDrop::OtherShard))
-        },
     }
 }
 
@@ -406,7 +403,7 @@ impl App {
     /// ARP / NDP / ICMP-error frames (at most [`MAIL_BATCH`] a round).
     pub(super) fn mail(&mut self, s: &mut Stack, now: Instant) {
         // (the resolver wakes a single shard too)
-        if !self.shard.inbox.take_wake() || self.shard.peers.len() <= 1 {
+        if !self.shard.inbox.take_wake() || self.shard.peers().len() <= 1 {
             return;
         }
         for _ in 0..MAIL_BATCH {
@@ -433,7 +430,7 @@ impl App {
             }
         }
         // more waiting: come back at once
-        if let Some(p) = self.shard.peers.get(self.shard.index) {
+        if let Some(p) = self.shard.peers().get(self.shard.index()) {
             p.wake();
         }
     }
@@ -441,12 +438,13 @@ impl App {
     /// Copies of the ARP / NDP / ICMP-error frames this shard processed,
     /// to every other shard (their neighbour tables and path state learn).
     pub(super) fn replicate(&mut self, s: &mut Stack) {
-        if self.shard.peers.len() <= 1 {
+        let (me, peers) = (self.shard.index(), self.shard.peers());
+        if peers.len() <= 1 {
             return;
         }
         while let Some((meta, frame)) = s.pop_replica() {
-            for (i, p) in self.shard.peers.iter().enumerate() {
-                if i != self.shard.index {
+            for (i, p) in peers.iter().enumerate() {
+                if i != me {
                     p.post(Mail::Replica {
                         meta,
                         frame: frame.clone(),
