@@ -218,22 +218,9 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 
 fn fanout_steers_as_predicted(n: u16, group: u16) {
     let pair = NetnsPair::new();
-    let stack_mac = fmt_mac(pair.stack_mac());
     let pi = pair.peer_if.clone();
     // The stack side has no kernel to answer ARP / NDP: static neighbours.
-    for a in [pair.stack_v4().to_string(), pair.stack_v6().to_string()] {
-        pair.ip_peer(&[
-            "neigh",
-            "replace",
-            &a,
-            "lladdr",
-            &stack_mac,
-            "dev",
-            &pi,
-            "nud",
-            "permanent",
-        ]);
-    }
+    pair.peer_knows_stack_mac();
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for h in HOSTS {

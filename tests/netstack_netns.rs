@@ -274,22 +274,8 @@ fn afpacket_auxdata_marks_veth_udp_checksum_not_ready(rx: Rx) {
         return;
     }
     let pair = NetnsPair::new();
-    let smac = fmt_mac(pair.stack_mac());
-    let pif = pair.peer_if.clone();
     // The stack side answers no ARP/NDP in this test: tell the peer.
-    for ip in [pair.stack_v4().to_string(), pair.stack_v6().to_string()] {
-        pair.ip_peer(&[
-            "neigh",
-            "replace",
-            &ip,
-            "lladdr",
-            &smac,
-            "dev",
-            &pif,
-            "nud",
-            "permanent",
-        ]);
-    }
+    pair.peer_knows_stack_mac();
     let sif = pair.stack_if.clone();
     let mut dev = pair.in_stack(move || open_rx(&sif, rx));
     let dsts = [

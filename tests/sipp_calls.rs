@@ -54,32 +54,7 @@ fn through_proxy(transport: SippTransport) {
 
     // Requests: INVITE, ACK, BYE per call; replies: 180, 200, 200 per call.
     let after = proxy.metrics();
-    let delta =
-        |q: &str| metric_value(&after, q).unwrap_or(0.0) - metric_value(&before, q).unwrap_or(0.0);
-    let fwd_req = delta("sipedge_forwarded_total{kind=\"request\"}");
-    let fwd_rep = delta("sipedge_forwarded_total{kind=\"reply\"}");
-    let invites = delta("sipedge_requests_received_total{method=\"INVITE\"}");
-    let parse_failures = metric_value(&after, "sipedge_parse_failures_total").unwrap_or(0.0);
-    let report = format!(
-        "forwarded requests +{fwd_req}, replies +{fwd_rep}, INVITEs received +{invites}, \
-         parse failures {parse_failures}\n--- metrics ---\n{after}"
-    );
-    assert!(fwd_req >= f64::from(3 * CALLS), "{report}");
-    assert!(fwd_rep >= f64::from(2 * CALLS), "{report}");
-    assert!(invites >= f64::from(CALLS), "{report}");
-    assert_eq!(parse_failures, 0.0, "{report}");
-    if transport.is_tcp() {
-        let accepted = delta("sipedge_tcp_accepted_total");
-        let want = if transport == SippTransport::Tn {
-            CALLS
-        } else {
-            1
-        };
-        assert!(
-            accepted >= f64::from(want),
-            "tcp accepted +{accepted}\n{report}"
-        );
-    }
+    assert_calls_forwarded(&before, &after, transport, CALLS, transport.flag());
 }
 
 #[test]

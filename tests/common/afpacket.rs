@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use super::netns::{NetnsPair, in_netns, must, netns_exec};
 use super::{
-    SippTransport, UacOpts, metric_value, metrics_scrape, poll_at_least, read_sip_message, run_uac,
-    signal_pid, sip_request, sipedge_bin, tail, unique_temp_dir, wait_child,
+    SippTransport, UacOpts, assert_calls_forwarded, metric_value, metrics_scrape, poll_at_least,
+    read_sip_message, run_uac, signal_pid, sip_request, sipedge_bin, tail, unique_temp_dir,
+    wait_child,
 };
 
 /// The stack's SIP port (UDP and TCP).
@@ -494,34 +495,13 @@ pub fn calls_through(
         drop_lines(&proxy.metrics())
     );
     let after = proxy.metrics();
-    let delta = |q: &str| metric(&after, q) - metric(&before, q);
-    let fwd_req = delta("sipedge_forwarded_total{kind=\"request\"}");
-    let fwd_rep = delta("sipedge_forwarded_total{kind=\"reply\"}");
-    let invites = delta("sipedge_requests_received_total{method=\"INVITE\"}");
-    let parse_failures = metric(&after, "sipedge_parse_failures_total");
-    let report = format!(
-        "{} {fam}: forwarded requests +{fwd_req}, replies +{fwd_rep}, INVITEs received \
-         +{invites}, parse failures {parse_failures}\n--- metrics ---\n{after}",
-        transport.flag()
+    assert_calls_forwarded(
+        &before,
+        &after,
+        transport,
+        calls,
+        &format!("{} {fam}", transport.flag()),
     );
-    // Per call INVITE, ACK, BYE forwarded; 200 (INVITE) and 200 (BYE)
-    // always, plus the 180.
-    assert!(fwd_req >= f64::from(3 * calls), "{report}");
-    assert!(fwd_rep >= f64::from(2 * calls), "{report}");
-    assert!(invites >= f64::from(calls), "{report}");
-    assert_eq!(parse_failures, 0.0, "{report}");
-    if transport.is_tcp() {
-        let accepted = delta("sipedge_tcp_accepted_total");
-        let want = if transport == SippTransport::Tn {
-            calls
-        } else {
-            1
-        };
-        assert!(
-            accepted >= f64::from(want),
-            "tcp accepted +{accepted}\n{report}"
-        );
-    }
     eprintln!(
         "{} {fam}: {} calls ok in {:?} (retransmissions {})",
         transport.flag(),

@@ -893,6 +893,47 @@ pub fn samples(text: &str) -> Vec<Sample> {
         .collect()
 }
 
+/// The proxy's metrics moved as `calls` successful sipp calls of
+/// tests/sipp/uac.xml over `transport` require, between the scrapes
+/// `before` and `after`: per call INVITE, ACK and BYE forwarded, at least
+/// the two 200s forwarded back (plus the 180), one INVITE received, no
+/// parse failure; over TCP at least one accepted connection (t1) or one per
+/// call (tn). `what` names the run in the failure message.
+pub fn assert_calls_forwarded(
+    before: &str,
+    after: &str,
+    transport: SippTransport,
+    calls: u32,
+    what: &str,
+) {
+    let value = |text: &str, q: &str| metric_value(text, q).unwrap_or(0.0);
+    let delta = |q: &str| value(after, q) - value(before, q);
+    let fwd_req = delta("sipedge_forwarded_total{kind=\"request\"}");
+    let fwd_rep = delta("sipedge_forwarded_total{kind=\"reply\"}");
+    let invites = delta("sipedge_requests_received_total{method=\"INVITE\"}");
+    let parse_failures = value(after, "sipedge_parse_failures_total");
+    let report = format!(
+        "{what}: forwarded requests +{fwd_req}, replies +{fwd_rep}, INVITEs received \
+         +{invites}, parse failures {parse_failures}\n--- metrics ---\n{after}"
+    );
+    assert!(fwd_req >= f64::from(3 * calls), "{report}");
+    assert!(fwd_rep >= f64::from(2 * calls), "{report}");
+    assert!(invites >= f64::from(calls), "{report}");
+    assert_eq!(parse_failures, 0.0, "{report}");
+    if transport.is_tcp() {
+        let accepted = delta("sipedge_tcp_accepted_total");
+        let want = if transport == SippTransport::Tn {
+            calls
+        } else {
+            1
+        };
+        assert!(
+            accepted >= f64::from(want),
+            "tcp accepted +{accepted}\n{report}"
+        );
+    }
+}
+
 /// `metric_value(text, "sipedge_tcp_released_total{reason=\"oversize\"}")`:
 /// the sum of every sample of that name whose labels include the given ones
 /// (so a query without labels sums the whole family, and extra labels the

@@ -263,6 +263,26 @@ impl NetnsPair {
         parse_mac(text).unwrap_or_else(|| panic!("bad MAC {text:?}"))
     }
 
+    /// Static (permanent) neighbour entries on the peer for the stack's
+    /// IPv4 and IPv6 addresses, for tests whose stack side answers no ARP /
+    /// NDP.
+    pub fn peer_knows_stack_mac(&self) {
+        let mac = fmt_mac(self.stack_mac());
+        for ip in [self.stack_v4().to_string(), self.stack_v6().to_string()] {
+            self.ip_peer(&[
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &mac,
+                "dev",
+                &self.peer_if,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+
     /// MAC of the stack-side veth end.
     pub fn stack_mac(&self) -> [u8; 6] {
         Self::link_mac(&self.stack_ns, &self.stack_if)
