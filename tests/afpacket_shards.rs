@@ -204,10 +204,7 @@ fn shards_open_outbound_tcp_from_each_shard() {
     }
     let _load = load_lock();
     let pair = NetnsPair::new();
-    let mut used = BTreeSet::new();
-    let c0 = client_on_shard(&pair, 0, &used);
-    used.insert(c0.octets()[3]);
-    let c1 = client_on_shard(&pair, 1, &used);
+    let clients = client_per_shard(&pair);
     let proxy = start_sharded(&pair, &af_tcp_config(&pair, ""));
     let uas = SippUas::start_in_with(
         &pair.peer_ns,
@@ -216,7 +213,7 @@ fn shards_open_outbound_tcp_from_each_shard() {
         SippTransport::T1,
     );
     let to = SocketAddr::new(pair.stack_v4().into(), AF_SIP_PORT);
-    for c in [c0, c1] {
+    for &c in &clients {
         let res = run_uac(&UacOpts {
             target: to,
             transport: SippTransport::T1,
