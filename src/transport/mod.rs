@@ -328,6 +328,7 @@ async fn transaction_timers(ctx: Arc<Ctx>) {
                 ctx: &ctx,
                 own_udp: None,
                 cache: &mut cache,
+                cork: None,
             };
             let next = kernel::transaction_round(&ctx, &mut eg, &mut out);
             Duration::from_millis(next.saturating_sub(ctx.core.now_ms()).max(1))

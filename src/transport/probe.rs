@@ -124,6 +124,7 @@ pub async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<ProbeReply>) {
                         ctx: &ctx,
                         own_udp: None,
                         cache: &mut cache,
+                        cork: None,
                     };
                     eg.send_tcp(&dest, &out) == SendResult::Sent
                 }

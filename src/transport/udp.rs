@@ -64,6 +64,7 @@ pub fn udp_receive_thread(
             ctx: &ctx,
             own_udp: Some((&sock, local)),
             cache: &mut cache,
+            cork: None,
         };
         ctx.step()
             .receive_datagram(&mut eg, &buf[..n], src, local, &mut sc, received_at);

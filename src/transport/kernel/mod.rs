@@ -77,14 +77,17 @@ use super::Ctx;
 use super::conn::{Conn, ConnCache, ConnIo, ReleaseReason, SendError};
 use super::egress::{Egress, Pending, SendResult, pick_addr, pick_local};
 use crate::core::{Dest, DropReason};
+use crate::metrics::Metrics;
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::net::UdpSocket;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 pub mod tcp;
@@ -286,14 +289,6 @@ impl Conn<KernelIo> {
         Ok(())
     }
 
-    /// Read readiness of the socket (registers the task's waker).
-    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &self.io.lock().stream {
-            Some(s) => s.poll_read_ready(cx),
-            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
     /// Write readiness of the socket (registers the task's waker).
     pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &self.io.lock().stream {
@@ -302,21 +297,98 @@ impl Conn<KernelIo> {
         }
     }
 
-    /// Read what the socket has into `buf` (never waits).
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match &self.io.lock().stream {
-            Some(s) => s.try_read(buf),
-            None => Err(io::ErrorKind::NotConnected.into()),
+    /// Read what the socket has into `buf`, or register the task's waker
+    /// (Pending) when it has nothing. A read that fills less than `buf`
+    /// drained the socket: tokio then clears the readiness itself, so the
+    /// next call is Pending without a read that would only say EAGAIN (one
+    /// syscall per message instead of two).
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io.lock().stream {
+            Some(s) => {
+                let mut rb = ReadBuf::new(buf);
+                match Pin::new(s).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
 }
 
 /// The kernel backend's [`Egress`]: `own_udp` is the calling UDP worker's
-/// socket and its listen index; `cache` the caller's connection handles.
+/// socket and its listen index; `cache` the caller's connection handles;
+/// `cork`, when set, collects TCP sends until the caller flushes it.
 pub struct KernelEgress<'a> {
     pub ctx: &'a Arc<Ctx>,
     pub own_udp: Option<(&'a Arc<UdpSocket>, usize)>,
     pub cache: &'a mut ConnCache<KernelIo>,
+    pub cork: Option<&'a mut Cork>,
+}
+
+/// Bytes a corked connection collects before they are written anyway.
+const CORK_MAX: usize = 32 * 1024;
+
+/// TCP output corked while a reader handles what one read returned: every
+/// message for the same connection is written with one `write` when the
+/// read's messages are done ([`Cork::flush`]), instead of one `write` (one
+/// segment, one wake-up of the peer) per message. Nothing waits: the flush
+/// follows the read's processing at once. Messages keep their order per
+/// connection. A connection found closed at the flush drops its messages,
+/// each counted as `send_failed` (a write error or a full queue there
+/// releases the connection, as a direct send does).
+#[derive(Default)]
+pub struct Cork {
+    /// Connections written to since the last flush, with their bytes and
+    /// message count (a handful at most: a linear search).
+    held: Vec<(Arc<Conn<KernelIo>>, Vec<u8>, u32)>,
+    /// Emptied buffers, kept for the next round (no allocation per round).
+    spare: Vec<Vec<u8>>,
+}
+
+impl Cork {
+    /// Hold `out` for `c` (flushing that connection first when it holds
+    /// [`CORK_MAX`] already).
+    fn hold(&mut self, c: &Arc<Conn<KernelIo>>, out: &[u8], metrics: &Metrics, now_s: u64) {
+        let i = match self.held.iter().position(|(h, _, _)| h.id == c.id) {
+            Some(i) => i,
+            None => {
+                let buf = self.spare.pop().unwrap_or_default();
+                self.held.push((c.clone(), buf, 0));
+                self.held.len() - 1
+            }
+        };
+        let (_, buf, n) = &mut self.held[i];
+        if !buf.is_empty() && buf.len() + out.len() > CORK_MAX {
+            write_held(c, buf, n, metrics, now_s);
+        }
+        buf.extend_from_slice(out);
+        *n += 1;
+    }
+
+    /// Write what each connection holds (one `write` each).
+    pub fn flush(&mut self, metrics: &Metrics, now_s: u64) {
+        for (c, mut buf, mut n) in self.held.drain(..) {
+            write_held(&c, &mut buf, &mut n, metrics, now_s);
+            self.spare.push(buf);
+        }
+    }
+}
+
+fn write_held(c: &Conn<KernelIo>, buf: &mut Vec<u8>, n: &mut u32, metrics: &Metrics, now_s: u64) {
+    if !buf.is_empty() && c.send(buf, now_s).is_err() {
+        for _ in 0..*n {
+            metrics.dropped(DropReason::SendFailed);
+        }
+        tracing::debug!(peer = %c.peer, messages = *n, "corked send failed");
+    }
+    buf.clear();
+    *n = 0;
 }
 
 impl Egress for KernelEgress<'_> {
@@ -359,9 +431,17 @@ impl Egress for KernelEgress<'_> {
     fn send_tcp(&mut self, dest: &Dest, out: &[u8]) -> SendResult {
         let ctx = self.ctx;
         let now = ctx.now_s();
-        let sent = |c: &Conn<KernelIo>| match c.send(out, now) {
-            Ok(()) => SendResult::Sent,
-            Err(_) => SendResult::Failed,
+        let mut cork = self.cork.as_deref_mut();
+        let mut sent = |c: &Arc<Conn<KernelIo>>| match cork.as_deref_mut() {
+            Some(_) if !c.is_alive() => SendResult::Failed,
+            Some(k) => {
+                k.hold(c, out, &ctx.metrics, now);
+                SendResult::Sent
+            }
+            None => match c.send(out, now) {
+                Ok(()) => SendResult::Sent,
+                Err(_) => SendResult::Failed,
+            },
         };
         // RFC 3261 §18.2.2: the connection the request came on, if still open
         if let Some(id) = dest.conn
@@ -428,7 +508,84 @@ async fn resolve_and_send(ctx: Arc<Ctx>, p: Pending) {
         ctx: &ctx,
         own_udp: None,
         cache: &mut cache,
+        cork: None,
     };
     ctx.step()
         .deliver_resolved(&mut eg, &p, found.map(|a| a.ip()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::conn::{ConnTable, TableLimits};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn table() -> ConnTable<KernelIo> {
+        ConnTable::new(TableLimits {
+            max_connections: 8,
+            max_per_ip: 8,
+            write_queue_bytes: 64 * 1024,
+        })
+    }
+
+    fn drops(m: &Metrics) -> f64 {
+        m.encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sipedge_dropped_total{reason=\"send_failed\"} ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Two messages corked for one connection leave in one write, in order,
+    /// and only at the flush.
+    #[tokio::test]
+    async fn corked_messages_to_one_connection_are_one_write_in_order() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = table();
+        let (c, _) = t.get_or_create_outbound(addr, 0).unwrap();
+        c.attach(TcpStream::connect(addr).await.unwrap());
+        let (mut peer, _) = l.accept().await.unwrap();
+        let m = Metrics::new();
+        let mut cork = Cork::default();
+        cork.hold(&c, b"first\r\n", &m, 0);
+        cork.hold(&c, b"second\r\n", &m, 0);
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(50), peer.read(&mut buf)).await;
+        assert!(early.is_err(), "nothing is written before the flush");
+        cork.flush(&m, 0);
+        let mut got = Vec::new();
+        while got.len() < 15 {
+            let n = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"first\r\nsecond\r\n");
+        assert!(cork.held.is_empty());
+        assert_eq!(cork.spare.len(), 1, "the buffer is kept for the next round");
+        assert_eq!(drops(&m), 0.0);
+    }
+
+    /// A connection released before the flush drops its held messages, each
+    /// counted as send_failed.
+    #[tokio::test]
+    async fn corked_messages_for_a_released_connection_are_counted_drops() {
+        let t = table();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let (c, _) = t.get_or_create_outbound(addr, 0).unwrap();
+        let m = Metrics::new();
+        let mut cork = Cork::default();
+        cork.hold(&c, b"a\r\n", &m, 0);
+        cork.hold(&c, b"b\r\n", &m, 0);
+        t.release(&c);
+        cork.flush(&m, 0);
+        assert_eq!(drops(&m), 2.0);
+    }
 }

@@ -4,7 +4,7 @@
 //! the sans-IO [`StreamState`]; each message goes through the shared,
 //! synchronous [`receive_tcp_msg`].
 
-use super::{KernelEgress, KernelIo};
+use super::{Cork, KernelEgress, KernelIo};
 use crate::config::Transport;
 use crate::core::Scratch;
 use crate::core::upstream::Signal;
@@ -34,6 +34,7 @@ struct Worker {
     buf: Box<[u8]>,
     sc: Scratch,
     cache: ConnCache<KernelIo>,
+    cork: Cork,
 }
 
 thread_local! {
@@ -47,6 +48,7 @@ fn with_worker<R>(f: impl FnOnce(&mut Worker) -> R) -> R {
         buf: vec![0u8; READ_BUF].into_boxed_slice(),
         sc: Scratch::new(),
         cache: ConnCache::default(),
+        cork: Cork::default(),
     };
     WORKER.with(|w| match w.try_borrow_mut() {
         Ok(mut slot) => f(slot.get_or_insert_with(fresh)),
@@ -174,6 +176,7 @@ fn fail_over(ctx: &Arc<Ctx>, conn: &Conn<KernelIo>, reason: ReleaseReason) {
             ctx,
             own_udp: None,
             cache: &mut w.cache,
+            cork: None,
         };
         txn_transport_failed(&ctx.step(), &mut eg, conn.peer, conn.outbound, reason);
     });
@@ -208,19 +211,18 @@ fn poll_io(
                 Poll::Pending => {}
             }
         }
-        match conn.poll_read_ready(cx) {
-            Poll::Ready(Ok(())) => match read_req(ctx, conn, st) {
-                Err(reason) => return Poll::Ready(reason),
-                // drained: go round to wait for the next readiness
-                Ok(true) => continue,
-                // more to read: let other connections have a turn
-                Ok(false) => {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-            },
-            Poll::Ready(Err(_)) => return Poll::Ready(ReleaseReason::Reset),
-            Poll::Pending => {}
+        match read_req(cx, ctx, conn, st) {
+            Err(reason) => return Poll::Ready(reason),
+            // drained, nothing read: the read waker is registered
+            Ok(Read::Drained) => {}
+            // drained after reading: what was read may have queued a write
+            // or asked for a kill, so go round once more
+            Ok(Read::Some) => continue,
+            // more to read: let other connections have a turn
+            Ok(Read::Budget) => {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
         let last_tx = conn.last_tx().saturating_mul(1000);
         if let Some(why) = st.handle_timeout(ctx.now_ms(), last_tx) {
@@ -233,25 +235,40 @@ fn poll_io(
     Poll::Pending
 }
 
+/// How a [`read_req`] ended.
+enum Read {
+    /// The socket had nothing: the task's read waker is registered.
+    Drained,
+    /// Messages were read and the socket is drained (or its readiness not
+    /// yet known again).
+    Some,
+    /// The read budget is used up; more may be waiting.
+    Budget,
+}
+
 /// `read_req`: read what is available into the worker's buffer, frame it
 /// (the stream state keeps only an incomplete message) and hand each
-/// message to `receive_tcp_msg` ([`read_chunk`]); a ping is answered with CRLF. Any error is
-/// returned up to `handle_io`. `Ok(true)`: the socket is drained (would
-/// block); `Ok(false)`: the read budget is used up, more may be waiting.
+/// message to `receive_tcp_msg` ([`read_chunk`]); a ping is answered with
+/// CRLF. Any error is returned up to `handle_io`. A read that does not fill
+/// the buffer drained the socket: the next call's read costs no syscall.
 fn read_req(
+    cx: &mut Context<'_>,
     ctx: &Arc<Ctx>,
     conn: &Arc<Conn<KernelIo>>,
     st: &mut StreamState,
-) -> Result<bool, ReleaseReason> {
+) -> Result<Read, ReleaseReason> {
     with_worker(|w| {
+        let mut got = false;
         for _ in 0..READS_PER_WAKEUP {
-            let n = match conn.try_read(&mut w.buf) {
-                Ok(0) => return Err(ReleaseReason::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(ReleaseReason::Reset),
+            let n = match conn.poll_read(cx, &mut w.buf) {
+                Poll::Pending if got => return Ok(Read::Some),
+                Poll::Pending => return Ok(Read::Drained),
+                Poll::Ready(Ok(0)) => return Err(ReleaseReason::Eof),
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(_)) => return Err(ReleaseReason::Reset),
             };
+            got = true;
             let received_at = Instant::now();
             let now = ctx.now_ms_at(received_at);
             let now_s = now / 1000;
@@ -259,17 +276,25 @@ fn read_req(
             ctx.metrics.bytes_in(Transport::Tcp, n);
             let rcv = rcv_tcp(conn.peer, conn.local, conn.id, conn.outbound);
             let step = ctx.step();
-            let Worker { buf, sc, cache } = &mut *w;
+            let Worker {
+                buf,
+                sc,
+                cache,
+                cork,
+            } = &mut *w;
             // the connection we read from is the first candidate for replies
             if !cache.contains(conn.id) {
                 cache.put(conn.clone());
             }
+            // what this read's messages send leaves corked, one write per
+            // connection after the last of them
             let mut eg = KernelEgress {
                 ctx,
                 own_udp: None,
                 cache,
+                cork: Some(cork),
             };
-            read_chunk(
+            let r = read_chunk(
                 st,
                 &buf[..n],
                 now,
@@ -280,9 +305,11 @@ fn read_req(
                 sc,
                 received_at,
                 |_| conn.send(b"\r\n", now_s).is_ok(),
-            )?;
+            );
+            cork.flush(&ctx.metrics, now_s);
+            r?;
         }
-        Ok(false)
+        Ok(Read::Budget)
     })
 }
 
