@@ -174,6 +174,9 @@ impl Driver {
         app: &mut dyn FnMut(&mut Stack, Instant),
     ) -> io::Result<Step> {
         self.stats.rounds += 1;
+        // TCP output waits for the end of the round (after the app), so a
+        // connection's messages and ACKs leave in as few segments as can be
+        stack.tcp_cork();
         let rx = match dev.recv_batch(RX_BATCH, &mut |meta, frame| {
             stack.receive_frame(now, meta, frame)
         }) {
@@ -185,11 +188,15 @@ impl Driver {
                 self.rx_error(&e, now);
                 0
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                stack.tcp_uncork(now);
+                return Err(e);
+            }
         };
         self.stats.rx_frames += rx as u64;
 
         app(stack, now);
+        stack.tcp_uncork(now);
         let deadline = stack.poll(now);
         let tx = self.flush(dev, stack, now);
 

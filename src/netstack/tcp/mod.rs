@@ -401,6 +401,9 @@ pub(crate) struct Tcb {
     pub probes: u8,
     /// Full segments received and not yet ACKed.
     pub ack_pending: u8,
+    /// What waits for [`Stack::tcp_uncork`] while the table is corked
+    /// ([`CORK_PUSH`], [`CORK_ACK`]).
+    pub cork: u8,
     pub quickack: u8,
     /// Keep-alive idle time, µs; [`NO_KEEPALIVE`] when off (see
     /// [`Tcb::keepalive`]).
@@ -493,7 +496,17 @@ pub struct TcpTable {
     pub(crate) now: Instant,
     pub(crate) lim: TcpLimits,
     pub(crate) cc_kind: CongestionKind,
+    /// Set by [`Stack::tcp_cork`]: sends and in-order data ACKs wait for
+    /// [`Stack::tcp_uncork`].
+    pub(crate) corked: bool,
+    /// Slots with something corked (each once: its `cork` bits were 0).
+    pub(crate) cork_slots: Vec<u32>,
 }
+
+/// Corked: queued data to push.
+pub(crate) const CORK_PUSH: u8 = 1;
+/// Corked: an ACK for in-order data is due.
+pub(crate) const CORK_ACK: u8 = 2;
 
 pub(crate) use super::EPHEMERAL;
 
@@ -534,6 +547,8 @@ impl TcpTable {
             secret,
             challenge: (0, 0),
             now,
+            corked: false,
+            cork_slots: Vec::new(),
             lim: TcpLimits {
                 max_conns: l.tcp_max_conns,
                 syn_backlog_max: l.tcp_syn_backlog_max,
@@ -717,6 +732,7 @@ impl TcpTable {
             retries: 0,
             probes: 0,
             ack_pending: 0,
+            cork: 0,
             quickack: QUICKACKS,
             keepalive_us: NO_KEEPALIVE,
             last_rcv: now,
@@ -1049,8 +1065,12 @@ impl TcpSocketMut<'_> {
             return Err(TcpError::WouldBlock);
         }
         if t.state.is_synchronized() {
-            self.stack.tcp_write_xmit(now, slot);
-            self.stack.tcp_arm(slot);
+            if self.stack.tcp.corked {
+                self.stack.tcp_cork_mark(slot, CORK_PUSH);
+            } else {
+                self.stack.tcp_write_xmit(now, slot);
+                self.stack.tcp_arm(slot);
+            }
         }
         Ok(n)
     }

@@ -951,8 +951,12 @@ impl Stack {
 
     /// Linux `__tcp_ack_snd_check`: ACK at once when asked to, in
     /// quick-ACK mode, or every second full segment; otherwise arm the
-    /// delayed-ACK timer.
+    /// delayed-ACK timer. While corked ([`Stack::tcp_cork`]) the ACK for
+    /// in-order data waits for the end of the round, where data sent on
+    /// the connection carries it; an ACK asked for at once (out-of-order
+    /// data, a FIN, a full receive buffer) is never held.
     fn tcp_ack_snd_check(&mut self, now: Instant, slot: u32, new_data: bool, ack_now: bool) {
+        let corked = self.tcp.corked;
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
@@ -964,10 +968,17 @@ impl Stack {
             return;
         }
         t.ack_pending = t.ack_pending.saturating_add(1);
-        if t.quickack > 0 {
+        let due = if t.quickack > 0 {
             t.quickack -= 1;
-            self.tcp_send_ack(now, slot);
-        } else if t.ack_pending >= 2 {
+            true
+        } else {
+            t.ack_pending >= 2
+        };
+        if due && corked {
+            // sent by tcp_uncork, on the data the application answers
+            // with if it does
+            self.tcp_cork_mark(slot, super::CORK_ACK);
+        } else if due {
             self.tcp_send_ack(now, slot);
         } else if t.delack_at.is_none() {
             t.delack_at = At::from(Some(now + super::DELACK));

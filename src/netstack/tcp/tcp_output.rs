@@ -121,6 +121,53 @@ impl Stack {
         ok
     }
 
+    /// Cork the TCP output for one round of the driver (received frames,
+    /// then the application): data the application sends is queued, not
+    /// pushed, and the ACK that in-order data asks for waits, until
+    /// [`Self::tcp_uncork`]. Messages written to one connection in the
+    /// round leave in as few segments as the windows allow, carrying the
+    /// ACK (Linux gets the same from GRO, TCP autocorking and delayed ACKs
+    /// in its pingpong mode). Nothing waits on a timer: the driver uncorks
+    /// before its transmit flush.
+    pub fn tcp_cork(&mut self) {
+        self.tcp.corked = true;
+    }
+
+    /// End the cork: push each corked connection's queued data (which
+    /// carries the ACK), then send the ACKs still due.
+    pub fn tcp_uncork(&mut self, now: Instant) {
+        self.tcp.corked = false;
+        let mut slots = std::mem::take(&mut self.tcp.cork_slots);
+        for &slot in &slots {
+            let Some(t) = self.tcp.get_mut(slot) else {
+                continue;
+            };
+            let what = std::mem::take(&mut t.cork);
+            if what & super::CORK_PUSH != 0 {
+                self.tcp_write_xmit(now, slot);
+                self.tcp_arm(slot);
+            }
+            if what & super::CORK_ACK != 0 && self.tcp.get(slot).is_some_and(|t| t.ack_pending > 0)
+            {
+                self.tcp_send_ack(now, slot);
+            }
+        }
+        slots.clear();
+        self.tcp.cork_slots = slots;
+    }
+
+    /// Note `what` as corked for `slot`.
+    pub(crate) fn tcp_cork_mark(&mut self, slot: u32, what: u8) {
+        let Some(t) = self.tcp.get_mut(slot) else {
+            return;
+        };
+        let first = t.cork == 0;
+        t.cork |= what;
+        if first {
+            self.tcp.cork_slots.push(slot);
+        }
+    }
+
     /// Linux `tcp_write_xmit`: send queued data (and the FIN after it) as
     /// far as the send window, the congestion window and SWS avoidance
     /// (RFC 9293 §3.8.6.2.1) allow. After an RTO (SND.NXT back at SND.UNA)

@@ -1463,3 +1463,62 @@ fn issue8_conn_key_tells_families_addresses_and_ports_apart() {
     let b2: SocketAddr = "198.18.0.1:40001".parse().expect("b2");
     assert_ne!(ConnKey::new(a, b), ConnKey::new(a, b2));
 }
+
+/// Cork (the driver's round): the ACK that in-order data asks for waits,
+/// and what the application writes in the round leaves in one segment that
+/// carries it.
+#[test]
+fn corked_round_sends_the_replies_in_one_segment_carrying_the_ack() {
+    let mut h = H::new();
+    let c = h.establish();
+    h.s.tcp_cork();
+    h.rx(S::new(c.p).ack(c.o).data(&[1u8; 100]));
+    h.none();
+    let mut s = h.s.tcp(c.h).expect("c");
+    for m in [&b"one\r\n"[..], b"two\r\n", b"three\r\n"] {
+        assert_eq!(s.send(m), Ok(m.len()));
+    }
+    h.none();
+    let now = h.now;
+    h.s.tcp_uncork(now);
+    let seg = h.one();
+    assert_eq!(seg.data, b"one\r\ntwo\r\nthree\r\n");
+    assert_eq!((seg.seq, seg.ack), (c.o, Some(c.p + 100)));
+    assert_eq!(h.c().get(Mib::TcpOutSegs), 2, "SYN-ACK and the one segment");
+}
+
+/// Corked data that the application does not answer is ACKed at the end
+/// of the round, as it would have been at once.
+#[test]
+fn corked_ack_without_a_reply_leaves_at_uncork() {
+    let mut h = H::new();
+    let c = h.establish();
+    h.s.tcp_cork();
+    h.rx(S::new(c.p).ack(c.o).data(&[1u8; 100]));
+    h.rx(S::new(c.p + 100).ack(c.o).data(&[1u8; 100]));
+    h.none();
+    let now = h.now;
+    h.s.tcp_uncork(now);
+    let a = h.one();
+    assert_eq!(
+        (a.ack, a.data.len()),
+        (Some(c.p + 200), 0),
+        "one ACK for both"
+    );
+}
+
+/// Out-of-order data is ACKed (with SACK) at once even while corked: the
+/// sender's fast retransmit counts those duplicate ACKs.
+#[test]
+fn out_of_order_data_is_acked_at_once_even_while_corked() {
+    let mut h = H::new();
+    let c = h.establish();
+    h.s.tcp_cork();
+    h.rx(S::new(c.p + 100).ack(c.o).data(&[2u8; 50]));
+    let a = h.one();
+    assert_eq!(a.ack, Some(c.p));
+    assert_eq!(a.sacks, vec![(c.p + 100, c.p + 150)]);
+    let now = h.now;
+    h.s.tcp_uncork(now);
+    h.none();
+}
