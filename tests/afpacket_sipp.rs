@@ -118,9 +118,12 @@ fn suite(transport: SippTransport) {
             per_call(&mib("Tcp", "OutSegs")),
             per_call(&mib("TcpExt", "DelayedACKs"))
         );
-        // Five messages in per call and leg at least.
+        // Five messages in per call and leg at least (sipp writes each
+        // message as it goes). Out, the stack corks each round: one segment
+        // may carry several messages (and the ACK), so fewer than five per
+        // call and leg is the point; at least one still must flow.
         assert!(in_segs >= 5.0 * 2.0 * c, "{report}");
-        assert!(out_segs >= 5.0 * 2.0 * c, "{report}");
+        assert!(out_segs >= 2.0 * c, "{report}");
     } else {
         let udp_in = metric(&m, &mib("Udp", "InDatagrams"));
         let udp6_in = metric(&m, &mib("Udp6", "InDatagrams"));
