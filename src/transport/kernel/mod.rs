@@ -333,6 +333,9 @@ pub struct KernelEgress<'a> {
 
 /// Bytes a corked connection collects before they are written anyway.
 const CORK_MAX: usize = 32 * 1024;
+/// Emptied cork buffers kept for reuse (the rest are freed: a read whose
+/// messages went to many connections does not pin a buffer for each).
+const CORK_SPARE: usize = 8;
 
 /// TCP output corked while a reader handles what one read returned: every
 /// message for the same connection is written with one `write` when the
@@ -375,7 +378,9 @@ impl Cork {
     pub fn flush(&mut self, metrics: &Metrics, now_s: u64) {
         for (c, mut buf, mut n) in self.held.drain(..) {
             write_held(&c, &mut buf, &mut n, metrics, now_s);
-            self.spare.push(buf);
+            if self.spare.len() < CORK_SPARE {
+                self.spare.push(buf);
+            }
         }
     }
 }
