@@ -304,6 +304,11 @@ impl H {
         self.until(t);
     }
 
+    /// End the driver's round: what was corked leaves now.
+    fn uncork(&mut self) {
+        self.s.tcp_uncork(self.now);
+    }
+
     fn events(&mut self) -> Vec<SocketEvent> {
         std::iter::from_fn(|| self.s.poll_event()).collect()
     }
@@ -1479,8 +1484,7 @@ fn corked_round_sends_the_replies_in_one_segment_carrying_the_ack() {
         assert_eq!(s.send(m), Ok(m.len()));
     }
     h.none();
-    let now = h.now;
-    h.s.tcp_uncork(now);
+    h.uncork();
     let seg = h.one();
     assert_eq!(seg.data, b"one\r\ntwo\r\nthree\r\n");
     assert_eq!((seg.seq, seg.ack), (c.o, Some(c.p + 100)));
@@ -1497,8 +1501,7 @@ fn corked_ack_without_a_reply_leaves_at_uncork() {
     h.rx(S::new(c.p).ack(c.o).data(&[1u8; 100]));
     h.rx(S::new(c.p + 100).ack(c.o).data(&[1u8; 100]));
     h.none();
-    let now = h.now;
-    h.s.tcp_uncork(now);
+    h.uncork();
     let a = h.one();
     assert_eq!(
         (a.ack, a.data.len()),
@@ -1518,7 +1521,6 @@ fn out_of_order_data_is_acked_at_once_even_while_corked() {
     let a = h.one();
     assert_eq!(a.ack, Some(c.p));
     assert_eq!(a.sacks, vec![(c.p + 100, c.p + 150)]);
-    let now = h.now;
-    h.s.tcp_uncork(now);
+    h.uncork();
     h.none();
 }

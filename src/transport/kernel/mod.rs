@@ -310,11 +310,9 @@ impl Conn<KernelIo> {
         match &mut self.io.lock().stream {
             Some(s) => {
                 let mut rb = ReadBuf::new(buf);
-                match Pin::new(s).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
+                Pin::new(s)
+                    .poll_read(cx, &mut rb)
+                    .map_ok(|()| rb.filled().len())
             }
             None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
@@ -436,8 +434,8 @@ impl Egress for KernelEgress<'_> {
     fn send_tcp(&mut self, dest: &Dest, out: &[u8]) -> SendResult {
         let ctx = self.ctx;
         let now = ctx.now_s();
-        let mut cork = self.cork.as_deref_mut();
-        let mut sent = |c: &Arc<Conn<KernelIo>>| match cork.as_deref_mut() {
+        let cork = &mut self.cork;
+        let mut sent = |c: &Arc<Conn<KernelIo>>| match cork {
             Some(_) if !c.is_alive() => SendResult::Failed,
             Some(k) => {
                 k.hold(c, out, &ctx.metrics, now);
