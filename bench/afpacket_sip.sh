@@ -54,6 +54,19 @@
 #      SIPEDGE_BEFORE_BIN (the binary of the sipedge-*-before rows; needed only for them)
 #      SHARED_BENCH (../shared/bench, from the repo root)  KAM_SHM_MB (1024) KAM_PKG_MB (16)
 #      SIPP_BUF (4194304)  KEEP_TMP=1 (keep the per-step sipp/proxy files)
+#      VETH_NAPI ("off" | "peer" | "both"; needs ethtool unless off). By default a veth runs the
+#        receiving side's kernel path (IP, UDP/TCP, socket wake-up) synchronously inside the
+#        sender's system call: every frame the proxy sends has sipp's receive charged to the
+#        proxy's CPU, and every frame sipp sends has the proxy side's kernel receive (kernel
+#        mode: IP, UDP/TCP, socket queue; afpacket: the ring copy) charged to sipp. "peer" turns
+#        on GRO and threaded NAPI on sipp's end, so sipp's receive runs in its own napi/<veth>
+#        kernel thread, as a NIC's receive runs on the far host. "both" does the same on the
+#        proxy's end too, so the proxy host's kernel receive runs in the napi thread of the
+#        proxy's veth. A veth hands a frame to NAPI only when the sending end has no TSO, so
+#        TSO goes off on the other end (every SIP message here fits in one segment). Every proxy
+#        gets the same topology. Each step records the CPU of both ends' napi threads,
+#        "peer_napi_cpu_s" (sipp's end; not the proxy's) and "stk_napi_cpu_s" (the proxy's end:
+#        its host's kernel receive, to add to the proxy's own CPU for a per-host figure).
 # output: one JSON line per step, appended to bench/results/afpacket-sip-YYYYmmdd-HHMMSS.jsonl;
 #         then a table per proxy, transport and rate: median CPU-s per 1000 calls, ratio to
 #         Kamailio's, and the highest rate that passed in every round.
@@ -84,6 +97,7 @@ KAM_SHM_MB=${KAM_SHM_MB:-1024}
 KAM_PKG_MB=${KAM_PKG_MB:-16}
 SIPP_BUF=${SIPP_BUF:-4194304}
 KEEP_TMP=${KEEP_TMP:-0}
+VETH_NAPI=${VETH_NAPI:-off}
 
 PEER4=198.18.201.1
 STK4=198.18.201.2
@@ -108,6 +122,12 @@ for p in $PROXIES; do
          "kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
+case $VETH_NAPI in
+  off) ;;
+  peer|both) command -v ethtool >/dev/null ||
+    { echo "VETH_NAPI=$VETH_NAPI needs ethtool: apt-get install -y ethtool" >&2; exit 1; } ;;
+  *) echo "VETH_NAPI must be off, peer or both, not $VETH_NAPI" >&2; exit 2 ;;
+esac
 for t in $TRANSPORTS; do
   case $t in
     u1|t1|tn) ;;
@@ -183,6 +203,33 @@ ip -n "$NS_PEER" addr add "$PEER4/24" dev "$IF_PEER"
 ip -n "$NS_PEER" link set "$IF_PEER" up
 ip -n "$NS_STK" link set "$IF_STK" up
 ip netns exec "$NS_PEER" sysctl -qw "net.ipv6.conf.$IF_PEER.disable_ipv6=1"
+# threaded_napi NS IF OTHER_NS OTHER_IF: IF receives through NAPI in a kernel thread of its own.
+threaded_napi() {
+  ip netns exec "$1" ethtool -K "$2" gro on >/dev/null
+  ip netns exec "$3" ethtool -K "$4" tso off >/dev/null
+  ip netns exec "$1" sh -c "echo 1 > /sys/class/net/$2/threaded"
+  [[ "$(ip netns exec "$1" cat "/sys/class/net/$2/threaded")" == 1 ]] ||
+    { echo "VETH_NAPI=$VETH_NAPI: $2 did not take threaded NAPI" >&2; exit 1; }
+}
+case $VETH_NAPI in
+  peer) threaded_napi "$NS_PEER" "$IF_PEER" "$NS_STK" "$IF_STK" ;;
+  both) threaded_napi "$NS_PEER" "$IF_PEER" "$NS_STK" "$IF_STK"
+        threaded_napi "$NS_STK" "$IF_STK" "$NS_PEER" "$IF_PEER" ;;
+esac
+# napi_ticks IF: utime+stime (clock ticks) of the kernel threads running IF's NAPI
+# ("napi/<ifname>-<id>", the name cut to 15 characters); 0 when there are none.
+napi_ticks() {
+  local comm="napi/$1-" total=0 pid name f
+  comm=${comm:0:15}
+  for f in /proc/[0-9]*/comm; do
+    read -r name <"$f" 2>/dev/null || continue
+    [[ "$name" == "$comm"* ]] || continue
+    pid=${f#/proc/}; pid=${pid%/comm}
+    read -r -a st <"/proc/$pid/stat" 2>/dev/null || continue
+    total=$((total + st[13] + st[14]))
+  done
+  echo "$total"
+}
 
 STK_ADDR=unset
 stack_addrs_kernel() {
@@ -402,9 +449,10 @@ run_step() {
   local extra=()
   [[ $transport != tn ]] || extra=(-max_socket 18000)
   local p0 p1 u0 u1 t0 t1 uac_rc=0 nprocs _
-  local ks0 kp0 sn0 ks1 kp1 sn1
+  local ks0 kp0 sn0 ks1 kp1 sn1 n0 n1 m0 m1
   ks0=$(udp_errs "$NS_STK"); kp0=$(udp_errs "$NS_PEER"); sn0=$(softnet_drops)
   read -r p0 _ < <(tree_ticks "$PROXY_PID"); read -r u0 _ < <(tree_ticks "$UAS_PID")
+  n0=$(napi_ticks "$IF_PEER"); m0=$(napi_ticks "$IF_STK")
   t0=$(date +%s.%N)
   # UAC in the foreground, bounded by -m, sipp's -timeout and a hard wall limit (SIGINT, then
   # SIGKILL 5 s later). Run from $dir: sipp writes its -trace_rtt file in the working directory.
@@ -420,6 +468,7 @@ run_step() {
   local alive=1
   kill -0 "$PROXY_PID" 2>/dev/null || alive=0
   read -r p1 nprocs < <(tree_ticks "$PROXY_PID"); read -r u1 _ < <(tree_ticks "$UAS_PID")
+  n1=$(napi_ticks "$IF_PEER"); m1=$(napi_ticks "$IF_STK")
   t1=$(date +%s.%N)
   ks1=$(udp_errs "$NS_STK"); kp1=$(udp_errs "$NS_PEER"); sn1=$(softnet_drops)
   local nthreads; nthreads=$(find "/proc/$PROXY_PID/task" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
@@ -430,11 +479,12 @@ run_step() {
   stop_uas
   python3 - "$dir" "$name" "$rate" "$calls" "$round" "$p0" "$p1" "$u0" "$u1" "$t0" "$t_uac" "$t1" \
       "$uac_rc" "$alive" "$NPROC" "$CLK_TCK" "$load1" "$nprocs" "$nthreads" "$DURATION" \
-      "$ks0" "$ks1" "$kp0" "$kp1" "$sn0" "$sn1" "$transport" "$tw_wait" >>"$OUT" <<'EOF'
+      "$ks0" "$ks1" "$kp0" "$kp1" "$sn0" "$sn1" "$transport" "$tw_wait" "$n0" "$n1" "$m0" "$m1" "$VETH_NAPI" >>"$OUT" <<'EOF'
 import glob, json, os, sys
 from datetime import datetime
 (d, name, rate, calls, rnd, p0, p1, u0, u1, t0, tuac, t1, rc, alive, nproc, tck, load1,
- nprocs, nthreads, dur, ks0, ks1, kp0, kp1, sn0, sn1, transport, tw_wait) = sys.argv[1:]
+ nprocs, nthreads, dur, ks0, ks1, kp0, kp1, sn0, sn1, transport, tw_wait, n0, n1, m0, m1,
+ veth_napi) = sys.argv[1:]
 def udp_delta(a, b):
     names = ("rcvbuf_errors", "sndbuf_errors", "in_errors")
     return {n: int(y) - int(x) for n, x, y in zip(names, a.split(), b.split())}
@@ -502,7 +552,9 @@ r = {"ts": datetime.now().isoformat(timespec="seconds"), "proxy": name, "round":
      "proxy_cpu_s": round(cpu, 3),
      "proxy_cpu_s_per_1000_calls": round(1000 * cpu / ok, 4) if ok else None,
      "proxy_cpu_pct_of_core": round(100 * cpu / (float(t1) - float(t0)), 1),
-     "proxy_procs": int(nprocs),
+     "proxy_procs": int(nprocs), "veth_napi": veth_napi,
+     "peer_napi_cpu_s": round((int(n1) - int(n0)) / tck, 3),
+     "stk_napi_cpu_s": round((int(m1) - int(m0)) / tck, 3),
      "proxy_threads_of_main": int(nthreads), "uas_cpu_s": round((int(u1) - int(u0)) / tck, 3),
      "proxy_drops": drops,
      "kernel_udp_stack_ns": udp_delta(ks0, ks1), "kernel_udp_peer_ns": udp_delta(kp0, kp1),
@@ -516,7 +568,7 @@ EOF
 read -r -a PROXY_LIST <<<"$PROXIES"
 NPROXY=${#PROXY_LIST[@]}
 echo "netns SIP: proxies [$PROXIES] transports [$TRANSPORTS] rates [$RATES] tn rates [$TN_RATES]" \
-  "duration ${DURATION}s repeats $REPEATS nproc $NPROC -> $OUT" >&2
+  "duration ${DURATION}s repeats $REPEATS nproc $NPROC veth NAPI $VETH_NAPI -> $OUT" >&2
 # Interleaved: per round, per transport, per rate, every proxy once; the order rotates between
 # rounds.
 for round in $(seq "$REPEATS"); do
