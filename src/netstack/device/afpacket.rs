@@ -56,7 +56,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::mem;
+use std::mem::{self, MaybeUninit};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -918,34 +918,38 @@ impl AfPacket {
         if n == 0 {
             return Ok(0);
         }
-        let mut iov = [libc::iovec {
-            iov_base: ptr::null_mut(),
-            iov_len: 0,
-        }; TX_MMSG];
-        for (v, f) in iov.iter_mut().zip(frames) {
-            // The kernel only reads through this pointer (send side).
-            v.iov_base = f.as_ptr().cast_mut().cast();
-            v.iov_len = f.len();
-        }
-        // SAFETY: `mmsghdr` is a C struct of pointers and integers (plus
-        // padding); all-zero is a valid value (null pointers, zero lengths).
-        let mut msgs: [libc::mmsghdr; TX_MMSG] = unsafe { mem::zeroed() };
-        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()).take(n) {
+        // Only the first `n` entries are written (and read by the kernel):
+        // no zero-fill of the whole 5 KiB per call when a round has a frame
+        // or two.
+        let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; TX_MMSG];
+        let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; TX_MMSG];
+        for ((v, m), f) in iov.iter_mut().zip(msgs.iter_mut()).zip(frames).take(n) {
+            let v = v.write(libc::iovec {
+                // The kernel only reads through this pointer (send side).
+                iov_base: f.as_ptr().cast_mut().cast(),
+                iov_len: f.len(),
+            });
+            // SAFETY: `mmsghdr` is a C struct of pointers and integers (plus
+            // padding); all-zero is a valid value (null pointers, zero
+            // lengths).
+            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
             // No destination (msg_name null): the socket is bound to the
             // interface, as for send(2).
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            m.write(h);
         }
         // SAFETY: the first `n` entries of `msgs` are initialised headers,
-        // each pointing to one `iovec` of `iov`, which points to the bytes
-        // of a frame borrowed for the whole call; `iov` and `msgs` are live
-        // locals not otherwise used during the call. The kernel reads the
+        // each pointing to the `iovec` of `iov` written with it, which points
+        // to the bytes of a frame borrowed for the whole call; the kernel
+        // reads only those `n` entries (the rest stay uninitialised). `iov`
+        // and `msgs` are live locals not otherwise used during the call. The kernel reads the
         // frames and the headers and writes only the `msg_len` fields of the
         // first `n` entries. An invalid fd is EBADF, not undefined behaviour.
         let r = unsafe {
             libc::sendmmsg(
                 self.sock.as_raw_fd(),
-                msgs.as_mut_ptr(),
+                msgs.as_mut_ptr().cast::<libc::mmsghdr>(),
                 n as libc::c_uint,
                 0,
             )

@@ -5,6 +5,18 @@
 //! they drain; storage grows on demand (doubling, at least [`MIN_ALLOC`]) up
 //! to the buffer's cap and never beyond it.
 //!
+//! Storage given back goes to a small pool of the thread (a shard's stack
+//! runs on one thread), bounded by [`POOL_ENTRIES`] and [`POOL_BYTES`]; the
+//! next buffer of that thread to need storage takes the largest pooled one
+//! that its cap allows. A busy connection that drains every round (SIP over
+//! TCP: a message in, the application reads it) so neither asks the
+//! allocator nor zero-fills nor regrows by doubling each round, and an idle
+//! one still holds nothing. Pooled storage is not cleared: a ring only ever
+//! exposes bytes written to it since it took the storage (`RecvBuf` the
+//! readable and out-of-order ranges it recorded, `SendBuf` the bytes from
+//! SND.UNA it was given), which
+//! `pooled_storage_never_shows_an_earlier_connections_bytes` checks.
+//!
 //! - [`SendBuf`]: the bytes from SND.UNA on (sent but unacknowledged, then
 //!   unsent), a ring addressed by offset from SND.UNA.
 //! - [`RecvBuf`]: in-order bytes not yet read by the application, followed
@@ -13,6 +25,8 @@
 //!   for later processing"). The out-of-order ranges are bounded (at most
 //!   [`MAX_OOO_RANGES`], all inside the advertised window) and remember the
 //!   order of reception for SACK (RFC 2018 §4).
+
+use std::cell::RefCell;
 
 use super::LazyVec;
 
@@ -24,6 +38,76 @@ pub const MIN_ALLOC: usize = 2048;
 /// its out-of-order queue by memory (`tcp_prune_ofo_queue`); a count bound
 /// keeps every operation here O(ranges) with a small constant.
 pub const MAX_OOO_RANGES: usize = 16;
+
+/// Most ring storages the pool of one thread keeps.
+pub const POOL_ENTRIES: usize = 16;
+
+/// Most bytes the pool of one thread keeps.
+pub const POOL_BYTES: usize = 256 * 1024;
+
+/// Ring storage given back by drained buffers of this thread.
+struct Pool {
+    bufs: Vec<Box<[u8]>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool {
+            bufs: Vec::new(),
+            bytes: 0,
+        })
+    };
+}
+
+/// The largest pooled storage of `min..=max` bytes, if any.
+fn pool_take(min: usize, max: usize) -> Option<Box<[u8]>> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let (i, _) = p
+            .bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| (min..=max).contains(&b.len()))
+            .max_by_key(|(_, b)| b.len())?;
+        let b = p.bufs.swap_remove(i);
+        p.bytes -= b.len();
+        Some(b)
+    })
+}
+
+/// Keep `buf` for a later [`pool_take`] when the pool has room; else free it.
+fn pool_give(buf: Box<[u8]>) {
+    if buf.is_empty() {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.bufs.len() < POOL_ENTRIES && p.bytes + buf.len() <= POOL_BYTES {
+            p.bytes += buf.len();
+            p.bufs.push(buf);
+        }
+    });
+}
+
+/// Bytes the pool of this thread holds now.
+pub fn pool_bytes() -> usize {
+    POOL.with(|p| p.borrow().bytes)
+}
+
+/// Storages the pool of this thread holds now.
+pub fn pool_entries() -> usize {
+    POOL.with(|p| p.borrow().bufs.len())
+}
+
+#[cfg(test)]
+fn pool_clear() {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.bufs.clear();
+        p.bytes = 0;
+    });
+}
 
 /// Ring storage allocated on demand. `buf` is empty (no heap) when released.
 #[derive(Debug, Default)]
@@ -39,25 +123,27 @@ impl Ring {
     }
 
     fn release(&mut self) {
-        self.buf = Box::default();
+        pool_give(std::mem::take(&mut self.buf));
         self.head = 0;
     }
 
-    /// Make the storage at least `need` bytes (grown by doubling, clamped
-    /// to `cap` unless `need` itself is larger), keeping the first `keep`
-    /// bytes from the head.
+    /// Make the storage at least `need` bytes, keeping the first `keep`
+    /// bytes from the head: the largest pooled storage the cap allows,
+    /// else a new one grown by doubling (at least [`MIN_ALLOC`], clamped to
+    /// `cap` unless `need` itself is larger).
     fn reserve(&mut self, need: usize, keep: usize, cap: usize) {
         if need <= self.size() {
             return;
         }
+        let max = cap.max(need);
         let new = need
             .max(self.size().saturating_mul(2))
             .max(MIN_ALLOC)
-            .min(cap.max(need));
-        let mut nb = vec![0u8; new].into_boxed_slice();
+            .min(max);
+        let mut nb = pool_take(new, max).unwrap_or_else(|| vec![0u8; new].into_boxed_slice());
         let keep = keep.min(self.size());
         self.read_at(0, &mut nb[..keep]);
-        self.buf = nb;
+        pool_give(std::mem::replace(&mut self.buf, nb));
         self.head = 0;
     }
 
@@ -448,6 +534,79 @@ mod tests {
         assert_eq!(b.len(), 100);
         b.ack(60);
         assert_eq!(b.free(), 10);
+    }
+
+    #[test]
+    fn pooled_storage_never_shows_an_earlier_connections_bytes() {
+        pool_clear();
+        // An earlier connection leaves its storages, full of its bytes.
+        let mut old_snd = SendBuf::new(8192);
+        assert_eq!(old_snd.write(&[0xbb; 3000]), 3000);
+        old_snd.ack(3000);
+        let mut old = RecvBuf::new(8192);
+        assert_eq!(old.insert(0, &[0xaa; 4000]), 4000);
+        let mut sink = vec![0; 4000];
+        assert_eq!(old.read(&mut sink), 4000);
+        assert_eq!(pool_entries(), 2);
+
+        // A new receive buffer takes that storage: out-of-order data first,
+        // so a gap of stale bytes lies before it.
+        let mut r = RecvBuf::new(8192);
+        assert_eq!(r.insert(100, b"xyz"), 0);
+        assert!(r.heap_bytes() >= 4096, "took pooled storage");
+        assert_eq!(r.readable(), 0);
+        assert_eq!(r.readable_slices(), (&[][..], &[][..]));
+        assert_eq!(r.insert(0, &[0x11; 100]), 103);
+        let (a, b) = r.readable_slices();
+        let got = [a, b].concat();
+        let mut want = vec![0x11; 100];
+        want.extend_from_slice(b"xyz");
+        assert_eq!(got, want);
+
+        // A new send buffer: only the bytes written, whatever is asked for.
+        let mut w = SendBuf::new(8192);
+        assert_eq!(w.write(b"hello"), 5);
+        assert!(w.heap_bytes() >= 2048, "took pooled storage");
+        let (a, b) = w.slices(0, 4096);
+        assert_eq!([a, b].concat(), b"hello");
+        let mut out = [0u8; 64];
+        assert_eq!(w.copy_out(0, &mut out), 5);
+        assert_eq!(&out[..5], b"hello");
+        assert_eq!(w.copy_out(5, &mut out), 0);
+    }
+
+    #[test]
+    fn drained_storage_is_reused_within_the_cap_and_the_pool_is_bounded() {
+        pool_clear();
+        let mut r = RecvBuf::new(64 * 1024);
+        assert_eq!(r.insert(0, &[1; 20_000]), 20_000);
+        let size = r.heap_bytes();
+        let mut sink = vec![0; 20_000];
+        r.read(&mut sink);
+        assert_eq!(r.heap_bytes(), 0, "an idle connection holds nothing");
+        assert_eq!(pool_bytes(), size);
+        // The next small message of the thread gets that storage back, so
+        // the rest of the round's data needs no regrowth.
+        assert_eq!(r.insert(0, b"INVITE"), 6);
+        assert_eq!(r.heap_bytes(), size);
+        assert_eq!(pool_bytes(), 0);
+        r.read(&mut sink);
+        // A buffer whose cap is smaller does not take it.
+        let mut small = RecvBuf::new(4096);
+        assert_eq!(small.insert(0, b"ACK"), 3);
+        assert!(small.heap_bytes() <= 4096);
+        assert_eq!(pool_bytes(), size);
+        // Bounded: many drained buffers leave at most the pool's limits.
+        let mut many: Vec<SendBuf> = (0..40).map(|_| SendBuf::new(64 * 1024)).collect();
+        for b in &mut many {
+            assert_eq!(b.write(&[7; 30_000]), 30_000);
+        }
+        for b in &mut many {
+            b.ack(30_000);
+            assert_eq!(b.heap_bytes(), 0);
+        }
+        assert!(pool_bytes() <= POOL_BYTES);
+        assert!(pool_entries() <= POOL_ENTRIES);
     }
 
     #[test]
