@@ -175,7 +175,8 @@ impl Driver {
     ) -> io::Result<Step> {
         self.stats.rounds += 1;
         // TCP output waits for the end of the round (after the app), so a
-        // connection's messages and ACKs leave in as few segments as can be
+        // connection's messages and ACKs leave in as few segments as the
+        // windows allow
         stack.tcp_cork();
         let rx = match dev.recv_batch(RX_BATCH, &mut |meta, frame| {
             stack.receive_frame(now, meta, frame)

@@ -91,12 +91,14 @@ fn pool_give(buf: Box<[u8]>) {
 }
 
 /// Bytes the pool of this thread holds now.
-pub fn pool_bytes() -> usize {
+#[cfg(test)]
+fn pool_bytes() -> usize {
     POOL.with(|p| p.borrow().bytes)
 }
 
 /// Storages the pool of this thread holds now.
-pub fn pool_entries() -> usize {
+#[cfg(test)]
+fn pool_entries() -> usize {
     POOL.with(|p| p.borrow().bufs.len())
 }
 
