@@ -234,11 +234,42 @@ const PARSE_LOG_PER_SEC: u64 = 10;
 
 /// Parse a host (IPv6 in brackets) as an IP literal.
 fn host_ip(host: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(host) {
+        return Some(IpAddr::V4(v4));
+    }
     let h = host
         .strip_prefix(b"[")
         .and_then(|h| h.strip_suffix(b"]"))
         .unwrap_or(host);
     std::str::from_utf8(h).ok()?.parse().ok()
+}
+
+/// The common host, a dotted-quad IPv4 address, without the UTF-8 check and
+/// the general address parser: exactly what `Ipv4Addr`'s `FromStr` accepts
+/// (four decimal octets of at most 255, no leading zeros); `None` for
+/// anything else, which then goes to that parser.
+#[inline]
+fn dotted_quad(h: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = h.split(|&b| b == b'.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        let mut v = 0u16;
+        for &d in p {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(d - b'0');
+        }
+        *o = u8::try_from(v).ok()?;
+    }
+    parts
+        .next()
+        .is_none()
+        .then_some(std::net::Ipv4Addr::from(octets))
 }
 
 impl Core {

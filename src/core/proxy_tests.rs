@@ -845,3 +845,30 @@ proptest::proptest! {
         same_as_framing_first(b);
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+    /// The dotted-quad fast path of `host_ip` gives exactly what the
+    /// standard parser gives, or steps aside: octets over 255, leading
+    /// zeros, empty or extra parts, other bytes.
+    #[test]
+    fn host_ip_fast_path_agrees_with_std(
+        parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "0", "00", "01", "1", "9", "10", "99", "100", "127", "199", "255",
+                "256", "300", "999", "1000", "0x1", "", "a", " 1", "1 ", "+1", "-1",
+            ]),
+            0..6,
+        ),
+        bracket in proptest::prelude::any::<bool>(),
+    ) {
+        let s = parts.join(".");
+        let host = if bracket { format!("[{s}]") } else { s.clone() };
+        if let Some(v4) = dotted_quad(host.as_bytes()) {
+            proptest::prop_assert_eq!(Some(v4), s.parse::<std::net::Ipv4Addr>().ok());
+            proptest::prop_assert!(!bracket);
+        }
+        // as before the fast path: brackets stripped, then the std parser
+        proptest::prop_assert_eq!(host_ip(host.as_bytes()), s.parse::<IpAddr>().ok());
+    }
+}

@@ -16,7 +16,7 @@
 //! (when a higher level must cascade) but never later.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::{Duration, Instant};
 
@@ -52,7 +52,60 @@ pub struct TimerWheel<K: Copy + Eq + Hash> {
     occupied: [u64; LEVELS],
     nodes: Vec<Node<K>>,
     free: Vec<u32>,
-    index: HashMap<K, u32>,
+    index: HashMap<K, u32, BuildHasherDefault<KeyHasher>>,
+}
+
+/// The key → node map's hasher. Timer keys are the stack's own small
+/// integers (a connection's slot), never bytes a peer chooses, so a keyed
+/// hash buys nothing here; one multiply per word mixes them into the high
+/// bits the map's probing uses (the scheme of rustc's `FxHasher`).
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0 ^ w).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    #[inline]
+    fn write_isize(&mut self, n: isize) {
+        self.add(n as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // the map takes its probe position from the low bits and its tag
+        // from the top seven: fold the well-mixed high half down
+        self.0.rotate_left(26)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +137,7 @@ impl<K: Copy + Eq + Hash> TimerWheel<K> {
             occupied: [0; LEVELS],
             nodes: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
         }
     }
 

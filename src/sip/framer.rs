@@ -174,7 +174,10 @@ impl Framer {
             None => {
                 let window = &buf[..buf.len().min(max)];
                 let from = self.scan_from.min(window.len());
-                let Some(header_len) = find_header_end(window, from) else {
+                // From the start, the header-end search also notes where the
+                // Content-Length lines begin: one walk over the lines.
+                let mut notes = ClNotes::default();
+                let Some(header_len) = scan_head(window, from, &mut notes) else {
                     if buf.len() >= max {
                         return Err(FrameError::Oversize);
                     }
@@ -183,7 +186,13 @@ impl Framer {
                     return Ok(Frame::NeedMore);
                 };
                 let head = &window[..header_len];
-                let total = match parse_content_length(head)? {
+                let cl = if from == 0 {
+                    notes.content_length(head)?
+                } else {
+                    // the lines before `from` were walked by an earlier call
+                    parse_content_length(head)?
+                };
+                let total = match cl {
                     Some(cl) => header_len
                         .checked_add(cl)
                         .filter(|&t| t <= max)
@@ -335,16 +344,110 @@ fn is_sip_start_line(line: &[u8]) -> bool {
 /// later are considered, so a caller that found nothing in `buf[..n]` can
 /// resume with `from = n.saturating_sub(2)` and scan only the new bytes.
 pub fn find_header_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut off = ClNotes::OFF;
+    scan_head(buf, from, &mut off)
+}
+
+/// [`find_header_end`], noting in `notes` (unless it is [`ClNotes::OFF`])
+/// where each line whose name is Content-Length or `l` begins.
+#[inline]
+fn scan_head(buf: &[u8], from: usize, notes: &mut ClNotes) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {
         let lf = i + memchr(b'\n', &buf[i..])?;
         match buf.get(lf + 1) {
             Some(b'\n') => return Some(lf + 2),
             Some(b'\r') if buf.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
-            _ => i = lf + 1,
+            Some(b'c' | b'C' | b'l' | b'L') if notes.on && is_cl_name(&buf[lf + 1..]) => {
+                notes.push(lf + 1)
+            }
+            _ => {}
         }
+        i = lf + 1;
     }
     None
+}
+
+/// Where a head's Content-Length lines begin, as [`scan_head`] found them.
+/// More than fit here sends the head to [`parse_content_length`].
+struct ClNotes {
+    on: bool,
+    n: usize,
+    at: [usize; ClNotes::CAP],
+}
+
+impl Default for ClNotes {
+    fn default() -> Self {
+        ClNotes {
+            on: true,
+            n: 0,
+            at: [0; ClNotes::CAP],
+        }
+    }
+}
+
+impl ClNotes {
+    const CAP: usize = 4;
+    const OFF: ClNotes = ClNotes {
+        on: false,
+        n: 0,
+        at: [0; ClNotes::CAP],
+    };
+
+    #[inline]
+    fn push(&mut self, at: usize) {
+        if let Some(slot) = self.at.get_mut(self.n) {
+            *slot = at;
+        }
+        self.n += 1;
+    }
+
+    /// The head's Content-Length, by the rules of [`parse_content_length`],
+    /// reading only the noted lines (and their continuation lines).
+    fn content_length(&self, head: &[u8]) -> Result<Option<usize>, FrameError> {
+        if self.n > Self::CAP {
+            return parse_content_length(head);
+        }
+        let mut found = None;
+        for &at in &self.at[..self.n] {
+            let mut lines = Lines(&head[at..]);
+            let mut cl = ClValue::default();
+            if let Some(raw) = lines.next() {
+                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if let Some(colon) = memchr(b':', line) {
+                    cl.feed(&line[colon + 1..])?;
+                }
+            }
+            for raw in lines {
+                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if !matches!(line.first(), Some(b' ' | b'\t')) {
+                    break;
+                }
+                cl.feed(line)?;
+            }
+            found = merge_cl(found, cl)?;
+        }
+        Ok(found)
+    }
+}
+
+/// Does the line at the start of `line` name Content-Length (or its compact
+/// form `l`): the name, optional SP/HT, then the colon, all on this line.
+#[inline]
+fn is_cl_name(line: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length";
+    // `[7] == '-'` turns away Contact, Call-ID and CSeq before the compare
+    let n = if line.len() > NAME.len()
+        && line[7] == b'-'
+        && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+    {
+        NAME.len()
+    } else if matches!(line.first(), Some(b'l' | b'L')) {
+        1
+    } else {
+        return false;
+    };
+    line[n..].iter().find(|&&c| c != b' ' && c != b'\t') == Some(&b':')
 }
 
 /// Accumulates the digits of one Content-Length value, which may span
@@ -420,15 +523,9 @@ pub fn parse_content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
         if line.is_empty() {
             break;
         }
-        // Cheap pre-filter: only `Content-Length` and `l` can match.
-        if !matches!(line[0], b'c' | b'C' | b'l' | b'L') {
-            continue;
-        }
-        let Some(colon) = memchr(b':', line) else {
-            continue;
-        };
-        let name = trim_end_ws(&line[..colon]);
-        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+        if is_cl_name(line)
+            && let Some(colon) = memchr(b':', line)
+        {
             let mut cl = ClValue::default();
             cl.feed(&line[colon + 1..])?;
             current = Some(cl);
@@ -459,14 +556,6 @@ impl<'a> Iterator for Lines<'a> {
             None => Some(std::mem::take(&mut self.0)),
         }
     }
-}
-
-fn trim_end_ws(s: &[u8]) -> &[u8] {
-    let end = s
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(0, |p| p + 1);
-    &s[..end]
 }
 
 /// A datagram's framing (RFC 3261 §18.3): body bytes beyond Content-Length are
@@ -970,6 +1059,30 @@ mod tests {
     }
 
     #[test]
+    fn a2_repeated_content_length_beyond_the_notes_is_still_checked() {
+        // six equal values: more than the scan notes, the line scan decides
+        let mut m = b"INVITE sip:a SIP/2.0\r\n".to_vec();
+        for _ in 0..6 {
+            m.extend_from_slice(b"Content-Length: 3\r\n");
+        }
+        m.extend_from_slice(b"\r\nabc");
+        let (ev, rest) = run(strict(), &m);
+        assert_eq!(ev, vec![msg(&m, m.len() - 3)]);
+        assert!(rest.is_empty());
+        // a different sixth value is the A.2 error, whole or byte by byte
+        let n = m.len();
+        m[n - 8] = b'4';
+        assert_eq!(
+            run(strict(), &m).0.last(),
+            Some(&Ev::Err(FrameError::BadContentLength))
+        );
+        assert_eq!(
+            run_bytewise(strict(), &m).0.last(),
+            Some(&Ev::Err(FrameError::BadContentLength))
+        );
+    }
+
+    #[test]
     fn a2_content_length_name_case_and_whitespace() {
         for h in [
             &b"content-length: 3"[..],
@@ -1389,6 +1502,42 @@ mod tests {
             if let Ok(m) = SipMsg::parse(&head, end, &mut hs) {
                 prop_assert_eq!(parsed_content_length(&m), parse_content_length(&head[..end]));
             }
+        }
+
+        /// RFC 3261 §20.14 on the TCP path: the Content-Length lines noted
+        /// while the header end is searched give what the line-by-line scan
+        /// gives (value or error), for every head, including more
+        /// Content-Length lines than the notes hold.
+        #[test]
+        fn a2_prop_noted_content_length_agrees_with_line_scan(
+            lines in prop::collection::vec(prop_oneof![
+                prop::sample::select(vec![
+                    &b"Content-Length: 12"[..], b"content-length:0", b"l: 3",
+                    b"L :\t7 ", b"Content-Length : 1 2", b"Content-Length\r: 4",
+                    b"l\r\n : 5", b"Content-Length:", b"Content-Length: x",
+                    b"Content-Length: 99999999999999999999999", b" 4", b"\t", b" ",
+                    b"Call-ID: a", b"CSeq: 1 INVITE", b"Contact: <sip:c>", b"lx: 1",
+                    b"Content-Lengthx: 1", b"l: 3\r", b"Content-Length: 3 \r", b"l",
+                ]).prop_map(|s| s.to_vec()),
+                prop::collection::vec(prop::sample::select(
+                    b"lL:Content- 0123456789\t\rxa".to_vec()), 0..24),
+            ], 0..12),
+            lf_only in any::<bool>(),
+        ) {
+            let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
+            let mut head = b"OPTIONS sip:a SIP/2.0".to_vec();
+            head.extend_from_slice(eol);
+            for l in &lines {
+                head.extend_from_slice(l);
+                head.extend_from_slice(eol);
+            }
+            head.extend_from_slice(eol);
+            head.extend_from_slice(b"bodybytes");
+            let mut notes = ClNotes::default();
+            let end = scan_head(&head, 0, &mut notes);
+            prop_assert_eq!(end, find_header_end(&head, 0));
+            let Some(end) = end else { return Ok(()) };
+            prop_assert_eq!(notes.content_length(&head[..end]), parse_content_length(&head[..end]));
         }
     }
 

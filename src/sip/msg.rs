@@ -154,6 +154,56 @@ pub fn is_token_char(b: u8) -> bool {
     TOKEN[b as usize]
 }
 
+/// Bytes a URI never holds inside a header value: CTL, SP and the
+/// delimiters `<`, `>`, `"` (RFC 3261 §25.1).
+static URI_BAD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f);
+        i += 1;
+    }
+    t
+};
+
+/// The bytes of a SIP URI that stand for themselves (RFC 3261 §25.1
+/// `unreserved`, `reserved`, and the `[`, `]` of an IPv6 reference); `%`
+/// starts an escape and is checked apart.
+static URI_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b';'
+                    | b'/'
+                    | b'?'
+                    | b':'
+                    | b'@'
+                    | b'&'
+                    | b'='
+                    | b'+'
+                    | b'$'
+                    | b','
+                    | b'['
+                    | b']'
+            );
+        i += 1;
+    }
+    t
+};
+
 #[inline]
 fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -176,10 +226,12 @@ fn trim(buf: &[u8], mut s: usize, mut e: usize) -> (usize, usize) {
 /// which gives the same answer for every line this one accepts.
 #[inline]
 fn header_name_fast(buf: &[u8], pos: usize, e: usize) -> Option<(usize, usize)> {
-    let mut i = pos;
-    while i < e && is_token_char(buf[i]) {
-        i += 1;
-    }
+    let line = &buf[pos..e];
+    let mut i = pos
+        + line
+            .iter()
+            .position(|&b| !is_token_char(b))
+            .unwrap_or(line.len());
     if i == pos {
         return None;
     }
@@ -540,20 +592,52 @@ fn sent_protocol(parm: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// End of the token starting at `i` in `b`.
-fn token_end(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && is_token_char(b[i]) {
-        i += 1;
-    }
-    i
+fn token_end(b: &[u8], i: usize) -> usize {
+    run_end(b, i, &TOKEN)
 }
 
 /// Skip linear white space (SP, HTAB, and the CRLF of a folded line).
 fn skip_lws(b: &[u8], mut i: usize) -> usize {
+    // usually none or one byte: a plain loop beats an iterator here
     while i < b.len() && is_lws(b[i]) {
         i += 1;
     }
     i
 }
+
+/// The end of the run of `class` bytes starting at `b[i]` (`i` itself when
+/// `b[i]` is not one, `b.len()` when the run goes to the end; `i` may be
+/// past the end). An iterator over a table: no bounds check per byte.
+#[inline]
+fn run_end(b: &[u8], i: usize, class: &[bool; 256]) -> usize {
+    let rest = b.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .position(|&c| !class[c as usize])
+        .unwrap_or(rest.len())
+}
+
+/// A display name's bytes before `<`: token characters and LWS.
+static TOKEN_OR_LWS: [bool; 256] = {
+    let mut t = TOKEN;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
+
+/// Anything but `;` and LWS: the bytes of a Via sent-by or unquoted
+/// parameter value, which end at either.
+static NOT_SEMI_LWS: [bool; 256] = {
+    let mut t = [true; 256];
+    t[b';' as usize] = false;
+    t[b' ' as usize] = false;
+    t[b'\t' as usize] = false;
+    t[b'\r' as usize] = false;
+    t[b'\n' as usize] = false;
+    t
+};
 
 /// SP, HTAB, CR, LF: the bytes of RFC 3261 LWS (a folded line keeps its CRLF
 /// inside a header value).
@@ -593,9 +677,7 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
     }
     i = skip_lws(parm, i);
     let hs = i;
-    while i < parm.len() && !matches!(parm[i], b';') && !is_lws(parm[i]) {
-        i += 1;
-    }
+    i = run_end(parm, i, &NOT_SEMI_LWS);
     let sent_by = Span::new(ps + hs, ps + i);
     let (host, port) = split_host_port(buf, ps + hs, ps + i)?;
     let mut via = Via {
@@ -633,9 +715,7 @@ pub fn parse_via(buf: &[u8], value: Span) -> Result<Via, ViaError> {
             if i < parm.len() && parm[i] == b'"' {
                 i = quoted_end(parm, i).ok_or(ViaError)?;
             } else {
-                while i < parm.len() && parm[i] != b';' && !is_lws(parm[i]) {
-                    i += 1;
-                }
+                i = run_end(parm, i, &NOT_SEMI_LWS);
             }
             if i == vs {
                 return Err(ViaError);
@@ -767,11 +847,9 @@ pub fn check_addr_value(buf: &[u8], value: Span, list: bool) -> bool {
 
 /// One name-addr or addr-spec starting at `v[i]`; the index after it.
 fn addr_entry(v: &[u8], i: usize, list: bool) -> Option<usize> {
+    // a table and no early exit: two instructions a byte over a short URI
     let uri_ok = |u: &[u8]| {
-        uri_scheme(u).is_some()
-            && !u
-                .iter()
-                .any(|&c| c <= b' ' || matches!(c, b'<' | b'>' | b'"' | 0x7f))
+        uri_scheme(u).is_some() && !u.iter().fold(false, |bad, &c| bad | URI_BAD[c as usize])
     };
     let laquot = if v.get(i) == Some(&b'"') {
         // quoted display name, then optional LWS and '<'
@@ -779,24 +857,27 @@ fn addr_entry(v: &[u8], i: usize, list: bool) -> Option<usize> {
         (v.get(j) == Some(&b'<')).then_some(j)?
     } else {
         // *(token LWS) display name before '<', or the addr-spec itself
-        let mut j = i;
-        while j < v.len() && (is_token_char(v[j]) || is_lws(v[j])) {
-            j += 1;
-        }
+        let j = run_end(v, i, &TOKEN_OR_LWS);
         if v.get(j) == Some(&b'<') {
             j
         } else {
             // addr-spec: the URI runs to the first ';' (header params) or ','
-            let mut k = i;
-            while k < v.len() && v[k] != b';' && !(list && v[k] == b',') {
-                k += 1;
+            let rest = &v[i..];
+            let k = i + if list {
+                memchr::memchr2(b';', b',', rest)
+            } else {
+                memchr::memchr(b';', rest)
             }
+            .unwrap_or(rest.len());
             let mut ue = k;
             while ue > i && is_lws(v[ue - 1]) {
                 ue -= 1;
             }
             let uri = &v[i..ue];
-            return (uri_ok(uri) && !uri.contains(&b'?') && !uri.contains(&b',')).then_some(k);
+            let spec_bad = uri
+                .iter()
+                .fold(false, |bad, &c| bad | (c == b'?') | (c == b','));
+            return (uri_ok(uri) && !spec_bad).then_some(k);
         }
     };
     let close = memchr::memchr(b'>', &v[laquot..])? + laquot;
@@ -988,31 +1069,7 @@ pub fn sip_uri_valid(buf: &[u8], uri: Span, parts: &UriParts) -> bool {
             i += 3;
             continue;
         }
-        if !(c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'_'
-                    | b'.'
-                    | b'!'
-                    | b'~'
-                    | b'*'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b';'
-                    | b'/'
-                    | b'?'
-                    | b':'
-                    | b'@'
-                    | b'&'
-                    | b'='
-                    | b'+'
-                    | b'$'
-                    | b','
-                    | b'['
-                    | b']'
-            ))
-        {
+        if !URI_CHAR[c as usize] {
             return false;
         }
         i += 1;
