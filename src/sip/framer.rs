@@ -1377,6 +1377,57 @@ mod tests {
             })
     }
 
+    /// A head (start line, up to 12 header lines, the empty line, then body
+    /// bytes) made of Content-Length variants (folding, compact form,
+    /// spaces or a CR before the colon, repeats, overflow, junk), other
+    /// headers whose names start like it, and random bytes from its
+    /// alphabet; LF or CRLF line ends.
+    fn arb_cl_head() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            prop::sample::select(vec![
+                &b"Content-Length: 12"[..],
+                b"content-length:0",
+                b"l: 3",
+                b"L :\t7 ",
+                b"Content-Length : 1 2",
+                b"Content-Length\r: 4",
+                b"l\r\n : 5",
+                b"Content-Length:",
+                b"Content-Length: x",
+                b"Content-Length: 99999999999999999999999",
+                b" 4",
+                b"\t",
+                b" ",
+                b"Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+                b"Contact: <sip:c>",
+                b"Call-ID: a",
+                b"CSeq: 1 INVITE",
+                b"lx: 1",
+                b"l",
+                b"Content-Lengthx: 1",
+                b"l: 3\r",
+                b"Content-Length: 3 \r",
+            ])
+            .prop_map(|s| s.to_vec()),
+            prop::collection::vec(
+                prop::sample::select(b"lL:Content- 0123456789\t\rxa".to_vec()),
+                0..24
+            ),
+        ];
+        (prop::collection::vec(line, 0..12), any::<bool>()).prop_map(|(lines, lf_only)| {
+            let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
+            let mut head = b"OPTIONS sip:a SIP/2.0".to_vec();
+            head.extend_from_slice(eol);
+            for l in &lines {
+                head.extend_from_slice(l);
+                head.extend_from_slice(eol);
+            }
+            head.extend_from_slice(eol);
+            head.extend_from_slice(b"bodybytes");
+            head
+        })
+    }
+
     fn arb_keepalive() -> impl Strategy<Value = &'static [u8]> {
         prop::sample::select(vec![
             &b""[..],
@@ -1474,29 +1525,8 @@ mod tests {
         /// headers, overflow, junk in the value.
         #[test]
         fn a2_prop_parsed_content_length_agrees_with_line_scan(
-            lines in prop::collection::vec(prop_oneof![
-                prop::sample::select(vec![
-                    &b"Content-Length: 12"[..], b"content-length:0", b"l: 3",
-                    b"L :\t7 ", b"Content-Length : 1 2", b"Content-Length\r: 4",
-                    b"l\r\n : 5", b"Content-Length:", b"Content-Length: x",
-                    b"Content-Length: 99999999999999999999999", b" 4", b"\t", b" ",
-                    b"Via: SIP/2.0/UDP h;branch=z9hG4bK1", b"Contact: <sip:c>",
-                    b"Content-Lengthx: 1", b"l: 3\r", b"Content-Length: 3 \r",
-                ]).prop_map(|s| s.to_vec()),
-                prop::collection::vec(prop::sample::select(
-                    b"lL:Content- 0123456789\t\rxa".to_vec()), 0..24),
-            ], 0..12),
-            lf_only in any::<bool>(),
+            head in arb_cl_head(),
         ) {
-            let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
-            let mut head = b"OPTIONS sip:a SIP/2.0".to_vec();
-            head.extend_from_slice(eol);
-            for l in &lines {
-                head.extend_from_slice(l);
-                head.extend_from_slice(eol);
-            }
-            head.extend_from_slice(eol);
-            head.extend_from_slice(b"bodybytes");
             let Some(end) = find_header_end(&head, 0) else { return Ok(()) };
             let mut hs = Vec::new();
             if let Ok(m) = SipMsg::parse(&head, end, &mut hs) {
@@ -1509,30 +1539,7 @@ mod tests {
         /// gives (value or error), for every head, including more
         /// Content-Length lines than the notes hold.
         #[test]
-        fn a2_prop_noted_content_length_agrees_with_line_scan(
-            lines in prop::collection::vec(prop_oneof![
-                prop::sample::select(vec![
-                    &b"Content-Length: 12"[..], b"content-length:0", b"l: 3",
-                    b"L :\t7 ", b"Content-Length : 1 2", b"Content-Length\r: 4",
-                    b"l\r\n : 5", b"Content-Length:", b"Content-Length: x",
-                    b"Content-Length: 99999999999999999999999", b" 4", b"\t", b" ",
-                    b"Call-ID: a", b"CSeq: 1 INVITE", b"Contact: <sip:c>", b"lx: 1",
-                    b"Content-Lengthx: 1", b"l: 3\r", b"Content-Length: 3 \r", b"l",
-                ]).prop_map(|s| s.to_vec()),
-                prop::collection::vec(prop::sample::select(
-                    b"lL:Content- 0123456789\t\rxa".to_vec()), 0..24),
-            ], 0..12),
-            lf_only in any::<bool>(),
-        ) {
-            let eol: &[u8] = if lf_only { b"\n" } else { b"\r\n" };
-            let mut head = b"OPTIONS sip:a SIP/2.0".to_vec();
-            head.extend_from_slice(eol);
-            for l in &lines {
-                head.extend_from_slice(l);
-                head.extend_from_slice(eol);
-            }
-            head.extend_from_slice(eol);
-            head.extend_from_slice(b"bodybytes");
+        fn a2_prop_noted_content_length_agrees_with_line_scan(head in arb_cl_head()) {
             let mut notes = ClNotes::default();
             let end = scan_head(&head, 0, &mut notes);
             prop_assert_eq!(end, find_header_end(&head, 0));

@@ -133,21 +133,27 @@ pub struct SipMsg<'a> {
     pub body_offset: usize,
 }
 
+/// A 256-entry byte-class table, built at compile time from a predicate
+/// on the byte `$b`.
+macro_rules! byte_table {
+    (|$b:ident| $pred:expr) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let $b = i as u8;
+            t[i] = $pred;
+            i += 1;
+        }
+        t
+    }};
+}
+
 /// RFC 3261 §25.1 `token` characters, as a lookup table.
-static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-            );
-        i += 1;
-    }
-    t
-};
+static TOKEN: [bool; 256] = byte_table!(|b| b.is_ascii_alphanumeric()
+    || matches!(
+        b,
+        b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+    ));
 
 #[inline]
 pub fn is_token_char(b: u8) -> bool {
@@ -156,53 +162,35 @@ pub fn is_token_char(b: u8) -> bool {
 
 /// Bytes a URI never holds inside a header value: CTL, SP and the
 /// delimiters `<`, `>`, `"` (RFC 3261 §25.1).
-static URI_BAD: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f);
-        i += 1;
-    }
-    t
-};
+static URI_BAD: [bool; 256] = byte_table!(|b| b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f));
 
 /// The bytes of a SIP URI that stand for themselves (RFC 3261 §25.1
 /// `unreserved`, `reserved`, and the `[`, `]` of an IPv6 reference); `%`
 /// starts an escape and is checked apart.
-static URI_CHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'_'
-                    | b'.'
-                    | b'!'
-                    | b'~'
-                    | b'*'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b';'
-                    | b'/'
-                    | b'?'
-                    | b':'
-                    | b'@'
-                    | b'&'
-                    | b'='
-                    | b'+'
-                    | b'$'
-                    | b','
-                    | b'['
-                    | b']'
-            );
-        i += 1;
-    }
-    t
-};
+static URI_CHAR: [bool; 256] = byte_table!(|b| b.is_ascii_alphanumeric()
+    || matches!(
+        b,
+        b'-' | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')'
+            | b';'
+            | b'/'
+            | b'?'
+            | b':'
+            | b'@'
+            | b'&'
+            | b'='
+            | b'+'
+            | b'$'
+            | b','
+            | b'['
+            | b']'
+    ));
 
 #[inline]
 fn is_ws(b: u8) -> bool {
@@ -629,15 +617,8 @@ static TOKEN_OR_LWS: [bool; 256] = {
 
 /// Anything but `;` and LWS: the bytes of a Via sent-by or unquoted
 /// parameter value, which end at either.
-static NOT_SEMI_LWS: [bool; 256] = {
-    let mut t = [true; 256];
-    t[b';' as usize] = false;
-    t[b' ' as usize] = false;
-    t[b'\t' as usize] = false;
-    t[b'\r' as usize] = false;
-    t[b'\n' as usize] = false;
-    t
-};
+static NOT_SEMI_LWS: [bool; 256] =
+    byte_table!(|b| !matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n'));
 
 /// SP, HTAB, CR, LF: the bytes of RFC 3261 LWS (a folded line keeps its CRLF
 /// inside a header value).
