@@ -419,18 +419,22 @@ impl Core {
             self.metrics.keepalive_ping();
             return Outcome::Dropped(DropReason::Keepalive);
         }
-        let Some(head) = find_header_end(dgram, 0) else {
-            // FrameError::Unterminated
-            return self.parse_failure(dgram, rcv, sc);
-        };
-        // One header pass: the parse indexes the head and Content-Length
-        // is read from its spans (no separate line scan before it).
+        // One walk over the header lines: it finds the head's end and
+        // indexes it, and Content-Length is read from its spans.
         let (headers, mut work) = sc.split();
-        let mut msg = match SipMsg::parse(dgram, head, headers) {
-            Ok(m) => m,
-            // cold: the framing rules decide first, as before the parse
+        let mut msg = match SipMsg::parse_head(dgram, headers) {
+            Ok(Some(m)) => m,
+            // FrameError::Unterminated
+            Ok(None) => return self.parse_failure(dgram, rcv, sc),
+            // cold: the framing rules decide first, as they would before a
+            // parse (an unterminated head is a parse failure whatever its
+            // lines hold)
+            Err(_) if find_header_end(dgram, 0).is_none() => {
+                return self.parse_failure(dgram, rcv, sc);
+            }
             Err(_) => return self.receive_datagram_unparsed(dgram, rcv, sc),
         };
+        let head = msg.body_offset;
         match parsed_content_length(&msg) {
             Ok(Some(cl)) if cl <= dgram.len() - head => {
                 // bytes beyond Content-Length are discarded (§18.3)

@@ -272,7 +272,21 @@ impl<'a> SipMsg<'a> {
         body_offset: usize,
         headers: &'a mut Vec<HeaderSpan>,
     ) -> Result<SipMsg<'a>, ParseError> {
-        Self::parse_inner(buf, body_offset, headers, false).map(|(m, _)| m)
+        Self::parse_inner(buf, Some(body_offset), headers, false).map(|(m, _)| m)
+    }
+
+    /// Like [`Self::parse`] for a buffer whose head end is not known yet (a
+    /// datagram): the walk over the lines also finds the empty line that
+    /// ends the head, where [`crate::sip::framer::find_header_end`] would,
+    /// instead of a walk of its own before the parse. `Ok(None)`: the
+    /// lines before any malformed one parsed, and no empty line follows.
+    pub fn parse_head(
+        buf: &'a [u8],
+        headers: &'a mut Vec<HeaderSpan>,
+    ) -> Result<Option<SipMsg<'a>>, ParseError> {
+        // unterminated: the walk ran to the end of the buffer
+        Self::parse_inner(buf, None, headers, false)
+            .map(|(m, _)| (m.headers_end < buf.len()).then_some(m))
     }
 
     /// Like [`Self::parse`], but a malformed request line or header line is
@@ -283,25 +297,35 @@ impl<'a> SipMsg<'a> {
         body_offset: usize,
         headers: &'a mut Vec<HeaderSpan>,
     ) -> Result<(SipMsg<'a>, Defect), ParseError> {
-        Self::parse_inner(buf, body_offset, headers, true)
+        Self::parse_inner(buf, Some(body_offset), headers, true)
     }
 
+    /// `body_offset: None`: the head ends at the first empty line the walk
+    /// meets (an LF followed by LF or CRLF); when there is none, the walk
+    /// runs to the end of `buf` and `headers_end` is `buf.len()`.
     fn parse_inner(
         buf: &'a [u8],
-        body_offset: usize,
+        body_offset: Option<usize>,
         headers: &'a mut Vec<HeaderSpan>,
         lenient: bool,
     ) -> Result<(SipMsg<'a>, Defect), ParseError> {
         headers.clear();
-        let body_offset = body_offset.min(buf.len());
+        let find_end = body_offset.is_none();
+        let mut body_offset = body_offset.unwrap_or(buf.len()).min(buf.len());
         // the empty line before the body: the last line break(s) of the head
         let mut headers_end = body_offset;
-        if headers_end > 0 && buf[headers_end - 1] == b'\n' {
+        if !find_end && headers_end > 0 && buf[headers_end - 1] == b'\n' {
             headers_end -= 1;
             if headers_end > 0 && buf[headers_end - 1] == b'\r' {
                 headers_end -= 1;
             }
         }
+        // the empty line at `pos` (just after an LF) ends the head
+        let empty_line_at = |pos: usize| match buf.get(pos) {
+            Some(b'\n') => Some(pos + 1),
+            Some(b'\r') if buf.get(pos + 1) == Some(&b'\n') => Some(pos + 2),
+            _ => None,
+        };
         let sl_end = line_end(buf, 0, headers_end.max(1).min(buf.len()));
         let sl_content = content_end(buf, 0, sl_end);
         let mut defect = Defect::None;
@@ -314,6 +338,9 @@ impl<'a> SipMsg<'a> {
             Err(e) => return Err(e),
         };
         let mut pos = sl_end;
+        if find_end && let Some(b) = empty_line_at(pos) {
+            (headers_end, body_offset) = (pos, b);
+        }
         while pos < headers_end {
             let mut e = line_end(buf, pos, headers_end);
             // folded continuation lines (RFC 3261 §7.3.1) belong to this header
@@ -338,6 +365,9 @@ impl<'a> SipMsg<'a> {
                     defect = Defect::HeaderLine(Span::new(pos, e));
                 }
                 pos = e;
+                if find_end && let Some(b) = empty_line_at(pos) {
+                    (headers_end, body_offset) = (pos, b);
+                }
                 continue;
             };
             let (vs, ve) = trim(buf, colon + 1, e);
@@ -351,6 +381,9 @@ impl<'a> SipMsg<'a> {
                 value: Span::new(vs, ve),
             });
             pos = e;
+            if find_end && let Some(b) = empty_line_at(pos) {
+                (headers_end, body_offset) = (pos, b);
+            }
         }
         Ok((
             SipMsg {
@@ -1117,6 +1150,7 @@ pub fn trim_bytes(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     /// The general header-name rule of `parse_inner`: (colon, name end).
     fn header_name_general(buf: &[u8], pos: usize, e: usize) -> Option<(usize, usize)> {
@@ -1137,6 +1171,44 @@ mod tests {
             let fast = header_name_fast(&line, 0, line.len());
             if fast.is_some() {
                 proptest::prop_assert_eq!(fast, header_name_general(&line, 0, line.len()));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        /// RFC 3261 §7 / §18.3: one walk that finds a datagram's head end
+        /// while it indexes the head gives what the header-end search and
+        /// then the parse give: the same message, the same error, and "no
+        /// end" exactly when the search finds none (or an error before it).
+        #[test]
+        fn rfc3261_18_3_parse_head_agrees_with_header_end_then_parse(
+            pieces in proptest::collection::vec(proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    &b"INVITE sip:a@b SIP/2.0"[..], b"SIP/2.0 200 OK", b"\r\n", b"\n",
+                    b"\r", b"Via: SIP/2.0/UDP h;branch=z9hG4bK1", b"l: 3", b" folded",
+                    b"\tx", b"To: <sip:t>", b"bad line", b":", b"X:", b"", b"body",
+                ]).prop_map(|s| s.to_vec()),
+                proptest::collection::vec(
+                    proptest::sample::select(b"aZ:; \t\r\n".to_vec()), 0..12),
+            ], 0..16),
+        ) {
+            let buf = pieces.concat();
+            let (mut h1, mut h2) = (Vec::new(), Vec::new());
+            let fused = SipMsg::parse_head(&buf, &mut h2);
+            match crate::sip::framer::find_header_end(&buf, 0) {
+                None => proptest::prop_assert!(!matches!(fused, Ok(Some(_))), "{fused:?}"),
+                Some(end) => match (SipMsg::parse(&buf, end, &mut h1), fused) {
+                    (Ok(a), Ok(Some(b))) => {
+                        proptest::prop_assert_eq!(a.start, b.start);
+                        proptest::prop_assert_eq!(a.start_line, b.start_line);
+                        proptest::prop_assert_eq!(a.headers, b.headers);
+                        proptest::prop_assert_eq!(a.headers_end, b.headers_end);
+                        proptest::prop_assert_eq!(a.body_offset, b.body_offset);
+                    }
+                    (Err(a), Err(b)) => proptest::prop_assert_eq!(a, b),
+                    (a, b) => proptest::prop_assert!(false, "{a:?} vs {b:?}"),
+                },
             }
         }
     }
