@@ -28,7 +28,9 @@
 #   (a'') (a) with [stack] keys set explicitly (issue 9): sipedge-afpacket-socket (workers = 1,
 #       rx_ring = "off": one recvmsg per frame), sipedge-afpacket-ring (workers = 1, rx_ring = "on":
 #       the TPACKET_V3 ring), sipedge-afpacket-2 (workers = 2, rx_ring = "on": two shards in a
-#       PACKET_FANOUT group), sipedge-afpacket-busy (workers = 1, rx_ring = "on", busy_poll = 50 µs).
+#       PACKET_FANOUT group), sipedge-afpacket-busy (workers = 1, rx_ring = "on", busy_poll = 50 µs),
+#       sipedge-afpacket-ring2ms (the ring, [stack.limits] rx_ring_timeout_ms = 2 instead of 1:
+#       fewer block-timeout wake-ups, up to 1 ms more latency per hop).
 #       Plain sipedge-afpacket runs the defaults (workers = CPUs, ring auto).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
@@ -116,10 +118,11 @@ CLK_TCK=$(getconf CLK_TCK)
 for p in $PROXIES; do
   case $p in
     sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring) ;;
-    sipedge-afpacket-2|sipedge-afpacket-busy|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy) ;;
+    sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
     *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-afpacket-socket," \
-         "sipedge-afpacket-ring, sipedge-afpacket-2, sipedge-afpacket-busy, sipedge-kernel, sipedge-kernel-before," \
-         "kamailio-stateless)" >&2; exit 2 ;;
+         "sipedge-afpacket-ring, sipedge-afpacket-ring2ms, sipedge-afpacket-2, sipedge-afpacket-busy," \
+         "sipedge-kernel, sipedge-kernel-before, kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
 case $VETH_NAPI in
@@ -271,10 +274,11 @@ interface = "$IF_STK"
 ipv4 = "$STK4/24"
 EOF
   # the issue-9 variants: the same file with the shard and ring keys set
-  for v in "socket 1 off 0" "ring 1 on 0" "2 2 on 0" "busy 1 on 50"; do
-    read -r vname workers ring busy <<<"$v"
+  for v in "socket 1 off 0 1" "ring 1 on 0 1" "ring2ms 1 on 0 2" "2 2 on 0 1" "busy 1 on 50 1"; do
+    read -r vname workers ring busy tmo <<<"$v"
     { cat "$TMP/sipedge-afpacket-$tr.toml"
-      printf 'workers = %s\nrx_ring = "%s"\nbusy_poll = %s\n' "$workers" "$ring" "$busy"; } \
+      printf 'workers = %s\nrx_ring = "%s"\nbusy_poll = %s\n' "$workers" "$ring" "$busy"
+      printf '\n[stack.limits]\nrx_ring_timeout_ms = %s\n' "$tmo"; } \
       >"$TMP/sipedge-afpacket-$vname-$tr.toml"
   done
 done
@@ -363,11 +367,13 @@ start_proxy() {
   [[ $transport == u1 ]] || cfg=tcp
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
-    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2|sipedge-afpacket-busy)
+    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|\
+    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy)
       local abin=$SIPEDGE_BIN acfg="$TMP/sipedge-afpacket-$cfg.toml"
       [[ $name != sipedge-afpacket-before ]] || abin=$SIPEDGE_BEFORE_BIN
       case $name in
-        sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-2|sipedge-afpacket-busy)
+        sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-ring2ms|sipedge-afpacket-2|\
+        sipedge-afpacket-busy)
           acfg="$TMP/$name-$cfg.toml" ;;
       esac
       stack_addrs_none
@@ -588,8 +594,9 @@ python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-afpacket-socket": 2,
-         "sipedge-afpacket-ring": 3, "sipedge-afpacket-2": 4, "sipedge-afpacket-busy": 5,
-         "sipedge-kernel": 6, "sipedge-kernel-before": 7, "kamailio-stateless": 8}
+         "sipedge-afpacket-ring": 3, "sipedge-afpacket-ring2ms": 4, "sipedge-afpacket-2": 5,
+         "sipedge-afpacket-busy": 6, "sipedge-kernel": 7, "sipedge-kernel-before": 8,
+         "kamailio-stateless": 9}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:
