@@ -41,7 +41,9 @@ struct Node<K> {
     list: u16,
 }
 
-/// A timer wheel keyed by `K`; each key is scheduled at most once.
+/// A timer wheel keyed by `K`; each key is scheduled at most once. Keys
+/// must be the stack's own values, never bytes a peer chooses: the key →
+/// node index hashes with the unkeyed [`KeyHasher`].
 #[derive(Debug)]
 pub struct TimerWheel<K: Copy + Eq + Hash> {
     origin: Instant,

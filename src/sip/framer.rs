@@ -177,7 +177,7 @@ impl Framer {
                 // From the start, the header-end search also notes where the
                 // Content-Length lines begin: one walk over the lines.
                 let mut notes = ClNotes::default();
-                let Some(header_len) = scan_head(window, from, &mut notes) else {
+                let Some(header_len) = scan_head(window, from, Some(&mut notes)) else {
                     if buf.len() >= max {
                         return Err(FrameError::Oversize);
                     }
@@ -344,24 +344,35 @@ fn is_sip_start_line(line: &[u8]) -> bool {
 /// later are considered, so a caller that found nothing in `buf[..n]` can
 /// resume with `from = n.saturating_sub(2)` and scan only the new bytes.
 pub fn find_header_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut off = ClNotes::OFF;
-    scan_head(buf, from, &mut off)
+    scan_head(buf, from, None)
 }
 
-/// [`find_header_end`], noting in `notes` (unless it is [`ClNotes::OFF`])
-/// where each line whose name is Content-Length or `l` begins.
+/// The empty line that ends a head, if one starts at `buf[pos]` (just after
+/// an LF): `LF` or `CRLF`. The index after it, where the body begins.
 #[inline]
-fn scan_head(buf: &[u8], from: usize, notes: &mut ClNotes) -> Option<usize> {
+pub(crate) fn empty_line_end(buf: &[u8], pos: usize) -> Option<usize> {
+    match buf.get(pos) {
+        Some(b'\n') => Some(pos + 1),
+        Some(b'\r') if buf.get(pos + 1) == Some(&b'\n') => Some(pos + 2),
+        _ => None,
+    }
+}
+
+/// [`find_header_end`], noting in `notes` where each line whose name is
+/// Content-Length or `l` begins.
+#[inline]
+fn scan_head(buf: &[u8], from: usize, mut notes: Option<&mut ClNotes>) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {
         let lf = i + memchr(b'\n', &buf[i..])?;
-        match buf.get(lf + 1) {
-            Some(b'\n') => return Some(lf + 2),
-            Some(b'\r') if buf.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
-            Some(b'c' | b'C' | b'l' | b'L') if notes.on && is_cl_name(&buf[lf + 1..]) => {
-                notes.push(lf + 1)
-            }
-            _ => {}
+        if let Some(end) = empty_line_end(buf, lf + 1) {
+            return Some(end);
+        }
+        if let Some(n) = notes.as_deref_mut()
+            && matches!(buf.get(lf + 1), Some(b'c' | b'C' | b'l' | b'L'))
+            && is_cl_name(&buf[lf + 1..])
+        {
+            n.push(lf + 1);
         }
         i = lf + 1;
     }
@@ -370,29 +381,14 @@ fn scan_head(buf: &[u8], from: usize, notes: &mut ClNotes) -> Option<usize> {
 
 /// Where a head's Content-Length lines begin, as [`scan_head`] found them.
 /// More than fit here sends the head to [`parse_content_length`].
+#[derive(Default)]
 struct ClNotes {
-    on: bool,
     n: usize,
     at: [usize; ClNotes::CAP],
 }
 
-impl Default for ClNotes {
-    fn default() -> Self {
-        ClNotes {
-            on: true,
-            n: 0,
-            at: [0; ClNotes::CAP],
-        }
-    }
-}
-
 impl ClNotes {
     const CAP: usize = 4;
-    const OFF: ClNotes = ClNotes {
-        on: false,
-        n: 0,
-        at: [0; ClNotes::CAP],
-    };
 
     #[inline]
     fn push(&mut self, at: usize) {
@@ -410,25 +406,27 @@ impl ClNotes {
         }
         let mut found = None;
         for &at in &self.at[..self.n] {
-            let mut lines = Lines(&head[at..]);
-            let mut cl = ClValue::default();
-            if let Some(raw) = lines.next() {
-                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-                if let Some(colon) = memchr(b':', line) {
-                    cl.feed(&line[colon + 1..])?;
-                }
-            }
-            for raw in lines {
-                let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-                if !matches!(line.first(), Some(b' ' | b'\t')) {
-                    break;
-                }
-                cl.feed(line)?;
-            }
-            found = merge_cl(found, cl)?;
+            found = merge_cl(found, cl_value_at(head, at)?)?;
         }
         Ok(found)
     }
+}
+
+/// The value of the Content-Length header whose line begins at `head[at]`
+/// ([`is_cl_name`] holds there): after the colon, and on the folded
+/// continuation lines (starting with SP/HT) that follow.
+fn cl_value_at(head: &[u8], at: usize) -> Result<ClValue, FrameError> {
+    let mut lines = Lines(&head[at..]).map(|raw| raw.strip_suffix(b"\r").unwrap_or(raw));
+    let mut cl = ClValue::default();
+    if let Some(line) = lines.next()
+        && let Some(colon) = memchr(b':', line)
+    {
+        cl.feed(&line[colon + 1..])?;
+    }
+    for line in lines.take_while(|l| matches!(l.first(), Some(b' ' | b'\t'))) {
+        cl.feed(line)?;
+    }
+    Ok(cl)
 }
 
 /// Does the line at the start of `line` name Content-Length (or its compact
@@ -508,31 +506,20 @@ fn merge_cl(found: Option<usize>, value: ClValue) -> Result<Option<usize>, Frame
 /// different values.
 pub fn parse_content_length(head: &[u8]) -> Result<Option<usize>, FrameError> {
     let mut found = None;
-    let mut current: Option<ClValue> = None;
-    for raw in Lines(head).skip(1) {
+    let mut at = 0;
+    for (i, raw) in Lines(head).enumerate() {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            if let Some(cl) = current.as_mut() {
-                cl.feed(line)?;
+        // the start line is skipped; continuation lines fail `is_cl_name`
+        // (they start with SP/HT) and are read by `cl_value_at`
+        if i > 0 {
+            if line.is_empty() {
+                break;
             }
-            continue;
+            if is_cl_name(line) {
+                found = merge_cl(found, cl_value_at(head, at)?)?;
+            }
         }
-        if let Some(cl) = current.take() {
-            found = merge_cl(found, cl)?;
-        }
-        if line.is_empty() {
-            break;
-        }
-        if is_cl_name(line)
-            && let Some(colon) = memchr(b':', line)
-        {
-            let mut cl = ClValue::default();
-            cl.feed(&line[colon + 1..])?;
-            current = Some(cl);
-        }
-    }
-    if let Some(cl) = current {
-        found = merge_cl(found, cl)?;
+        at += raw.len() + 1;
     }
     Ok(found)
 }
@@ -1541,7 +1528,7 @@ mod tests {
         #[test]
         fn a2_prop_noted_content_length_agrees_with_line_scan(head in arb_cl_head()) {
             let mut notes = ClNotes::default();
-            let end = scan_head(&head, 0, &mut notes);
+            let end = scan_head(&head, 0, Some(&mut notes));
             prop_assert_eq!(end, find_header_end(&head, 0));
             let Some(end) = end else { return Ok(()) };
             prop_assert_eq!(notes.content_length(&head[..end]), parse_content_length(&head[..end]));

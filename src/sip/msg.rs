@@ -320,12 +320,6 @@ impl<'a> SipMsg<'a> {
                 headers_end -= 1;
             }
         }
-        // the empty line at `pos` (just after an LF) ends the head
-        let empty_line_at = |pos: usize| match buf.get(pos) {
-            Some(b'\n') => Some(pos + 1),
-            Some(b'\r') if buf.get(pos + 1) == Some(&b'\n') => Some(pos + 2),
-            _ => None,
-        };
         let sl_end = line_end(buf, 0, headers_end.max(1).min(buf.len()));
         let sl_content = content_end(buf, 0, sl_end);
         let mut defect = Defect::None;
@@ -338,10 +332,12 @@ impl<'a> SipMsg<'a> {
             Err(e) => return Err(e),
         };
         let mut pos = sl_end;
-        if find_end && let Some(b) = empty_line_at(pos) {
-            (headers_end, body_offset) = (pos, b);
-        }
         while pos < headers_end {
+            // every line starts just after an LF: an empty one ends the head
+            if find_end && let Some(b) = crate::sip::framer::empty_line_end(buf, pos) {
+                (headers_end, body_offset) = (pos, b);
+                break;
+            }
             let mut e = line_end(buf, pos, headers_end);
             // folded continuation lines (RFC 3261 §7.3.1) belong to this header
             while e < headers_end && is_ws(buf[e]) {
@@ -365,9 +361,6 @@ impl<'a> SipMsg<'a> {
                     defect = Defect::HeaderLine(Span::new(pos, e));
                 }
                 pos = e;
-                if find_end && let Some(b) = empty_line_at(pos) {
-                    (headers_end, body_offset) = (pos, b);
-                }
                 continue;
             };
             let (vs, ve) = trim(buf, colon + 1, e);
@@ -381,9 +374,6 @@ impl<'a> SipMsg<'a> {
                 value: Span::new(vs, ve),
             });
             pos = e;
-            if find_end && let Some(b) = empty_line_at(pos) {
-                (headers_end, body_offset) = (pos, b);
-            }
         }
         Ok((
             SipMsg {
@@ -639,14 +629,8 @@ fn run_end(b: &[u8], i: usize, class: &[bool; 256]) -> usize {
 }
 
 /// A display name's bytes before `<`: token characters and LWS.
-static TOKEN_OR_LWS: [bool; 256] = {
-    let mut t = TOKEN;
-    t[b' ' as usize] = true;
-    t[b'\t' as usize] = true;
-    t[b'\r' as usize] = true;
-    t[b'\n' as usize] = true;
-    t
-};
+static TOKEN_OR_LWS: [bool; 256] =
+    byte_table!(|b| TOKEN[b as usize] || matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
 
 /// Anything but `;` and LWS: the bytes of a Via sent-by or unquoted
 /// parameter value, which end at either.

@@ -943,9 +943,10 @@ impl AfPacket {
         // each pointing to the `iovec` of `iov` written with it, which points
         // to the bytes of a frame borrowed for the whole call; the kernel
         // reads only those `n` entries (the rest stay uninitialised). `iov`
-        // and `msgs` are live locals not otherwise used during the call. The kernel reads the
-        // frames and the headers and writes only the `msg_len` fields of the
-        // first `n` entries. An invalid fd is EBADF, not undefined behaviour.
+        // and `msgs` are live locals not otherwise used during the call.
+        // The kernel reads the frames and the headers and writes only the
+        // `msg_len` fields of the first `n` entries. An invalid fd is EBADF,
+        // not undefined behaviour.
         let r = unsafe {
             libc::sendmmsg(
                 self.sock.as_raw_fd(),
