@@ -445,8 +445,7 @@ fn shards_per_ip_limit_and_drain_cover_every_shard() {
             }
             open.push(s);
             // a second connection from the same address: over the limit
-            let mut extra = connect_from(*c, to)?;
-            ends.push(read_end(&mut extra, Duration::from_secs(3)));
+            ends.push(connect_and_read_end(*c, to, Duration::from_secs(3))?);
         }
         Ok((open, ends))
     });

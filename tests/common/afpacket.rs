@@ -388,6 +388,21 @@ pub fn read_end(s: &mut TcpStream, wait: Duration) -> TcpEnd {
     read_until_end(s, wait, Instant::now(), &mut Vec::new())
 }
 
+/// Connect from `from` to `to` and wait up to `wait` for the connection to
+/// end. A reset that beats connect()'s own completion check (the peer's RST
+/// right after its SYN-ACK) counts as [`TcpEnd::Reset`] too.
+pub fn connect_and_read_end(
+    from: IpAddr,
+    to: SocketAddr,
+    wait: Duration,
+) -> Result<TcpEnd, String> {
+    match connect_from(from, to) {
+        Ok(mut s) => Ok(read_end(&mut s, wait)),
+        Err(e) if e.contains("reset") => Ok(TcpEnd::Reset(Duration::ZERO)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Send an OPTIONS for `sip:TO` (Via: the socket's own address) on `s`
 /// and read the reply (≤ 3 s).
 pub fn options_over(s: &mut TcpStream, to: SocketAddr, tag: &str) -> Result<String, String> {
