@@ -30,7 +30,10 @@
 //! the step. [`AfPacket::rx_mode`] says which path is in use.
 //!
 //! Transmit: `send` is one `send(2)`; `send_batch` (what the driver uses)
-//! is one `sendmmsg(2)` per [`TX_MMSG`] frames.
+//! is one `sendmmsg(2)` per [`TX_MMSG`] frames. There is no
+//! `PACKET_TX_RING`: over a veth the kernel copies a ring frame at the hop
+//! anyway, so it would save only the per-message header handling
+//! (BENCHMARKS.md section 8, "PACKET_TX_RING: examined, not built").
 //!
 //! Receive, plain socket: one `recvmsg(2)` per frame into a 64 KiB buffer
 //! (room for a GRO aggregate). Receive, TPACKET_V3 ring: the kernel fills
