@@ -30,7 +30,10 @@
 #       the TPACKET_V3 ring), sipedge-afpacket-2 (workers = 2, rx_ring = "on": two shards in a
 #       PACKET_FANOUT group), sipedge-afpacket-busy (workers = 1, rx_ring = "on", busy_poll = 50 µs),
 #       sipedge-afpacket-ring2ms (the ring, [stack.limits] rx_ring_timeout_ms = 2 instead of 1:
-#       fewer block-timeout wake-ups, up to 1 ms more latency per hop).
+#       fewer block-timeout wake-ups, up to 1 ms more latency per hop), sipedge-afpacket-ringmac
+#       (the ring with a MAC of its own, stack.mac = 02:5e:00:00:00:02: the stack-side kernel
+#       sees its frames as PACKET_OTHERHOST and drops them at ip_rcv's first check; its cost shows
+#       in stk_napi_cpu_s under VETH_NAPI=both).
 #       Plain sipedge-afpacket runs the defaults (workers = CPUs, ring auto).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
@@ -75,7 +78,7 @@
 set -euo pipefail
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,50p' "$0"; exit 0
+  sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"; exit 0
 fi
 if [[ "$(id -u)" != 0 ]]; then
   echo "afpacket_sip.sh: must run as root (network namespaces, AF_PACKET)" >&2; exit 1
@@ -118,10 +121,11 @@ CLK_TCK=$(getconf CLK_TCK)
 for p in $PROXIES; do
   case $p in
     sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring) ;;
-    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy) ;;
+    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy|sipedge-afpacket-ringmac) ;;
     sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
     *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-afpacket-socket," \
          "sipedge-afpacket-ring, sipedge-afpacket-ring2ms, sipedge-afpacket-2, sipedge-afpacket-busy," \
+         "sipedge-afpacket-ringmac," \
          "sipedge-kernel, sipedge-kernel-before, kamailio-stateless)" >&2; exit 2 ;;
   esac
 done
@@ -220,15 +224,17 @@ case $VETH_NAPI in
         threaded_napi "$NS_STK" "$IF_STK" "$NS_PEER" "$IF_PEER" ;;
 esac
 # napi_ticks IF: utime+stime (clock ticks) of the kernel threads running IF's NAPI
-# ("napi/<ifname>-<id>", the name cut to 15 characters); 0 when there are none.
+# ("napi/<ifname>-<id>", the name cut to 15 characters); 0 when there are none (and without a
+# scan of /proc under VETH_NAPI=off, which starts no such thread).
 napi_ticks() {
+  [[ $VETH_NAPI != off ]] || { echo 0; return; }
   local comm="napi/$1-" total=0 pid name f
   comm=${comm:0:15}
   for f in /proc/[0-9]*/comm; do
-    read -r name <"$f" 2>/dev/null || continue
+    read -r name 2>/dev/null <"$f" || continue
     [[ "$name" == "$comm"* ]] || continue
     pid=${f#/proc/}; pid=${pid%/comm}
-    read -r -a st <"/proc/$pid/stat" 2>/dev/null || continue
+    read -r -a st 2>/dev/null <"/proc/$pid/stat" || continue
     total=$((total + st[13] + st[14]))
   done
   echo "$total"
@@ -274,10 +280,12 @@ interface = "$IF_STK"
 ipv4 = "$STK4/24"
 EOF
   # the issue-9 variants: the same file with the shard and ring keys set
-  for v in "socket 1 off 0 1" "ring 1 on 0 1" "ring2ms 1 on 0 2" "2 2 on 0 1" "busy 1 on 50 1"; do
-    read -r vname workers ring busy tmo <<<"$v"
+  for v in "socket 1 off 0 1 -" "ring 1 on 0 1 -" "ring2ms 1 on 0 2 -" "2 2 on 0 1 -" \
+           "busy 1 on 50 1 -" "ringmac 1 on 0 1 02:5e:00:00:00:02"; do
+    read -r vname workers ring busy tmo mac <<<"$v"
     { cat "$TMP/sipedge-afpacket-$tr.toml"
       printf 'workers = %s\nrx_ring = "%s"\nbusy_poll = %s\n' "$workers" "$ring" "$busy"
+      [[ $mac == - ]] || printf 'mac = "%s"\n' "$mac"
       printf '\n[stack.limits]\nrx_ring_timeout_ms = %s\n' "$tmo"; } \
       >"$TMP/sipedge-afpacket-$vname-$tr.toml"
   done
@@ -368,12 +376,12 @@ start_proxy() {
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
     sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|\
-    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy)
+    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy|sipedge-afpacket-ringmac)
       local abin=$SIPEDGE_BIN acfg="$TMP/sipedge-afpacket-$cfg.toml"
       [[ $name != sipedge-afpacket-before ]] || abin=$SIPEDGE_BEFORE_BIN
       case $name in
         sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-ring2ms|sipedge-afpacket-2|\
-        sipedge-afpacket-busy)
+        sipedge-afpacket-busy|sipedge-afpacket-ringmac)
           acfg="$TMP/$name-$cfg.toml" ;;
       esac
       stack_addrs_none
@@ -595,8 +603,8 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-afpacket-socket": 2,
          "sipedge-afpacket-ring": 3, "sipedge-afpacket-ring2ms": 4, "sipedge-afpacket-2": 5,
-         "sipedge-afpacket-busy": 6, "sipedge-kernel": 7, "sipedge-kernel-before": 8,
-         "kamailio-stateless": 9}
+         "sipedge-afpacket-busy": 6, "sipedge-afpacket-ringmac": 7, "sipedge-kernel": 8,
+         "sipedge-kernel-before": 9, "kamailio-stateless": 10}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:
