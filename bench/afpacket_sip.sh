@@ -118,15 +118,24 @@ IF_STK="vss$$"
 NPROC=$(nproc)
 CLK_TCK=$(getconf CLK_TCK)
 
+# The afpacket variants (a''), one per line of their settings, the one list their names come from:
+# name, stack.workers, stack.rx_ring, stack.busy_poll, stack.limits.rx_ring_timeout_ms, stack.mac
+# (- = the interface's). Each runs as proxy sipedge-afpacket-<name>.
+AF_VARIANTS=("socket 1 off 0 1 -" "ring 1 on 0 1 -" "ring2ms 1 on 0 2 -" "2 2 on 0 1 -"
+             "busy 1 on 50 1 -" "ringmac 1 on 0 1 02:5e:00:00:00:02")
+# is_af_variant PROXY: PROXY is sipedge-afpacket-<name> of a line of AF_VARIANTS.
+is_af_variant() {
+  local v
+  for v in "${AF_VARIANTS[@]}"; do [[ "$1" == "sipedge-afpacket-${v%% *}" ]] && return 0; done
+  return 1
+}
 for p in $PROXIES; do
   case $p in
-    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring) ;;
-    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy|sipedge-afpacket-ringmac) ;;
-    sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
-    *) echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before, sipedge-afpacket-socket," \
-         "sipedge-afpacket-ring, sipedge-afpacket-ring2ms, sipedge-afpacket-2, sipedge-afpacket-busy," \
-         "sipedge-afpacket-ringmac," \
-         "sipedge-kernel, sipedge-kernel-before, kamailio-stateless)" >&2; exit 2 ;;
+    sipedge-afpacket|sipedge-afpacket-before|sipedge-kernel|sipedge-kernel-before|kamailio-stateless) ;;
+    *) is_af_variant "$p" ||
+       { echo "unknown proxy $p (sipedge-afpacket, sipedge-afpacket-before," \
+           "$(printf 'sipedge-afpacket-%s, ' "${AF_VARIANTS[@]%% *}")sipedge-kernel," \
+           "sipedge-kernel-before, kamailio-stateless)" >&2; exit 2; } ;;
   esac
 done
 case $VETH_NAPI in
@@ -280,8 +289,7 @@ interface = "$IF_STK"
 ipv4 = "$STK4/24"
 EOF
   # the issue-9 variants: the same file with the shard and ring keys set
-  for v in "socket 1 off 0 1 -" "ring 1 on 0 1 -" "ring2ms 1 on 0 2 -" "2 2 on 0 1 -" \
-           "busy 1 on 50 1 -" "ringmac 1 on 0 1 02:5e:00:00:00:02"; do
+  for v in "${AF_VARIANTS[@]}"; do
     read -r vname workers ring busy tmo mac <<<"$v"
     { cat "$TMP/sipedge-afpacket-$tr.toml"
       printf 'workers = %s\nrx_ring = "%s"\nbusy_poll = %s\n' "$workers" "$ring" "$busy"
@@ -375,15 +383,10 @@ start_proxy() {
   [[ $transport == u1 ]] || cfg=tcp
   # Not through a function or subshell: ip netns exec execs the program, so $! is its PID.
   case $name in
-    sipedge-afpacket|sipedge-afpacket-before|sipedge-afpacket-socket|sipedge-afpacket-ring|\
-    sipedge-afpacket-ring2ms|sipedge-afpacket-2|sipedge-afpacket-busy|sipedge-afpacket-ringmac)
+    sipedge-afpacket|sipedge-afpacket-*)
       local abin=$SIPEDGE_BIN acfg="$TMP/sipedge-afpacket-$cfg.toml"
       [[ $name != sipedge-afpacket-before ]] || abin=$SIPEDGE_BEFORE_BIN
-      case $name in
-        sipedge-afpacket-socket|sipedge-afpacket-ring|sipedge-afpacket-ring2ms|sipedge-afpacket-2|\
-        sipedge-afpacket-busy|sipedge-afpacket-ringmac)
-          acfg="$TMP/$name-$cfg.toml" ;;
-      esac
+      ! is_af_variant "$name" || acfg="$TMP/$name-$cfg.toml"
       stack_addrs_none
       ip netns exec "$NS_STK" "$abin" --config "$acfg" \
         </dev/null >"$dir/proxy.log" 2>&1 &

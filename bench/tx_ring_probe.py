@@ -19,6 +19,7 @@ Namespaces nss-txa-PID / nss-txb-PID and veths txa-PID / txb-PID, addresses
 import argparse
 import ctypes
 import json
+import mmap
 import os
 import select
 import socket
@@ -125,7 +126,6 @@ def probe(nb, sender_ns, va, dst_mac, payload):
         s.setsockopt(SOL_PACKET, PACKET_TX_RING,
                      struct.pack("IIII", BLOCK, FRAMES * FRAME // BLOCK, FRAME, FRAMES))
         s.bind((va, 0))
-        import mmap
         ring = mmap.mmap(s.fileno(), FRAMES * FRAME, mmap.MAP_SHARED,
                          mmap.PROT_READ | mmap.PROT_WRITE)
         for i in range(FRAMES):
