@@ -8,6 +8,7 @@ use sipedge::config::{Config, Transport};
 use sipedge::core::nosip::NoneHook;
 use sipedge::core::{Core, RcvInfo, Scratch};
 use sipedge::metrics::Metrics;
+use sipedge::sip::framer::{Frame, Framer, FramerConfig};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -87,6 +88,34 @@ fn bench(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("tcp", "invite"), |b| {
         let r = rcv(Transport::Tcp, 40000);
         b.iter(|| black_box(core.receive_msg(black_box(INVITE), invite_body, false, &r, &mut sc)))
+    });
+    // a TCP read holding one whole INVITE: the framer's walk, then the
+    // parse's (as before), against both in one walk (the read path now)
+    g.bench_function(BenchmarkId::new("tcp_frame_then_parse", "invite"), |b| {
+        let r = rcv(Transport::Tcp, 40000);
+        let cfg = FramerConfig {
+            max_msg_size: 65535,
+            require_content_length: true,
+        };
+        b.iter(|| {
+            let mut f = Framer::new(cfg);
+            let Ok(Frame::Message { len, body_offset }) = f.next(black_box(INVITE)) else {
+                unreachable!("a whole INVITE")
+            };
+            black_box(core.receive_msg(&INVITE[..len], body_offset, false, &r, &mut sc))
+        })
+    });
+    g.bench_function(BenchmarkId::new("tcp_one_walk", "invite"), |b| {
+        let r = rcv(Transport::Tcp, 40000);
+        let cfg = FramerConfig {
+            max_msg_size: 65535,
+            require_content_length: true,
+        };
+        b.iter(|| {
+            let f = Framer::new(cfg);
+            let head = f.message_start(black_box(INVITE)).expect("a message start");
+            black_box(core.receive_stream_head(head, &r, &mut sc))
+        })
     });
     g.bench_function(BenchmarkId::new("udp", "reply_200"), |b| {
         let r = rcv(Transport::Udp, 5080);

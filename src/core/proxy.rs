@@ -9,7 +9,9 @@ use super::transaction::stateful::Pre;
 use super::upstream::{self, ProbeDue, ProbeReply, SetId, UpstreamSets};
 use crate::config::{Config, ListenSpec, Transport};
 use crate::metrics::Metrics;
-use crate::sip::framer::{FrameError, find_header_end, frame_datagram, parsed_content_length};
+use crate::sip::framer::{
+    FrameError, find_header_end, frame_datagram, parse_framed, parsed_content_length,
+};
 use crate::sip::msg::{
     Defect, HeaderKind, HeaderSpan, NameAddr, ParseError, SipMsg, Span, StartLine, UriParts, Via,
     check_addr_value, header_param, parse_cseq, parse_name_addr, parse_sip_uri, parse_u32,
@@ -520,6 +522,25 @@ impl Core {
             Err(_) => return self.parse_failure(buf, rcv, sc),
         };
         self.receive_parsed(msg, add_content_length, rcv, &mut work)
+    }
+
+    /// A stream's next message framed and parsed in one walk
+    /// ([`parse_framed`]: SPEC A.2's framing rules, read from the index the
+    /// parse builds) and handled as [`Self::receive_msg`] handles it. `head`
+    /// is what [`crate::sip::framer::Framer::message_start`] offered.
+    /// `Some((length of the message, outcome))`; `None` when it is not one
+    /// whole message that parses strictly with a Content-Length: then the
+    /// framer frames it and `receive_msg` takes it (errors, partial reads).
+    pub fn receive_stream_head(
+        &self,
+        head: &[u8],
+        rcv: &RcvInfo,
+        sc: &mut Scratch,
+    ) -> Option<(usize, Outcome)> {
+        let (headers, mut work) = sc.split();
+        let msg = parse_framed(head, headers)?;
+        let len = msg.buf.len();
+        Some((len, self.receive_parsed(msg, false, rcv, &mut work)))
     }
 
     /// [`Self::receive_msg`] after the parse.

@@ -17,7 +17,7 @@
 //! * size cap: a message or an unterminated header section of
 //!   `max_msg_size` bytes or more is a framing error.
 
-use crate::sip::msg::{HeaderKind, SipMsg};
+use crate::sip::msg::{HeaderKind, HeaderSpan, SipMsg};
 use memchr::memchr;
 
 /// Framing limits.
@@ -145,6 +145,23 @@ impl Framer {
     /// breaks are buffered) and is not complete: the message deadline runs.
     pub fn in_message(&self) -> bool {
         self.in_msg
+    }
+
+    /// The bytes the next message may be framed and parsed from in one
+    /// walk ([`parse_framed`]): `Some` only between messages, when `buf`
+    /// starts with a message byte (no keep-alive) that passes early
+    /// rejection; capped at `max_msg_size`, the window [`Framer::next`]
+    /// searches. `None`, or `parse_framed` declining: call `next`, which
+    /// applies every rule as before. State is not changed either way.
+    pub fn message_start<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        let max = self.cfg.max_msg_size.max(1);
+        if self.in_msg
+            || !matches!(keepalive(buf, max), Keepalive::Message)
+            || !matches!(start_line_prefix(buf), StartLine::Ok)
+        {
+            return None;
+        }
+        Some(&buf[..buf.len().min(max)])
     }
 
     fn reset(&mut self) {
@@ -611,6 +628,27 @@ pub fn parsed_content_length(msg: &SipMsg<'_>) -> Result<Option<usize>, FrameErr
     Ok(found)
 }
 
+/// SPEC A.2 and the parse in one walk over a stream's next message: the
+/// walk that indexes the head ([`SipMsg::parse_head`]) also finds its end,
+/// and Content-Length is read from the indexed spans
+/// ([`parsed_content_length`]). `head` is what [`Framer::message_start`]
+/// offered. `Some`: `msg.buf` is the whole message (head and
+/// Content-Length bytes of body), exactly what [`Framer::next`] would
+/// frame, indexed as [`SipMsg::parse`] would index it. `None` for
+/// everything else (a head that does not end or parse strictly, no or a
+/// bad Content-Length, a body not all here): the framer's rules decide
+/// (NeedMore, the size cap, errors), at the cost of a second walk.
+pub fn parse_framed<'a>(head: &'a [u8], headers: &'a mut Vec<HeaderSpan>) -> Option<SipMsg<'a>> {
+    let mut msg = SipMsg::parse_head(head, headers).ok()??;
+    let cl = parsed_content_length(&msg).ok()??;
+    let len = msg
+        .body_offset
+        .checked_add(cl)
+        .filter(|&t| t <= head.len())?;
+    msg.buf = &head[..len];
+    Some(msg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,6 +701,10 @@ mod tests {
         buf: Vec<u8>,
         events: Vec<Ev>,
         failed: bool,
+        /// Offer each message start to [`parse_framed`] first, as the TCP
+        /// read path does; `one_walk_taken` counts the messages it took.
+        one_walk: bool,
+        one_walk_taken: usize,
     }
 
     impl Driver {
@@ -673,7 +715,39 @@ mod tests {
                 buf: Vec::new(),
                 events: Vec::new(),
                 failed: false,
+                one_walk: false,
+                one_walk_taken: 0,
             }
+        }
+
+        fn one_walk(c: FramerConfig) -> Self {
+            Driver {
+                one_walk: true,
+                ..Driver::new(c)
+            }
+        }
+
+        /// The one-walk path: a message taken whole from the front of the
+        /// buffer, checked against what the two walks give.
+        fn take_one_walk(&mut self) -> Option<usize> {
+            let head = self.framer.message_start(&self.buf)?;
+            let mut hs = Vec::new();
+            let m = parse_framed(head, &mut hs)?;
+            let (len, body_offset) = (m.buf.len(), m.body_offset);
+            assert!(body_offset <= len && len <= self.buf.len() && len <= self.max);
+            let mut hs2 = Vec::new();
+            let two = SipMsg::parse(&self.buf[..len], body_offset, &mut hs2)
+                .unwrap_or_else(|e| panic!("one walk took what the parse rejects: {e}"));
+            assert_eq!(
+                (m.start, m.start_line, m.headers, m.headers_end),
+                (two.start, two.start_line, two.headers, two.headers_end)
+            );
+            self.events.push(Ev::Msg {
+                bytes: self.buf[..len].to_vec(),
+                body_offset,
+            });
+            self.one_walk_taken += 1;
+            Some(len)
         }
 
         fn feed(&mut self, chunk: &[u8]) {
@@ -682,6 +756,13 @@ mod tests {
             }
             self.buf.extend_from_slice(chunk);
             loop {
+                if self.one_walk
+                    && let Some(len) = self.take_one_walk()
+                {
+                    assert!(len > 0 && !self.framer.in_message());
+                    self.buf.drain(..len);
+                    continue;
+                }
                 let r = self.framer.next(&self.buf);
                 let consumed = match r {
                     Ok(Frame::NeedMore) => {
@@ -744,6 +825,26 @@ mod tests {
 
     fn run(c: FramerConfig, bytes: &[u8]) -> (Vec<Ev>, Vec<u8>) {
         run_chunks(c, &[bytes])
+    }
+
+    /// [`run_sized`] with the one-walk path first; also how many messages
+    /// it took.
+    fn run_sized_one_walk(
+        c: FramerConfig,
+        stream: &[u8],
+        sizes: &[usize],
+    ) -> ((Vec<Ev>, Vec<u8>), usize) {
+        let mut d = Driver::one_walk(c);
+        let mut rest = stream;
+        for &s in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (a, b) = rest.split_at(s.clamp(1, rest.len()));
+            d.feed(a);
+            rest = b;
+        }
+        ((d.events, d.buf), d.one_walk_taken)
     }
 
     fn run_bytewise(c: FramerConfig, bytes: &[u8]) -> (Vec<Ev>, Vec<u8>) {
@@ -1465,6 +1566,12 @@ mod tests {
             let bytewise = run_bytewise(strict(), &stream);
             prop_assert_eq!(&chunked, &whole);
             prop_assert_eq!(&bytewise, &whole);
+            // the one-walk path: the same events, and whole reads are taken by it
+            let (one_whole, taken) = run_sized_one_walk(strict(), &stream, &[stream.len()]);
+            prop_assert_eq!(&one_whole, &whole);
+            prop_assert_eq!(taken, parts.len());
+            let (one_chunked, _) = run_sized_one_walk(strict(), &stream, &sizes);
+            prop_assert_eq!(&one_chunked, &whole);
             let msgs: Vec<Ev> = whole
                 .0
                 .iter()
@@ -1497,8 +1604,11 @@ mod tests {
         ) {
             let bytes: Vec<u8> = pieces.concat();
             let c = cfg(max, require);
-            let _ = run_sized(c, &bytes, &sizes);
-            let _ = run(c, &bytes);
+            let chunked = run_sized(c, &bytes, &sizes);
+            let whole = run(c, &bytes);
+            // the one-walk path frames exactly as the framer does, errors included
+            prop_assert_eq!(run_sized_one_walk(c, &bytes, &sizes).0, chunked);
+            prop_assert_eq!(run_sized_one_walk(c, &bytes, &[bytes.len().max(1)]).0, whole);
             if let Ok(d) = frame_datagram(&bytes) {
                 prop_assert!(d.body_offset <= d.len && d.len <= bytes.len());
             }

@@ -39,9 +39,17 @@ impl StreamConfig {
     }
 }
 
-/// What the stream produced.
+/// What the stream produced. The handler returns how many bytes it took
+/// from the front of a [`Item::Head`] (0: none); the other items are taken
+/// whole and their handler returns 0.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Item<'a> {
+    /// A message starts here ([`Framer::message_start`]: the unconsumed
+    /// bytes, at most `max_message_size`). The handler may frame, parse
+    /// and handle one complete message from the front in one walk
+    /// ([`crate::sip::framer::parse_framed`]) and return its length; with
+    /// 0 the framer frames it and it comes as [`Item::Message`].
+    Head(&'a [u8]),
     /// A framed message (or non-SIP bytes, `body_offset == bytes.len()`, for
     /// the nosip hook).
     Message { bytes: &'a [u8], body_offset: usize },
@@ -97,11 +105,19 @@ pub fn frame_error_reason(e: FrameError) -> ReleaseReason {
 fn frame_all(
     framer: &mut Framer,
     buf: &[u8],
-    on_item: &mut impl FnMut(Item<'_>) -> Result<(), ReleaseReason>,
+    on_item: &mut impl FnMut(Item<'_>) -> Result<usize, ReleaseReason>,
 ) -> Result<(usize, bool), ReleaseReason> {
     let mut pos = 0;
     let mut delivered = false;
     loop {
+        if let Some(head) = framer.message_start(&buf[pos..]) {
+            let taken = on_item(Item::Head(head))?.min(head.len());
+            if taken > 0 {
+                pos += taken;
+                delivered = true;
+                continue;
+            }
+        }
         let step = framer.next(&buf[pos..]).map_err(frame_error_reason)?;
         if let Some((len, body_offset)) = step.for_core() {
             let bytes = &buf[pos..pos + len];
@@ -166,7 +182,7 @@ impl StreamState {
         &mut self,
         chunk: &[u8],
         now: Millis,
-        mut on_item: impl FnMut(Item<'_>) -> Result<(), ReleaseReason>,
+        mut on_item: impl FnMut(Item<'_>) -> Result<usize, ReleaseReason>,
     ) -> Result<(), ReleaseReason> {
         self.last_rx = now;
         let delivered = match self.partial.take() {
@@ -259,6 +275,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::framer::{find_header_end, parse_framed};
 
     fn cfg() -> StreamConfig {
         StreamConfig {
@@ -288,12 +305,99 @@ mod tests {
         let mut got = Vec::new();
         let r = st.on_bytes(chunk, now, |it| {
             match it {
+                Item::Head(_) => {}
                 Item::Message { bytes, body_offset } => got.push((bytes.to_vec(), body_offset)),
                 Item::Ping => got.push((b"PING".to_vec(), 0)),
             }
-            Ok(())
+            Ok(0)
         });
         (got, r)
+    }
+
+    /// (message bytes, body_offset, taken in one walk) or "PING".
+    type GotOneWalk = Vec<(Vec<u8>, usize, bool)>;
+
+    /// [`feed_r`] as the TCP read path handles it: each head offered is
+    /// taken in one walk when [`parse_framed`] can; `true` marks those.
+    fn feed_one_walk(
+        st: &mut StreamState,
+        chunk: &[u8],
+        now: Millis,
+    ) -> (GotOneWalk, Result<(), ReleaseReason>) {
+        let mut got = Vec::new();
+        let r = st.on_bytes(chunk, now, |it| {
+            Ok(match it {
+                Item::Head(head) => {
+                    let mut hs = Vec::new();
+                    match parse_framed(head, &mut hs) {
+                        Some(m) => {
+                            got.push((m.buf.to_vec(), m.body_offset, true));
+                            m.buf.len()
+                        }
+                        None => 0,
+                    }
+                }
+                Item::Message { bytes, body_offset } => {
+                    got.push((bytes.to_vec(), body_offset, false));
+                    0
+                }
+                Item::Ping => {
+                    got.push((b"PING".to_vec(), 0, false));
+                    0
+                }
+            })
+        });
+        (got, r)
+    }
+
+    #[test]
+    fn a2_one_walk_takes_whole_messages_and_the_framer_the_rest() {
+        let mut st = StreamState::new(cfg(), false, 0);
+        let off = |m: &[u8]| find_header_end(m, 0).expect("head ends");
+        // a whole message, a ping, then a message split across two reads
+        let mut chunk = OPTIONS.to_vec();
+        chunk.extend_from_slice(b"\r\n\r\n");
+        chunk.extend_from_slice(&WITH_BODY[..30]);
+        let (got, r) = feed_one_walk(&mut st, &chunk, 1);
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            got,
+            vec![
+                (OPTIONS.to_vec(), off(OPTIONS), true),
+                (b"PING".to_vec(), 0, false)
+            ]
+        );
+        assert!(
+            st.framer.in_message(),
+            "the split message waits in the framer"
+        );
+        assert_eq!(st.pending(), 30);
+        // the rest of it: the framer frames it (it started in the last read)
+        let (got, r) = feed_one_walk(&mut st, &WITH_BODY[30..], 2);
+        assert_eq!(r, Ok(()));
+        assert_eq!(got, vec![(WITH_BODY.to_vec(), off(WITH_BODY), false)]);
+        assert_eq!(st.pending(), 0);
+        assert_eq!(st.msg_started, NONE);
+        // a body that is not all here yet, then the rest: the framer again
+        let (got, _) = feed_one_walk(&mut st, &WITH_BODY[..WITH_BODY.len() - 2], 3);
+        assert!(got.is_empty());
+        assert_eq!(st.msg_started, 3, "the message deadline runs");
+        let (got, _) = feed_one_walk(&mut st, &WITH_BODY[WITH_BODY.len() - 2..], 4);
+        assert_eq!(got, vec![(WITH_BODY.to_vec(), off(WITH_BODY), false)]);
+    }
+
+    #[test]
+    fn a2_one_walk_leaves_errors_to_the_framer() {
+        // no Content-Length on a stream: not taken in one walk; the framer
+        // reports the error, as without the one-walk path
+        let mut st = StreamState::new(cfg(), false, 0);
+        let (got, r) = feed_one_walk(&mut st, b"OPTIONS sip:a SIP/2.0\r\nTo: <sip:b>\r\n\r\n", 1);
+        assert_eq!((got, r), (vec![], Err(ReleaseReason::NoContentLength)));
+        // a malformed header line goes to the core as framed bytes
+        let mut st = StreamState::new(cfg(), false, 0);
+        let bad = b"OPTIONS sip:a SIP/2.0\r\nbad line\r\nl: 0\r\n\r\n";
+        let (got, r) = feed_one_walk(&mut st, bad, 1);
+        assert_eq!((got, r), (vec![(bad.to_vec(), bad.len(), false)], Ok(())));
     }
 
     #[test]

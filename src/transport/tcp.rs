@@ -5,6 +5,9 @@
 //!   → read_req(conn)              read bytes into the worker's buffer,
 //!                                 StreamState::on_bytes frames complete SIP messages
 //!     → receive_tcp_msg(msg)      synchronous: Core::receive_msg → Step::dispatch
+//!                                 (a whole message at the front of the read:
+//!                                 Core::receive_stream_head, framed and parsed
+//!                                 in one walk)
 //! ```
 //!
 //! `handle_io` / `read_req` are the drivers' (kernel: `kernel::tcp`, a tokio
@@ -46,6 +49,19 @@ pub fn receive_tcp_msg<B: ConnIo>(
     received_at: Instant,
 ) -> Result<bool, ReleaseReason> {
     let outcome = step.core.receive_msg(bytes, body_offset, false, rcv, sc);
+    tcp_outcome(step, eg, conn, outcome, sc, received_at)
+}
+
+/// The rest of [`receive_tcp_msg`] once the core has handled a message
+/// (framed and parsed apart, or in one walk).
+fn tcp_outcome<B: ConnIo>(
+    step: &Step,
+    eg: &mut impl Egress,
+    conn: &Conn<B>,
+    outcome: Outcome,
+    sc: &mut Scratch,
+    received_at: Instant,
+) -> Result<bool, ReleaseReason> {
     let ok = match outcome {
         Outcome::ParseError => return Err(ReleaseReason::ParseError),
         Outcome::Consumed => return Ok(false),
@@ -83,16 +99,24 @@ pub fn read_chunk<B: ConnIo, E: Egress>(
     let crlf_pong = st.config().crlf_pong;
     let mut delivered = false;
     let r = st.on_bytes(chunk, now, |item| match item {
+        // the common case: a whole message, framed and parsed in one walk
+        Item::Head(head) => match step.core.receive_stream_head(head, rcv, sc) {
+            Some((len, outcome)) => {
+                delivered |= tcp_outcome(step, eg, conn, outcome, sc, received_at)?;
+                Ok(len)
+            }
+            None => Ok(0),
+        },
         Item::Message { bytes, body_offset } => {
             delivered |= receive_tcp_msg(step, eg, conn, rcv, bytes, body_offset, sc, received_at)?;
-            Ok(())
+            Ok(0)
         }
         Item::Ping => {
             step.metrics.keepalive_ping();
             if crlf_pong && pong(eg) {
                 step.metrics.keepalive_pong();
             }
-            Ok(())
+            Ok(0)
         }
     });
     if delivered {
