@@ -597,7 +597,7 @@ pub fn frame_datagram(buf: &[u8]) -> Result<DatagramFrame, FrameError> {
 }
 
 /// Content-Length of a message whose head `SipMsg` has already indexed
-/// (the UDP receive path: one header pass instead of
+/// (the UDP and TCP receive paths: one header pass instead of
 /// [`parse_content_length`]'s own scan). Gives exactly what
 /// [`parse_content_length`] gives on the same head: a header counts when its
 /// name is `Content-Length` or `l` and only SP/HT stand between the name and
@@ -620,8 +620,15 @@ pub fn parsed_content_length(msg: &SipMsg<'_>) -> Result<Option<usize>, FrameErr
             continue;
         }
         let mut cl = ClValue::default();
-        for raw in Lines(&buf[colon + 1..h.line.end as usize]) {
-            cl.feed(raw.strip_suffix(b"\r").unwrap_or(raw))?;
+        let value = h.value.get(buf);
+        if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
+            // the common value: the digits alone (the trimmed span leaves
+            // only SP/HT/CR/LF around them, which read as nothing)
+            cl.feed(value)?;
+        } else {
+            for raw in Lines(&buf[colon + 1..h.line.end as usize]) {
+                cl.feed(raw.strip_suffix(b"\r").unwrap_or(raw))?;
+            }
         }
         found = merge_cl(found, cl)?;
     }
