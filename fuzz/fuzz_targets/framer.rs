@@ -3,11 +3,14 @@
 //! Input layout: byte 0 picks the read size (1..=64), byte 1 the size cap
 //! (16..=4111) and whether Content-Length is required; the rest is the
 //! stream, fed to the framer one read at a time like the transport does.
+//! Where the read path would frame and parse a message in one walk
+//! (`parse_framed`), that must give what the framer gives.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sipedge::sip::framer::{
     Frame, Framer, FramerConfig, find_header_end, frame_datagram, parse_content_length,
+    parse_framed,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -28,6 +31,17 @@ fuzz_target!(|data: &[u8]| {
     'reads: for read in stream.chunks(chunk) {
         buf.extend_from_slice(read);
         loop {
+            // the read path's one walk takes exactly what the framer frames
+            if let Some(head) = framer.message_start(&buf) {
+                let mut hs = Vec::new();
+                if let Some(m) = parse_framed(head, &mut hs) {
+                    let want = Frame::Message {
+                        len: m.buf.len(),
+                        body_offset: m.body_offset,
+                    };
+                    assert_eq!(framer.clone().next(&buf), Ok(want));
+                }
+            }
             let consumed = match framer.next(&buf) {
                 Ok(Frame::NeedMore) => {
                     assert!(buf.len() < max, "NeedMore with the cap buffered");
