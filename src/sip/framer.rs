@@ -841,16 +841,7 @@ mod tests {
         stream: &[u8],
         sizes: &[usize],
     ) -> ((Vec<Ev>, Vec<u8>), usize) {
-        let mut d = Driver::one_walk(c);
-        let mut rest = stream;
-        for &s in sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (a, b) = rest.split_at(s.clamp(1, rest.len()));
-            d.feed(a);
-            rest = b;
-        }
+        let d = feed_sized(Driver::one_walk(c), stream, sizes);
         ((d.events, d.buf), d.one_walk_taken)
     }
 
@@ -1536,7 +1527,11 @@ mod tests {
 
     /// Feed `stream` in chunks whose sizes cycle through `sizes`.
     fn run_sized(c: FramerConfig, stream: &[u8], sizes: &[usize]) -> (Vec<Ev>, Vec<u8>) {
-        let mut d = Driver::new(c);
+        let d = feed_sized(Driver::new(c), stream, sizes);
+        (d.events, d.buf)
+    }
+
+    fn feed_sized(mut d: Driver, stream: &[u8], sizes: &[usize]) -> Driver {
         let mut rest = stream;
         for &s in sizes.iter().cycle() {
             if rest.is_empty() {
@@ -1546,7 +1541,7 @@ mod tests {
             d.feed(a);
             rest = b;
         }
-        (d.events, d.buf)
+        d
     }
 
     proptest! {
