@@ -91,12 +91,12 @@ fn bench(c: &mut Criterion) {
     });
     // a TCP read holding one whole INVITE: the framer's walk, then the
     // parse's (as before), against both in one walk (the read path now)
+    let cfg = FramerConfig {
+        max_msg_size: 65535,
+        require_content_length: true,
+    };
     g.bench_function(BenchmarkId::new("tcp_frame_then_parse", "invite"), |b| {
         let r = rcv(Transport::Tcp, 40000);
-        let cfg = FramerConfig {
-            max_msg_size: 65535,
-            require_content_length: true,
-        };
         b.iter(|| {
             let mut f = Framer::new(cfg);
             let Ok(Frame::Message { len, body_offset }) = f.next(black_box(INVITE)) else {
@@ -107,10 +107,6 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function(BenchmarkId::new("tcp_one_walk", "invite"), |b| {
         let r = rcv(Transport::Tcp, 40000);
-        let cfg = FramerConfig {
-            max_msg_size: 65535,
-            require_content_length: true,
-        };
         b.iter(|| {
             let f = Framer::new(cfg);
             let head = f.message_start(black_box(INVITE)).expect("a message start");
