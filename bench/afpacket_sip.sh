@@ -33,7 +33,9 @@
 #       fewer block-timeout wake-ups, up to 1 ms more latency per hop), sipedge-afpacket-ringmac
 #       (the ring with a MAC of its own, stack.mac = 02:5e:00:00:00:02: the stack-side kernel
 #       sees its frames as PACKET_OTHERHOST and drops them at ip_rcv's first check; its cost shows
-#       in stk_napi_cpu_s under VETH_NAPI=both).
+#       in stk_napi_cpu_s under VETH_NAPI=both), sipedge-afpacket-ringswcsum (the ring with
+#       stack.tx_checksum_offload = false: the stack computes every UDP/TCP checksum itself;
+#       the other variants leave them to the kernel, the default).
 #       Plain sipedge-afpacket runs the defaults (workers = CPUs, ring auto).
 #   (c) kamailio-stateless: ../shared/bench/kamailio-stateless.cfg with its addresses rewritten by
 #       sed (listen 127.0.0.1:15060 -> 198.18.201.2:5060, forward 127.0.0.1:15080 ->
@@ -120,9 +122,10 @@ CLK_TCK=$(getconf CLK_TCK)
 
 # The afpacket variants (a''), one per line of their settings, the one list their names come from:
 # name, stack.workers, stack.rx_ring, stack.busy_poll, stack.limits.rx_ring_timeout_ms, stack.mac
-# (- = the interface's). Each runs as proxy sipedge-afpacket-<name>.
-AF_VARIANTS=("socket 1 off 0 1 -" "ring 1 on 0 1 -" "ring2ms 1 on 0 2 -" "2 2 on 0 1 -"
-             "busy 1 on 50 1 -" "ringmac 1 on 0 1 02:5e:00:00:00:02")
+# (- = the interface's), stack.tx_checksum_offload. Each runs as proxy sipedge-afpacket-<name>.
+AF_VARIANTS=("socket 1 off 0 1 - true" "ring 1 on 0 1 - true" "ring2ms 1 on 0 2 - true"
+             "2 2 on 0 1 - true" "busy 1 on 50 1 - true" "ringmac 1 on 0 1 02:5e:00:00:00:02 true"
+             "ringswcsum 1 on 0 1 - false")
 # is_af_variant PROXY: PROXY is sipedge-afpacket-<name> of a line of AF_VARIANTS.
 is_af_variant() {
   local v
@@ -290,9 +293,10 @@ ipv4 = "$STK4/24"
 EOF
   # the issue-9 variants: the same file with the shard and ring keys set
   for v in "${AF_VARIANTS[@]}"; do
-    read -r vname workers ring busy tmo mac <<<"$v"
+    read -r vname workers ring busy tmo mac offload <<<"$v"
     { cat "$TMP/sipedge-afpacket-$tr.toml"
       printf 'workers = %s\nrx_ring = "%s"\nbusy_poll = %s\n' "$workers" "$ring" "$busy"
+      printf 'tx_checksum_offload = %s\n' "$offload"
       [[ $mac == - ]] || printf 'mac = "%s"\n' "$mac"
       printf '\n[stack.limits]\nrx_ring_timeout_ms = %s\n' "$tmo"; } \
       >"$TMP/sipedge-afpacket-$vname-$tr.toml"
@@ -606,8 +610,9 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 order = {"sipedge-afpacket": 0, "sipedge-afpacket-before": 1, "sipedge-afpacket-socket": 2,
          "sipedge-afpacket-ring": 3, "sipedge-afpacket-ring2ms": 4, "sipedge-afpacket-2": 5,
-         "sipedge-afpacket-busy": 6, "sipedge-afpacket-ringmac": 7, "sipedge-kernel": 8,
-         "sipedge-kernel-before": 9, "kamailio-stateless": 10}
+         "sipedge-afpacket-busy": 6, "sipedge-afpacket-ringmac": 7,
+         "sipedge-afpacket-ringswcsum": 8, "sipedge-kernel": 9, "sipedge-kernel-before": 10,
+         "kamailio-stateless": 11}
 torder = {"u1": 0, "t1": 1, "tn": 2}
 groups = {}
 for r in rows:

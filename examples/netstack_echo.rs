@@ -817,6 +817,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
         ring_required: args.rx_ring == RxRingArg::On,
         busy_poll_us: args.busy_poll_us,
+        tx_csum_offload: true,
     };
     let dev = AfPacket::open_with(&args.iface, &opts)
         .with_context(|| format!("cannot open interface {:?}", args.iface))?;
@@ -832,6 +833,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfg.gateway4 = args.gateway4;
     cfg.gateway6 = args.gateway6;
     cfg.mtu = dev.mtu();
+    // The kernel completes UDP / TCP checksums when the device could open
+    // its PACKET_VNET_HDR socket.
+    cfg.tx_csum_offload = dev.tx_csum_offload();
     if let Some(n) = args.tcp_max_conns {
         cfg.limits.tcp_max_conns = n;
     }

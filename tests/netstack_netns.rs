@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::netns::*;
 use common::skip_unless_root;
+use sipedge::netstack::csum::finish_l4;
 use sipedge::netstack::device::Device;
 use sipedge::netstack::device::afpacket::{
     AfPacket, AfPacketOptions, DeviceError, RingConfig, wait_fd,
@@ -120,9 +121,12 @@ fn open_rx(ifname: &str, rx: Rx) -> AfPacket {
         rx_ring: (rx == Rx::Ring).then(RingConfig::default),
         ring_required: true,
         busy_poll_us: 0,
+        // Every frame these tests send goes through the offload socket.
+        tx_csum_offload: true,
     };
     let d = AfPacket::open_with(ifname, &opts).unwrap_or_else(|e| panic!("{ifname}: {e}"));
     assert_eq!(d.rx_mode(), rx.mode());
+    assert!(d.tx_csum_offload(), "PACKET_VNET_HDR socket opened");
     d
 }
 
@@ -226,6 +230,7 @@ fn afpacket_impossible_ring_falls_back_to_the_socket_or_is_an_error() {
                 rx_ring: Some(ring),
                 ring_required: true,
                 busy_poll_us: 0,
+                tx_csum_offload: false,
             };
             AfPacket::open_with(&sif, &opts)
                 .err()
@@ -241,6 +246,7 @@ fn afpacket_impossible_ring_falls_back_to_the_socket_or_is_an_error() {
                 rx_ring: Some(ring),
                 ring_required: false,
                 busy_poll_us: 0,
+                tx_csum_offload: false,
             };
             AfPacket::open_with(&sif, &opts).expect("falls back")
         });
@@ -306,6 +312,204 @@ fn afpacket_auxdata_marks_veth_udp_checksum_not_ready(rx: Rx) {
             // Unverified frames must carry a correct checksum.
             RxChecksum::Unverified => assert!(valid),
             RxChecksum::Valid => {}
+        }
+    }
+}
+
+/// An Ethernet frame from the stack side to the peer carrying a UDP or TCP
+/// packet (`proto` 17 / 6, source port 7002, destination 7003) whose
+/// checksum holds only the pseudo-header sum, as the stack builds it with
+/// checksum offload on.
+fn partial_frame(pair: &NetnsPair, v6: bool, proto: u8) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{Ipv4Repr, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+    let payload = b"offloaded checksum probe, an odd length.";
+    let mut l4 = match proto {
+        17 => {
+            let mut u = vec![0u8; 8];
+            u[0..2].copy_from_slice(&7002u16.to_be_bytes());
+            u[2..4].copy_from_slice(&7003u16.to_be_bytes());
+            u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            u.extend_from_slice(payload);
+            u
+        }
+        _ => {
+            let r = TcpRepr {
+                src_port: 7002,
+                dst_port: 7003,
+                control: TcpControl::Psh,
+                seq_number: TcpSeqNumber(1000),
+                ack_number: Some(TcpSeqNumber(2000)),
+                window_len: 1024,
+                window_scale: None,
+                max_seg_size: None,
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload,
+            };
+            let mut b = vec![0u8; r.buffer_len()];
+            let (s, d) = if v6 {
+                (
+                    IpAddress::Ipv6(pair.stack_v6()),
+                    IpAddress::Ipv6(pair.peer_v6()),
+                )
+            } else {
+                (
+                    IpAddress::Ipv4(pair.stack_v4()),
+                    IpAddress::Ipv4(pair.peer_v4()),
+                )
+            };
+            r.emit(
+                &mut TcpPacket::new_unchecked(&mut b[..]),
+                &s,
+                &d,
+                &ChecksumCapabilities::ignored(),
+            );
+            b
+        }
+    };
+    let mut f = Vec::new();
+    f.extend_from_slice(&pair.peer_mac());
+    f.extend_from_slice(&pair.stack_mac());
+    if v6 {
+        let (s, d) = (pair.stack_v6(), pair.peer_v6());
+        finish_l4(&mut l4, &s.into(), &d.into(), proto, true);
+        f.extend_from_slice(&0x86ddu16.to_be_bytes());
+        let r = Ipv6Repr {
+            src_addr: s,
+            dst_addr: d,
+            next_header: IpProtocol::from(proto),
+            payload_len: l4.len(),
+            hop_limit: 64,
+        };
+        let mut ip = vec![0u8; 40];
+        r.emit(&mut Ipv6Packet::new_unchecked(&mut ip[..]));
+        f.extend_from_slice(&ip);
+    } else {
+        let (s, d) = (pair.stack_v4(), pair.peer_v4());
+        finish_l4(&mut l4, &s.into(), &d.into(), proto, true);
+        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        let r = Ipv4Repr {
+            src_addr: s,
+            dst_addr: d,
+            next_header: IpProtocol::from(proto),
+            payload_len: l4.len(),
+            hop_limit: 64,
+        };
+        let mut ip = vec![0u8; 20];
+        r.emit(
+            &mut Ipv4Packet::new_unchecked(&mut ip[..]),
+            &ChecksumCapabilities::default(),
+        );
+        f.extend_from_slice(&ip);
+    }
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// Does the UDP / TCP packet in `f` carry a correct checksum?
+fn l4_checksum_valid(f: &[u8]) -> bool {
+    use smoltcp::wire::TcpPacket;
+    let (s, d, proto, l4) = if f[12..14] == [0x86, 0xdd] {
+        let ip = Ipv6Packet::new_checked(&f[14..]).expect("ipv6");
+        let n = usize::from(ip.payload_len());
+        (
+            IpAddress::Ipv6(ip.src_addr()),
+            IpAddress::Ipv6(ip.dst_addr()),
+            ip.next_header(),
+            &f[54..54 + n],
+        )
+    } else {
+        let ip = Ipv4Packet::new_checked(&f[14..]).expect("ipv4");
+        let n = usize::from(ip.total_len());
+        (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+            ip.next_header(),
+            &f[34..14 + n],
+        )
+    };
+    match proto {
+        IpProtocol::Udp => UdpPacket::new_checked(l4)
+            .expect("udp")
+            .verify_checksum(&s, &d),
+        IpProtocol::Tcp => TcpPacket::new_checked(l4)
+            .expect("tcp")
+            .verify_checksum(&s, &d),
+        p => panic!("not UDP or TCP: {p}"),
+    }
+}
+
+/// Transmit checksum offload (`PACKET_VNET_HDR`): UDP and TCP frames, IPv4
+/// and IPv6, leave the stack side with only the pseudo-header sum and a
+/// "needs checksum" header. With the veth's own checksum offload on, the
+/// peer gets them as from a Linux socket: "not ready", not yet valid. With
+/// it off (`ethtool -K tx off`), the kernel completes each checksum on the
+/// way out from the span the device gave, and the peer receives correct
+/// ones. A frame of another kind crosses the offload socket unchanged.
+fn afpacket_tx_checksum_offload_is_completed_by_the_kernel(rx: Rx) {
+    if skip_unless_root() || skip_unless_tool("ethtool", "ethtool") {
+        return;
+    }
+    let pair = NetnsPair::new();
+    let (sif, pif) = (pair.stack_if.clone(), pair.peer_if.clone());
+    let mut stack_dev = pair.in_stack(move || open_rx(&sif, rx));
+    let mut peer_dev = pair.in_peer(move || open_rx(&pif, rx));
+    let frames: Vec<Vec<u8>> = [(false, 17), (true, 17), (false, 6), (true, 6)]
+        .into_iter()
+        .map(|(v6, p)| partial_frame(&pair, v6, p))
+        .collect();
+    let stack_mac = pair.stack_mac();
+    for (round, veth_tx_csum) in [(0u8, "on"), (1, "off")] {
+        must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &pair.stack_ns,
+                "ethtool",
+                "-K",
+                &pair.stack_if,
+                "tx",
+                veth_tx_csum,
+            ],
+        );
+        let tag = 40 + round;
+        let mut batch: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        let plain = test_frame(pair.peer_mac(), stack_mac, tag);
+        batch.push(&plain);
+        assert_eq!(
+            stack_dev.send_batch(&batch).expect("send_batch"),
+            batch.len()
+        );
+        let got = collect(&mut peer_dev, 5, Duration::from_secs(3), &mut |_, f| {
+            let l4 = if f.get(12..14) == Some(&[0x86, 0xdd][..]) {
+                54
+            } else {
+                34
+            };
+            f.get(6..12) == Some(&stack_mac[..])
+                && (is_test_frame(f, tag) || f.get(l4..l4 + 2) == Some(&7002u16.to_be_bytes()[..]))
+        });
+        assert_eq!(
+            got.len(),
+            5,
+            "tx {veth_tx_csum}: every frame crossed: {got:?}"
+        );
+        for (meta, f) in &got {
+            if is_test_frame(f, tag) {
+                assert_eq!(f, &plain, "unchanged");
+                continue;
+            }
+            let valid = l4_checksum_valid(f);
+            if veth_tx_csum == "on" {
+                assert_eq!(meta.l4_csum, RxChecksum::NotReady, "passed on as partial");
+                assert!(!valid, "still the pseudo-header sum");
+            } else {
+                assert!(valid, "completed by the kernel: {f:02x?}");
+                assert_ne!(meta.l4_csum, RxChecksum::NotReady);
+            }
         }
     }
 }
@@ -617,6 +821,7 @@ in_both_rx_modes!(
     e2e_udp_echo_v4_v6_small_and_fragmented,
     e2e_udp_to_closed_port_gets_connection_refused,
     e2e_linux_neighbour_caches_learn_the_stack,
+    afpacket_tx_checksum_offload_is_completed_by_the_kernel,
 );
 
 /// The link going down (the packet socket gets ENETDOWN) is a counted

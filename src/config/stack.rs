@@ -96,6 +96,9 @@ pub struct StackSettings {
     /// Busy-poll: spin this many microseconds for frames before sleeping in
     /// poll(2) (also `SO_BUSY_POLL`); 0 = off (the default).
     pub busy_poll_us: u32,
+    /// Leave UDP / TCP transmit checksums to the kernel (`PACKET_VNET_HDR`;
+    /// true, the default) or compute them in the stack (false).
+    pub tx_checksum_offload: bool,
     pub limits: StackLimits,
 }
 
@@ -148,6 +151,7 @@ impl Default for StackSettings {
             workers: 0,
             rx_ring: RxRing::Auto,
             busy_poll_us: 0,
+            tx_checksum_offload: true,
             limits: StackLimits::default(),
         }
     }
@@ -212,6 +216,7 @@ impl StackSettings {
             rx_ring: (self.rx_ring != RxRing::Off).then_some(ring),
             ring_required: self.rx_ring == RxRing::On,
             busy_poll_us: self.busy_poll_us,
+            tx_csum_offload: self.tx_checksum_offload,
         }
     }
 
@@ -288,6 +293,7 @@ pub(super) struct RawStack {
     workers: i64,
     rx_ring: String,
     busy_poll: i64,
+    tx_checksum_offload: bool,
     limits: RawStackLimits,
 }
 
@@ -359,6 +365,7 @@ pub(super) fn to_raw(s: &StackSettings) -> RawStack {
         workers: size(s.workers),
         rx_ring: s.rx_ring.as_str().into(),
         busy_poll: i64::from(s.busy_poll_us),
+        tx_checksum_offload: s.tx_checksum_offload,
         limits: RawStackLimits {
             neigh_entries: size(l.neigh_entries),
             neigh_pending_bytes: size(l.neigh_pending_bytes),
@@ -675,6 +682,7 @@ pub(super) fn from_raw(r: &RawStack) -> Result<StackSettings, ConfigError> {
         workers,
         rx_ring,
         busy_poll_us,
+        tx_checksum_offload: r.tx_checksum_offload,
         limits,
     })
 }

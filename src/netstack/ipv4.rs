@@ -6,8 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv4Repr};
+use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr};
 
+use super::csum;
 use super::frag::{FragKey, FragResult};
 use super::{
     DropReason, ETH_HDR, HookPoint, Instant, IpRx, Mib, RxChecksum, RxMeta, Stack, StackError,
@@ -303,14 +304,22 @@ impl Stack {
             payload_len: l4_len,
             hop_limit: ttl.unwrap_or(DEFAULT_TTL),
         };
+        let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
         if total <= self.cfg.mtu {
             let mut f = self.alloc_frame(ETH_HDR + total);
             f.resize(ETH_HDR + total, 0);
             emit_ipv4_header(&repr, &mut f[ETH_HDR..], id, 0, false);
             fill(&mut f[ETH_HDR + IPV4_HDR..]);
+            let partial = self.cfg.tx_csum_offload;
+            csum::finish_l4(&mut f[ETH_HDR + IPV4_HDR..], &s, &d, proto, partial);
             return self.neigh_output(now, next_hop.into(), f);
         }
-        self.ip_fragment(now, next_hop, &repr, id, fill)
+        // A device sees one piece: the checksum is computed here.
+        let mut fill = |l4: &mut [u8]| {
+            fill(l4);
+            csum::finish_l4(l4, &s, &d, proto, false);
+        };
+        self.ip_fragment(now, next_hop, &repr, id, &mut fill)
     }
 
     /// `ip_fragment` (RFC 791 §3.2 "fragmentation"): 8-byte-aligned pieces

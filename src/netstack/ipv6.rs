@@ -13,10 +13,11 @@
 use std::net::Ipv6Addr;
 
 use smoltcp::wire::{
-    IPV6_HEADER_LEN, IpProtocol, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr, Ipv6Option,
-    Ipv6OptionType, Ipv6Packet, Ipv6Repr, Ipv6RoutingHeader,
+    IPV6_HEADER_LEN, IpAddress, IpProtocol, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6FragmentRepr,
+    Ipv6Option, Ipv6OptionType, Ipv6Packet, Ipv6Repr, Ipv6RoutingHeader,
 };
 
+use super::csum;
 use super::frag::{FragKey, FragResult, Reassembled};
 use super::{
     DropReason, ETH_HDR, HookPoint, Instant, IpRx, Mib, RxChecksum, RxMeta, Stack, StackError,
@@ -716,14 +717,22 @@ impl Stack {
             payload_len: l4_len,
             hop_limit: hop_limit.unwrap_or(DEFAULT_HOP_LIMIT),
         };
+        let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(dst));
         if HDR + l4_len > self.cfg.mtu {
-            return self.ip6_fragment(now, repr, next_hop, fill);
+            // A device sees one piece: the checksum is computed here.
+            let mut fill = |l4: &mut [u8]| {
+                fill(l4);
+                csum::finish_l4(l4, &s, &d, next_header, false);
+            };
+            return self.ip6_fragment(now, repr, next_hop, &mut fill);
         }
         let total = ETH_HDR + HDR + l4_len;
         let mut f = self.alloc_frame(total);
         f.resize(total, 0);
         repr.emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH_HDR..]));
         fill(&mut f[ETH_HDR + HDR..]);
+        let partial = self.cfg.tx_csum_offload;
+        csum::finish_l4(&mut f[ETH_HDR + HDR..], &s, &d, next_header, partial);
         self.neigh_output(now, next_hop.into(), f)
     }
 

@@ -25,6 +25,7 @@
 //! [`Stack::receive_replica`]).
 
 pub mod arp;
+pub mod csum;
 pub mod device;
 pub mod driver;
 pub mod ethernet;
@@ -237,6 +238,10 @@ pub struct StackConfig {
     /// Which shard of the interface this stack is (afpacket fan-out, issue
     /// 9); the default is the only one.
     pub shard: ShardId,
+    /// The device completes UDP / TCP checksums ([`csum`]): frames leave
+    /// with the pseudo-header sum only. Set only for a device that does
+    /// (afpacket with `PACKET_VNET_HDR`); off by default.
+    pub tx_csum_offload: bool,
 }
 
 /// The local ports connect() and bind(port 0) pick from (Linux
@@ -358,6 +363,7 @@ impl StackConfig {
             mtu: 1500,
             limits: Limits::default(),
             shard: ShardId::SINGLE,
+            tx_csum_offload: false,
         }
     }
 }

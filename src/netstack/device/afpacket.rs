@@ -30,7 +30,21 @@
 //! the step. [`AfPacket::rx_mode`] says which path is in use.
 //!
 //! Transmit: `send` is one `send(2)`; `send_batch` (what the driver uses)
-//! is one `sendmmsg(2)` per [`TX_MMSG`] frames. There is no
+//! is one `sendmmsg(2)` per [`TX_MMSG`] frames. With
+//! [`AfPacketOptions::tx_csum_offload`] frames leave through a second,
+//! send-only packet socket (bound with protocol 0, so nothing is queued on
+//! it) with `PACKET_VNET_HDR`: each frame goes behind a `virtio_net_hdr`,
+//! "needs checksum" with the span [`csum::tx_span`] finds for a UDP / TCP
+//! frame, nothing for any other. The kernel then treats the frame as its
+//! own sockets' (`CHECKSUM_PARTIAL`): a NIC with checksum offload computes
+//! the checksum, a device without gets it from `skb_checksum_help` on the
+//! way out, and a veth peer's local receive needs none; the vnet header's
+//! transport offset also spares the kernel its flow-dissector walk per
+//! frame. The stack must then write pseudo-header sums
+//! (`StackConfig::tx_csum_offload`, set from [`AfPacket::tx_csum_offload`]).
+//! The receive socket is left as it is: a vnet header there would change
+//! every received frame's layout, and `PACKET_AUXDATA` already tells the
+//! checksum state. There is no
 //! `PACKET_TX_RING`: over a veth the kernel copies a ring frame at the hop
 //! anyway, so it would save only the per-message header handling
 //! (BENCHMARKS.md section 8, "PACKET_TX_RING: examined, not built").
@@ -69,6 +83,7 @@ use std::time::Duration;
 use socket2::{Domain, Socket, Type};
 
 use super::Device;
+use crate::netstack::csum;
 use crate::netstack::{EthernetAddress, PacketType, RxChecksum, RxMeta};
 
 /// Why an `AF_PACKET` device could not be opened.
@@ -157,6 +172,10 @@ pub struct AfPacketOptions {
     pub ring_required: bool,
     /// `SO_BUSY_POLL` microseconds (0: not set).
     pub busy_poll_us: u32,
+    /// Transmit through a second, send-only socket with `PACKET_VNET_HDR`,
+    /// so that the kernel completes UDP / TCP checksums (see the module
+    /// doc). Not available: a warning, and the stack computes them.
+    pub tx_csum_offload: bool,
 }
 
 /// An `AF_PACKET` `SOCK_RAW` socket bound to one interface.
@@ -173,6 +192,9 @@ pub struct AfPacket {
     ring_cur: BlockCursor,
     buf: Vec<u8>,
     stats: AfPacketStats,
+    /// The send-only socket with `PACKET_VNET_HDR` (None: frames leave
+    /// through `sock`, whole).
+    tx_vnet: Option<Socket>,
 }
 
 impl std::fmt::Debug for AfPacket {
@@ -184,6 +206,7 @@ impl std::fmt::Debug for AfPacket {
             .field("mac", &self.mac)
             .field("mtu", &self.mtu)
             .field("rx_mode", &self.rx_mode())
+            .field("tx_csum_offload", &self.tx_csum_offload())
             .finish()
     }
 }
@@ -544,6 +567,81 @@ impl From<DeviceError> for OpenError {
     }
 }
 
+/// `bind(2)` a packet socket to interface `ifindex` for `proto` (host
+/// order; 0 = receive nothing, send only).
+fn bind_ll(fd: RawFd, ifindex: u32, proto: u16) -> io::Result<()> {
+    let sll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_protocol: proto.to_be(),
+        sll_ifindex: ifindex as libc::c_int,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
+    };
+    // SAFETY: `sll` is a valid `sockaddr_ll` that outlives the call and
+    // the length passed is its size; the kernel only reads it.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The send-only socket for checksum offload: `PACKET_VNET_HDR` (every
+/// frame sent on it is preceded by a `virtio_net_hdr`), the qdisc bypass
+/// and send buffer of the main socket, bound with protocol 0 so that
+/// nothing is ever queued on it for receive. The failing step on error.
+fn open_vnet_tx(ifindex: u32) -> Result<Socket, (&'static str, io::Error)> {
+    let sock = Socket::new(Domain::PACKET, Type::RAW, None)
+        .map_err(|e| ("socket(AF_PACKET, SOCK_RAW, 0)", e))?;
+    let fd = sock.as_raw_fd();
+    let one: libc::c_int = 1;
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &one)
+        .map_err(|e| ("PACKET_VNET_HDR", e))?;
+    match setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {}
+        Err(e) => return Err(("PACKET_QDISC_BYPASS", e)),
+    }
+    if setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &SOCK_BUF).is_err() {
+        sock.set_send_buffer_size(SOCK_BUF as usize)
+            .map_err(|e| ("SO_SNDBUF", e))?;
+    }
+    sock.set_nonblocking(true).map_err(|e| ("O_NONBLOCK", e))?;
+    bind_ll(fd, ifindex, 0).map_err(|e| ("bind", e))?;
+    Ok(sock)
+}
+
+/// Size of `struct virtio_net_hdr` (no `num_buffers`).
+const VNET_HDR: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+const VNET_NEEDS_CSUM: u8 = 1;
+
+/// The `virtio_net_hdr` in front of a frame on the offload socket: "needs
+/// checksum" from `csum_start` with the field at `csum_offset` for a frame
+/// that carries a partial checksum ([`csum::tx_span`]), all zero (nothing
+/// to do, no segmentation) for any other. The fields are in the host's
+/// byte order (legacy virtio, as packet sockets read it).
+fn vnet_hdr(frame: &[u8]) -> [u8; VNET_HDR] {
+    let mut h = [0u8; VNET_HDR];
+    if let Some(sp) = csum::tx_span(frame) {
+        let n = |v: usize| u16::try_from(v).unwrap_or(u16::MAX).to_ne_bytes();
+        h[0] = VNET_NEEDS_CSUM;
+        // gso_type (h[1]) and gso_size (h[4..6]) stay 0: GSO_NONE.
+        h[2..4].copy_from_slice(&n(sp.hdr_end));
+        h[6..8].copy_from_slice(&n(sp.start));
+        h[8..10].copy_from_slice(&n(sp.offset));
+    }
+    h
+}
+
 impl AfPacket {
     /// Open a packet socket on `ifname` with the plain receive path (one
     /// recvmsg per frame), no busy-poll: `open_with` default options.
@@ -568,6 +666,20 @@ impl AfPacket {
                 })
             }
         }
+    }
+
+    /// Do frames leave through the offload socket, the kernel completing
+    /// UDP / TCP checksums? The stack must then write partial sums
+    /// ([`crate::netstack::StackConfig::tx_csum_offload`]), and must not
+    /// otherwise.
+    pub fn tx_csum_offload(&self) -> bool {
+        self.tx_vnet.is_some()
+    }
+
+    /// Send whole frames through the main socket from now on (when not
+    /// every shard got the offload socket, all go without).
+    pub fn disable_tx_csum_offload(&mut self) {
+        self.tx_vnet = None;
     }
 
     fn open_inner(
@@ -669,27 +781,22 @@ impl AfPacket {
             })?),
         };
 
-        let sll = libc::sockaddr_ll {
-            sll_family: libc::AF_PACKET as libc::c_ushort,
-            sll_protocol: (libc::ETH_P_ALL as u16).to_be(),
-            sll_ifindex: ifindex as libc::c_int,
-            sll_hatype: 0,
-            sll_pkttype: 0,
-            sll_halen: 0,
-            sll_addr: [0; 8],
+        bind_ll(fd, ifindex, libc::ETH_P_ALL as u16).map_err(io_err("bind"))?;
+
+        let tx_vnet = if opts.tx_csum_offload {
+            match open_vnet_tx(ifindex) {
+                Ok(t) => Some(t),
+                Err((op, e)) => {
+                    tracing::warn!(
+                        iface = ifname, step = op, error = %e,
+                        "transmit checksum offload (PACKET_VNET_HDR) unavailable; the stack computes UDP/TCP checksums"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
         };
-        // SAFETY: `sll` is a valid `sockaddr_ll` that outlives the call and
-        // the length passed is its size; the kernel only reads it.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if r == -1 {
-            return Err(io_err("bind")(io::Error::last_os_error()).into());
-        }
 
         Ok(AfPacket {
             sock,
@@ -707,6 +814,7 @@ impl AfPacket {
             ring,
             ring_cur: BlockCursor::default(),
             stats: AfPacketStats::default(),
+            tx_vnet,
         })
     }
 
@@ -924,35 +1032,64 @@ impl AfPacket {
         // Only the first `n` entries are written (and read by the kernel):
         // no zero-fill of the whole 5 KiB per call when a round has a frame
         // or two.
-        let mut iov = [const { MaybeUninit::<libc::iovec>::uninit() }; TX_MMSG];
+        // With the offload socket each message is two pieces: the
+        // `virtio_net_hdr` (from `vnet`), then the frame.
+        let (fd, parts) = match &self.tx_vnet {
+            Some(t) => (t.as_raw_fd(), 2),
+            None => (self.sock.as_raw_fd(), 1),
+        };
+        let mut vnet = [[0u8; VNET_HDR]; TX_MMSG];
+        if parts == 2 {
+            for (h, f) in vnet.iter_mut().zip(frames).take(n) {
+                *h = vnet_hdr(f);
+            }
+        }
+        let mut iov = [const { MaybeUninit::<[libc::iovec; 2]>::uninit() }; TX_MMSG];
         let mut msgs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; TX_MMSG];
-        for ((v, m), f) in iov.iter_mut().zip(msgs.iter_mut()).zip(frames).take(n) {
-            let v = v.write(libc::iovec {
-                // The kernel only reads through this pointer (send side).
+        for (((v, m), f), h) in iov
+            .iter_mut()
+            .zip(msgs.iter_mut())
+            .zip(frames)
+            .zip(&vnet)
+            .take(n)
+        {
+            // The kernel only reads through these pointers (send side).
+            let frame = libc::iovec {
                 iov_base: f.as_ptr().cast_mut().cast(),
                 iov_len: f.len(),
+            };
+            let hdr = libc::iovec {
+                iov_base: h.as_ptr().cast_mut().cast(),
+                iov_len: VNET_HDR,
+            };
+            let v = v.write(if parts == 2 {
+                [hdr, frame]
+            } else {
+                [frame, hdr]
             });
             // SAFETY: `mmsghdr` is a C struct of pointers and integers (plus
             // padding); all-zero is a valid value (null pointers, zero
             // lengths).
-            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+            let mut mh: libc::mmsghdr = unsafe { mem::zeroed() };
             // No destination (msg_name null): the socket is bound to the
             // interface, as for send(2).
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-            m.write(h);
+            mh.msg_hdr.msg_iov = v.as_mut_ptr();
+            mh.msg_hdr.msg_iovlen = parts;
+            m.write(mh);
         }
         // SAFETY: the first `n` entries of `msgs` are initialised headers,
-        // each pointing to the `iovec` of `iov` written with it, which points
-        // to the bytes of a frame borrowed for the whole call; the kernel
-        // reads only those `n` entries (the rest stay uninitialised). `iov`
-        // and `msgs` are live locals not otherwise used during the call.
-        // The kernel reads the frames and the headers and writes only the
-        // `msg_len` fields of the first `n` entries. An invalid fd is EBADF,
-        // not undefined behaviour.
+        // each pointing to the `iovec` pair of `iov` written with it (of
+        // which the kernel reads `msg_iovlen` = 1 or 2 entries), which point
+        // to the bytes of a frame and of its `vnet` header, all borrowed or
+        // owned for the whole call; the kernel reads only those `n` entries
+        // (the rest stay uninitialised). `iov`, `vnet` and `msgs` are live
+        // locals not otherwise used during the call. The kernel reads the
+        // frames and the headers and writes only the `msg_len` fields of the
+        // first `n` entries. An invalid fd is EBADF, not undefined
+        // behaviour.
         let r = unsafe {
             libc::sendmmsg(
-                self.sock.as_raw_fd(),
+                fd,
                 msgs.as_mut_ptr().cast::<libc::mmsghdr>(),
                 n as libc::c_uint,
                 0,
@@ -997,6 +1134,13 @@ impl Device for AfPacket {
     }
 
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.tx_vnet.is_some() {
+            // One message of two pieces (the `virtio_net_hdr`, the frame).
+            return match self.send_mmsg(&[frame])? {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                _ => Ok(()),
+            };
+        }
         let n = self.sock.send(frame)?;
         if n != frame.len() {
             return Err(io::Error::other(format!(
@@ -1497,6 +1641,7 @@ mod tests {
             rx_ring: Some(RingConfig::default()),
             ring_required: true,
             busy_poll_us: 0,
+            tx_csum_offload: true,
         };
         assert!(matches!(
             AfPacket::open_with("sipedge-nope0", &opts),

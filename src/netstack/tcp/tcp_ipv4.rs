@@ -165,7 +165,8 @@ impl Stack {
         }
     }
 
-    /// Hand one TCP segment to IP (`ip_queue_xmit` / `inet6_csk_xmit`).
+    /// Hand one TCP segment to IP (`ip_queue_xmit` / `inet6_csk_xmit`);
+    /// IP fills the checksum (`csum::finish_l4`).
     pub(crate) fn tcp_emit(
         &mut self,
         now: Instant,
@@ -179,14 +180,14 @@ impl Stack {
                 let (s, d) = (IpAddress::Ipv4(l), IpAddress::Ipv4(r));
                 self.ip_output(now, l, r, 6, None, len, &mut |buf| {
                     let mut p = TcpPacket::new_unchecked(buf);
-                    repr.emit(&mut p, &s, &d, &ChecksumCapabilities::default());
+                    repr.emit(&mut p, &s, &d, &ChecksumCapabilities::ignored());
                 })
             }
             (IpAddr::V6(l), IpAddr::V6(r)) => {
                 let (s, d) = (IpAddress::Ipv6(l), IpAddress::Ipv6(r));
                 self.ip6_output(now, l, r, 6, None, len, &mut |buf| {
                     let mut p = TcpPacket::new_unchecked(buf);
-                    repr.emit(&mut p, &s, &d, &ChecksumCapabilities::default());
+                    repr.emit(&mut p, &s, &d, &ChecksumCapabilities::ignored());
                 })
             }
             _ => Err(StackError::FamilyMismatch),

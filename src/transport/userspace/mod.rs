@@ -74,8 +74,14 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         }
         Err(e) => tracing::debug!("cannot list the interface's kernel addresses: {e}"),
     }
-    let (devs, fanout) = shard::open_shards(first, &st.interface, &dev_opts, st.shards());
+    let (mut devs, fanout) = shard::open_shards(first, &st.interface, &dev_opts, st.shards());
     let rx_mode = devs[0].rx_mode();
+    // Checksum offload on every shard or on none (each shard's stack
+    // follows its own device: `shard::stack_config`).
+    let tx_csum_offload = devs.iter().all(AfPacket::tx_csum_offload);
+    if !tx_csum_offload {
+        devs.iter_mut().for_each(AfPacket::disable_tx_csum_offload);
+    }
     let n = devs.len();
     let limits = lifecycle::table_limits(&cfg.tcp);
     let mut built = Vec::with_capacity(n);
@@ -132,6 +138,7 @@ pub fn run(cfg: Config, hooks: Hooks, opts: super::RunOpts) -> anyhow::Result<()
         shards = n,
         rx = rx_mode,
         busy_poll_us = st.busy_poll_us,
+        tx_csum_offload,
         fanout = fanout.map_or_else(|| "none".to_string(), |g| format!("group {g}")),
         "sipedge running on the userspace stack (afpacket)"
     );

@@ -311,6 +311,7 @@ pub(super) fn stack_config(
     n: usize,
 ) -> crate::netstack::StackConfig {
     let mut c = st.netstack_config(dev.mac().0, dev.mtu());
+    c.tx_csum_offload = dev.tx_csum_offload();
     c.shard = ShardId {
         index: u16::try_from(k).unwrap_or(0),
         count: u16::try_from(n).unwrap_or(1),
