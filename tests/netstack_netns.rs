@@ -324,6 +324,17 @@ fn partial_frame(pair: &NetnsPair, v6: bool, proto: u8) -> Vec<u8> {
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{Ipv4Repr, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
     let payload = b"offloaded checksum probe, an odd length.";
+    let (s, d) = if v6 {
+        (
+            IpAddress::Ipv6(pair.stack_v6()),
+            IpAddress::Ipv6(pair.peer_v6()),
+        )
+    } else {
+        (
+            IpAddress::Ipv4(pair.stack_v4()),
+            IpAddress::Ipv4(pair.peer_v4()),
+        )
+    };
     let mut l4 = match proto {
         17 => {
             let mut u = vec![0u8; 8];
@@ -349,61 +360,46 @@ fn partial_frame(pair: &NetnsPair, v6: bool, proto: u8) -> Vec<u8> {
                 payload,
             };
             let mut b = vec![0u8; r.buffer_len()];
-            let (s, d) = if v6 {
-                (
-                    IpAddress::Ipv6(pair.stack_v6()),
-                    IpAddress::Ipv6(pair.peer_v6()),
-                )
-            } else {
-                (
-                    IpAddress::Ipv4(pair.stack_v4()),
-                    IpAddress::Ipv4(pair.peer_v4()),
-                )
-            };
-            r.emit(
-                &mut TcpPacket::new_unchecked(&mut b[..]),
-                &s,
-                &d,
-                &ChecksumCapabilities::ignored(),
-            );
+            let caps = ChecksumCapabilities::ignored();
+            r.emit(&mut TcpPacket::new_unchecked(&mut b[..]), &s, &d, &caps);
             b
         }
+    };
+    finish_l4(&mut l4, &s, &d, proto, true);
+    let next_header = IpProtocol::from(proto);
+    let (ethertype, ip) = match (s, d) {
+        (IpAddress::Ipv6(src_addr), IpAddress::Ipv6(dst_addr)) => {
+            let r = Ipv6Repr {
+                src_addr,
+                dst_addr,
+                next_header,
+                payload_len: l4.len(),
+                hop_limit: 64,
+            };
+            let mut ip = vec![0u8; r.buffer_len()];
+            r.emit(&mut Ipv6Packet::new_unchecked(&mut ip[..]));
+            (0x86ddu16, ip)
+        }
+        (IpAddress::Ipv4(src_addr), IpAddress::Ipv4(dst_addr)) => {
+            let r = Ipv4Repr {
+                src_addr,
+                dst_addr,
+                next_header,
+                payload_len: l4.len(),
+                hop_limit: 64,
+            };
+            let mut ip = vec![0u8; r.buffer_len()];
+            let caps = ChecksumCapabilities::default();
+            r.emit(&mut Ipv4Packet::new_unchecked(&mut ip[..]), &caps);
+            (0x0800, ip)
+        }
+        _ => unreachable!("one family"),
     };
     let mut f = Vec::new();
     f.extend_from_slice(&pair.peer_mac());
     f.extend_from_slice(&pair.stack_mac());
-    if v6 {
-        let (s, d) = (pair.stack_v6(), pair.peer_v6());
-        finish_l4(&mut l4, &s.into(), &d.into(), proto, true);
-        f.extend_from_slice(&0x86ddu16.to_be_bytes());
-        let r = Ipv6Repr {
-            src_addr: s,
-            dst_addr: d,
-            next_header: IpProtocol::from(proto),
-            payload_len: l4.len(),
-            hop_limit: 64,
-        };
-        let mut ip = vec![0u8; 40];
-        r.emit(&mut Ipv6Packet::new_unchecked(&mut ip[..]));
-        f.extend_from_slice(&ip);
-    } else {
-        let (s, d) = (pair.stack_v4(), pair.peer_v4());
-        finish_l4(&mut l4, &s.into(), &d.into(), proto, true);
-        f.extend_from_slice(&0x0800u16.to_be_bytes());
-        let r = Ipv4Repr {
-            src_addr: s,
-            dst_addr: d,
-            next_header: IpProtocol::from(proto),
-            payload_len: l4.len(),
-            hop_limit: 64,
-        };
-        let mut ip = vec![0u8; 20];
-        r.emit(
-            &mut Ipv4Packet::new_unchecked(&mut ip[..]),
-            &ChecksumCapabilities::default(),
-        );
-        f.extend_from_slice(&ip);
-    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(&ip);
     f.extend_from_slice(&l4);
     f
 }

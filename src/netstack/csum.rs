@@ -16,8 +16,7 @@
 //!
 //! The arithmetic is smoltcp's (`wire::ip::checksum`).
 
-use smoltcp::wire::IpAddress;
-use smoltcp::wire::checksum;
+use smoltcp::wire::{IpAddress, TcpPacket, UdpPacket, checksum};
 
 use super::ETH_HDR;
 
@@ -45,17 +44,17 @@ pub fn finish_l4(l4: &mut [u8], src: &IpAddress, dst: &IpAddress, proto: u8, par
     if l4.len() < at + 2 {
         return;
     }
+    if !partial {
+        // smoltcp's sums, as the emitters used before offload existed
+        // (UDP sends a computed zero as all ones, RFC 768).
+        match proto {
+            UDP => UdpPacket::new_unchecked(l4).fill_checksum(src, dst),
+            _ => TcpPacket::new_unchecked(l4).fill_checksum(src, dst),
+        }
+        return;
+    }
     let pseudo = checksum::pseudo_header(src, dst, proto.into(), l4.len() as u32);
-    let v = if partial {
-        pseudo
-    } else {
-        l4[at..at + 2].copy_from_slice(&[0, 0]);
-        let c = !checksum::combine(&[pseudo, checksum::data(l4)]);
-        // RFC 768: a computed zero is sent as all ones (0 means "none"
-        // for UDP over IPv4); for TCP the two are the same number.
-        if c == 0 { 0xffff } else { c }
-    };
-    l4[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    l4[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
 }
 
 /// The part of a frame a device checksums when completing a partial sum
@@ -117,7 +116,7 @@ pub fn complete(frame: &mut [u8], span: CsumSpan) {
 mod tests {
     use std::net::SocketAddr;
 
-    use smoltcp::wire::{Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
+    use smoltcp::wire::{Ipv4Packet, Ipv6Packet};
 
     use super::super::testutil::*;
     use super::super::{Stack, StackConfig};
