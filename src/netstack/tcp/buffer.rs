@@ -373,13 +373,17 @@ impl RecvBuf {
         if s == 0 {
             // Everything touching [0, e) joins the in-order data; i == 0.
             let adv = if j > 0 { e.max(self.ooo[j - 1].end) } else { e };
-            self.ooo.vec_mut().drain(..j);
-            for r in self.ooo.iter_mut() {
-                r.start -= adv;
-                r.end -= adv;
-            }
-            if self.ooo.is_empty() {
-                self.ooo.clear();
+            // (the usual case, nothing out of order: the list stays
+            // unallocated; `vec_mut` would allocate it for every segment)
+            if !self.ooo.is_empty() {
+                self.ooo.vec_mut().drain(..j);
+                for r in self.ooo.iter_mut() {
+                    r.start -= adv;
+                    r.end -= adv;
+                }
+                if self.ooo.is_empty() {
+                    self.ooo.clear();
+                }
             }
             // adv <= window(): the sum stays within cap (u32)
             self.readable += adv as u32;
