@@ -253,25 +253,30 @@ fn host_ip(host: &[u8]) -> Option<IpAddr> {
 #[inline]
 fn dotted_quad(h: &[u8]) -> Option<std::net::Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = h.split(|&b| b == b'.');
-    for o in &mut octets {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
-            return None;
-        }
-        let mut v = 0u16;
-        for &d in p {
-            if !d.is_ascii_digit() {
-                return None;
+    // `i`: the octet being read; `v`, `n`: its value and digit count.
+    let (mut i, mut v, mut n) = (0usize, 0u16, 0u8);
+    for &b in h {
+        match b {
+            b'0'..=b'9' => {
+                // a fourth digit, or a digit after a leading zero
+                if n == 3 || (n == 1 && v == 0) {
+                    return None;
+                }
+                v = v * 10 + u16::from(b - b'0');
+                n += 1;
             }
-            v = v * 10 + u16::from(d - b'0');
+            b'.' if n > 0 && i < 3 => {
+                octets[i] = u8::try_from(v).ok()?;
+                (i, v, n) = (i + 1, 0, 0);
+            }
+            _ => return None,
         }
-        *o = u8::try_from(v).ok()?;
     }
-    parts
-        .next()
-        .is_none()
-        .then_some(std::net::Ipv4Addr::from(octets))
+    if n == 0 || i != 3 {
+        return None;
+    }
+    octets[3] = u8::try_from(v).ok()?;
+    Some(std::net::Ipv4Addr::from(octets))
 }
 
 impl Core {

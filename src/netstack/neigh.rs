@@ -47,6 +47,12 @@ pub struct NeighCache {
     reachable: Duration,
     retrans: Duration,
     retries: u32,
+    /// The last neighbour [`Stack::neigh_usable`] found resolved and not
+    /// expired, with its MAC and expiry: most frames go to the neighbour
+    /// the frame before went to (one upstream, one gateway), and this
+    /// spares them the map's keyed hash. Cleared whenever that entry
+    /// changes or leaves the map; only trusted before its expiry.
+    hint: Option<(IpAddr, EthernetAddress, Instant)>,
 }
 
 impl NeighCache {
@@ -58,6 +64,7 @@ impl NeighCache {
             reachable: l.neigh_reachable,
             retrans: l.neigh_retrans,
             retries: l.neigh_retries,
+            hint: None,
         }
     }
 
@@ -88,6 +95,13 @@ impl NeighCache {
             .min()
     }
 
+    /// Drop the hint if it is about `ip`.
+    fn forget_hint(&mut self, ip: IpAddr) {
+        if self.hint.is_some_and(|(h, ..)| h == ip) {
+            self.hint = None;
+        }
+    }
+
     /// Make room for one entry: drop an expired resolved entry, else any
     /// resolved one. Incomplete entries are never evicted (they time out).
     fn make_room(&mut self, now: Instant) -> bool {
@@ -106,6 +120,7 @@ impl NeighCache {
         match victim {
             Some(k) => {
                 self.map.remove(&k);
+                self.forget_hint(k);
                 true
             }
             None => false,
@@ -221,6 +236,7 @@ impl Stack {
             return;
         }
         let expires = now + self.neigh.reachable;
+        self.neigh.forget_hint(ip);
         let old = self.neigh.map.insert(
             ip,
             State::Resolved {
@@ -270,6 +286,7 @@ impl Stack {
             // An expired neighbour that stopped answering is forgotten (the
             // next packet starts a fresh resolution); an unresolved one
             // takes its waiting packets with it, counted.
+            self.neigh.forget_hint(ip);
             if let Some(State::Incomplete { queue, .. }) = self.neigh.map.remove(&ip) {
                 for f in queue {
                     self.counters.drop_reason(DropReason::NeighUnresolved);
@@ -291,6 +308,12 @@ impl Stack {
     /// The MAC to use for `ip` now: a resolved entry, even an expired one
     /// (which starts a re-validation probe the first time it is used).
     fn neigh_usable(&mut self, now: Instant, ip: IpAddr) -> Option<EthernetAddress> {
+        if let Some((h, mac, expires)) = self.neigh.hint
+            && h == ip
+            && expires > now
+        {
+            return Some(mac);
+        }
         let retrans = self.neigh.retrans;
         let Some(State::Resolved {
             mac,
@@ -301,6 +324,9 @@ impl Stack {
             return None;
         };
         let mac = *mac;
+        if *expires > now {
+            self.neigh.hint = Some((ip, mac, *expires));
+        }
         let start_probe = *expires <= now && probe.is_none();
         if start_probe {
             *probe = Some((now + retrans, 1));
@@ -419,6 +445,43 @@ mod tests {
         s.neigh_update(later, PEER4.into(), EthernetAddress(PEER_MAC), false);
         assert!(s.neighbor(later, PEER4.into()).is_some());
         assert_eq!(s.poll(later), None, "no probe pending");
+    }
+
+    /// The last-neighbour hint never outlives what it caches: a new MAC
+    /// learnt for the neighbour, its eviction, or its expiry each take
+    /// effect on the next frame.
+    #[test]
+    fn neighbour_hint_follows_mac_changes_eviction_and_expiry() {
+        let (mut s, h) = stack_with(|c| c.limits.neigh_entries = 1);
+        let first = EthernetAddress(PEER_MAC);
+        let mut moved = PEER_MAC;
+        moved[5] ^= 0x55;
+        s.neigh_update(t0(), PEER4.into(), first, true);
+        s.udp_send_to(t0(), h, to(PEER4), b"x").unwrap();
+        assert_eq!(&drain(&mut s)[0][..6], &PEER_MAC, "hint set");
+        // the neighbour answers from a new MAC (gratuitous ARP, failover)
+        s.neigh_update(t0(), PEER4.into(), EthernetAddress(moved), false);
+        s.udp_send_to(t0(), h, to(PEER4), b"y").unwrap();
+        assert_eq!(&drain(&mut s)[0][..6], &moved, "the new MAC at once");
+        // another neighbour evicts it: the next frame to it resolves anew
+        let other = Ipv4Addr::new(198, 18, 0, 10);
+        s.neigh_update(t0(), other.into(), first, true);
+        s.udp_send_to(t0(), h, to(PEER4), b"z").unwrap();
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][12..14], &[0x08, 0x06], "who-has, not the old MAC");
+        // expiry: a hint from t0 is not trusted 31 s later (a probe starts)
+        let (mut s, h) = stack_with(|_| {});
+        s.neigh_update(t0(), PEER4.into(), first, true);
+        s.udp_send_to(t0(), h, to(PEER4), b"x").unwrap();
+        drain(&mut s);
+        let later = t0() + Duration::from_secs(31);
+        s.udp_send_to(later, h, to(PEER4), b"y").unwrap();
+        let arp = drain(&mut s)
+            .iter()
+            .filter(|f| f[12..14] == [0x08, 0x06])
+            .count();
+        assert_eq!(arp, 1, "re-validation probe");
     }
 
     #[test]

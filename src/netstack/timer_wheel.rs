@@ -171,6 +171,12 @@ impl<K: Copy + Eq + Hash> TimerWheel<K> {
     pub fn schedule(&mut self, key: K, at: Instant) {
         let tick = self.tick_of(at);
         let idx = match self.index.get(&key) {
+            Some(&i) if self.nodes[i as usize].tick == tick => {
+                // Same tick: the node's list is still the right one (the
+                // common case of a deadline pushed by less than a tick).
+                self.nodes[i as usize].at = at;
+                return;
+            }
             Some(&i) => {
                 self.unlink(i);
                 i

@@ -195,6 +195,22 @@ impl At {
     pub fn is_none(self) -> bool {
         self.0 == i64::MIN
     }
+
+    /// The earliest of `xs` that is set, [`At::NONE`] when none is: plain
+    /// integer compares (NONE ranks after every instant).
+    #[inline]
+    pub fn earliest<const N: usize>(xs: [At; N]) -> At {
+        let m = xs.iter().fold(u64::MAX, |m, a| m.min(a.rank()));
+        At(((m.wrapping_add(1)) ^ (1 << 63)) as i64)
+    }
+
+    /// An order-preserving map to `u64` in which NONE (`i64::MIN`) comes
+    /// last: flip the sign bit (i64 order becomes u64 order, NONE becomes
+    /// 0), then subtract one (NONE wraps to `u64::MAX`). `earliest` undoes it.
+    #[inline]
+    fn rank(self) -> u64 {
+        ((self.0 as u64) ^ (1 << 63)).wrapping_sub(1)
+    }
 }
 
 impl From<Option<Instant>> for At {

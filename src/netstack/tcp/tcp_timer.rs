@@ -14,14 +14,10 @@ impl Stack {
         let Some(t) = self.tcp.get_mut(slot) else {
             return;
         };
-        let at = [t.rto_at, t.delack_at, t.probe_at, t.keep_at, t.fin_at]
-            .map(At::get)
-            .into_iter()
-            .flatten()
-            .min();
-        if at != t.armed.get() {
-            t.armed = At::from(at);
-            match at {
+        let at = At::earliest([t.rto_at, t.delack_at, t.probe_at, t.keep_at, t.fin_at]);
+        if at != t.armed {
+            t.armed = at;
+            match at.get() {
                 Some(a) => self.tcp.wheel.schedule(TimerKey::Conn(slot), a),
                 None => self.tcp.wheel.cancel(TimerKey::Conn(slot)),
             }

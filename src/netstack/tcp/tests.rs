@@ -1524,3 +1524,28 @@ fn out_of_order_data_is_acked_at_once_even_while_corked() {
     h.uncork();
     h.none();
 }
+
+/// `At::earliest` (what `tcp_arm` puts on the wheel): the least set
+/// deadline, NONE only when none is set, at the ends of the range too.
+#[test]
+fn tcp_arm_earliest_deadline_is_the_least_set_one() {
+    use super::At;
+    let vals = [i64::MIN + 1, -5, 0, 7, 1_000_000, i64::MAX - 1, i64::MAX];
+    let cands: Vec<Option<i64>> = std::iter::once(None)
+        .chain(vals.iter().copied().map(Some))
+        .collect();
+    let at = |x: Option<i64>| At::from(x.map(Instant::from_micros));
+    for &a in &cands {
+        for &b in &cands {
+            for &c in &cands {
+                let want = [a, b, c].into_iter().flatten().min();
+                assert_eq!(
+                    At::earliest([at(a), at(b), at(c)]),
+                    at(want),
+                    "{a:?} {b:?} {c:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(At::earliest::<0>([]), At::NONE);
+}
