@@ -7,15 +7,16 @@
 //!
 //! Storage given back goes to a small pool of the thread (a shard's stack
 //! runs on one thread), bounded by [`POOL_ENTRIES`] and [`POOL_BYTES`]; the
-//! next buffer of that thread to need storage takes the largest pooled one
-//! that its cap allows. A busy connection that drains every round (SIP over
-//! TCP: a message in, the application reads it) so neither asks the
-//! allocator nor zero-fills nor regrows by doubling each round, and an idle
-//! one still holds nothing. Pooled storage is not cleared: a ring only ever
-//! exposes bytes written to it since it took the storage (`RecvBuf` the
-//! readable and out-of-order ranges it recorded, `SendBuf` the bytes from
-//! SND.UNA it was given), which
-//! `pooled_storage_never_shows_an_earlier_connections_bytes` checks.
+//! next buffer of that thread to need storage takes the one given back
+//! last if its cap allows, else the largest pooled one that it allows. A
+//! busy connection that drains every round (SIP over TCP: a message in,
+//! the application reads it) so neither asks the allocator nor zero-fills
+//! nor regrows by doubling each round, and an idle one still holds
+//! nothing. Pooled storage is not cleared: a ring only ever exposes bytes
+//! written to it since it took the storage (`RecvBuf` the readable and
+//! out-of-order ranges it recorded, `SendBuf` the bytes from SND.UNA it
+//! was given), which `pooled_storage_never_shows_an_earlier_connections_bytes`
+//! checks.
 //!
 //! - [`SendBuf`]: the bytes from SND.UNA on (sent but unacknowledged, then
 //!   unsent), a ring addressed by offset from SND.UNA.
@@ -60,16 +61,24 @@ thread_local! {
     };
 }
 
-/// The largest pooled storage of `min..=max` bytes, if any.
+/// A pooled storage of `min..=max` bytes, if any: the one given back last
+/// when it fits (a connection that drains every round takes back the
+/// storage it just gave, without a search), else the largest that fits.
 fn pool_take(min: usize, max: usize) -> Option<Box<[u8]>> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let (i, _) = p
-            .bufs
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| (min..=max).contains(&b.len()))
-            .max_by_key(|(_, b)| b.len())?;
+        let fits = |b: &[u8]| (min..=max).contains(&b.len());
+        let i = match p.bufs.last() {
+            Some(b) if fits(b) => p.bufs.len() - 1,
+            _ => {
+                p.bufs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| fits(b))
+                    .max_by_key(|(_, b)| b.len())?
+                    .0
+            }
+        };
         let b = p.bufs.swap_remove(i);
         p.bytes -= b.len();
         Some(b)
@@ -130,7 +139,7 @@ impl Ring {
     }
 
     /// Make the storage at least `need` bytes, keeping the first `keep`
-    /// bytes from the head: the largest pooled storage the cap allows,
+    /// bytes from the head: pooled storage the cap allows ([`pool_take`]),
     /// else a new one grown by doubling (at least [`MIN_ALLOC`], clamped to
     /// `cap` unless `need` itself is larger).
     fn reserve(&mut self, need: usize, keep: usize, cap: usize) {
