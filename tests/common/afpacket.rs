@@ -515,6 +515,7 @@ pub fn calls_through(
         &after,
         transport,
         calls,
+        pair.mid.is_some() && !transport.is_tcp(),
         &format!("{} {fam}", transport.flag()),
     );
     eprintln!(
