@@ -3,7 +3,8 @@
 //! a 200-byte UDP/IPv4 datagram to an open port (taken off the socket and
 //! its buffer recycled, so the queue does not grow), the same with a bad
 //! UDP checksum (dropped and counted), the same over IPv6, and a frame with
-//! a bad IPv4 header checksum (dropped early).
+//! a bad IPv4 header checksum (dropped early). And `Stack::poll` (the
+//! timers, once per wake-up of a shard) with 1024 resolved neighbours.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -145,6 +146,46 @@ fn bench(c: &mut Criterion) {
                 })
             },
         );
+    }
+    // One timer round with a full neighbour table (1024 resolved entries,
+    // learnt from ARP requests as a busy LAN would fill it) and nothing
+    // due: what every wake-up of a shard pays for its neighbours.
+    {
+        use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
+        let mut c = StackConfig::new(EthernetAddress(OUR_MAC));
+        c.ipv4 = Some(Ipv4Cidr::new(OUR4, 16));
+        let mut s = Stack::new(c, now);
+        while s.pop_tx().is_some() {}
+        for i in 0..1024u32 {
+            let mac = [0x02, 0x5f, 0, 0, (i >> 8) as u8, i as u8];
+            let ip = Ipv4Addr::new(198, 18, 4 + (i >> 8) as u8, i as u8);
+            let repr = ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Request,
+                source_hardware_addr: EthernetAddress(mac),
+                source_protocol_addr: ip,
+                target_hardware_addr: EthernetAddress([0; 6]),
+                target_protocol_addr: OUR4,
+            };
+            let mut f = vec![0u8; 14 + repr.buffer_len()];
+            let mut e = EthernetFrame::new_unchecked(&mut f[..]);
+            e.set_dst_addr(EthernetAddress::BROADCAST);
+            e.set_src_addr(EthernetAddress(mac));
+            e.set_ethertype(EthernetProtocol::Arp);
+            repr.emit(&mut ArpPacket::new_unchecked(e.payload_mut()));
+            s.receive_frame(now, RxMeta::HOST, &f);
+            while let Some(f) = s.pop_tx() {
+                s.recycle(f);
+            }
+        }
+        if s.usage().neigh_entries != 1024 {
+            eprintln!(
+                "warning: poll_1024_neighbours: {} neighbours, the numbers are meaningless",
+                s.usage().neigh_entries
+            );
+        }
+        g.bench_function(BenchmarkId::new("poll_1024_neighbours", "idle"), |b| {
+            b.iter(|| black_box(s.poll(black_box(now))))
+        });
     }
     g.finish();
 }

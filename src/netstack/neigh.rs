@@ -53,6 +53,15 @@ pub struct NeighCache {
     /// spares them the map's keyed hash. Cleared whenever that entry
     /// changes or leaves the map; only trusted before its expiry.
     hint: Option<(IpAddr, EthernetAddress, Instant)>,
+    /// Never later than the earliest solicitation timer of any entry (an
+    /// unresolved one's, or a re-validation probe's); `None`: no entry has
+    /// one. `Stack::neigh_poll` walks the map only when it is due or
+    /// `rescan` is set, so a table of resolved neighbours costs nothing per
+    /// poll however large it is.
+    timer_at: Option<Instant>,
+    /// An entry with a timer was resolved or removed: `timer_at` may be
+    /// early, and the next `neigh_poll` walks the map to make it exact.
+    rescan: bool,
 }
 
 impl NeighCache {
@@ -65,6 +74,8 @@ impl NeighCache {
             retrans: l.neigh_retrans,
             retries: l.neigh_retries,
             hint: None,
+            timer_at: None,
+            rescan: false,
         }
     }
 
@@ -84,15 +95,30 @@ impl NeighCache {
         self.map.is_empty()
     }
 
-    /// Earliest retransmission or expiry.
+    /// Earliest solicitation timer: exact after `Stack::neigh_poll`, which
+    /// `Stack::poll` runs first.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.map
-            .values()
-            .filter_map(|s| match s {
-                State::Incomplete { next, .. } => Some(*next),
-                State::Resolved { probe, .. } => probe.map(|(next, _)| next),
-            })
-            .min()
+        self.timer_at
+    }
+
+    /// The earliest solicitation timer, by walking every entry (what
+    /// `timer_at` stands for; tests check the two agree after a poll).
+    #[cfg(test)]
+    fn scan_deadline(&self) -> Option<Instant> {
+        self.map.values().filter_map(Self::timer_of).min()
+    }
+
+    /// An entry's solicitation timer is set to `at`.
+    fn arm(&mut self, at: Instant) {
+        self.timer_at = Some(self.timer_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// The solicitation timer of an entry in state `st`, if any.
+    fn timer_of(st: &State) -> Option<Instant> {
+        match st {
+            State::Incomplete { next, .. } => Some(*next),
+            State::Resolved { probe, .. } => probe.map(|(next, _)| next),
+        }
     }
 
     /// Drop the hint if it is about `ip`.
@@ -119,7 +145,15 @@ impl NeighCache {
             .map(|(_, _, k)| k);
         match victim {
             Some(k) => {
-                self.map.remove(&k);
+                if self
+                    .map
+                    .remove(&k)
+                    .as_ref()
+                    .and_then(Self::timer_of)
+                    .is_some()
+                {
+                    self.rescan = true;
+                }
                 self.forget_hint(k);
                 true
             }
@@ -172,7 +206,9 @@ impl Stack {
         };
         let entry = self.neigh.map.entry(next_hop).or_insert_with(fresh);
         if let State::Resolved { .. } = entry {
-            // Expired: re-resolve, keeping nothing from the old entry.
+            // Expired: re-resolve, keeping nothing from the old entry (a
+            // probe timer it had goes; the fresh entry's is due now, so the
+            // next poll recomputes `timer_at` anyway).
             *entry = fresh();
         }
         let State::Incomplete {
@@ -184,6 +220,9 @@ impl Stack {
         else {
             unreachable!("entry was just made incomplete")
         };
+        // (only ever moved later below: `timer_at` stays early enough)
+        let at = *next;
+        self.neigh.timer_at = Some(self.neigh.timer_at.map_or(at, |t| t.min(at)));
         // Linux drops the oldest queued packets beyond `unres_qlen_bytes`.
         while *bytes + frame.len() > cap {
             let Some(old) = queue.pop_front() else {
@@ -245,6 +284,9 @@ impl Stack {
                 probe: None,
             },
         );
+        if old.as_ref().and_then(NeighCache::timer_of).is_some() {
+            self.neigh.rescan = true;
+        }
         if let Some(State::Incomplete { queue, .. }) = old {
             let our = self.cfg.mac;
             for mut f in queue {
@@ -256,10 +298,15 @@ impl Stack {
 
     /// Retransmit solicitations; give up (and count) after the retries.
     pub(crate) fn neigh_poll(&mut self, now: Instant) {
+        if !self.neigh.rescan && self.neigh.timer_at.is_none_or(|t| t > now) {
+            return;
+        }
+        self.neigh.rescan = false;
         let mut due = Vec::new();
         let mut gone = Vec::new();
         let retries = self.neigh.retries;
         let retrans = self.neigh.retrans;
+        let mut earliest: Option<Instant> = None;
         for (ip, st) in self.neigh.map.iter_mut() {
             // an unresolved entry and an expired one being re-validated run
             // the same solicitation timer
@@ -272,6 +319,7 @@ impl Stack {
                 State::Resolved { probe: None, .. } => continue,
             };
             if *next > now {
+                earliest = Some(earliest.map_or(*next, |e| e.min(*next)));
                 continue;
             }
             if *sent >= retries {
@@ -279,9 +327,11 @@ impl Stack {
             } else {
                 *sent += 1;
                 *next = now + retrans;
+                earliest = Some(earliest.map_or(*next, |e| e.min(*next)));
                 due.push(*ip);
             }
         }
+        self.neigh.timer_at = earliest;
         for ip in gone {
             // An expired neighbour that stopped answering is forgotten (the
             // next packet starts a fresh resolution); an unresolved one
@@ -330,6 +380,7 @@ impl Stack {
         let start_probe = *expires <= now && probe.is_none();
         if start_probe {
             *probe = Some((now + retrans, 1));
+            self.neigh.arm(now + retrans);
             self.solicit(now, ip);
         }
         Some(mac)
@@ -445,6 +496,78 @@ mod tests {
         s.neigh_update(later, PEER4.into(), EthernetAddress(PEER_MAC), false);
         assert!(s.neighbor(later, PEER4.into()).is_some());
         assert_eq!(s.poll(later), None, "no probe pending");
+    }
+
+    /// The neighbour deadline `poll` reports is kept, not searched for: it
+    /// must equal the earliest timer of any entry after every poll, through
+    /// resolutions, retransmissions, give-ups, expiry probes, answers and
+    /// evictions of entries with and without timers.
+    #[test]
+    fn neighbour_deadline_is_exact_after_every_poll() {
+        let (mut s, h) = stack_with(|c| {
+            c.limits.neigh_entries = 3;
+            c.limits.neigh_retries = 3;
+        });
+        let ip = |i: u8| Ipv4Addr::new(198, 18, 0, 10 + i);
+        let mac = |i: u8| {
+            let mut m = PEER_MAC;
+            m[5] = 0x10 + i;
+            EthernetAddress(m)
+        };
+        let mut t = t0();
+        let check = |s: &mut Stack, t: Instant, step: &str| {
+            s.poll(t);
+            assert_eq!(s.neigh.next_deadline(), s.neigh.scan_deadline(), "{step}");
+        };
+        check(&mut s, t, "empty");
+        // resolutions in flight, retransmitted, one answered, one given up
+        s.udp_send_to(t, h, to(ip(0)), b"a").unwrap();
+        s.udp_send_to(t, h, to(ip(1)), b"b").unwrap();
+        check(&mut s, t, "two unresolved");
+        for i in 0..6 {
+            t += Duration::from_millis(600);
+            if i == 1 {
+                s.neigh_update(t, ip(0).into(), mac(0), false);
+            }
+            check(&mut s, t, &format!("retransmit round {i}"));
+        }
+        assert!(s.neighbor(t, ip(0).into()).is_some());
+        assert!(s.neighbor(t, ip(1).into()).is_none());
+        // resolved entries only: nothing to time
+        s.neigh_update(t, ip(2).into(), mac(2), true);
+        check(&mut s, t, "resolved only");
+        assert_eq!(s.neigh.next_deadline(), None);
+        // expiry: use starts a probe; the answer ends it
+        t += Duration::from_secs(31);
+        s.udp_send_to(t, h, to(ip(0)), b"c").unwrap();
+        s.udp_send_to(t, h, to(ip(2)), b"d").unwrap();
+        check(&mut s, t, "two probes");
+        s.neigh_update(t, ip(0).into(), mac(0), false);
+        check(&mut s, t, "one probe answered");
+        // a full table: a new neighbour evicts one (an expired, probing one
+        // first), and its own resolution starts
+        s.udp_send_to(t, h, to(ip(3)), b"e").unwrap();
+        check(&mut s, t, "eviction");
+        s.udp_send_to(t, h, to(ip(4)), b"f").unwrap();
+        check(&mut s, t, "second eviction");
+        for i in 0..6 {
+            t += Duration::from_millis(700);
+            check(&mut s, t, &format!("late round {i}"));
+        }
+        assert_eq!(s.neigh.next_deadline(), None, "all settled");
+        // an answer from a new neighbour fills the table by evicting the
+        // one whose probe is running: that timer goes with it
+        assert_eq!(s.usage().neigh_entries, 1);
+        t += Duration::from_secs(31);
+        s.udp_send_to(t, h, to(ip(0)), b"g").unwrap();
+        s.neigh_update(t, ip(5).into(), mac(5), true);
+        s.neigh_update(t, ip(6).into(), mac(6), true);
+        check(&mut s, t, "probe in a full table");
+        assert!(s.neigh.next_deadline().is_some());
+        s.neigh_update(t, ip(7).into(), mac(7), true);
+        assert!(s.neighbor(t, ip(7).into()).is_some());
+        check(&mut s, t, "the probing entry evicted");
+        assert_eq!(s.neigh.next_deadline(), None);
     }
 
     /// The last-neighbour hint never outlives what it caches: a new MAC
