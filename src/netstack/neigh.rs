@@ -108,11 +108,6 @@ impl NeighCache {
         self.map.values().filter_map(Self::timer_of).min()
     }
 
-    /// An entry's solicitation timer is set to `at`.
-    fn arm(&mut self, at: Instant) {
-        self.timer_at = Some(self.timer_at.map_or(at, |t| t.min(at)));
-    }
-
     /// The solicitation timer of an entry in state `st`, if any.
     fn timer_of(st: &State) -> Option<Instant> {
         match st {
@@ -160,6 +155,12 @@ impl NeighCache {
             None => false,
         }
     }
+}
+
+/// Lower `earliest` to `at` if that is sooner (the one way `timer_at` and
+/// `neigh_poll`'s walk take in a timer).
+fn take_earlier(earliest: &mut Option<Instant>, at: Instant) {
+    *earliest = Some(earliest.map_or(at, |t| t.min(at)));
 }
 
 /// Write the Ethernet header into the headroom of `frame`.
@@ -221,8 +222,7 @@ impl Stack {
             unreachable!("entry was just made incomplete")
         };
         // (only ever moved later below: `timer_at` stays early enough)
-        let at = *next;
-        self.neigh.timer_at = Some(self.neigh.timer_at.map_or(at, |t| t.min(at)));
+        take_earlier(&mut self.neigh.timer_at, *next);
         // Linux drops the oldest queued packets beyond `unres_qlen_bytes`.
         while *bytes + frame.len() > cap {
             let Some(old) = queue.pop_front() else {
@@ -318,18 +318,16 @@ impl Stack {
                 } => (next, sent),
                 State::Resolved { probe: None, .. } => continue,
             };
-            if *next > now {
-                earliest = Some(earliest.map_or(*next, |e| e.min(*next)));
-                continue;
-            }
-            if *sent >= retries {
-                gone.push(*ip);
-            } else {
+            if *next <= now {
+                if *sent >= retries {
+                    gone.push(*ip);
+                    continue;
+                }
                 *sent += 1;
                 *next = now + retrans;
-                earliest = Some(earliest.map_or(*next, |e| e.min(*next)));
                 due.push(*ip);
             }
+            take_earlier(&mut earliest, *next);
         }
         self.neigh.timer_at = earliest;
         for ip in gone {
@@ -380,7 +378,7 @@ impl Stack {
         let start_probe = *expires <= now && probe.is_none();
         if start_probe {
             *probe = Some((now + retrans, 1));
-            self.neigh.arm(now + retrans);
+            take_earlier(&mut self.neigh.timer_at, now + retrans);
             self.solicit(now, ip);
         }
         Some(mac)
