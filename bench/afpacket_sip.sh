@@ -51,8 +51,8 @@
 # calls, all calls created, retransmissions (UAC+UAS) < 1 % of the calls, offered rate >= 90 % of
 # the target and the proxy still alive. Proxy CPU = utime+stime from /proc/PID/stat of the proxy
 # process and all its descendants (Kamailio's children; sipedge is one process, threads included),
-# from just before the UAC starts to SETTLE seconds after it ends. Nothing is pinned; nproc is
-# recorded in every line.
+# from just before the UAC starts to SETTLE seconds after it ends. Nothing is pinned; nproc, the CPU
+# model and the kernel release are recorded in every line.
 #
 # env: RATES ("2000 4000 8000", u1 and t1) TN_RATES ("250 500 1000 2000") DURATION (10)
 #      REPEATS (3) SETTLE (2) TRANSPORTS ("u1 t1 tn") TN_MAX_CALLS (6000) TW_MAX (1000)
@@ -501,7 +501,7 @@ run_step() {
   python3 - "$dir" "$name" "$rate" "$calls" "$round" "$p0" "$p1" "$u0" "$u1" "$t0" "$t_uac" "$t1" \
       "$uac_rc" "$alive" "$NPROC" "$CLK_TCK" "$load1" "$nprocs" "$nthreads" "$DURATION" \
       "$ks0" "$ks1" "$kp0" "$kp1" "$sn0" "$sn1" "$transport" "$tw_wait" "$n0" "$n1" "$m0" "$m1" "$VETH_NAPI" >>"$OUT" <<'EOF'
-import glob, json, os, sys
+import glob, json, os, platform, sys
 from datetime import datetime
 (d, name, rate, calls, rnd, p0, p1, u0, u1, t0, tuac, t1, rc, alive, nproc, tck, load1,
  nprocs, nthreads, dur, ks0, ks1, kp0, kp1, sn0, sn1, transport, tw_wait, n0, n1, m0, m1,
@@ -539,6 +539,15 @@ offered = round((len(times) - 1) * 1000.0 / (max(times) - min(times)), 1) \
 rts.sort()
 pctl = lambda q: rts[min(len(rts) - 1, int(round(q * (len(rts) - 1))))] if rts else None
 cpu = (int(p1) - int(p0)) / tck
+def cpu_model():
+    # the machine, so runs from different sessions are compared knowingly
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 drops = None
 if os.path.exists(f"{d}/metrics.txt"):
     drops = {}
@@ -580,6 +589,7 @@ r = {"ts": datetime.now().isoformat(timespec="seconds"), "proxy": name, "round":
      "proxy_drops": drops,
      "kernel_udp_stack_ns": udp_delta(ks0, ks1), "kernel_udp_peer_ns": udp_delta(kp0, kp1),
      "softnet_backlog_drops": int(sn1) - int(sn0), "loadavg1_at_start": float(load1), "nproc": int(nproc),
+     "cpu_model": cpu_model(), "kernel": platform.release(),
      "pass": not reasons, "fail_reason": "; ".join(reasons)}
 print(json.dumps(r))
 EOF
