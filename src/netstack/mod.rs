@@ -66,6 +66,13 @@ pub use shard::{REPLICA_OUTBOX_MAX, is_shared_control};
 pub use tcp::{Shutdown, TcpError, TcpHandle, TcpSocketMut, TcpState};
 pub use udp::{UdpDatagram, UdpHandle};
 
+/// Lower `earliest` to `at` if that is sooner: how a timer is folded into
+/// a kept or computed "next deadline" (the neighbour cache, the timer
+/// wheel).
+pub(crate) fn take_earlier(earliest: &mut Option<Instant>, at: Instant) {
+    *earliest = Some(earliest.map_or(at, |t| t.min(at)));
+}
+
 /// Linux `sll_pkttype` of a received frame (`PACKET_HOST` …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketType {
@@ -593,19 +600,16 @@ impl Stack {
         self.neigh_poll(now);
         self.mld_poll(now);
         let tcp = self.tcp_poll(now);
-        let mut next = self.neigh.next_deadline();
-        for d in [
+        [
+            self.neigh.next_deadline(),
             self.frag4.next_deadline(),
             self.frag6.next_deadline(),
             self.mld.next_deadline(),
             tcp,
-        ] {
-            next = match (next, d) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        next
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next frame to transmit.

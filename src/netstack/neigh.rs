@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use smoltcp::wire::EthernetAddress;
 
-use super::{DropReason, Duration, ETH_HDR, Instant, Limits, Mib, Stack, StackError};
+use super::{DropReason, Duration, ETH_HDR, Instant, Limits, Mib, Stack, StackError, take_earlier};
 
 #[derive(Debug)]
 enum State {
@@ -155,12 +155,6 @@ impl NeighCache {
             None => false,
         }
     }
-}
-
-/// Lower `earliest` to `at` if that is sooner (the one way `timer_at` and
-/// `neigh_poll`'s walk take in a timer).
-fn take_earlier(earliest: &mut Option<Instant>, at: Instant) {
-    *earliest = Some(earliest.map_or(at, |t| t.min(at)));
 }
 
 /// Write the Ethernet header into the headroom of `frame`.

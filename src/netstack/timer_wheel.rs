@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use super::{Duration, Instant};
+use super::{Duration, Instant, take_earlier};
 
 const LEVELS: usize = 6;
 const SLOT_BITS: u32 = 6;
@@ -225,12 +225,11 @@ impl<K: Copy + Eq + Hash> TimerWheel<K> {
         let mut i = self.heads[DUE];
         while i != NIL {
             let n = &self.nodes[i as usize];
-            best = Some(best.map_or(n.at, |b| b.min(n.at)));
+            take_earlier(&mut best, n.at);
             i = n.next;
         }
         if let Some(e) = self.next_expiration() {
-            let t = self.instant_of(e.deadline);
-            best = Some(best.map_or(t, |b| b.min(t)));
+            take_earlier(&mut best, self.instant_of(e.deadline));
         }
         best
     }
